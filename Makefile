@@ -1,0 +1,43 @@
+# istio-egress-harness: every target installs what it needs into .venv first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The stamp changes whenever pyproject.toml changes, so `make test` reinstalls then and only then.
+STAMP := $(VENV)/.stamp-$(shell sha256sum pyproject.toml 2>/dev/null | cut -c1-16)
+PYTEST_ARGS ?=
+
+.PHONY: help venv test lint bench e2e tools clean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) with the pinned dependencies"
+	@rm -f $(VENV)/.stamp-*
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=23'
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) ## create .venv (a no-op when it is up to date)
+
+test: $(STAMP) ## run every test tier this machine can run (unit, envoy, docker; e2e skips without a cluster toolchain)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and mypy (strict on harness/)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP) ## benchmarks; results are ratios, printed and written to artifacts/bench.json
+	$(PY) -m bench
+
+e2e: $(STAMP) ## the cluster tier: kind + Istio + relay apps (needs Docker and internet)
+	$(PY) -m harness.cli e2e preflight
+	$(PY) -m pytest -m e2e -p no:cacheprovider $(PYTEST_ARGS)
+
+clean: ## remove .venv, caches and artifacts
+	rm -rf $(VENV) .cache artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis

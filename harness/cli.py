@@ -1,0 +1,46 @@
+"""The `egress-harness` command line.
+
+Each concern registers its own sub-commands through a small ``add_commands(subparsers)`` function,
+so this module stays a table of contents: ``logs`` (access-log parsing), ``local`` (the Envoy mesh
+on loopback), ``scenarios`` (the catalog), ``e2e`` (the cluster path), ``report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# module path -> the function in it that adds that concern's sub-commands
+_COMMAND_MODULES: tuple[str, ...] = (
+    "harness.accesslog.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="egress-harness",
+        description="Prove that an Istio mesh sends external traffic through its egress gateway.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = args.handler
+    try:
+        code: int = handler(args)
+    except KeyboardInterrupt:
+        print("egress-harness: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
