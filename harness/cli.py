@@ -13,9 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # module path -> the function in it that adds that concern's sub-commands
-_COMMAND_MODULES: tuple[str, ...] = (
-    "harness.accesslog.cli",
-)
+_COMMAND_MODULES: tuple[str, ...] = ("harness.accesslog.cli",)
 
 
 def build_parser() -> argparse.ArgumentParser:

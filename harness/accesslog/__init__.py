@@ -3,6 +3,7 @@
 from harness.accesslog.format import (
     ISTIO_JSON_LABELS,
     ISTIO_TEXT,
+    ISTIO_TEXT_1_11,
     ISTIO_TEXT_FORMAT,
     ISTIO_TEXT_FORMAT_1_11,
     FormatError,
@@ -18,6 +19,7 @@ __all__ = [
     "INT_FIELDS",
     "ISTIO_JSON_LABELS",
     "ISTIO_TEXT",
+    "ISTIO_TEXT_1_11",
     "ISTIO_TEXT_FORMAT",
     "ISTIO_TEXT_FORMAT_1_11",
     "AccessLogEntry",

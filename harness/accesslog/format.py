@@ -157,9 +157,7 @@ def tokenize(fmt: str) -> list[str | Operator]:
             literal("%")
             continue
         name, args, max_len = m.group(1), m.group(2), m.group(3)
-        tokens.append(
-            Operator(name, args, int(max_len) if max_len else None, operator_key(name, args))
-        )
+        tokens.append(Operator(name, args, int(max_len) if max_len else None, operator_key(name, args)))
     rest = fmt[pos:]
     if "%" in rest:
         col = pos + rest.index("%")
@@ -169,7 +167,7 @@ def tokenize(fmt: str) -> list[str | Operator]:
 
 
 def _to_int(value: str) -> str | int | None:
-    if value == "-" or value == "":
+    if value in {"-", ""}:
         return None
     try:
         return int(value)
@@ -178,7 +176,7 @@ def _to_int(value: str) -> str | int | None:
 
 
 def _to_cluster(value: str) -> str | None:
-    if value == "-" or value == "":
+    if value in {"-", ""}:
         return None
     return value.rstrip(";") or None if value.endswith(";") else value
 

@@ -47,6 +47,7 @@ INT_FIELDS: frozenset[str] = frozenset(
     {"response_code", "bytes_received", "bytes_sent", "duration", "upstream_service_time"}
 )
 
+
 class AccessLogEntry(NamedTuple):
     """One access-log entry: an immutable record. Every field is ``None`` when the log lacked it.
 
@@ -108,8 +109,7 @@ class AccessLogEntry(NamedTuple):
             f"[{self.start_time}] {what} {self.response_code} {self.response_flags or '-'} "
             f"{self.response_code_details or '-'} authority={self.authority} "
             f"sni={self.requested_server_name} cluster={self.upstream_cluster} "
-            f"route={self.route_name} id={self.request_id}"
-            + (f" ({self.source})" if self.source else "")
+            f"route={self.route_name} id={self.request_id}" + (f" ({self.source})" if self.source else "")
         )
 
 
@@ -122,7 +122,7 @@ def clean_value(key: str, value: object) -> str | int | float | bool | None:
 
     A value that should be an integer but is not one stays a string: the parser never raises.
     """
-    if value is None or value == "-" or value == "":
+    if value is None or value in {"-", ""}:
         return None
     if key in INT_FIELDS:
         if isinstance(value, bool):

@@ -35,7 +35,7 @@ def parse_json_line(line: str, source: str | None = None) -> AccessLogEntry | No
         return None
     values = [clean_value(key, obj.get(key)) for key in FIELDS]
     extra = {k: v for k, v in obj.items() if k not in _ISTIO_KEYS}
-    return AccessLogEntry(*values, extra or EMPTY, source)  # type: ignore[arg-type]
+    return AccessLogEntry(*values, extra or EMPTY, source)  # type: ignore[arg-type, call-arg]
 
 
 class LogParser:
