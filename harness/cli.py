@@ -13,7 +13,10 @@ import sys
 from collections.abc import Sequence
 
 # module path -> the function in it that adds that concern's sub-commands
-_COMMAND_MODULES: tuple[str, ...] = ("harness.accesslog.cli",)
+_COMMAND_MODULES: tuple[str, ...] = (
+    "harness.accesslog.cli",
+    "harness.localrun",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -258,11 +258,24 @@ def _first(*values: object) -> object:
     return next((v for v in values if v is not None), None)
 
 
+# Istio keys whose values never hold a double quote: Envoy writes them itself (codes, flags, cluster
+# and route names, addresses) or refuses a quote in them (:authority). Only the free-form headers
+# (user agent, x-forwarded-for), the path and the TLS failure text may. Matching these without quotes
+# keeps a user agent like `a" "b" "c` from shifting the request id and authority that follow it.
+_QUOTE_FREE = frozenset(FIELDS) - {
+    "user_agent",
+    "x_forwarded_for",
+    "path",
+    "upstream_transport_failure_reason",
+}
+
+
 def _build_pattern(tokens: list[str | Operator]) -> str:
     """A regex with one group per operator.
 
-    A value between quotes may hold spaces and quotes (a user agent), so it is matched lazily up to
-    the literal that follows; an unquoted value ends at the first character of the next literal.
+    A value between quotes may hold spaces (and, for free-form headers, quotes), so it is matched
+    lazily up to the literal that follows; an unquoted value ends at the first character of the next
+    literal.
     """
     parts: list[str] = []
     for i, tok in enumerate(tokens):
@@ -272,11 +285,14 @@ def _build_pattern(tokens: list[str | Operator]) -> str:
         prev = tokens[i - 1] if i > 0 else None
         nxt = tokens[i + 1] if i + 1 < len(tokens) else None
         quoted = isinstance(prev, str) and prev.endswith('"') and isinstance(nxt, str) and nxt[:1] == '"'
-        if isinstance(nxt, str) and not quoted:
+        no_quote = '"' if tok.key in _QUOTE_FREE else ""
+        if quoted:
+            parts.append('([^"]*)' if no_quote else "(.*?)")
+        elif isinstance(nxt, str):
             stop = re.escape(nxt[0])
-            parts.append(f"([^{stop}]*)" if nxt[0] != "\n" else "(.*?)")
+            parts.append(f"([^{stop}{no_quote}]*)" if nxt[0] != "\n" else "(.*?)")
         elif nxt is None:
-            parts.append(r"(\S*)")
+            parts.append(f"([^\\s{no_quote}]*)")
         else:
             parts.append("(.*?)")
     return "".join(parts) + r"[ \t\r\n]*\Z"

@@ -29,6 +29,7 @@ from harness.evidence.egress import (
     sidecar_direct,
     sidecar_to_gateway,
 )
+from harness.evidence.external import ExternalEvidenceError, expect_external_record
 from harness.evidence.predicates import Predicate, all_of, any_of, not_
 from harness.evidence.sources import EntryLog, FileLogSource, LinesLogSource, LogSource
 
@@ -42,6 +43,7 @@ __all__ = [
     "EgressTarget",
     "EntryLog",
     "EvidenceError",
+    "ExternalEvidenceError",
     "FileLogSource",
     "HopCheck",
     "HopEvidence",
@@ -57,6 +59,7 @@ __all__ = [
     "assert_not_through_gateway",
     "assert_through_gateway",
     "expect_entry",
+    "expect_external_record",
     "expect_no_entry",
     "gateway_forwarded",
     "gateway_forwarded_http",

@@ -210,3 +210,14 @@ def test_short_summary_names_the_important_fields() -> None:
     short = e.short()
     for part in ("404", "NR", "route_not_found", "id=rid-4", "(gw)"):
         assert part in short
+
+
+def test_a_user_agent_holding_quotes_cannot_shift_the_request_id_or_authority() -> None:
+    forged = 'evil" "forged-id" "forged.example'
+    line = s.GATEWAY_TO_EXTERNAL.replace('"python-urllib/3.11"', f'"{forged}"')
+    e = ISTIO_TEXT.parse(line)
+    assert e is not None
+    assert e.user_agent == forged
+    assert e.request_id == "rid-1"
+    assert e.authority == "external.egress-harness.test"
+    assert e.upstream_host == "172.18.0.5:80"

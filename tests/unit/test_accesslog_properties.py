@@ -28,6 +28,8 @@ _token = st.text(string.ascii_letters + string.digits + "._:/|[]-,?=&%", min_siz
 _quoted = st.text(
     st.characters(blacklist_categories=["Cc", "Cs"], blacklist_characters="\n\r"), min_size=1, max_size=40
 ).filter(lambda v: v != "-" and not v.endswith('"'))
+# Envoy writes these itself or refuses a quote in them (see format._QUOTE_FREE).
+_quoted_no_dq = _quoted.filter(lambda v: '"' not in v)
 _int = st.integers(min_value=0, max_value=10**9)
 _maybe = st.none
 
@@ -48,9 +50,9 @@ _entries = st.builds(
     upstream_service_time=st.one_of(_maybe(), _int),
     x_forwarded_for=st.one_of(_maybe(), _quoted),
     user_agent=st.one_of(_maybe(), _quoted),
-    request_id=st.one_of(_maybe(), _quoted),
-    authority=st.one_of(_maybe(), _quoted),
-    upstream_host=st.one_of(_maybe(), _quoted),
+    request_id=st.one_of(_maybe(), _quoted_no_dq),
+    authority=st.one_of(_maybe(), _quoted_no_dq),
+    upstream_host=st.one_of(_maybe(), _quoted_no_dq),
     upstream_cluster=st.one_of(_maybe(), _token.filter(lambda t: not t.endswith(";"))),
     upstream_local_address=st.one_of(_maybe(), _token),
     downstream_local_address=st.one_of(_maybe(), _token),

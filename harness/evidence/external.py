@@ -1,0 +1,65 @@
+"""Evidence from the external host itself: the recorder's record of who called it.
+
+The access logs say where each proxy sent the request; the external host's record says where the
+request actually came from. Through the egress gateway, the caller is a gateway address; a direct
+call comes from the workload's own address.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+#: One request as the recorder saw it (``apps/recorder``): ``client_ip``, ``host``, ``headers``...
+Record = Mapping[str, Any]
+
+
+class ExternalEvidenceError(AssertionError):
+    """The external host's record does not show what was expected."""
+
+    def __init__(self, message: str, *, hop: str, records: Sequence[Record]) -> None:
+        self.hop = hop
+        self.records = list(records)
+        super().__init__(message)
+
+
+def expect_external_record(
+    fetch: Callable[[], Sequence[Record]],
+    request_id: str,
+    *,
+    from_ips: Collection[str],
+    hop: str = "external host",
+    timeout: float = 5.0,
+    interval: float = 0.05,
+) -> Record:
+    """The record of ``request_id`` at the external host, whose caller is one of ``from_ips``.
+
+    ``fetch`` returns the host's records (the recorder's ``/__recorder/requests``). The record of a
+    request is written before its response, so the wait is short; it covers a slow fetch.
+    """
+    deadline = time.monotonic() + timeout
+    mine: list[Record] = []
+    while True:
+        mine = [r for r in fetch() if (r.get("headers") or {}).get("x-request-id") == request_id]
+        for record in mine:
+            if record.get("client_ip") in from_ips:
+                return record
+        if mine or time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    expected = ", ".join(sorted(from_ips))
+    if not mine:
+        raise ExternalEvidenceError(
+            f"hop {hop!r}: the request x-request-id={request_id} never reached the external host "
+            f"(waited {timeout:g}s; expected it from {expected})",
+            hop=hop,
+            records=[],
+        )
+    callers = ", ".join(f"{r.get('client_ip')}:{r.get('client_port')}" for r in mine)
+    raise ExternalEvidenceError(
+        f"hop {hop!r}: the request x-request-id={request_id} reached the external host from {callers}, "
+        f"not from the egress gateway ({expected})",
+        hop=hop,
+        records=mine,
+    )

@@ -1,0 +1,171 @@
+"""The whole chain on real Envoy: every mode in both encodings gives the verdict it should."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.evidence import EvidenceError, ExternalEvidenceError
+from harness.localmesh import MODES, AppProcess, LocalMesh, LocalMeshError, Mode, Topology
+from harness.localrun import LOCAL_WAIT, check_through_gateway, run_once
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purpose once reaped.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+@pytest.fixture(scope="module", params=["text", "json"])
+def encoding(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mesh(request: pytest.FixtureRequest, encoding: str) -> Iterator[LocalMesh]:
+    mode: Mode = request.param
+    with LocalMesh(Topology(mode=mode, encoding=encoding)) as m:  # type: ignore[arg-type]
+        yield m
+    pids = [pid for _, pid in m.processes()]
+    assert pids and not any(_alive(pid) for pid in pids), "a local mesh process outlived the mesh"
+    assert m.workdir is not None and not m.workdir.exists()
+
+
+def test_mode_gives_its_verdict(mesh: LocalMesh) -> None:
+    verdict = run_once(mesh, "/check?token=abc%20def")
+    assert verdict.ok, verdict.render()
+    mode = mesh.topology.mode
+    if mode == "via-gateway":
+        assert verdict.client_status == 200
+        # Three independent witnesses for the same request.
+        assert [h.hop for h in verdict.proof] == ["target sidecar", "egress gateway"]
+        assert all(h.entry.request_id == verdict.request_id for h in verdict.proof)
+        caller = [r.upstream for r in verdict.rows if r.hop == "external host"]
+        assert caller == [f"called from {mesh.topology.gateway_ip} (egress gateway)"]
+    else:
+        expected_hop = "egress gateway" if mode == "gateway-no-route" else "target sidecar"
+        assert verdict.diverged_at == expected_hop
+        assert isinstance(verdict.through_gateway_error, EvidenceError)
+        assert verdict.client_status == {"direct": 200, "registry-only": 502, "gateway-no-route": 404}[mode]
+
+
+def test_the_request_reaches_the_external_host_intact(mesh: LocalMesh) -> None:
+    if mesh.topology.mode != "via-gateway":
+        pytest.skip("only via-gateway and direct reach the external host; via-gateway is enough here")
+    path = "/a%20b/c?x=1&y=%26z"
+    verdict = run_once(mesh, path)
+    records = [r for r in mesh.external_records() if r["headers"].get("x-request-id") == verdict.request_id]
+    assert [r["path"] for r in records] == [path]
+    assert records[0]["host"] == mesh.topology.external_host
+
+
+def test_the_external_witness_alone_catches_a_wrong_caller() -> None:
+    # A gateway that forwarded from the workload's address (as if the sidecar had gone direct while
+    # its log claimed otherwise) must fail at the external host even though both logs look right.
+    topo = Topology(gateway_ip="127.0.0.7")
+    with LocalMesh(topo) as m:
+        from harness.traffic import send
+
+        logs = {part: m.entry_log(part) for part in ("proxy-sidecar", "target-sidecar", "egress-gateway")}
+        rid = send(m.chain_url("/")).request_id
+        object.__setattr__(m, "topology", Topology(gateway_ip="127.0.0.99"))
+        with pytest.raises(ExternalEvidenceError) as info:
+            check_through_gateway(m, logs, rid, wait=LOCAL_WAIT)
+        object.__setattr__(m, "topology", topo)
+    assert info.value.hop == "external host"
+    assert "from 127.0.0.7" in str(info.value) and "127.0.0.99" in str(info.value)
+
+
+def test_an_envoy_that_rejects_its_config_is_named_and_nothing_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import harness.localmesh as lm
+
+    def broken(topo: Topology, gateway: object, external: object, log: Path) -> dict[str, object]:
+        config = lm.proxy_sidecar_config(topo, ("127.0.0.1", 1), log)
+        config["static_resources"]["clusters"][0]["type"] = "NOT_A_TYPE"  # type: ignore[index]
+        return config
+
+    monkeypatch.setattr(lm, "target_sidecar_config", broken)
+    mesh = LocalMesh(Topology())
+    with pytest.raises(LocalMeshError) as info:
+        mesh.start()
+    assert info.value.part == "target-sidecar"
+    assert "NOT_A_TYPE" in str(info.value)
+    assert not any(_alive(pid) for _, pid in mesh.processes())
+    assert mesh.workdir is not None and not mesh.workdir.exists()
+
+
+def test_an_app_that_does_not_come_up_is_named_with_its_log(tmp_path: Path) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text("import sys\nprint('boom: cannot bind', file=sys.stderr)\nsys.exit(3)\n")
+    with pytest.raises(LocalMeshError) as info:
+        AppProcess(script, "target", bind="127.0.0.12", workdir=tmp_path, start_timeout=5).start()
+    assert info.value.part == "target"
+    assert "exited with code 3" in str(info.value) and "boom: cannot bind" in str(info.value)
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.12", 0))
+        port = taken.getsockname()[1]
+        taken.listen()
+        app = AppProcess(
+            ROOT / "apps" / "relay" / "relay.py",
+            "target",
+            bind="127.0.0.12",
+            workdir=tmp_path,
+            start_timeout=5,
+        )
+        app.args = ("--name", "target")
+        # Force the taken port instead of 0 by wrapping the command.
+        wrapper = tmp_path / "fixed_port.py"
+        wrapper.write_text(
+            "import runpy, sys\n"
+            f"sys.argv = [sys.argv[0]] + [a if a != '0' else '{port}' for a in sys.argv[1:]]\n"
+            f"runpy.run_path({str(app.script)!r}, run_name='__main__')\n"
+        )
+        app.script = wrapper
+        with pytest.raises(LocalMeshError) as info:
+            app.start()
+    assert "target" in str(info.value)
+    assert "in use" in str(info.value).lower() or "errno 98" in str(info.value).lower()
+
+
+def test_ctrl_c_inside_the_block_stops_everything() -> None:
+    mesh = LocalMesh(Topology())
+    with pytest.raises(KeyboardInterrupt), mesh:
+        raise KeyboardInterrupt
+    assert not any(_alive(pid) for _, pid in mesh.processes())
+    assert mesh.workdir is not None and not mesh.workdir.exists()
+
+
+@pytest.mark.parametrize(("mode", "code"), [("via-gateway", 0), ("registry-only", 0)])
+def test_local_run_command(mode: str, code: int) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "local", "run", "--mode", mode, "--encoding", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert out.returncode == code, out.stdout + out.stderr
+    assert "verdict: OK, the evidence matches the mode" in out.stdout
+    assert "hop " in out.stdout and "egress gateway" in out.stdout
+    assert ">> local mesh: all parts ready" in out.stderr

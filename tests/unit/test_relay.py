@@ -1,0 +1,408 @@
+"""The relay app as processes on loopback: chains, header propagation, failures, proxies, timeouts."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+import relay
+from recorder import Recorder
+
+from harness.traffic import ChainResponse, Traffic, chain_url
+
+RELAY_PY = Path(relay.__file__).resolve()
+
+TRACE_HEADERS = {
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+    "b3": "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+    "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
+    "x-b3-spanid": "e457b5a2e4d86bd1",
+    "x-b3-parentspanid": "05e3ac9a4f6e3b90",
+    "x-b3-sampled": "1",
+    "x-b3-flags": "0",
+}
+NOT_PROPAGATED = {"x-secret": "nope", "authorization": "Bearer nope", "cookie": "session=nope"}
+
+
+START_DEADLINE = 10.0
+STOP_DEADLINE = 5.0
+# Configuration a developer's shell may carry that must not leak into the apps under test.
+_APP_ENV = ("SERVICE_NAME", "PORT", "BIND", "UPSTREAM_TIMEOUT", "RECORDER_MAX_RECORDS", "REQUEST_METHOD")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """os.environ without proxy settings and app configuration, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and k not in _APP_ENV}
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class AppProcess:
+    """A relay process started with `--port 0`: the process, its bound port and its stderr log."""
+
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def proxy_url(self) -> str:
+        """The relay's /proxy endpoint (a hop for harness.traffic.chain_url)."""
+        return f"{self.url}/proxy"
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after STOP_DEADLINE; the exit code of the SIGTERM attempt (or -9)."""
+        code = self.proc.poll()
+        if code is None:
+            self.proc.terminate()
+            try:
+                code = self.proc.wait(STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_DEADLINE)
+                code = -9
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
+
+
+def _first_line(stream: IO[str], deadline: float) -> str:
+    """The first line of `stream`, read on a helper thread so that waiting has a deadline."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for line in stream:  # keeps draining so the child never blocks on a full pipe
+                lines.put(line)
+        except (OSError, ValueError):  # closed by AppProcess.stop
+            pass
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        return lines.get(timeout=max(0.0, deadline - time.monotonic()))
+    except queue.Empty:
+        return ""
+
+
+def start_relay(name: str, args: list[str], env: Mapping[str, str], log: Path) -> AppProcess:
+    """`relay.py --port 0 --bind 127.0.0.1 --name NAME ARGS`; waits for its `listening on` line."""
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(RELAY_PY), "--port", "0", "--bind", "127.0.0.1", "--name", name, *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=clean_env(env),
+        )
+    assert proc.stdout is not None
+    line = _first_line(proc.stdout, time.monotonic() + START_DEADLINE)
+    app = AppProcess(name=name, proc=proc, port=0, log=log)
+    prefix = "listening on 127.0.0.1:"
+    if not line.startswith(prefix):
+        code = app.stop()
+        pytest.fail(f"{name} did not start (exit {code}, first line {line!r}); stderr:\n{app.stderr()}")
+    app.port = int(line[len(prefix) :].strip())
+    return app
+
+
+class RelayPool:
+    """Starts relay processes; `stop_all` stops them together and asserts that none is left running."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[AppProcess] = []
+
+    def __call__(
+        self, name: str, *, env: Mapping[str, str] | None = None, upstream_timeout: float | None = None
+    ) -> AppProcess:
+        args = [] if upstream_timeout is None else ["--upstream-timeout", str(upstream_timeout)]
+        app = start_relay(name, args, env or {}, self.logs / f"relay-{name}-{len(self.started)}.log")
+        self.started.append(app)
+        return app
+
+    def stop_all(self) -> None:
+        for app in self.started:  # SIGTERM to all first, so they shut down in parallel
+            if app.proc.poll() is None:
+                app.proc.terminate()
+        for app in self.started:
+            app.stop()
+        assert [app.name for app in self.started if app.proc.poll() is None] == []
+
+
+@pytest.fixture
+def relay_app(tmp_path: Path) -> Iterator[RelayPool]:
+    """Start relay processes for one test: `relay_app("proxy", env={...}, upstream_timeout=1.0)`."""
+    pool = RelayPool(tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+@dataclass
+class Chain:
+    proxy: AppProcess
+    target: AppProcess
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    """Relays named `proxy` and `target` with default settings, shared by the tests of this module
+    that only send requests through them."""
+    pool = RelayPool(tmp_path_factory.mktemp("relays"))
+    try:
+        yield Chain(proxy=pool("proxy"), target=pool("target"))
+    finally:
+        pool.stop_all()
+
+
+@pytest.fixture
+def traffic() -> Iterator[Traffic]:
+    with Traffic(timeout=10.0) as client:
+        yield client
+
+
+@pytest.fixture
+def proxy_recorder() -> Iterator[Recorder]:
+    """A second recorder playing a forward HTTP proxy (it records absolute-form request targets)."""
+    with Recorder(bind="127.0.0.1", port=0) as rec:
+        yield rec
+
+
+def test_healthz_and_unknown_path(chain: Chain, traffic: Traffic) -> None:
+    health = traffic.client.get(f"{chain.proxy.url}/healthz")
+    assert (health.status_code, health.text.strip()) == (200, "ok")
+    missing = traffic.send(f"{chain.proxy.url}/nope")
+    assert missing.status == 404
+    assert missing.json["service"] == "proxy"
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("", "exactly one url"),
+        ("?url=a&url=b", "exactly one url"),
+        ("?url=file%3A%2F%2F%2Fetc%2Fpasswd", "http"),
+        ("?url=http%3A%2F%2F%2Fno-host", "no host"),
+        ("?url=http%3A%2F%2Fhost%3Aport%2F", "invalid url"),
+    ],
+)
+def test_bad_url_parameter_is_400(chain: Chain, traffic: Traffic, query: str, error: str) -> None:
+    response = traffic.send(f"{chain.proxy.proxy_url}{query}")
+    assert response.status == 400
+    assert error in (response.error or ""), response.json
+
+
+def test_chain_reaches_the_external_host_with_hops_headers_and_path_intact(
+    chain: Chain, recorder_app: Recorder, traffic: Traffic
+) -> None:
+    path = "/ext/a%20b/c%2Fd?q=x%26y%3Dz&sp=a+b&u=%E2%9C%93&pct=100%25&hash=%23f&empty="
+    url = chain_url([chain.proxy.proxy_url, chain.target.proxy_url], recorder_app.url + path)
+
+    response = traffic.send(url, headers={**TRACE_HEADERS, **NOT_PROPAGATED})
+
+    assert response.status == 200, response.text
+    assert response.services == ["proxy", "target"]
+    assert [h.status for h in response.hops] == [200, 200]
+    assert response.hops[0].url == chain_url([chain.target.proxy_url], recorder_app.url + path)
+    assert response.hops[1].url == recorder_app.url + path
+    assert response.json["request_id"] == response.request_id
+    assert response.hops[1].body is not None
+    assert '"recorded"' in response.hops[1].body
+    assert "failed_hop" not in response.json
+
+    [seen] = recorder_app.records(request_id=response.request_id)
+    assert seen["path"] == path
+    assert seen["target"] == path
+    assert seen["host"] == f"127.0.0.1:{recorder_app.port}"
+    for name, value in TRACE_HEADERS.items():
+        assert seen["headers"].get(name) == value, name
+    for name in NOT_PROPAGATED:
+        assert name not in seen["headers"]
+    assert len(recorder_app.records()) == 1
+
+
+def test_raw_spaces_and_unicode_are_percent_encoded_once(
+    chain: Chain, recorder_app: Recorder, traffic: Traffic
+) -> None:
+    url = chain_url([chain.proxy.proxy_url], f"{recorder_app.url}/raw path/é?q=a b&k=%41")
+    response = traffic.send(url)
+    assert response.status == 200, response.text
+    [seen] = recorder_app.records(request_id=response.request_id)
+    assert seen["path"] == "/raw%20path/%C3%A9?q=a%20b&k=%41"
+
+
+def test_upstream_status_propagates(chain: Chain, traffic: Traffic) -> None:
+    response = traffic.send(chain_url([chain.proxy.proxy_url], f"{chain.target.url}/nowhere"))
+    assert response.status == 404
+    assert response.services == ["proxy"]
+    assert response.hops[0].status == 404
+    assert response.hops[0].body is not None
+    assert "no route" in response.hops[0].body
+
+
+def test_failing_middle_hop_is_named_through_the_chain(
+    chain: Chain, traffic: Traffic, refused_port: int
+) -> None:
+    hops = [chain.proxy.proxy_url, chain.target.proxy_url]
+    response = traffic.send(chain_url(hops, f"http://127.0.0.1:{refused_port}/x"))
+
+    assert response.status == 502, response.text
+    assert response.failed_hop == "target"
+    assert response.services == ["proxy", "target"]
+    assert [h.status for h in response.hops] == [502, None]
+    assert response.hops[1].error == "connection refused"
+    assert response.error == "connection refused"
+    assert response.json["service"] == "proxy"
+
+
+def test_failing_first_hop_names_itself(chain: Chain, traffic: Traffic, refused_port: int) -> None:
+    response = traffic.send(chain_url([chain.proxy.proxy_url], f"http://127.0.0.1:{refused_port}/x"))
+    assert response.status == 502
+    assert response.failed_hop == "proxy"
+    assert response.services == ["proxy"]
+    assert response.hops[0].error == "connection refused"
+
+
+def test_upstream_that_never_answers_is_502_within_the_timeout(
+    relay_app: RelayPool, traffic: Traffic, silent_port: int
+) -> None:
+    proxy = relay_app("proxy", env={"UPSTREAM_TIMEOUT": "1"})
+    started = time.monotonic()
+    response = traffic.send(chain_url([proxy.proxy_url], f"http://127.0.0.1:{silent_port}/hang"))
+    took = time.monotonic() - started
+    assert response.status == 502, response.text
+    assert response.failed_hop == "proxy"
+    assert response.error is not None
+    assert "timeout" in response.error
+    assert 0.9 <= took < 3.0
+
+
+def _via(response: ChainResponse, direct: Recorder, proxy: Recorder) -> str:
+    """Which recorder saw the request: "direct", "proxy", or a description of anything else."""
+    at_direct = direct.records(request_id=response.request_id)
+    at_proxy = proxy.records(request_id=response.request_id)
+    if len(at_direct) == 1 and not at_proxy:
+        return "direct"
+    if len(at_proxy) == 1 and not at_direct:
+        return "proxy"
+    return f"direct={len(at_direct)} proxy={len(at_proxy)} ({response.status} {response.text[:200]})"
+
+
+def test_http_proxy_carries_upstream_calls_even_to_loopback(
+    relay_app: RelayPool, recorder_app: Recorder, proxy_recorder: Recorder, traffic: Traffic
+) -> None:
+    proxy = relay_app("proxy", env={"HTTP_PROXY": proxy_recorder.url})
+
+    external = traffic.send(chain_url([proxy.proxy_url], "http://external.example/egress?x=%2F1"))
+    assert external.status == 200, external.text
+    [seen] = proxy_recorder.records(request_id=external.request_id)
+    assert seen["target"] == "http://external.example/egress?x=%2F1"
+    assert seen["host"] == "external.example"
+    assert seen["path"] == "/egress?x=%2F1"
+
+    loopback = traffic.send(chain_url([proxy.proxy_url], f"{recorder_app.url}/local"))
+    assert _via(loopback, recorder_app, proxy_recorder) == "proxy"
+    [seen] = proxy_recorder.records(request_id=loopback.request_id)
+    assert seen["target"] == f"{recorder_app.url}/local"
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        ("HTTP_PROXY", "NO_PROXY", "127.0.0.1"),
+        ("http_proxy", "no_proxy", "127.0.0.0/8"),
+        ("HTTP_PROXY", "NO_PROXY", " localhost , 127.0.0.1:{port} "),
+    ],
+)
+def test_no_proxy_sends_matching_hosts_direct(
+    relay_app: RelayPool,
+    recorder_app: Recorder,
+    proxy_recorder: Recorder,
+    traffic: Traffic,
+    variables: tuple[str, str, str],
+) -> None:
+    proxy_var, no_proxy_var, no_proxy = variables
+    env = {proxy_var: proxy_recorder.url, no_proxy_var: no_proxy.format(port=recorder_app.port)}
+    proxy = relay_app("proxy", env=env)
+
+    local = traffic.send(chain_url([proxy.proxy_url], f"{recorder_app.url}/direct"))
+    assert local.status == 200, local.text
+    assert _via(local, recorder_app, proxy_recorder) == "direct"
+
+    external = traffic.send(chain_url([proxy.proxy_url], "http://external.example/still-proxied"))
+    assert external.status == 200, external.text
+    assert _via(external, recorder_app, proxy_recorder) == "proxy"
+
+
+def test_sigterm_stops_the_relay_cleanly(relay_app: RelayPool) -> None:
+    app = relay_app("proxy")
+    assert app.proc.poll() is None
+    assert app.stop() == 0
+    assert "SIGTERM" in app.stderr()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", app.port), timeout=1):
+        pass
+
+
+def test_one_log_line_per_request(relay_app: RelayPool, traffic: Traffic) -> None:
+    app = relay_app("target")
+    response = traffic.send(f"{app.url}/healthz", request_id="rid-log-1")
+    assert response.status == 200
+    app.stop()
+    lines = [line for line in app.stderr().splitlines() if "rid-log-1" in line]
+    assert len(lines) == 1
+    assert lines[0].startswith("relay[target] 127.0.0.1")
+    assert '"GET /healthz HTTP/1.1" 200' in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "no_proxy", "bypassed"),
+    [
+        ("127.0.0.1", 80, "127.0.0.1", True),
+        ("127.0.0.1", 80, "127.0.0.0/8", True),
+        ("127.0.0.2", 80, "127.0.0.1", False),
+        ("10.1.2.3", 80, "127.0.0.0/8,10.0.0.0/8", True),
+        ("::1", 80, "::1", True),
+        ("::1", 8080, "[::1]:8080", True),
+        ("::1", 8081, "[::1]:8080", False),
+        ("api.example.com", 443, "example.com", True),
+        ("api.example.com", 443, ".example.com", True),
+        ("example.com", 443, ".example.com", True),
+        ("badexample.com", 443, "example.com", False),
+        ("example.com", 8080, "example.com:8080", True),
+        ("example.com", 9090, "example.com:8080", False),
+        ("EXAMPLE.com", None, "example.COM", True),
+        ("anything", None, "*", True),
+        ("anything", None, "", False),
+        ("anything", None, "not/a/cidr, ,", False),
+        ("localhost", 80, "127.0.0.1", False),
+    ],
+)
+def test_proxy_bypassed(host: str, port: int | None, no_proxy: str, bypassed: bool) -> None:
+    assert relay.proxy_bypassed(host, port, no_proxy) is bypassed
+
+
+def test_describe_error_names_the_cause() -> None:
+    assert relay.describe_error(socket.gaierror(-2, "Name or service not known"), 1) == (
+        "dns failure: Name or service not known"
+    )
+    assert relay.describe_error(TimeoutError(), 2.5) == "timeout: no answer within 2.5s"
+    assert relay.describe_error(ValueError("unknown url type"), 1) == "invalid url: unknown url type"
