@@ -16,6 +16,7 @@ from collections.abc import Sequence
 _COMMAND_MODULES: tuple[str, ...] = (
     "harness.accesslog.cli",
     "harness.localrun",
+    "harness.scenarios.cli",
 )
 
 

@@ -1,0 +1,1005 @@
+"""Offline validation of rendered manifests against the exact CRD schemas of each Istio release.
+
+* CRD bundles (multi-document YAML of ``CustomResourceDefinition`` objects) map
+  (group, version, kind) to the ``openAPIV3Schema`` of each *served* version. A directory of Istio
+  bundles named by version (``1.28.10.yaml``, ``1.31-dev.yaml``) picks the bundle of a release.
+* :func:`validate` checks a value against a Kubernetes *structural* schema the way the API server
+  does with strict field validation: unknown fields are errors. ``x-kubernetes-validations`` (CEL)
+  cannot be evaluated here; each rule a document reaches is reported as *not checked*, never passed.
+* Core kinds (Namespace, Service, Deployment, ...) have no CRD: a small built-in schema checks the
+  fields that matter and leaves the rest alone, and results say so (coverage ``basic``).
+* :func:`validate_catalog` renders every scenario for every Istio version in its range and validates
+  every document.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import difflib
+import functools
+import ipaddress
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.scenarios.loader import PROJECT_ROOT, FieldPath, ScenarioError, display_path, format_field
+from harness.scenarios.model import Catalog, IstioVersion
+from harness.scenarios.render import RenderedDocument, offline_context, render_scenario
+
+__all__ = [
+    "CACHE_DIR",
+    "GATEWAY_API_GROUP",
+    "ISTIO_RAW_BASE",
+    "CatalogIssue",
+    "CrdBundle",
+    "CrdError",
+    "CrdVersion",
+    "DocumentCheck",
+    "DocumentResult",
+    "IstioCrdDir",
+    "SchemaResult",
+    "SchemaViolation",
+    "UncheckedRule",
+    "ValidationReport",
+    "default_crd_dir",
+    "default_gateway_api_dir",
+    "download_istio_crds",
+    "istio_crd_url",
+    "load_bundle",
+    "load_bundle_dir",
+    "shared_dir",
+    "validate",
+    "validate_catalog",
+    "validate_document",
+]
+
+ISTIO_RAW_BASE = "https://raw.githubusercontent.com/istio/istio"
+CACHE_DIR = PROJECT_ROOT / ".cache" / "crds"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class CrdError(Exception):
+    """A CRD bundle or directory that cannot be used (missing, unreadable, no CRDs in it)."""
+
+
+# ------------------------------------------------------------------------------------------ bundles
+
+
+@dataclass(frozen=True)
+class CrdVersion:
+    """One served version of one CRD."""
+
+    group: str
+    version: str
+    kind: str
+    scope: str
+    schema: Mapping[str, Any]
+    deprecated: bool
+    deprecation_warning: str | None
+    source: Path
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+@dataclass(frozen=True)
+class CrdBundle:
+    source: Path
+    crds: Mapping[tuple[str, str, str], CrdVersion]
+
+    @property
+    def label(self) -> str:
+        return self.source.name
+
+    def lookup(self, group: str, version: str, kind: str) -> CrdVersion | None:
+        return self.crds.get((group, version, kind))
+
+    def served_versions(self, group: str, kind: str) -> tuple[str, ...]:
+        return tuple(sorted(v for g, v, k in self.crds if g == group and k == kind))
+
+    def kinds(self) -> tuple[tuple[str, str], ...]:
+        """(group, kind) of every CRD, sorted."""
+        return tuple(sorted({(g, k) for g, _, k in self.crds}))
+
+
+def _parse_bundle(text: str, source: Path) -> CrdBundle:
+    try:
+        docs = list(yaml.load_all(text, Loader=_Loader))
+    except yaml.YAMLError as exc:
+        raise CrdError(f"{display_path(source)}: not valid YAML: {exc}") from exc
+    crds: dict[tuple[str, str, str], CrdVersion] = {}
+    for doc in docs:
+        if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+            continue
+        try:
+            spec = doc["spec"]
+            group, kind, scope = spec["group"], spec["names"]["kind"], spec.get("scope", "Namespaced")
+            for ver in spec["versions"]:
+                if not ver.get("served", False):
+                    continue
+                schema = (ver.get("schema") or {}).get("openAPIV3Schema")
+                if not isinstance(schema, dict):
+                    schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                crds[(group, ver["name"], kind)] = CrdVersion(
+                    group=group,
+                    version=ver["name"],
+                    kind=kind,
+                    scope=scope,
+                    schema=schema,
+                    deprecated=bool(ver.get("deprecated", False)),
+                    deprecation_warning=ver.get("deprecationWarning"),
+                    source=source,
+                )
+        except (KeyError, TypeError) as exc:
+            name = (doc.get("metadata") or {}).get("name", "?")
+            raise CrdError(
+                f"{display_path(source)}: CRD {name}: malformed ({exc!r} missing or wrong)"
+            ) from exc
+    if not crds:
+        raise CrdError(f"{display_path(source)}: no CustomResourceDefinition with a served version in it")
+    return CrdBundle(source, crds)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_bundle_cached(path: str, _mtime_ns: int, _size: int) -> CrdBundle:
+    source = Path(path)
+    return _parse_bundle(source.read_text(encoding="utf-8"), source)
+
+
+def load_bundle(path: Path) -> CrdBundle:
+    """Parse one bundle file; parsed once per process (re-read only if the file changes)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise CrdError(f"{display_path(path)}: cannot read CRD bundle: {exc.strerror}") from exc
+    return _load_bundle_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def load_bundle_dir(directory: Path) -> tuple[CrdBundle, ...]:
+    """Every ``*.yaml`` bundle of ``directory``, sorted by file name."""
+    if not directory.is_dir():
+        raise CrdError(f"{display_path(directory)}: CRD folder does not exist")
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise CrdError(f"{display_path(directory)}: no *.yaml CRD bundle in it")
+    return tuple(load_bundle(f) for f in files)
+
+
+@dataclass(frozen=True)
+class IstioCrdDir:
+    """A folder of Istio CRD bundles named by release: ``1.28.10.yaml``, ``1.31-dev.yaml``."""
+
+    path: Path
+
+    def _files(self) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        if self.path.is_dir():
+            for f in self.path.glob("*.yaml"):
+                with contextlib.suppress(ValueError):
+                    IstioVersion.parse(f.stem)
+                    out[f.stem] = f
+        return out
+
+    def versions(self) -> tuple[str, ...]:
+        """The releases present, oldest first."""
+        return tuple(sorted(self._files(), key=lambda v: IstioVersion.parse(v).sort_key))
+
+    def bundle_path(self, version: str) -> Path:
+        """The bundle of ``version``: its own file, or for a bare minor (``1.30``) its newest build."""
+        files = self._files()
+        if version in files:
+            return files[version]
+        wanted = IstioVersion.parse(version)
+        if wanted.is_bare_minor:
+            same = [v for v in files if IstioVersion.parse(v).minor_key == wanted.minor_key]
+            if same:
+                return files[max(same, key=lambda v: IstioVersion.parse(v).sort_key)]
+        have = ", ".join(self.versions()) or "none"
+        raise CrdError(
+            f"{display_path(self.path)}: no CRD bundle for Istio {version} (have: {have}); "
+            f"fetch it with `egress-harness scenarios fetch-crds {version}` or pass --crd-dir"
+        )
+
+    def bundle(self, version: str) -> CrdBundle:
+        return load_bundle(self.bundle_path(version))
+
+
+# -------------------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class SchemaViolation:
+    path: FieldPath
+    message: str
+
+    def __str__(self) -> str:
+        return f"{format_field(self.path) or '(root)'}: {self.message}"
+
+
+@dataclass(frozen=True)
+class UncheckedRule:
+    """An ``x-kubernetes-validations`` (CEL) rule the document reaches but nobody evaluated."""
+
+    path: FieldPath
+    rule: str
+    message: str | None
+
+    def __str__(self) -> str:
+        what = f"{self.message!r} " if self.message else ""
+        return f"{format_field(self.path) or '(root)'}: {what}(rule: {self.rule})"
+
+
+@dataclass(frozen=True)
+class SchemaResult:
+    errors: tuple[SchemaViolation, ...]
+    unchecked: tuple[UncheckedRule, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _has_type(expected: str, value: object) -> bool:
+    actual = _json_type(value)
+    return actual == expected or (expected == "number" and actual == "integer")
+
+
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _format_error(fmt: str, value: str) -> str | None:
+    """A message when ``value`` breaks a string ``format`` we can check cheaply; others pass."""
+    if fmt == "date-time" and not _DATE_TIME.match(value):
+        return "not an RFC 3339 date-time"
+    if fmt == "byte":
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return "not base64"
+    if fmt in ("ipv4", "ipv6"):
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            return f"not an {fmt} address"
+        if addr.version != int(fmt[-1]):
+            return f"not an {fmt} address"
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def _regex(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:  # an RE2-only construct: leave the value alone
+        return None
+
+
+def _describe(schema: Mapping[str, Any]) -> str:
+    """A short human description of a combinator branch."""
+    keys = set(schema)
+    if keys == {"required"}:
+        return " and ".join(f"'{r}' set" for r in schema["required"])
+    if keys == {"not"}:
+        return f"not ({_describe(schema['not'])})"
+    if keys == {"anyOf"}:
+        return " or ".join(_describe(s) for s in schema["anyOf"])
+    if keys == {"type"}:
+        return f"of type {schema['type']}"
+    return "a schema with " + ", ".join(sorted(keys))
+
+
+def _exclusive_fields(branches: Sequence[Mapping[str, Any]]) -> list[str] | None:
+    """The fields of the common structural idiom "at most one of a, b" written as
+    ``oneOf: [{not: {anyOf: [{required: [a]}, {required: [b]}]}}, {required: [a]}, {required: [b]}]``."""
+    first, rest = branches[0], branches[1:]
+    if set(first) != {"not"} or set(first["not"]) != {"anyOf"}:
+        return None
+    inner = first["not"]["anyOf"]
+    if not all(set(b) == {"required"} and len(b["required"]) == 1 for b in [*inner, *rest]):
+        return None
+    fields = [b["required"][0] for b in rest]
+    return fields if fields == [b["required"][0] for b in inner] else None
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.errors: list[SchemaViolation] = []
+        self.unchecked: dict[tuple[FieldPath, str], UncheckedRule] = {}
+
+    def error(self, path: FieldPath, message: str) -> None:
+        self.errors.append(SchemaViolation(path, message))
+
+    def trial(self, schema: Mapping[str, Any], value: object, path: FieldPath) -> bool:
+        sub = _Validator()
+        sub.check(schema, value, path, structural=False)
+        self.unchecked.update(sub.unchecked)
+        return not sub.errors
+
+    def check(self, schema: Mapping[str, Any], value: object, path: FieldPath, *, structural: bool) -> None:
+        """``structural``: this schema is the structural part (it decides which fields exist); inside
+        allOf/anyOf/oneOf/not it is not, and only adds constraints."""
+        if value is None and schema.get("nullable", False):
+            return
+        if schema.get("x-kubernetes-int-or-string"):
+            if not isinstance(value, int | str) or isinstance(value, bool):
+                self.error(path, f"expected integer or string, got {_json_type(value)}")
+                return
+        elif "type" in schema and not _has_type(schema["type"], value):
+            self.error(path, f"expected {schema['type']}, got {_json_type(value)}")
+            return
+
+        for rule in schema.get("x-kubernetes-validations", ()):
+            key = (path, str(rule.get("rule", "")))
+            self.unchecked.setdefault(key, UncheckedRule(path, key[1], rule.get("message")))
+
+        if "enum" in schema and value not in schema["enum"]:
+            allowed = ", ".join(json.dumps(e) for e in schema["enum"])
+            self.error(path, f"{json.dumps(value)} is not one of {allowed}")
+        if isinstance(value, str):
+            self._string(schema, value, path)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            self._number(schema, value, path)
+        elif isinstance(value, dict):
+            self._object(schema, value, path, structural)
+        elif isinstance(value, list):
+            self._array(schema, value, path, structural)
+        self._combinators(schema, value, path)
+
+    def _string(self, schema: Mapping[str, Any], value: str, path: FieldPath) -> None:
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            self.error(path, f"{json.dumps(value)} is shorter than {schema['minLength']} characters")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            self.error(path, f"{len(value)} characters, more than the maximum {schema['maxLength']}")
+        if "pattern" in schema:
+            regex = _regex(schema["pattern"])
+            if regex is not None and not regex.search(value):
+                self.error(
+                    path, f"{json.dumps(value)} does not match the pattern {json.dumps(schema['pattern'])}"
+                )
+        if "format" in schema:
+            problem = _format_error(schema["format"], value)
+            if problem:
+                self.error(path, f"{json.dumps(value)}: {problem}")
+
+    def _number(self, schema: Mapping[str, Any], value: float, path: FieldPath) -> None:
+        if "minimum" in schema:
+            low = schema["minimum"]
+            if value < low or (schema.get("exclusiveMinimum") and value == low):
+                self.error(path, f"{value} is less than the minimum {low}")
+        if "maximum" in schema:
+            high = schema["maximum"]
+            if value > high or (schema.get("exclusiveMaximum") and value == high):
+                self.error(path, f"{value} is more than the maximum {high}")
+
+    def _object(
+        self, schema: Mapping[str, Any], value: dict[str, Any], path: FieldPath, structural: bool
+    ) -> None:
+        props: Mapping[str, Any] = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        preserve = schema.get("x-kubernetes-preserve-unknown-fields") is True
+        for key, item in value.items():
+            sub = (*path, key)
+            if key in props:
+                self.check(props[key], item, sub, structural=structural)
+            elif isinstance(extra, Mapping):
+                self.check(extra, item, sub, structural=structural)
+            elif structural and not preserve and extra is not True:
+                close = difflib.get_close_matches(key, list(props), n=1)
+                known = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else f"known fields: {', '.join(sorted(props)) or 'none'}"
+                )
+                self.error(sub, f"unknown field ({known})")
+        for name in schema.get("required", ()):
+            if name not in value and not (structural and "default" in props.get(name, {})):
+                self.error((*path, name), "required field is missing")
+        n = len(value)
+        if "minProperties" in schema and n < schema["minProperties"]:
+            self.error(path, f"{n} entries, fewer than the minimum {schema['minProperties']}")
+        if "maxProperties" in schema and n > schema["maxProperties"]:
+            self.error(path, f"{n} entries, more than the maximum {schema['maxProperties']}")
+        if schema.get("x-kubernetes-embedded-resource"):
+            for name in ("apiVersion", "kind"):
+                if not isinstance(value.get(name), str) or not value[name]:
+                    self.error((*path, name), "an embedded resource needs a non-empty string here")
+            if "metadata" in value:
+                self.check(OBJECT_META_SCHEMA, value["metadata"], (*path, "metadata"), structural=structural)
+
+    def _array(self, schema: Mapping[str, Any], value: list[Any], path: FieldPath, structural: bool) -> None:
+        items = schema.get("items")
+        if isinstance(items, Mapping):
+            for i, item in enumerate(value):
+                self.check(items, item, (*path, i), structural=structural)
+        n = len(value)
+        if "minItems" in schema and n < schema["minItems"]:
+            self.error(path, f"{n} items, fewer than the minimum {schema['minItems']}")
+        if "maxItems" in schema and n > schema["maxItems"]:
+            self.error(path, f"{n} items, more than the maximum {schema['maxItems']}")
+        list_type = schema.get("x-kubernetes-list-type")
+        seen: dict[str, int] = {}
+        for i, item in enumerate(value):
+            if list_type == "set":
+                key = json.dumps(item, sort_keys=True)
+            elif list_type == "map" and isinstance(item, dict):
+                keys = schema.get("x-kubernetes-list-map-keys", ())
+                key = json.dumps({k: item.get(k) for k in keys}, sort_keys=True)
+            else:
+                continue
+            if key in seen:
+                self.error((*path, i), f"duplicate entry {key} (same as [{seen[key]}])")
+            else:
+                seen[key] = i
+
+    def _combinators(self, schema: Mapping[str, Any], value: object, path: FieldPath) -> None:
+        for sub in schema.get("allOf", ()):
+            self.check(sub, value, path, structural=False)
+        if "anyOf" in schema and not any(self.trial(s, value, path) for s in schema["anyOf"]):
+            self.error(
+                path, "must match at least one of: " + " | ".join(_describe(s) for s in schema["anyOf"])
+            )
+        if "oneOf" in schema:
+            branches = schema["oneOf"]
+            matched = [i for i, s in enumerate(branches) if self.trial(s, value, path)]
+            if len(matched) != 1:
+                exclusive = _exclusive_fields(branches)
+                if exclusive is not None and isinstance(value, dict):
+                    found = ", ".join(f for f in exclusive if f in value)
+                    self.error(path, f"set at most one of {', '.join(exclusive)} (found: {found})")
+                else:
+                    alternatives = " | ".join(_describe(s) for s in branches)
+                    self.error(path, f"must match exactly one of: {alternatives} (matched {len(matched)})")
+        if "not" in schema and self.trial(schema["not"], value, path):
+            self.error(path, f"must not be {_describe(schema['not'])}")
+
+
+def validate(schema: Mapping[str, Any], value: object, path: FieldPath = ()) -> SchemaResult:
+    """Check ``value`` against a Kubernetes structural schema (strict: unknown fields are errors)."""
+    v = _Validator()
+    v.check(schema, value, path, structural=True)
+    return SchemaResult(tuple(v.errors), tuple(v.unchecked.values()))
+
+
+# ----------------------------------------------------------------------------- object level, core
+
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_LABEL_MAP = {
+    "type": "object",
+    "additionalProperties": {
+        "type": "string",
+        "maxLength": 63,
+        "pattern": r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$",
+    },
+}
+_PRESERVE = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+#: ObjectMeta as a client may write it.
+OBJECT_META_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 253, "pattern": _DNS_SUBDOMAIN},
+        "generateName": {"type": "string"},
+        "namespace": {"type": "string", "maxLength": 63, "pattern": _DNS_LABEL},
+        "labels": _LABEL_MAP,
+        "annotations": _STRING_MAP,
+        "finalizers": {"type": "array", "items": {"type": "string"}},
+        "ownerReferences": {"type": "array", "items": _PRESERVE},
+        "uid": {"type": "string"},
+        "resourceVersion": {"type": "string"},
+        "generation": {"type": "integer"},
+        "creationTimestamp": {"type": "string", "nullable": True},
+        "deletionTimestamp": {"type": "string"},
+        "deletionGracePeriodSeconds": {"type": "integer"},
+        "managedFields": {"type": "array", "items": _PRESERVE},
+    },
+}
+
+
+def _loose(properties: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """An object whose listed fields are checked and whose other fields are let through."""
+    return {
+        "type": "object",
+        "properties": dict(properties),
+        "x-kubernetes-preserve-unknown-fields": True,
+        **extra,
+    }
+
+
+_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+_SERVICE_PORT = {
+    "type": "object",
+    "required": ["port"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 63},
+        "port": _PORT,
+        "targetPort": {"x-kubernetes-int-or-string": True},
+        "protocol": {"type": "string", "enum": ["TCP", "UDP", "SCTP"]},
+        "appProtocol": {"type": "string"},
+        "nodePort": _PORT,
+    },
+}
+
+#: Core kinds the catalog may use, with only the fields that matter checked ("basic" coverage).
+CORE_SCHEMAS: Mapping[tuple[str, str, str], Mapping[str, Any]] = {
+    ("", "v1", "Namespace"): {"type": "object", "properties": {"spec": _PRESERVE, "status": _PRESERVE}},
+    ("", "v1", "ServiceAccount"): {
+        "type": "object",
+        "properties": {
+            "automountServiceAccountToken": {"type": "boolean"},
+            "secrets": {"type": "array", "items": _PRESERVE},
+            "imagePullSecrets": {"type": "array", "items": _PRESERVE},
+        },
+    },
+    ("", "v1", "ConfigMap"): {
+        "type": "object",
+        "properties": {
+            "data": _STRING_MAP,
+            "binaryData": {"type": "object", "additionalProperties": {"type": "string", "format": "byte"}},
+            "immutable": {"type": "boolean"},
+        },
+    },
+    ("", "v1", "Secret"): {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string"},
+            "data": {"type": "object", "additionalProperties": {"type": "string", "format": "byte"}},
+            "stringData": _STRING_MAP,
+            "immutable": {"type": "boolean"},
+        },
+    },
+    ("", "v1", "Service"): {
+        "type": "object",
+        "properties": {
+            "spec": _loose(
+                {
+                    "type": {
+                        "type": "string",
+                        "enum": ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"],
+                    },
+                    "selector": _STRING_MAP,
+                    "ports": {"type": "array", "items": _SERVICE_PORT},
+                    "externalName": {"type": "string"},
+                }
+            ),
+            "status": _PRESERVE,
+        },
+    },
+    ("apps", "v1", "Deployment"): {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": _loose(
+                {
+                    "replicas": {"type": "integer", "minimum": 0},
+                    "selector": _loose({"matchLabels": _STRING_MAP}),
+                    "template": _loose({"metadata": OBJECT_META_SCHEMA, "spec": _PRESERVE}),
+                },
+                required=["selector", "template"],
+            ),
+            "status": _PRESERVE,
+        },
+    },
+}
+
+Coverage = Literal["crd", "basic"]
+
+
+@dataclass(frozen=True)
+class DocumentResult:
+    """One document checked against one schema."""
+
+    api_version: str
+    kind: str
+    name: str
+    #: where the schema came from: a bundle file name, or "built-in core schema"
+    schema_source: str
+    coverage: Coverage
+    result: SchemaResult
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def errors(self) -> tuple[SchemaViolation, ...]:
+        return self.result.errors
+
+
+def _split_api_version(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+def _strip_envelope(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The root schema without apiVersion/kind/metadata, which :func:`validate_document` checks itself."""
+    envelope = ("apiVersion", "kind", "metadata")
+    root = dict(schema)
+    root["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if k not in envelope}
+    root["required"] = [r for r in schema.get("required", ()) if r not in envelope]
+    root.setdefault("type", "object")
+    return root
+
+
+def _check_object(
+    body: Mapping[str, Any],
+    schema: Mapping[str, Any],
+    *,
+    source: str,
+    coverage: Coverage,
+    warnings: Iterable[str],
+) -> DocumentResult:
+    v = _Validator()
+    meta = body.get("metadata")
+    if meta is None:
+        v.error(("metadata",), "required field is missing")
+    else:
+        v.check(OBJECT_META_SCHEMA, meta, ("metadata",), structural=True)
+        if isinstance(meta, dict) and not meta.get("name") and not meta.get("generateName"):
+            v.error(("metadata", "name"), "required field is missing")
+    rest = {k: val for k, val in body.items() if k not in ("apiVersion", "kind", "metadata")}
+    v.check(_strip_envelope(schema), rest, (), structural=True)
+    name = meta.get("name", "") if isinstance(meta, dict) else ""
+    return DocumentResult(
+        api_version=str(body.get("apiVersion", "")),
+        kind=str(body.get("kind", "")),
+        name=name if isinstance(name, str) else "",
+        schema_source=source,
+        coverage=coverage,
+        result=SchemaResult(tuple(v.errors), tuple(v.unchecked.values())),
+        warnings=tuple(warnings),
+    )
+
+
+def validate_document(body: Mapping[str, Any], bundles: Sequence[CrdBundle]) -> list[DocumentResult]:
+    """Check one Kubernetes object against every bundle that defines its kind (one result each), or
+    against the built-in core schema. An object no bundle and no core schema knows is one error."""
+    api_version, kind = body.get("apiVersion"), body.get("kind")
+    meta = body.get("metadata")
+    name = meta.get("name", "") if isinstance(meta, dict) else ""
+
+    def failure(path: FieldPath, message: str) -> list[DocumentResult]:
+        result = SchemaResult((SchemaViolation(path, message),), ())
+        return [DocumentResult(str(api_version or ""), str(kind or ""), str(name), "(none)", "crd", result)]
+
+    if not isinstance(api_version, str) or not api_version:
+        return failure(("apiVersion",), "required: a non-empty string such as networking.istio.io/v1")
+    if not isinstance(kind, str) or not kind:
+        return failure(("kind",), "required: a non-empty string such as ServiceEntry")
+    group, version = _split_api_version(api_version)
+
+    core = CORE_SCHEMAS.get((group, version, kind))
+    if core is not None:
+        return [_check_object(body, core, source="built-in core schema", coverage="basic", warnings=())]
+
+    results: list[DocumentResult] = []
+    served_elsewhere: list[str] = []
+    for bundle in bundles:
+        crd = bundle.lookup(group, version, kind)
+        if crd is None:
+            served = bundle.served_versions(group, kind)
+            if served:
+                served_elsewhere.append(f"{bundle.label} serves {group}/{kind} only as {', '.join(served)}")
+            continue
+        warnings = []
+        if crd.deprecated:
+            warnings.append(crd.deprecation_warning or f"{api_version} {kind} is deprecated")
+        results.append(
+            _check_object(body, crd.schema, source=bundle.label, coverage="crd", warnings=warnings)
+        )
+    if results:
+        return results
+    if served_elsewhere:
+        return failure(("apiVersion",), f"{api_version} is not served: " + "; ".join(served_elsewhere))
+    searched = ", ".join(b.label for b in bundles) or "no bundles"
+    hint = " (pass the Gateway API CRDs: --gateway-api-crd-dir)" if group == GATEWAY_API_GROUP else ""
+    return failure(("kind",), f"no CRD defines {api_version} {kind} (searched: {searched}){hint}")
+
+
+# ------------------------------------------------------------------------------------ the catalog
+
+
+@dataclass(frozen=True)
+class CatalogIssue:
+    """One failure of catalog validation, located as precisely as it can be."""
+
+    message: str
+    scenario: str | None = None
+    istio_version: str | None = None
+    template: Path | None = None
+    line: int | None = None
+    #: 0-based position of the document within its template file
+    document: int | None = None
+    object: str | None = None
+    field: str = ""
+    schema_source: str | None = None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.template is not None:
+            parts.append(display_path(self.template) + (f":{self.line}" if self.line else ""))
+        if self.document is not None:
+            parts.append(f"document {self.document} ({self.object})")
+        if self.field:
+            parts.append(self.field)
+        parts.append(self.message)
+        context = [f"scenario {self.scenario}"] if self.scenario else []
+        if self.istio_version:
+            context.append(f"Istio {self.istio_version}")
+        if self.schema_source:
+            context.append(f"schema {self.schema_source}")
+        return ": ".join(parts) + (f" [{', '.join(context)}]" if context else "")
+
+
+@dataclass(frozen=True)
+class DocumentCheck:
+    scenario: str
+    istio_version: str
+    template: Path
+    document: int
+    object: str
+    schema_source: str
+    coverage: Coverage
+    errors: int
+    unchecked: tuple[UncheckedRule, ...]
+    warnings: tuple[str, ...]
+
+
+@dataclass
+class ValidationReport:
+    crd_dir: Path
+    istio_versions: tuple[str, ...] = ()
+    checks: list[DocumentCheck] = field(default_factory=list)
+    issues: list[CatalogIssue] = field(default_factory=list)
+    #: (scenario, Istio version, reason)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues and bool(self.checks)
+
+    def format(self, *, verbose: bool = False) -> str:
+        lines = [f"error: {i}" for i in self.issues]
+        scenarios = sorted({c.scenario for c in self.checks})
+        basic = [c for c in self.checks if c.coverage == "basic"]
+        lines.append(
+            f"checked {len(self.checks)} documents of {len(scenarios)} scenarios against Istio "
+            f"{', '.join(self.istio_versions) or '(none)'} CRDs from {display_path(self.crd_dir)}"
+            + (f" ({len(basic)} core objects with basic checks only)" if basic else "")
+        )
+        if verbose:
+            lines.extend(
+                f"  {c.scenario} @ {c.istio_version}: {display_path(c.template)} document {c.document} "
+                f"{c.object}: {c.schema_source}" + (" (basic)" if c.coverage == "basic" else "")
+                for c in self.checks
+            )
+        lines.extend(f"skipped: {s} @ Istio {v}: {why}" for s, v, why in self.skipped)
+        warnings = sorted({f"{c.object}: {w}" for c in self.checks for w in c.warnings})
+        lines.extend(f"warning: {w}" for w in warnings)
+        rules = [(c, r) for c in self.checks for r in c.unchecked]
+        if rules:
+            lines.append(
+                f"not checked: {len(rules)} x-kubernetes-validations (CEL) rules reached by "
+                f"{len({id(c) for c, _ in rules})} documents; CEL cannot run offline, the API server "
+                "evaluates them on apply"
+            )
+            if verbose:
+                unique = sorted(
+                    {f"{display_path(c.template)} document {c.document} {c.object}: {r}" for c, r in rules}
+                )
+                lines.extend(f"  {u}" for u in unique)
+        n = len(self.issues)
+        if self.ok:
+            lines.append("OK")
+        else:
+            lines.append(f"FAILED: {n} error{'s' if n != 1 else ''}" if n else "FAILED: nothing checked")
+        return "\n".join(lines)
+
+
+def _record(
+    report: ValidationReport,
+    scenario: str,
+    version: str,
+    doc: RenderedDocument,
+    results: Sequence[DocumentResult],
+) -> None:
+    for res in results:
+        report.checks.append(
+            DocumentCheck(
+                scenario=scenario,
+                istio_version=version,
+                template=doc.template,
+                document=doc.index,
+                object=doc.describe(),
+                schema_source=res.schema_source,
+                coverage=res.coverage,
+                errors=len(res.errors),
+                unchecked=res.result.unchecked,
+                warnings=res.warnings,
+            )
+        )
+        for err in res.errors:
+            report.issues.append(
+                CatalogIssue(
+                    message=err.message,
+                    scenario=scenario,
+                    istio_version=version,
+                    template=doc.template,
+                    line=doc.line_of(err.path),
+                    document=doc.index,
+                    object=doc.describe(),
+                    field=format_field(err.path),
+                    schema_source=res.schema_source,
+                )
+            )
+
+
+def validate_catalog(
+    catalog: Catalog,
+    istio_versions: Sequence[str] | None,
+    crd_dir: Path,
+    gateway_api_dir: Path | None = None,
+) -> ValidationReport:
+    """Render every scenario for each Istio version in its range and validate every document.
+
+    ``istio_versions`` ``None`` or empty: every version ``crd_dir`` has a bundle for. Nothing is
+    skipped silently: a version out of a scenario's range is listed in ``report.skipped``, missing
+    CRDs are issues, and a report that checked nothing is not ``ok``.
+    """
+    crds = IstioCrdDir(crd_dir)
+    versions = tuple(istio_versions) if istio_versions else crds.versions()
+    report = ValidationReport(crd_dir=crd_dir, istio_versions=versions)
+    if not versions:
+        report.issues.append(
+            CatalogIssue(
+                f"no Istio CRD bundles in {display_path(crd_dir)}: nothing to validate against; pass --crd-dir, "
+                "set EGRESS_HARNESS_CRD_DIR, or fetch one: egress-harness scenarios fetch-crds VERSION"
+            )
+        )
+        return report
+    gateway_bundles: tuple[CrdBundle, ...] = ()
+    if gateway_api_dir is not None:
+        try:
+            gateway_bundles = load_bundle_dir(gateway_api_dir)
+        except CrdError as exc:
+            report.issues.append(CatalogIssue(f"Gateway API CRDs: {exc}"))
+    for version in versions:
+        try:
+            parsed = IstioVersion.parse(version)
+            istio_bundle = crds.bundle(version)
+        except (ValueError, CrdError) as exc:
+            report.issues.append(CatalogIssue(str(exc), istio_version=version))
+            continue
+        for scenario in catalog.scenarios:
+            applies, reason = scenario.istio.applies_to(parsed)
+            if not applies:
+                report.skipped.append((scenario.name, version, reason))
+                continue
+            try:
+                rendered = render_scenario(scenario, offline_context(version))
+            except ScenarioError as exc:
+                report.issues.extend(
+                    CatalogIssue(str(i), scenario=scenario.name, istio_version=version) for i in exc.issues
+                )
+                continue
+            for doc in rendered.documents:
+                group, _ = _split_api_version(doc.api_version)
+                if group == GATEWAY_API_GROUP and not scenario.requires.gateway_api:
+                    report.issues.append(
+                        CatalogIssue(
+                            f"a Gateway API object in a scenario without requires.gateway_api: true "
+                            f"(set it in {display_path(scenario.file)})",
+                            scenario=scenario.name,
+                            istio_version=version,
+                            template=doc.template,
+                            line=doc.line,
+                            document=doc.index,
+                            object=doc.describe(),
+                        )
+                    )
+                _record(
+                    report,
+                    scenario.name,
+                    version,
+                    doc,
+                    validate_document(doc.body, [istio_bundle, *gateway_bundles]),
+                )
+    return report
+
+
+# --------------------------------------------------------------------------- locations and download
+
+
+def shared_dir() -> Path | None:
+    """The project's shared data: ``$EGRESS_HARNESS_SHARED``, else ``<repo>/../shared`` if present."""
+    env = os.environ.get("EGRESS_HARNESS_SHARED")
+    if env:
+        return Path(env)
+    candidate = PROJECT_ROOT.parent / "shared"
+    return candidate if candidate.is_dir() else None
+
+
+def default_crd_dir() -> Path:
+    """``$EGRESS_HARNESS_CRD_DIR``, else the shared Istio CRDs, else the download cache ``.cache/crds``."""
+    env = os.environ.get("EGRESS_HARNESS_CRD_DIR")
+    if env:
+        return Path(env)
+    shared = shared_dir()
+    if shared is not None and (shared / "istio" / "crds").is_dir():
+        return shared / "istio" / "crds"
+    return CACHE_DIR
+
+
+def default_gateway_api_dir() -> Path | None:
+    """``$EGRESS_HARNESS_GATEWAY_API_CRD_DIR``, else the shared Gateway API CRDs, else ``None``."""
+    env = os.environ.get("EGRESS_HARNESS_GATEWAY_API_CRD_DIR")
+    if env:
+        return Path(env)
+    shared = shared_dir()
+    if shared is not None and (shared / "gateway-api" / "crds").is_dir():
+        return shared / "gateway-api" / "crds"
+    return None
+
+
+def istio_crd_url(version: str, base_url: str = ISTIO_RAW_BASE) -> str:
+    """Where a release's CRD bundle is published: the tag's ``crd-all.gen.yaml``; a ``-dev`` build
+    reads master. Istio 1.23 and older keep it under ``crds/``, newer releases under ``files/``."""
+    v = IstioVersion.parse(version)
+    ref = "master" if v.prerelease == "dev" else version
+    folder = "crds" if v.minor_key <= (1, 23) else "files"
+    return f"{base_url.rstrip('/')}/{ref}/manifests/charts/base/{folder}/crd-all.gen.yaml"
+
+
+def download_istio_crds(
+    version: str, dest_dir: Path = CACHE_DIR, *, base_url: str = ISTIO_RAW_BASE, timeout: float = 30.0
+) -> Path:
+    """Fetch the CRD bundle of ``version`` into ``dest_dir/<version>.yaml`` (atomically: a temp file
+    renamed into place once it parsed as CRDs). Returns the path."""
+    import httpx
+
+    url = istio_crd_url(version, base_url)
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        raise CrdError(f"download of {url} failed: {exc}") from exc
+    if response.status_code != 200:
+        raise CrdError(f"download of {url} failed: HTTP {response.status_code}")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / f"{version}.yaml"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{version}.", suffix=".tmp", dir=dest_dir)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(response.content)
+        _parse_bundle(tmp.read_text(encoding="utf-8"), Path(url))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,341 @@
+"""The scenario catalog's data model: frozen dataclasses, no I/O.
+
+A scenario is a folder ``scenarios/<name>/`` holding ``scenario.yaml`` and the manifest templates it
+lists. ``harness.scenarios.loader`` turns the YAML into these classes (strictly, with file:line
+errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderContext`.
+
+``scenario.yaml`` (``*`` required; anything else is an error)::
+
+    name*: http-via-egress-gateway      # a DNS label, equal to the folder name
+    description*: what the scenario proves
+    istio*: {min*: "1.23", max: "1.31"}  # quoted; both bounds inclusive, see VersionRange
+    requires:
+      outbound_traffic_policy: REGISTRY_ONLY  # or ALLOW_ANY; absent: runs under either
+      gateway_api: false                      # true: manifests may use gateway.networking.k8s.io
+      access_log_encoding: [TEXT, JSON]       # the encodings it runs in (default: both)
+    manifests*: [service-entry.yaml, ...]     # file names beside scenario.yaml, applied in order
+    requests*:
+      - name*: via-gateway                  # a DNS label, unique in the scenario
+        chain: [ingress, proxy, target]     # the hops it passes (default: all three)
+        scheme: http                        # or https
+        method: GET
+        host*: "{{ external_host }}"        # templates allowed
+        port: 80                            # or "{{ external_port }}"; default by scheme
+        path: /get                          # starts with '/'
+        expect*:
+          status*: 200
+          via_gateway*: true
+          blocked: false                    # or sidecar | gateway
+          sidecar: {upstream_cluster: "outbound|80|external|{{ egress_gateway_service }}"}
+          gateway: {upstream_cluster: "outbound|80||{{ external_host }}", response_flags: null}
+    tags: [egress-gateway, http]
+
+``sidecar``/``gateway`` keys are Istio's JSON access-log keys (``harness.accesslog.FIELDS``); the
+sidecar is that of the last hop of the chain, the workload that calls the external host. ``null``
+means the field is absent (``-``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from harness.accesslog import FIELDS as ACCESS_LOG_FIELDS
+
+__all__ = [
+    "ACCESS_LOG_ENCODINGS",
+    "ACCESS_LOG_FIELDS",
+    "BLOCKED_AT",
+    "DEFAULT_CHAIN",
+    "HOPS",
+    "LOG_HOPS",
+    "OUTBOUND_TRAFFIC_POLICIES",
+    "SCHEMES",
+    "TEMPLATE_VARIABLES",
+    "Catalog",
+    "Expectation",
+    "IstioVersion",
+    "LogValue",
+    "RenderContext",
+    "RequestSpec",
+    "Requirements",
+    "ResolvedRequest",
+    "Scenario",
+    "VersionRange",
+]
+
+#: The hops a request can pass through, in the order of the chain client -> ingress -> proxy -> target.
+HOPS: tuple[str, ...] = ("ingress", "proxy", "target")
+DEFAULT_CHAIN: tuple[str, ...] = HOPS
+SCHEMES: tuple[str, ...] = ("http", "https")
+#: Istio's meshConfig.accessLogEncoding values.
+ACCESS_LOG_ENCODINGS: tuple[str, ...] = ("TEXT", "JSON")
+#: Istio's meshConfig.outboundTrafficPolicy.mode values.
+OUTBOUND_TRAFFIC_POLICIES: tuple[str, ...] = ("ALLOW_ANY", "REGISTRY_ONLY")
+#: Where a request can be refused.
+BLOCKED_AT: tuple[str, ...] = ("sidecar", "gateway")
+#: The proxies whose access-log entry an expectation can match: the sidecar of the workload that
+#: calls the external host (the last hop of the chain), and the egress gateway.
+LOG_HOPS: tuple[str, ...] = ("sidecar", "gateway")
+
+#: One expected access-log value: a string (templates allowed), an integer, or ``None`` for "absent"
+#: (Envoy's ``-`` in TEXT, ``null`` in JSON).
+LogValue = str | int | None
+
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(?:-([0-9A-Za-z][0-9A-Za-z.-]*))?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+)
+
+
+def _prerelease_key(pre: str) -> tuple[tuple[int, int, str], ...]:
+    # semver: numeric identifiers compare as numbers and sort before alphanumeric ones
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
+
+
+@dataclass(frozen=True)
+class IstioVersion:
+    """An Istio version: ``1.28.10``, ``1.31-dev``, ``1.31.0-alpha.0``, or a bare minor ``1.23``.
+
+    Ordering follows semver: a pre-release sorts before its release (``1.31.0-alpha`` < ``1.31.0``)
+    and a missing patch counts as ``0`` (``1.31-dev`` is a pre-release of ``1.31.0``).
+    """
+
+    major: int
+    minor: int
+    patch: int | None = None
+    prerelease: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> IstioVersion:
+        m = _VERSION_RE.match(text.strip())
+        if not m:
+            raise ValueError(
+                f"not an Istio version: {text!r} (expected MAJOR.MINOR[.PATCH][-PRERELEASE], e.g. 1.28.10, 1.31-dev)"
+            )
+        patch = int(m.group(3)) if m.group(3) is not None else None
+        return cls(int(m.group(1)), int(m.group(2)), patch, m.group(4))
+
+    @property
+    def minor_key(self) -> tuple[int, int]:
+        return (self.major, self.minor)
+
+    @property
+    def sort_key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
+        if self.prerelease is None:
+            return (self.major, self.minor, self.patch or 0, 1, ())
+        return (self.major, self.minor, self.patch or 0, 0, _prerelease_key(self.prerelease))
+
+    @property
+    def is_bare_minor(self) -> bool:
+        """``1.23``: no patch, no pre-release; as a bound it covers every 1.23 build."""
+        return self.patch is None and self.prerelease is None
+
+    def __lt__(self, other: IstioVersion) -> bool:
+        return self.sort_key < other.sort_key
+
+    def __le__(self, other: IstioVersion) -> bool:
+        return self.sort_key <= other.sort_key
+
+    def __gt__(self, other: IstioVersion) -> bool:
+        return self.sort_key > other.sort_key
+
+    def __ge__(self, other: IstioVersion) -> bool:
+        return self.sort_key >= other.sort_key
+
+    def __str__(self) -> str:
+        text = f"{self.major}.{self.minor}"
+        if self.patch is not None:
+            text += f".{self.patch}"
+        if self.prerelease is not None:
+            text += f"-{self.prerelease}"
+        return text
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    """The Istio versions a scenario supports, both bounds inclusive.
+
+    A bare-minor bound (``1.23``) covers every build of that minor, pre-releases included: ``min:
+    "1.31"`` admits ``1.31-dev``, ``max: "1.30"`` admits ``1.30.3``. A bound with a patch or a
+    pre-release compares exactly.
+    """
+
+    min: IstioVersion
+    max: IstioVersion | None = None
+
+    def __post_init__(self) -> None:
+        if self.max is not None and self._above_max(self.min):
+            raise ValueError(f"min {self.min} is above max {self.max}")
+
+    def _below_min(self, v: IstioVersion) -> bool:
+        if self.min.is_bare_minor:
+            return v.minor_key < self.min.minor_key
+        return v < self.min
+
+    def _above_max(self, v: IstioVersion) -> bool:
+        if self.max is None:
+            return False
+        if self.max.is_bare_minor:
+            return v.minor_key > self.max.minor_key
+        return v > self.max
+
+    def applies_to(self, version: str | IstioVersion) -> tuple[bool, str]:
+        """Whether ``version`` is in range, and why (for a skip reason or a log line)."""
+        v = IstioVersion.parse(version) if isinstance(version, str) else version
+        if self._below_min(v):
+            return False, f"Istio {v} is older than the scenario's minimum {self.min}"
+        if self._above_max(v):
+            return False, f"Istio {v} is newer than the scenario's maximum {self.max}"
+        return True, f"Istio {v} is in range {self}"
+
+    def __str__(self) -> str:
+        return f">={self.min}" if self.max is None else f"{self.min}..{self.max}"
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What the mesh must look like for a scenario to run."""
+
+    #: ``None``: the scenario runs under either mode.
+    outbound_traffic_policy: str | None = None
+    gateway_api: bool = False
+    access_log_encoding: tuple[str, ...] = ACCESS_LOG_ENCODINGS
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What must happen to one request.
+
+    ``sidecar`` and ``gateway`` map Istio JSON access-log keys to the value that proxy's entry for the
+    request must have (strings may hold ``{{ var }}`` placeholders until rendered).
+    """
+
+    status: int
+    via_gateway: bool
+    blocked: Literal["sidecar", "gateway"] | None = None
+    sidecar: Mapping[str, LogValue] = field(default_factory=dict)
+    gateway: Mapping[str, LogValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One request of a scenario, as written: ``host``, ``path`` and a string ``port`` are templates."""
+
+    name: str
+    host: str
+    expect: Expectation
+    chain: tuple[str, ...] = DEFAULT_CHAIN
+    scheme: str = "http"
+    method: str = "GET"
+    #: ``None``: the context's ``external_port`` (http) or ``external_tls_port`` (https).
+    port: int | str | None = None
+    path: str = "/"
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A :class:`RequestSpec` with every template filled in and the port decided."""
+
+    name: str
+    chain: tuple[str, ...]
+    scheme: str
+    method: str
+    host: str
+    port: int
+    path: str
+    expect: Expectation
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    #: the scenario's ``scenario.yaml``
+    file: Path
+    istio: VersionRange
+    requires: Requirements
+    #: the manifest templates, absolute paths, in apply order
+    manifests: tuple[Path, ...]
+    requests: tuple[RequestSpec, ...]
+    tags: tuple[str, ...] = ()
+
+    @property
+    def directory(self) -> Path:
+        return self.file.parent
+
+
+@dataclass(frozen=True)
+class Catalog:
+    scenarios: tuple[Scenario, ...]
+    roots: tuple[Path, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.scenarios)
+
+    def get(self, name: str) -> Scenario:
+        for s in self.scenarios:
+            if s.name == name:
+                return s
+        raise KeyError(f"no scenario named {name!r}; the catalog has: {', '.join(self.names()) or '(none)'}")
+
+    def __len__(self) -> int:
+        return len(self.scenarios)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderContext:
+    """The values ``{{ name }}`` placeholders take. The defaults are offline placeholders for rendering
+    and validation without a cluster; a run sets the real ones."""
+
+    istio_version: str
+    namespace: str = "egress-harness"
+    external_host: str = "external.egress-harness.test"
+    external_port: int = 80
+    external_tls_port: int = 443
+    #: a name that resolves in the cluster but has no ServiceEntry (REGISTRY_ONLY must block it)
+    unregistered_host: str = "unregistered.egress-harness.test"
+    gateway_namespace: str = "istio-system"
+    egress_gateway_service: str = "istio-egressgateway.istio-system.svc.cluster.local"
+    egress_gateway_selector: str = "istio: egressgateway"
+    run_id: str = "offline"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and ("\n" in value or "{{" in value or not value.strip()):
+                raise ValueError(
+                    f"RenderContext.{f.name}: must be one non-empty line without '{{{{', got {value!r}"
+                )
+        IstioVersion.parse(self.istio_version)
+        for name in ("namespace", "gateway_namespace", "run_id"):
+            if not _DNS_LABEL.match(getattr(self, name)):
+                raise ValueError(f"RenderContext.{name}: not a DNS label: {getattr(self, name)!r}")
+        for name in ("external_host", "unregistered_host", "egress_gateway_service"):
+            if not _DNS_NAME.match(getattr(self, name)):
+                raise ValueError(f"RenderContext.{name}: not a DNS name: {getattr(self, name)!r}")
+        for name in ("external_port", "external_tls_port"):
+            port = getattr(self, name)
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError(f"RenderContext.{name}: not a port number: {port!r}")
+        if ": " not in self.egress_gateway_selector:
+            raise ValueError(
+                f"RenderContext.egress_gateway_selector: expected 'key: value', got {self.egress_gateway_selector!r}"
+            )
+
+    def variables(self) -> dict[str, str]:
+        """Every placeholder name and the text it renders to."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+
+#: The names a ``{{ name }}`` placeholder may use.
+TEMPLATE_VARIABLES: frozenset[str] = frozenset(f.name for f in fields(RenderContext))

@@ -1,0 +1,950 @@
+"""Offline CRD validation: the structural-schema validator on small hand-made schemas, the real Istio
+and Gateway API bundles of ../shared (skipped with a reason when absent), the whole catalog against
+every Istio release there, and the bundle downloader against a loopback HTTP server."""
+
+from __future__ import annotations
+
+import copy
+import http.server
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+
+from harness.crds import (
+    CrdBundle,
+    CrdError,
+    IstioCrdDir,
+    download_istio_crds,
+    istio_crd_url,
+    load_bundle,
+    load_bundle_dir,
+    shared_dir,
+    validate,
+    validate_catalog,
+    validate_document,
+)
+from harness.scenarios import IstioVersion, load_catalog
+from harness.scenarios.loader import DEFAULT_SCENARIOS_DIR
+from harness.scenarios.render import offline_context, render_scenario
+
+SHARED = shared_dir()
+ISTIO_CRDS = SHARED / "istio" / "crds" if SHARED else None
+GATEWAY_API_CRDS = SHARED / "gateway-api" / "crds" if SHARED else None
+HAVE_SHARED = bool(ISTIO_CRDS and ISTIO_CRDS.is_dir() and GATEWAY_API_CRDS and GATEWAY_API_CRDS.is_dir())
+needs_shared = pytest.mark.skipif(
+    not HAVE_SHARED,
+    reason="the Istio and Gateway API CRD bundles are absent: no ../shared/istio/crds and "
+    "../shared/gateway-api/crds beside the repository; set EGRESS_HARNESS_SHARED=/path/to/shared "
+    "(or fetch bundles with `egress-harness scenarios fetch-crds VERSION` and use --crd-dir)",
+)
+ISTIO_VERSIONS = IstioCrdDir(ISTIO_CRDS).versions() if HAVE_SHARED and ISTIO_CRDS else ("absent",)
+GATEWAY_API_FILES = (
+    tuple(p.name for p in sorted(GATEWAY_API_CRDS.glob("*.yaml")))
+    if HAVE_SHARED and GATEWAY_API_CRDS
+    else ("absent",)
+)
+CATALOG = load_catalog(DEFAULT_SCENARIOS_DIR)
+
+
+def errors(schema: dict[str, Any], value: object) -> list[str]:
+    return [str(e) for e in validate(schema, value).errors]
+
+
+# ------------------------------------------------------------------- the validator, hand-made schemas
+
+
+def test_types_and_json_names() -> None:
+    assert errors({"type": "integer"}, 80) == []
+    assert errors({"type": "integer"}, "80") == ["(root): expected integer, got string"]
+    assert errors({"type": "integer"}, True) == ["(root): expected integer, got boolean"]
+    assert errors({"type": "integer"}, 1.5) == ["(root): expected integer, got number"]
+    assert errors({"type": "number"}, 3) == []
+    assert errors({"type": "boolean"}, "true") == ["(root): expected boolean, got string"]
+    assert errors({"type": "array"}, {}) == ["(root): expected array, got object"]
+    assert errors({"type": "object"}, []) == ["(root): expected object, got array"]
+    assert errors({"type": "string"}, None) == ["(root): expected string, got null"]
+
+
+def test_int_or_string() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "port": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+        },
+    }
+    assert errors(schema, {"port": 8080}) == []
+    assert errors(schema, {"port": "http"}) == []
+    assert errors(schema, {"port": 1.5}) == ["port: expected integer or string, got number"]
+    assert errors(schema, {"port": [80]}) == ["port: expected integer or string, got array"]
+    assert errors(schema, {"port": False}) == ["port: expected integer or string, got boolean"]
+
+
+def test_nullable() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "nullable": True}, "b": {"type": "string"}},
+    }
+    assert errors(schema, {"a": None}) == []
+    assert errors(schema, {"b": None}) == ["b: expected string, got null"]
+
+
+def test_unknown_fields_are_errors_unless_preserved() -> None:
+    closed = {"type": "object", "properties": {"known": {"type": "string"}}}
+    assert errors(closed, {"known": "x", "other": 1}) == ["other: unknown field (known fields: known)"]
+    preserved = {**closed, "x-kubernetes-preserve-unknown-fields": True}
+    assert errors(preserved, {"known": "x", "other": {"deep": [1]}}) == []
+    # the listed fields of a preserving object are still checked
+    assert errors(preserved, {"known": 5}) == ["known: expected string, got integer"]
+    nested = {
+        "type": "object",
+        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    }
+    assert errors(nested, {"spec": {"anything": 1}}) == []
+    assert errors(nested, {"status": {}}) == ["status: unknown field (known fields: spec)"]
+
+
+def test_additional_properties_as_a_map() -> None:
+    labels = {
+        "type": "object",
+        "properties": {"labels": {"type": "object", "additionalProperties": {"type": "string"}}},
+    }
+    assert errors(labels, {"labels": {"app": "x", "tier": "y"}}) == []
+    assert errors(labels, {"labels": {"app": "x", "version": 2}}) == [
+        "labels.version: expected string, got integer"
+    ]
+    assert errors(labels, {"labels": {"app.kubernetes.io/name": 1}}) == [
+        "labels['app.kubernetes.io/name']: expected string, got integer"
+    ]
+    anything = {"type": "object", "additionalProperties": True}
+    assert errors(anything, {"a": 1, "b": [2]}) == []
+    nothing = {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False}
+    assert errors(nothing, {"a": 1, "b": 2}) == ["b: unknown field (known fields: a)"]
+
+
+def test_required_and_defaults() -> None:
+    schema = {
+        "type": "object",
+        "required": ["name", "mode"],
+        "properties": {"name": {"type": "string"}, "mode": {"type": "string", "default": "A"}},
+    }
+    assert errors(schema, {"name": "x"}) == []  # the API server defaults mode before it validates
+    assert errors(schema, {}) == ["name: required field is missing"]
+
+
+def test_string_constraints() -> None:
+    schema = {
+        "type": "string",
+        "minLength": 2,
+        "maxLength": 4,
+        "pattern": "^[a-z]+$",
+        "enum": ["ab", "abcde", "AB"],
+    }
+    assert errors(schema, "ab") == []
+    assert errors(schema, "a") == [
+        '(root): "a" is not one of "ab", "abcde", "AB"',
+        '(root): "a" is shorter than 2 characters',
+    ]
+    assert errors(schema, "abcde") == ["(root): 5 characters, more than the maximum 4"]
+    assert errors(schema, "AB") == ['(root): "AB" does not match the pattern "^[a-z]+$"']
+
+
+def test_pattern_is_a_search_as_in_json_schema() -> None:
+    assert errors({"type": "string", "pattern": "b"}, "abc") == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "good", "bad", "message"),
+    [
+        ("date-time", "2026-08-22T10:00:00Z", "22/08/2026", "not an RFC 3339 date-time"),
+        ("byte", "aGVsbG8=", "not base64!", "not base64"),
+        ("ipv4", "10.0.0.1", "::1", "not an ipv4 address"),
+        ("ipv6", "fd00::1", "10.0.0.1", "not an ipv6 address"),
+        ("uri-reference-of-some-kind", "whatever", None, ""),
+    ],
+)
+def test_formats(fmt: str, good: str, bad: str | None, message: str) -> None:
+    schema = {"type": "string", "format": fmt}
+    assert errors(schema, good) == []
+    if bad is not None:
+        assert errors(schema, bad) == [f"(root): {json.dumps(bad)}: {message}"]
+
+
+def test_number_bounds() -> None:
+    schema = {"type": "integer", "minimum": 1, "maximum": 65535}
+    assert errors(schema, 1) == []
+    assert errors(schema, 0) == ["(root): 0 is less than the minimum 1"]
+    assert errors(schema, 65536) == ["(root): 65536 is more than the maximum 65535"]
+    exclusive = {"type": "number", "minimum": 0, "exclusiveMinimum": True}
+    assert errors(exclusive, 0) == ["(root): 0 is less than the minimum 0"]
+
+
+def test_arrays_and_list_types() -> None:
+    schema = {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2}
+    assert errors(schema, ["a"]) == []
+    assert errors(schema, []) == ["(root): 0 items, fewer than the minimum 1"]
+    assert errors(schema, ["a", 1]) == ["[1]: expected string, got integer"]
+    assert errors(schema, ["a", "b", "c"]) == ["(root): 3 items, more than the maximum 2"]
+    a_set = {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set"}
+    assert errors(a_set, ["a", "a"]) == ['[1]: duplicate entry "a" (same as [0])']
+    a_map = {
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+        "items": {"type": "object", "properties": {"name": {"type": "string"}, "n": {"type": "integer"}}},
+    }
+    assert errors(a_map, [{"name": "x", "n": 1}, {"name": "y", "n": 1}]) == []
+    assert errors(a_map, [{"name": "x", "n": 1}, {"name": "x", "n": 2}]) == [
+        '[1]: duplicate entry {"name": "x"} (same as [0])'
+    ]
+
+
+def test_object_sizes() -> None:
+    schema = {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "minProperties": 1,
+        "maxProperties": 1,
+    }
+    assert errors(schema, {"a": "1"}) == []
+    assert errors(schema, {}) == ["(root): 0 entries, fewer than the minimum 1"]
+    assert errors(schema, {"a": "1", "b": "2"}) == ["(root): 2 entries, more than the maximum 1"]
+
+
+AT_MOST_ONE = {
+    "type": "object",
+    "properties": {"wasm": {"type": "string"}, "lua": {"type": "string"}, "name": {"type": "string"}},
+    "oneOf": [
+        {"not": {"anyOf": [{"required": ["wasm"]}, {"required": ["lua"]}]}},
+        {"required": ["wasm"]},
+        {"required": ["lua"]},
+    ],
+}
+
+
+def test_one_of_the_at_most_one_idiom() -> None:
+    assert errors(AT_MOST_ONE, {"name": "x"}) == []
+    assert errors(AT_MOST_ONE, {"wasm": "a"}) == []
+    assert errors(AT_MOST_ONE, {"wasm": "a", "lua": "b"}) == [
+        "(root): set at most one of wasm, lua (found: wasm, lua)"
+    ]
+
+
+def test_combinators_add_constraints_but_never_decide_fields() -> None:
+    # a branch with its own properties must not turn the object's other fields into "unknown" ones
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+        "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+        "allOf": [{"properties": {"a": {"maxLength": 3}}}],
+        "not": {"required": ["a", "b"]},
+    }
+    assert errors(schema, {"a": "x"}) == []
+    assert errors(schema, {}) == ["(root): must match at least one of: 'a' set | 'b' set"]
+    assert errors(schema, {"a": "long!"}) == ["a: 5 characters, more than the maximum 3"]
+    assert errors(schema, {"a": "x", "b": "y"}) == ["(root): must not be 'a' set and 'b' set"]
+    one_of = {"oneOf": [{"type": "integer"}, {"type": "string"}]}
+    assert errors(one_of, 1) == []
+    assert errors(one_of, 1.5) == [
+        "(root): must match exactly one of: of type integer | of type string (matched 0)"
+    ]
+
+
+def test_cel_rules_are_reported_unchecked_never_passed() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "port": {
+                "type": "integer",
+                "x-kubernetes-validations": [{"rule": "self > 0", "message": "port must be positive"}],
+            },
+            "unused": {"type": "string", "x-kubernetes-validations": [{"rule": "self != ''"}]},
+        },
+        "x-kubernetes-validations": [{"rule": "has(self.port)"}],
+    }
+    result = validate(schema, {"port": -1})
+    assert result.ok  # -1 breaks the CEL rule, which nobody evaluated here ...
+    # ... so the rule is reported as not checked, with its place; a field that is absent reaches none
+    assert sorted(str(r) for r in result.unchecked) == [
+        "(root): (rule: has(self.port))",
+        "port: 'port must be positive' (rule: self > 0)",
+    ]
+
+
+def test_embedded_resources() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "template": {
+                "type": "object",
+                "x-kubernetes-embedded-resource": True,
+                "x-kubernetes-preserve-unknown-fields": True,
+            }
+        },
+    }
+    good = {"template": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {}}}
+    assert errors(schema, good) == []
+    assert errors(schema, {"template": {"kind": "Pod", "metadata": {"name": "Bad_Name"}}}) == [
+        "template.apiVersion: an embedded resource needs a non-empty string here",
+        'template.metadata.name: "Bad_Name" does not match the pattern '
+        '"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"',
+    ]
+
+
+# ------------------------------------------------------------------ a hand-made CRD (no ../shared)
+
+WIDGET_CRD = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.test}
+spec:
+  group: example.test
+  names: {kind: Widget, plural: widgets}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          required: [spec]
+          properties:
+            spec:
+              type: object
+              required: [size]
+              properties:
+                size: {type: integer, minimum: 1, x-kubernetes-validations: [{rule: "self < 100"}]}
+    - name: v1beta1
+      served: true
+      storage: false
+      deprecated: true
+      deprecationWarning: example.test/v1beta1 Widget is going away
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+    - name: v0
+      served: false
+      storage: false
+      schema:
+        openAPIV3Schema: {type: object}
+"""
+
+
+@pytest.fixture
+def widget_bundle(tmp_path: Path) -> CrdBundle:
+    path = tmp_path / "widgets.yaml"
+    path.write_text("# a comment-only document first\n---\n" + WIDGET_CRD)
+    return load_bundle(path)
+
+
+def widget(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "example.test/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": spec}
+
+
+def test_a_bundle_maps_served_versions_only(widget_bundle: CrdBundle) -> None:
+    assert set(widget_bundle.crds) == {
+        ("example.test", "v1", "Widget"),
+        ("example.test", "v1beta1", "Widget"),
+    }
+    assert widget_bundle.served_versions("example.test", "Widget") == ("v1", "v1beta1")
+
+
+def test_validate_document_checks_envelope_and_body(widget_bundle: CrdBundle) -> None:
+    (ok,) = validate_document(widget(size=3), [widget_bundle])
+    assert (ok.errors, ok.coverage, ok.schema_source, ok.kind, ok.name) == (
+        (),
+        "crd",
+        "widgets.yaml",
+        "Widget",
+        "w",
+    )
+    assert [r.rule for r in ok.result.unchecked] == ["self < 100"]
+    (bad,) = validate_document(widget(size="3", colour="red"), [widget_bundle])
+    assert [str(e) for e in bad.errors] == [
+        "spec.size: expected integer, got string",
+        "spec.colour: unknown field (known fields: size)",
+    ]
+    no_name = {**widget(size=1), "metadata": {"labels": {"a": "b"}}}
+    assert [str(e) for e in validate_document(no_name, [widget_bundle])[0].errors] == [
+        "metadata.name: required field is missing"
+    ]
+    no_spec = {k: v for k, v in widget().items() if k != "spec"}
+    assert [str(e) for e in validate_document(no_spec, [widget_bundle])[0].errors] == [
+        "spec: required field is missing"
+    ]
+
+
+def test_metadata_is_checked_as_object_meta(widget_bundle: CrdBundle) -> None:
+    doc = widget(size=1)
+    doc["metadata"] = {"name": "w", "namespace": "NS", "labels": {"v": 1}, "annotation": {}, "zzz": 1}
+    assert sorted(str(e) for e in validate_document(doc, [widget_bundle])[0].errors) == [
+        "metadata.annotation: unknown field (did you mean 'annotations'?)",
+        "metadata.labels.v: expected string, got integer",
+        'metadata.namespace: "NS" does not match the pattern "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"',
+        "metadata.zzz: unknown field (known fields: annotations, creationTimestamp, deletionGracePeriodSeconds, "
+        "deletionTimestamp, finalizers, generateName, generation, labels, managedFields, name, namespace, "
+        "ownerReferences, resourceVersion, uid)",
+    ]
+
+
+def test_unserved_unknown_and_deprecated_versions(widget_bundle: CrdBundle) -> None:
+    (old,) = validate_document({**widget(size=1), "apiVersion": "example.test/v0"}, [widget_bundle])
+    assert [str(e) for e in old.errors] == [
+        "apiVersion: example.test/v0 is not served: widgets.yaml serves example.test/Widget only as v1, v1beta1"
+    ]
+    (unknown,) = validate_document({**widget(), "kind": "Gadget"}, [widget_bundle])
+    assert [str(e) for e in unknown.errors] == [
+        "kind: no CRD defines example.test/v1 Gadget (searched: widgets.yaml)"
+    ]
+    (beta,) = validate_document({**widget(), "apiVersion": "example.test/v1beta1"}, [widget_bundle])
+    assert beta.errors == ()
+    assert beta.warnings == ("example.test/v1beta1 Widget is going away",)
+    (no_kind,) = validate_document({"apiVersion": "v1", "metadata": {"name": "x"}}, [widget_bundle])
+    assert [str(e) for e in no_kind.errors] == ["kind: required: a non-empty string such as ServiceEntry"]
+
+
+def test_core_kinds_get_basic_checks_and_say_so() -> None:
+    ns = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "egress", "labels": {"istio-injection": "enabled"}},
+    }
+    (res,) = validate_document(ns, [])
+    assert (res.errors, res.coverage, res.schema_source) == ((), "basic", "built-in core schema")
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "relay"},
+        "spec": {"ports": [{"port": "80"}], "sessionAffinity": "None"},
+    }
+    assert [str(e) for e in validate_document(svc, [])[0].errors] == [
+        "spec.ports[0].port: expected integer, got string"
+    ]
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"replicas": 1},
+    }
+    assert [str(e) for e in validate_document(deploy, [])[0].errors] == [
+        "spec.selector: required field is missing",
+        "spec.template: required field is missing",
+    ]
+    (pod,) = validate_document({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}, [])
+    assert [str(e) for e in pod.errors] == ["kind: no CRD defines v1 Pod (searched: no bundles)"]
+
+
+def test_bundle_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    with pytest.raises(CrdError, match="no CustomResourceDefinition with a served version in it"):
+        load_bundle(empty)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [\n")
+    with pytest.raises(CrdError, match=r"broken\.yaml: not valid YAML"):
+        load_bundle(broken)
+    with pytest.raises(CrdError, match="cannot read CRD bundle"):
+        load_bundle(tmp_path / "absent.yaml")
+    with pytest.raises(CrdError, match="CRD folder does not exist"):
+        load_bundle_dir(tmp_path / "nowhere")
+
+
+def test_a_bundle_is_parsed_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(WIDGET_CRD)
+    first = load_bundle(path)
+    assert load_bundle(path) is first
+    path.write_text(WIDGET_CRD.replace("minimum: 1", "minimum: 2") + "\n")
+    assert load_bundle(path) is not first
+
+
+def test_an_istio_crd_dir_picks_bundles_by_version(tmp_path: Path) -> None:
+    for name in ("1.30.3.yaml", "1.30.10.yaml", "1.31-dev.yaml", "1.29.0.yaml", "notes.yaml"):
+        (tmp_path / name).write_text(WIDGET_CRD)
+    crds = IstioCrdDir(tmp_path)
+    assert crds.versions() == ("1.29.0", "1.30.3", "1.30.10", "1.31-dev")
+    assert crds.bundle_path("1.30").name == "1.30.10.yaml"
+    assert crds.bundle_path("1.30.3").name == "1.30.3.yaml"
+    with pytest.raises(
+        CrdError, match=r"no CRD bundle for Istio 1\.28\.0 \(have: 1\.29\.0, 1\.30\.3, 1\.30\.10, 1\.31-dev\)"
+    ):
+        crds.bundle_path("1.28.0")
+    assert IstioCrdDir(tmp_path / "nowhere").versions() == ()
+
+
+# ------------------------------------------------------------------------ the real Istio bundles
+
+USED_KINDS = {
+    ("networking.istio.io", "ServiceEntry"),
+    ("networking.istio.io", "Gateway"),
+    ("networking.istio.io", "VirtualService"),
+    ("networking.istio.io", "DestinationRule"),
+    ("networking.istio.io", "Sidecar"),
+    ("security.istio.io", "AuthorizationPolicy"),
+}
+
+
+@needs_shared
+@pytest.mark.parametrize("version", ISTIO_VERSIONS)
+def test_every_istio_bundle_defines_the_kinds_we_use_at_v1(version: str) -> None:
+    assert ISTIO_CRDS is not None
+    bundle = IstioCrdDir(ISTIO_CRDS).bundle(version)
+    assert set(bundle.kinds()) >= USED_KINDS
+    for group, kind in USED_KINDS:
+        assert "v1" in bundle.served_versions(group, kind), (group, kind)
+
+
+@needs_shared
+def test_the_shared_folder_has_the_releases_the_readme_lists() -> None:
+    assert {"1.28.10", "1.29.6", "1.30.3", "1.31-dev"} <= set(ISTIO_VERSIONS)
+    assert list(ISTIO_VERSIONS) == sorted(ISTIO_VERSIONS, key=lambda v: IstioVersion.parse(v).sort_key)
+
+
+def _doc(text: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(text)
+    return loaded
+
+
+def _set(doc: dict[str, Any], path: tuple[str | int, ...], value: object) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    target: Any = out
+    for key in path[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return out
+
+
+_DELETE = object()
+
+ISTIO_BROKEN = {
+    "ServiceEntry": (
+        """
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {name: external, namespace: egress}
+        spec:
+          hosts: [external.test]
+          resolution: DNS
+          ports: [{name: http, number: 80, protocol: HTTP}]
+        """,
+        ("spec", "ports", 0, "number"),
+        "80",
+        "spec.ports[0].number: expected integer, got string",
+    ),
+    "Gateway": (
+        """
+        apiVersion: networking.istio.io/v1
+        kind: Gateway
+        metadata: {name: egress-gateway}
+        spec:
+          selector: {istio: egressgateway}
+          servers:
+            - port: {number: 80, name: http, protocol: HTTP}
+              hosts: [external.test]
+        """,
+        ("spec", "servers", 0, "port", "number"),
+        "80",
+        "spec.servers[0].port.number: expected integer, got string",
+    ),
+    "VirtualService": (
+        """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: via-gateway}
+        spec:
+          hosts: [external.test]
+          gateways: [mesh, egress-gateway]
+          http:
+            - match: [{gateways: [mesh], port: 80}]
+              route:
+                - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, subset: external}
+        """,
+        ("spec", "http", 0, "route", 0, "destination", "subnet"),
+        "external",
+        "spec.http[0].route[0].destination.subnet: unknown field (did you mean 'subset'?)",
+    ),
+    "DestinationRule": (
+        """
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: egress-gateway-external}
+        spec:
+          host: istio-egressgateway.istio-system.svc.cluster.local
+          subsets: [{name: external}]
+        """,
+        ("spec", "subsets", 0, "name"),
+        _DELETE,
+        "spec.subsets[0].name: required field is missing",
+    ),
+    "AuthorizationPolicy": (
+        """
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: only-relay, namespace: istio-system}
+        spec:
+          selector: {matchLabels: {istio: egressgateway}}
+          action: ALLOW
+          rules: [{from: [{source: {namespaces: [egress]}}]}]
+        """,
+        ("spec", "action"),
+        "PERMIT",
+        'spec.action: "PERMIT" is not one of "ALLOW", "DENY", "AUDIT", "CUSTOM"',
+    ),
+    "Sidecar": (
+        """
+        apiVersion: networking.istio.io/v1
+        kind: Sidecar
+        metadata: {name: default, namespace: egress}
+        spec:
+          outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+        """,
+        ("spec", "outboundTrafficPolicy", "mode"),
+        "BLOCK",
+        'spec.outboundTrafficPolicy.mode: "BLOCK" is not one of "REGISTRY_ONLY", "ALLOW_ANY"',
+    ),
+}
+
+
+@needs_shared
+@pytest.mark.parametrize("version", ISTIO_VERSIONS)
+@pytest.mark.parametrize("kind", sorted(ISTIO_BROKEN))
+def test_a_broken_istio_manifest_is_rejected_at_its_path(kind: str, version: str) -> None:
+    assert ISTIO_CRDS is not None
+    bundle = IstioCrdDir(ISTIO_CRDS).bundle(version)
+    text, path, value, expected = ISTIO_BROKEN[kind]
+    good = _doc(text)
+    (ok,) = validate_document(good, [bundle])
+    assert ok.errors == (), [str(e) for e in ok.errors]
+    assert (ok.kind, ok.schema_source) == (kind, f"{version}.yaml")
+    (bad,) = validate_document(_set(good, path, value), [bundle])
+    assert [str(e) for e in bad.errors] == [expected]
+
+
+GATEWAY_API_BROKEN = {
+    "Gateway": (
+        """
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: Gateway
+        metadata: {name: egress}
+        spec:
+          gatewayClassName: istio
+          listeners: [{name: http, port: 80, protocol: HTTP, hostname: external.test}]
+        """,
+        ("spec", "listeners", 0, "protocol"),
+        _DELETE,
+        "spec.listeners[0].protocol: required field is missing",
+    ),
+    "HTTPRoute": (
+        """
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: to-external}
+        spec:
+          parentRefs: [{name: egress}]
+          hostnames: [external.test]
+          rules: [{backendRefs: [{name: external, kind: Hostname, group: networking.istio.io, port: 80}]}]
+        """,
+        ("spec", "rules", 0, "backendRefs", 0, "port"),
+        70000,
+        "spec.rules[0].backendRefs[0].port: 70000 is more than the maximum 65535",
+    ),
+}
+
+
+@needs_shared
+@pytest.mark.parametrize("bundle_file", GATEWAY_API_FILES)
+@pytest.mark.parametrize("kind", sorted(GATEWAY_API_BROKEN))
+def test_a_broken_gateway_api_manifest_is_rejected_at_its_path(kind: str, bundle_file: str) -> None:
+    assert GATEWAY_API_CRDS is not None
+    bundle = load_bundle(GATEWAY_API_CRDS / bundle_file)
+    text, path, value, expected = GATEWAY_API_BROKEN[kind]
+    good = _doc(text)
+    (ok,) = validate_document(good, [bundle])
+    assert ok.errors == (), [str(e) for e in ok.errors]
+    assert ok.result.unchecked, "Gateway API schemas carry CEL rules; they must be reported as not checked"
+    (bad,) = validate_document(_set(good, path, value), [bundle])
+    assert [str(e) for e in bad.errors] == [expected]
+
+
+@needs_shared
+def test_a_gateway_api_object_is_checked_against_every_gateway_api_bundle() -> None:
+    assert ISTIO_CRDS is not None and GATEWAY_API_CRDS is not None
+    bundles = [IstioCrdDir(ISTIO_CRDS).bundle("1.30.3"), *load_bundle_dir(GATEWAY_API_CRDS)]
+    results = validate_document(_doc(GATEWAY_API_BROKEN["HTTPRoute"][0]), bundles)
+    assert [r.schema_source for r in results] == list(GATEWAY_API_FILES)
+    # Istio's own Gateway and the Gateway API's are told apart by group
+    (istio_gateway,) = validate_document(_doc(ISTIO_BROKEN["Gateway"][0]), bundles)
+    assert istio_gateway.schema_source == "1.30.3.yaml"
+
+
+# ------------------------------------------------------------------------------- the whole catalog
+
+
+@needs_shared
+def test_the_catalog_is_valid_for_every_istio_release_in_shared() -> None:
+    assert ISTIO_CRDS is not None
+    report = validate_catalog(CATALOG, None, ISTIO_CRDS, GATEWAY_API_CRDS)
+    assert report.issues == [], report.format()
+    assert report.ok
+    assert report.istio_versions == ISTIO_VERSIONS
+    assert report.skipped == []
+    documents = sum(len(render_scenario(s, offline_context()).documents) for s in CATALOG.scenarios)
+    assert len(report.checks) == documents * len(ISTIO_VERSIONS)
+    assert {c.coverage for c in report.checks} == {"crd"}
+    summary = report.format()
+    assert summary.endswith("OK")
+    assert "x-kubernetes-validations (CEL) rules reached by" in summary
+
+
+def _copy_scenario(tmp_path: Path, name: str = "http-via-egress-gateway") -> Path:
+    target = tmp_path / "catalog" / name
+    shutil.copytree(DEFAULT_SCENARIOS_DIR / name, target)
+    return target
+
+
+@needs_shared
+def test_a_broken_scenario_manifest_is_reported_with_file_line_document_and_path(tmp_path: Path) -> None:
+    assert ISTIO_CRDS is not None
+    folder = _copy_scenario(tmp_path)
+    gateway = folder / "gateway.yaml"
+    gateway.write_text(gateway.read_text().replace("number: 80", 'number: "80"'))
+    vs = folder / "virtual-service.yaml"
+    vs.write_text(
+        vs.read_text() + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata: {name: second}\nspec: {hosts: [a.test], tcp: [{route: [{destination: {}}]}]}\n"
+    )
+    gateway_line = gateway.read_text().splitlines().index('        number: "80"') + 1
+    vs_line = len(vs.read_text().splitlines())  # the flow-style spec of the second document
+    catalog = load_catalog(tmp_path / "catalog")
+    report = validate_catalog(catalog, ["1.30.3", "1.28.10"], ISTIO_CRDS, None)
+    assert not report.ok
+    lines = [str(i) for i in report.issues]
+    assert lines == [
+        f"{gateway}:{gateway_line}: document 0 (Gateway/egress-gateway): spec.servers[0].port.number: expected integer, "
+        "got string [scenario http-via-egress-gateway, Istio 1.30.3, schema 1.30.3.yaml]",
+        f"{vs}:{vs_line}: document 1 (VirtualService/second): spec.tcp[0].route[0].destination.host: required field "
+        "is missing [scenario http-via-egress-gateway, Istio 1.30.3, schema 1.30.3.yaml]",
+        f"{gateway}:{gateway_line}: document 0 (Gateway/egress-gateway): spec.servers[0].port.number: expected integer, "
+        "got string [scenario http-via-egress-gateway, Istio 1.28.10, schema 1.28.10.yaml]",
+        f"{vs}:{vs_line}: document 1 (VirtualService/second): spec.tcp[0].route[0].destination.host: required field "
+        "is missing [scenario http-via-egress-gateway, Istio 1.28.10, schema 1.28.10.yaml]",
+    ]
+    assert report.format().endswith("FAILED: 4 errors")
+
+
+@needs_shared
+def test_versions_out_of_a_scenarios_range_are_listed_not_hidden(tmp_path: Path) -> None:
+    assert ISTIO_CRDS is not None
+    folder = _copy_scenario(tmp_path, "sidecar-only-egress")
+    spec = folder / "scenario.yaml"
+    spec.write_text(spec.read_text().replace('min: "1.23"', 'min: "1.30"\n  max: "1.30"'))
+    report = validate_catalog(load_catalog(tmp_path / "catalog"), None, ISTIO_CRDS, None)
+    assert report.ok
+    assert {c.istio_version for c in report.checks} == {"1.30.3"}
+    assert report.skipped == [
+        ("sidecar-only-egress", "1.28.10", "Istio 1.28.10 is older than the scenario's minimum 1.30"),
+        ("sidecar-only-egress", "1.29.6", "Istio 1.29.6 is older than the scenario's minimum 1.30"),
+        ("sidecar-only-egress", "1.31-dev", "Istio 1.31-dev is newer than the scenario's maximum 1.30"),
+    ]
+    assert "skipped: sidecar-only-egress @ Istio 1.28.10: Istio 1.28.10 is older" in report.format()
+
+
+@needs_shared
+def test_gateway_api_objects_need_the_requirement_and_the_crds(tmp_path: Path) -> None:
+    assert ISTIO_CRDS is not None
+    folder = _copy_scenario(tmp_path, "sidecar-only-egress")
+    (folder / "route.yaml").write_text(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {}\n"
+    )
+    spec = folder / "scenario.yaml"
+    spec.write_text(
+        spec.read_text().replace("  - service-entry.yaml", "  - service-entry.yaml\n  - route.yaml")
+    )
+    catalog = load_catalog(tmp_path / "catalog")
+    report = validate_catalog(catalog, ["1.30.3"], ISTIO_CRDS, None)
+    assert [i.message for i in report.issues] == [
+        f"a Gateway API object in a scenario without requires.gateway_api: true (set it in {spec})",
+        "no CRD defines gateway.networking.k8s.io/v1 HTTPRoute (searched: 1.30.3.yaml) "
+        "(pass the Gateway API CRDs: --gateway-api-crd-dir)",
+    ]
+    spec.write_text(spec.read_text().replace('min: "1.23"', 'min: "1.23"\nrequires: {gateway_api: true}'))
+    report = validate_catalog(load_catalog(tmp_path / "catalog"), ["1.30.3"], ISTIO_CRDS, GATEWAY_API_CRDS)
+    assert report.ok, report.format()
+    assert {c.schema_source for c in report.checks if c.object == "HTTPRoute/r"} == set(GATEWAY_API_FILES)
+
+
+def test_no_crds_is_an_error_not_a_pass(tmp_path: Path) -> None:
+    report = validate_catalog(CATALOG, None, tmp_path, None)
+    assert not report.ok
+    assert report.checks == []
+    (issue,) = report.issues
+    assert issue.message.startswith(f"no Istio CRD bundles in {tmp_path}: nothing to validate against")
+
+
+def test_a_requested_version_without_a_bundle_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "1.30.3.yaml").write_text(WIDGET_CRD)
+    report = validate_catalog(CATALOG, ["1.27.0", "not-a-version"], tmp_path, None)
+    assert [i.istio_version for i in report.issues] == ["1.27.0", "not-a-version"]
+    assert "no CRD bundle for Istio 1.27.0 (have: 1.30.3)" in report.issues[0].message
+    assert "not an Istio version" in report.issues[1].message
+    assert not report.ok
+
+
+def test_a_catalog_validated_against_the_wrong_crds_fails(tmp_path: Path) -> None:
+    # a bundle without Istio's kinds: every Istio document of the catalog is an unknown kind
+    (tmp_path / "1.30.3.yaml").write_text(WIDGET_CRD)
+    report = validate_catalog(CATALOG, None, tmp_path, None)
+    documents = sum(len(render_scenario(s, offline_context()).documents) for s in CATALOG.scenarios)
+    assert len(report.issues) == documents
+    assert all(
+        i.field == "kind" and "no CRD defines networking.istio.io/v1" in i.message for i in report.issues
+    )
+
+
+def test_a_catalog_with_a_deliberately_failing_render_reports_it(tmp_path: Path) -> None:
+    folder = _copy_scenario(tmp_path, "sidecar-only-egress")
+    catalog = load_catalog(tmp_path / "catalog")
+    (folder / "service-entry.yaml").write_text("spec: {{ nope }}\n")  # broken after loading
+    (tmp_path / "crds").mkdir()
+    (tmp_path / "crds" / "1.30.3.yaml").write_text(WIDGET_CRD)
+    report = validate_catalog(catalog, None, tmp_path / "crds", None)
+    (issue,) = report.issues
+    assert issue.message.startswith(f"{folder / 'service-entry.yaml'}:1: unknown template variable 'nope'")
+    assert issue.scenario == "sidecar-only-egress"
+
+
+# ------------------------------------------------------------------------------------ the download
+
+
+class _Routes(http.server.BaseHTTPRequestHandler):
+    routes: ClassVar[dict[str, tuple[int, bytes, float]]] = {}
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        status, body, delay = self.routes.get(self.path, (404, b"not found", 0.0))
+        if delay:
+            time.sleep(delay)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (the timeout test)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+
+@pytest.fixture
+def crd_server() -> Iterator[tuple[str, dict[str, tuple[int, bytes, float]], list[str]]]:
+    routes: dict[str, tuple[int, bytes, float]] = {}
+    seen: list[str] = []
+    handler = type("Handler", (_Routes,), {"routes": routes, "seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/istio", routes, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_crd_urls() -> None:
+    assert istio_crd_url("1.30.3") == (
+        "https://raw.githubusercontent.com/istio/istio/1.30.3/manifests/charts/base/files/crd-all.gen.yaml"
+    )
+    assert istio_crd_url("1.23.4", "http://h/x/").endswith(
+        "/x/1.23.4/manifests/charts/base/crds/crd-all.gen.yaml"
+    )
+    assert istio_crd_url("1.31-dev", "http://h").startswith("http://h/master/manifests/charts/base/files/")
+    assert "/1.31.0-alpha.0/" in istio_crd_url("1.31.0-alpha.0")
+
+
+def test_download_writes_the_bundle_atomically(
+    tmp_path: Path, crd_server: tuple[str, dict[str, tuple[int, bytes, float]], list[str]]
+) -> None:
+    base, routes, seen = crd_server
+    routes["/istio/1.30.3/manifests/charts/base/files/crd-all.gen.yaml"] = (200, WIDGET_CRD.encode(), 0.0)
+    dest = tmp_path / "cache"
+    path = download_istio_crds("1.30.3", dest, base_url=base, timeout=5)
+    assert path == dest / "1.30.3.yaml"
+    assert path.read_text() == WIDGET_CRD
+    assert [p.name for p in dest.iterdir()] == ["1.30.3.yaml"]
+    assert IstioCrdDir(dest).versions() == ("1.30.3",)
+    assert seen == ["/istio/1.30.3/manifests/charts/base/files/crd-all.gen.yaml"]
+
+
+def test_a_failed_download_leaves_nothing_behind(
+    tmp_path: Path, crd_server: tuple[str, dict[str, tuple[int, bytes, float]], list[str]]
+) -> None:
+    base, routes, _ = crd_server
+    dest = tmp_path / "cache"
+    dest.mkdir()
+    (dest / "1.29.6.yaml").write_text(WIDGET_CRD)
+    with pytest.raises(CrdError, match=r"crd-all\.gen\.yaml failed: HTTP 404"):
+        download_istio_crds("1.29.6", dest, base_url=base, timeout=5)
+    routes["/istio/1.29.6/manifests/charts/base/files/crd-all.gen.yaml"] = (
+        200,
+        b"<html>rate limited</html>",
+        0.0,
+    )
+    with pytest.raises(CrdError, match="no CustomResourceDefinition"):
+        download_istio_crds("1.29.6", dest, base_url=base, timeout=5)
+    # the good file that was there is untouched and no temp file is left
+    assert [p.name for p in dest.iterdir()] == ["1.29.6.yaml"]
+    assert (dest / "1.29.6.yaml").read_text() == WIDGET_CRD
+
+
+def test_a_download_times_out(
+    tmp_path: Path, crd_server: tuple[str, dict[str, tuple[int, bytes, float]], list[str]]
+) -> None:
+    base, routes, _ = crd_server
+    routes["/istio/1.28.10/manifests/charts/base/files/crd-all.gen.yaml"] = (200, WIDGET_CRD.encode(), 1.5)
+    started = time.monotonic()
+    with pytest.raises(CrdError, match="failed"):
+        download_istio_crds("1.28.10", tmp_path, base_url=base, timeout=0.2)
+    assert time.monotonic() - started < 1.4
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_crds_command(
+    tmp_path: Path,
+    crd_server: tuple[str, dict[str, tuple[int, bytes, float]], list[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from harness.scenarios import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers())
+    base, routes, _ = crd_server
+    routes["/istio/master/manifests/charts/base/files/crd-all.gen.yaml"] = (200, WIDGET_CRD.encode(), 0.0)
+
+    def run(*argv: str) -> int:
+        args = parser.parse_args(
+            ["scenarios", "fetch-crds", *argv, "--dest", str(tmp_path), "--base-url", base]
+        )
+        code: int = args.handler(args)
+        return code
+
+    assert run("1.31-dev") == 0
+    assert (tmp_path / "1.31-dev.yaml").read_text() == WIDGET_CRD
+    assert "Istio 1.31-dev:" in capsys.readouterr().out
+    assert run("1.31-dev", "1.27.0") == 1
+    assert "1.27.0: download of" in capsys.readouterr().err
+    assert run("latest") == 2
+    assert "not an Istio version: 'latest'" in capsys.readouterr().err

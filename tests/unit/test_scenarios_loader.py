@@ -1,0 +1,553 @@
+"""The scenario loader: the project's catalog loads, and every kind of bad input is reported with its
+file, line and field, all of them at once."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.scenarios import (
+    IstioVersion,
+    ScenarioError,
+    ScenarioIssue,
+    VersionRange,
+    load_catalog,
+    load_scenario,
+)
+from harness.scenarios.loader import DEFAULT_SCENARIOS_DIR, PROJECT_ROOT
+
+BAD = Path(__file__).parent / "data" / "scenarios_bad"
+
+MANIFEST = textwrap.dedent(
+    """\
+    apiVersion: networking.istio.io/v1
+    kind: ServiceEntry
+    metadata:
+      name: external
+      namespace: {{ namespace }}
+    spec:
+      hosts: [{{ external_host }}]
+      resolution: DNS
+      ports:
+        - {name: http, number: 80, protocol: HTTP}
+    """
+)
+
+GOOD = textwrap.dedent(
+    """\
+    name: demo
+    description: A scenario for the loader's tests.
+    istio:
+      min: "1.23"
+    manifests: [service-entry.yaml]
+    requests:
+      - name: one
+        host: "{{ external_host }}"
+        expect:
+          status: 200
+          via_gateway: true
+          gateway:
+            upstream_cluster: "outbound|80||{{ external_host }}"
+    """
+)
+
+
+def write_scenario(root: Path, text: str, name: str = "demo", files: dict[str, str] | None = None) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "scenario.yaml").write_text(text)
+    for file, body in (files if files is not None else {"service-entry.yaml": MANIFEST}).items():
+        (folder / file).write_text(body)
+    return folder
+
+
+def raw_issues(root: Path | list[Path]) -> tuple[ScenarioIssue, ...]:
+    with pytest.raises(ScenarioError) as info:
+        load_catalog(root)
+    return info.value.issues
+
+
+def issues_of(root: Path | list[Path]) -> list[str]:
+    return [str(i) for i in raw_issues(root)]
+
+
+# ------------------------------------------------------------------------------- the real catalog
+
+
+def test_the_project_catalog_loads() -> None:
+    catalog = load_catalog(DEFAULT_SCENARIOS_DIR)
+    assert catalog.names() == ("http-via-egress-gateway", "registry-only-blocked", "sidecar-only-egress")
+    mission = catalog.get("http-via-egress-gateway")
+    assert [m.name for m in mission.manifests] == [
+        "service-entry.yaml",
+        "gateway.yaml",
+        "destination-rule.yaml",
+        "virtual-service.yaml",
+    ]
+    (request,) = mission.requests
+    assert request.chain == ("ingress", "proxy", "target")
+    assert request.expect.via_gateway is True
+    assert request.expect.status == 200
+    assert request.expect.gateway["upstream_cluster"] == "outbound|{{ external_port }}||{{ external_host }}"
+    assert request.expect.gateway["response_flags"] is None
+
+    control = catalog.get("sidecar-only-egress")
+    assert control.requests[0].expect.via_gateway is False
+    assert not control.requests[0].expect.gateway
+
+    blocked = catalog.get("registry-only-blocked")
+    assert blocked.requires.outbound_traffic_policy == "REGISTRY_ONLY"
+    first, second = blocked.requests
+    assert (first.expect.blocked, first.expect.status, first.expect.sidecar["route_name"]) == (
+        "sidecar",
+        502,
+        "block_all",
+    )
+    assert (second.expect.blocked, second.expect.status) == (None, 200)
+
+
+def test_get_names_the_catalog_for_an_unknown_scenario() -> None:
+    catalog = load_catalog(DEFAULT_SCENARIOS_DIR)
+    with pytest.raises(KeyError, match="no scenario named 'nope'; the catalog has: http-via-egress-gateway"):
+        catalog.get("nope")
+
+
+def test_defaults_are_filled_in(tmp_path: Path) -> None:
+    scenario = load_scenario(write_scenario(tmp_path, GOOD))
+    (request,) = scenario.requests
+    assert (request.scheme, request.method, request.port, request.path) == ("http", "GET", None, "/")
+    assert scenario.requires.outbound_traffic_policy is None
+    assert scenario.requires.gateway_api is False
+    assert scenario.requires.access_log_encoding == ("TEXT", "JSON")
+    assert scenario.istio.max is None
+    assert request.line == 7
+
+
+# --------------------------------------------------------------------------------- the bad fixtures
+
+#: every defect of tests/unit/data/scenarios_bad/catalog, exactly as reported (paths from the repo root)
+EXPECTED_BAD = [
+    "tests/unit/data/scenarios_bad/catalog/bad-version-range/scenario.yaml:5: istio.max: "
+    "bad version range: min 1.30 is above max 1.28.10",
+    "tests/unit/data/scenarios_bad/catalog/bad-version-text/scenario.yaml:4: istio.min: "
+    'expected str, got float (quote versions: "1.23")',
+    "tests/unit/data/scenarios_bad/catalog/bad-version-text/scenario.yaml:5: istio.max: "
+    "not an Istio version: 'one.two' (expected MAJOR.MINOR[.PATCH][-PRERELEASE], e.g. 1.28.10, 1.31-dev)",
+    "tests/unit/data/scenarios_bad/catalog/missing-manifest/scenario.yaml:7: manifests[1]: "
+    "manifest file 'gateway.yaml' does not exist in tests/unit/data/scenarios_bad/catalog/missing-manifest",
+    "tests/unit/data/scenarios_bad/catalog/name-mismatch/scenario.yaml:1: name: "
+    "'another-name' must equal the scenario's folder name 'name-mismatch'",
+    "tests/unit/data/scenarios_bad/catalog/unknown-key/scenario.yaml:9: requests[0].timeout: "
+    "unknown key; allowed: name, host, expect, chain, scheme, method, port, path",
+    "tests/unit/data/scenarios_bad/catalog/unknown-template-var/service-entry.yaml:7: "
+    "unknown template variable 'external_hots' (did you mean 'external_host'?)",
+    "tests/unit/data/scenarios_bad/catalog/wrong-type/scenario.yaml:10: requests[0].expect.status: "
+    "expected int, got str",
+]
+
+
+@pytest.fixture
+def at_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(PROJECT_ROOT)
+
+
+@pytest.mark.usefixtures("at_repo_root")
+def test_a_bad_catalog_reports_every_problem_at_once() -> None:
+    assert issues_of(BAD / "catalog") == EXPECTED_BAD
+
+
+@pytest.mark.usefixtures("at_repo_root")
+@pytest.mark.parametrize("expected", EXPECTED_BAD, ids=lambda e: e.split("/")[5])
+def test_each_bad_fixture_alone(expected: str, tmp_path: Path) -> None:
+    # the same defect, found when its scenario is loaded alone
+    folder = BAD / "catalog" / expected.split("/")[5]
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(folder)
+    assert expected in [str(i) for i in info.value.issues]
+
+
+@pytest.mark.usefixtures("at_repo_root")
+def test_a_duplicate_name_across_catalogs_names_both_files() -> None:
+    assert issues_of([BAD / "duplicate" / "a", BAD / "duplicate" / "b"]) == [
+        "tests/unit/data/scenarios_bad/duplicate/b/twin/scenario.yaml:1: name: duplicate scenario name 'twin'; "
+        "also defined in tests/unit/data/scenarios_bad/duplicate/a/twin/scenario.yaml:1"
+    ]
+
+
+def test_the_error_message_lists_every_issue() -> None:
+    with pytest.raises(ScenarioError) as info:
+        load_catalog(BAD / "catalog")
+    message = str(info.value)
+    assert message.startswith("8 problems in the scenario catalog:\n")
+    assert all(f"{i}" in message for i in info.value.issues)
+
+
+# ------------------------------------------------------------------------- more error paths, inline
+
+
+def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) -> tuple[int | None, str, str]:
+    write_scenario(tmp_path, text, files=files)
+    with pytest.raises(ScenarioError) as info:
+        load_catalog(tmp_path)
+    assert len(info.value.issues) == 1, info.value
+    issue = info.value.issues[0]
+    return issue.line, issue.field, issue.message
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (
+            "      status: 200",
+            "      status: 200\n      blocked: sidecar",
+            12,
+            "requests[0].expect.via_gateway",
+            "a request blocked at the sidecar never reaches the gateway: use false",
+        ),
+        (
+            "      via_gateway: true",
+            "      via_gateway: false",
+            12,
+            "requests[0].expect.gateway",
+            "gateway log fields are expected, but via_gateway is false",
+        ),
+        (
+            "        upstream_cluster:",
+            "        upstream_clustr:",
+            13,
+            "requests[0].expect.gateway.upstream_clustr",
+            "unknown key (did you mean 'upstream_cluster'?)",
+        ),
+        (
+            "      gateway:\n",
+            '      gateway:\n        response_code: "200"\n',
+            13,
+            "requests[0].expect.gateway.response_code",
+            "expected int, got str (an integer log field; null for absent)",
+        ),
+        (
+            "      status: 200",
+            "      status: 200\n      blocked: yes",
+            11,
+            "requests[0].expect.blocked",
+            "expected one of sidecar, gateway or false, got True",
+        ),
+        (
+            "      status: 200",
+            "      status: 99",
+            10,
+            "requests[0].expect.status",
+            "not an HTTP status code: 99",
+        ),
+        ("    host:", "    path: get\n    host:", 8, "requests[0].path", "must start with '/', got 'get'"),
+        (
+            "    host:",
+            "    port: 70000\n    host:",
+            8,
+            "requests[0].port",
+            "port out of range 1-65535: 70000",
+        ),
+        (
+            "    host:",
+            "    port: '80'\n    host:",
+            8,
+            "requests[0].port",
+            "expected an int or one placeholder such as '{{ external_port }}', got '80'",
+        ),
+        (
+            "    host:",
+            "    chain: [proxy, egress]\n    host:",
+            8,
+            "requests[0].chain[1]",
+            "expected one of ingress, proxy, target, got 'egress'",
+        ),
+        (
+            "    host:",
+            "    chain: [proxy, proxy]\n    host:",
+            8,
+            "requests[0].chain[1]",
+            "duplicate entry 'proxy'",
+        ),
+        (
+            "    host:",
+            "    scheme: ftp\n    host:",
+            8,
+            "requests[0].scheme",
+            "expected one of http, https, got 'ftp'",
+        ),
+        (
+            "    host:",
+            "    method: get\n    host:",
+            8,
+            "requests[0].method",
+            "expected an upper-case HTTP method such as GET, got 'get'",
+        ),
+        (
+            '"{{ external_host }}"',
+            '"{{ externalhost }}"',
+            8,
+            "requests[0].host",
+            "unknown template variable 'externalhost' (did you mean 'external_host'?)",
+        ),
+        (
+            '"{{ external_host }}"',
+            '"{{ external host }}"',
+            8,
+            "requests[0].host",
+            "malformed placeholder '{{ external host }}': write {{ variable_name }}",
+        ),
+        (
+            "  - name: one",
+            "  - name: One",
+            7,
+            "requests[0].name",
+            "'One' is not a DNS label (lower-case letters, digits and '-')",
+        ),
+        (
+            "istio:\n",
+            "requires:\n  access_log_encoding: [JSON, XML]\nistio:\n",
+            4,
+            "requires.access_log_encoding[1]",
+            "expected one of TEXT, JSON, got 'XML'",
+        ),
+        (
+            "istio:\n",
+            "requires:\n  outbound_traffic_policy: DENY\nistio:\n",
+            4,
+            "requires.outbound_traffic_policy",
+            "expected one of ALLOW_ANY, REGISTRY_ONLY, got 'DENY'",
+        ),
+        (
+            "istio:\n",
+            "requires: {gateway_api: 'yes'}\nistio:\n",
+            3,
+            "requires.gateway_api",
+            "expected bool, got str",
+        ),
+        ("istio:\n", "tags: egress\nistio:\n", 3, "tags", "expected list, got str"),
+        (
+            "description: A scenario for the loader's tests.\n",
+            "",
+            1,
+            "",
+            "missing required key 'description'",
+        ),
+        (
+            "manifests: [service-entry.yaml]",
+            "manifests: [service-entry.yaml, ../x.yaml]",
+            5,
+            "manifests[1]",
+            "'../x.yaml': a manifest is a file name beside scenario.yaml, not a path",
+        ),
+        (
+            "name: demo\n",
+            "name: demo\nname: demo\n",
+            2,
+            "name",
+            "duplicate key (first at line 1); YAML keeps only one",
+        ),
+        ("requests:\n", "requests:\n  - []\n", 7, "requests[0]", "expected mapping, got list"),
+        ('  min: "1.23"', "  min: a: b", 4, "", "invalid YAML: mapping values are not allowed"),
+    ],
+    ids=[
+        "blocked-sidecar-via-gateway",
+        "gateway-logs-without-gateway",
+        "unknown-log-field",
+        "int-log-field-as-str",
+        "blocked-bad-value",
+        "status-out-of-range",
+        "relative-path",
+        "port-out-of-range",
+        "port-literal-string",
+        "unknown-hop",
+        "duplicate-hop",
+        "bad-scheme",
+        "lower-case-method",
+        "unknown-var-in-host",
+        "malformed-placeholder",
+        "request-name-not-dns",
+        "unknown-encoding",
+        "unknown-traffic-policy",
+        "gateway-api-not-bool",
+        "tags-not-list",
+        "missing-description",
+        "manifest-path",
+        "duplicate-yaml-key",
+        "request-not-mapping",
+        "yaml-syntax",
+    ],
+)
+def test_field_errors_name_line_and_field(tmp_path: Path, case: tuple[str, str, int, str, str]) -> None:
+    old, new, line, field, message = case
+    assert old in GOOD
+    got_line, got_field, got_message = one_issue(tmp_path, GOOD.replace(old, new, 1))
+    assert (got_line, got_field) == (line, field)
+    assert got_message.startswith(message)
+
+
+def test_duplicate_request_names(tmp_path: Path) -> None:
+    text = GOOD + "  - name: one\n    host: x.test\n    expect: {status: 200, via_gateway: false}\n"
+    assert one_issue(tmp_path, text) == (
+        14,
+        "requests[1].name",
+        "duplicate request name 'one' (first is requests[0])",
+    )
+
+
+def test_a_yaml_file_not_listed_in_manifests_is_an_error(tmp_path: Path) -> None:
+    files = {"service-entry.yaml": MANIFEST, "forgotten.yaml": MANIFEST}
+    assert one_issue(tmp_path, GOOD, files) == (
+        5,
+        "manifests",
+        "'forgotten.yaml' is in the scenario folder but not listed in manifests",
+    )
+
+
+def test_a_manifest_with_a_yaml_error_is_reported_at_its_line(tmp_path: Path) -> None:
+    files = {"service-entry.yaml": MANIFEST.replace("  hosts:", "  hosts: [oops\n  x:")}
+    write_scenario(tmp_path, GOOD, files=files)
+    with pytest.raises(ScenarioError) as info:
+        load_catalog(tmp_path)
+    (issue,) = info.value.issues
+    assert issue.path == tmp_path / "demo" / "service-entry.yaml"
+    assert issue.line == 8
+    assert issue.message.startswith("invalid YAML")
+
+
+def test_a_malformed_placeholder_in_a_manifest(tmp_path: Path) -> None:
+    files = {"service-entry.yaml": MANIFEST.replace("{{ namespace }}", "{{ namespace }")}
+    write_scenario(tmp_path, GOOD, files=files)
+    with pytest.raises(ScenarioError) as info:
+        load_catalog(tmp_path)
+    (issue,) = info.value.issues
+    assert (issue.path.name, issue.line) == ("service-entry.yaml", 5)
+    assert issue.message == "malformed placeholder '{{ namespace }': write {{ variable_name }}"
+
+
+def test_a_folder_without_scenario_yaml(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (issue,) = raw_issues(tmp_path)
+    assert issue.path == tmp_path / "empty"
+    assert issue.message == "a scenario folder needs a scenario.yaml"
+
+
+def test_a_missing_catalog_folder(tmp_path: Path) -> None:
+    (issue,) = raw_issues(tmp_path / "nowhere")
+    assert issue.message == "scenario catalog folder does not exist"
+
+
+def test_a_scenario_file_with_two_documents(tmp_path: Path) -> None:
+    write_scenario(tmp_path, GOOD + "---\n" + GOOD)
+    (issue,) = raw_issues(tmp_path)
+    assert issue.message == "expected exactly one YAML document, found 2"
+
+
+# ----------------------------------------------------------------------------------- versions
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("1.28.10", (1, 28, 10, None)),
+        ("1.31-dev", (1, 31, None, "dev")),
+        ("1.31.0-alpha.0", (1, 31, 0, "alpha.0")),
+        ("1.23", (1, 23, None, None)),
+    ],
+)
+def test_parse_versions(text: str, parts: tuple[object, ...]) -> None:
+    v = IstioVersion.parse(text)
+    assert (v.major, v.minor, v.patch, v.prerelease) == parts
+    assert str(v) == text
+
+
+@pytest.mark.parametrize("text", ["1", "v1.28.0", "1.28.x", "1.28.0-", "latest", ""])
+def test_reject_bad_versions(text: str) -> None:
+    with pytest.raises(ValueError, match="not an Istio version"):
+        IstioVersion.parse(text)
+
+
+def test_version_order() -> None:
+    texts = [
+        "1.31.0",
+        "1.28.10",
+        "1.31-dev",
+        "1.29.6",
+        "1.31.0-alpha.0",
+        "1.31.0-alpha.10",
+        "1.28.9",
+        "1.31.0-beta",
+    ]
+    ordered = sorted(texts, key=lambda t: IstioVersion.parse(t).sort_key)
+    assert ordered == [
+        "1.28.9",
+        "1.28.10",
+        "1.29.6",
+        "1.31.0-alpha.0",
+        "1.31.0-alpha.10",
+        "1.31.0-beta",
+        "1.31-dev",
+        "1.31.0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "version", "applies", "reason"),
+    [
+        ("1.23", None, "1.23.0", True, "Istio 1.23.0 is in range >=1.23"),
+        ("1.23", None, "1.23-dev", True, "Istio 1.23-dev is in range >=1.23"),
+        ("1.23", None, "1.22.7", False, "Istio 1.22.7 is older than the scenario's minimum 1.23"),
+        ("1.28.10", None, "1.28.9", False, "Istio 1.28.9 is older than the scenario's minimum 1.28.10"),
+        ("1.28.10", None, "1.28.10", True, "Istio 1.28.10 is in range >=1.28.10"),
+        ("1.23", "1.30", "1.30.3", True, "Istio 1.30.3 is in range 1.23..1.30"),
+        ("1.23", "1.30", "1.31-dev", False, "Istio 1.31-dev is newer than the scenario's maximum 1.30"),
+        ("1.23", "1.31.0", "1.31-dev", True, "Istio 1.31-dev is in range 1.23..1.31.0"),
+        (
+            "1.31.0",
+            None,
+            "1.31.0-alpha.0",
+            False,
+            "Istio 1.31.0-alpha.0 is older than the scenario's minimum 1.31.0",
+        ),
+    ],
+)
+def test_applies_to(low: str, high: str | None, version: str, applies: bool, reason: str) -> None:
+    vr = VersionRange(IstioVersion.parse(low), IstioVersion.parse(high) if high else None)
+    assert vr.applies_to(version) == (applies, reason)
+
+
+def test_an_inverted_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"min 1\.30\.0 is above max 1\.29"):
+        VersionRange(IstioVersion.parse("1.30.0"), IstioVersion.parse("1.29"))
+
+
+versions = st.builds(
+    IstioVersion,
+    st.integers(0, 3),
+    st.integers(0, 40),
+    st.none() | st.integers(0, 20),
+    st.none() | st.sampled_from(["dev", "alpha", "alpha.0", "alpha.1", "beta.2", "rc.0"]),
+)
+
+
+@given(versions)
+def test_version_text_round_trips(v: IstioVersion) -> None:
+    assert IstioVersion.parse(str(v)) == v
+
+
+@given(versions, versions)
+def test_a_range_holds_exactly_what_lies_between_its_exact_bounds(a: IstioVersion, b: IstioVersion) -> None:
+    low, high = sorted([a, b], key=lambda v: v.sort_key)
+    # exact bounds: give both a patch so that neither is a bare minor
+    low = IstioVersion(low.major, low.minor, low.patch or 0, low.prerelease)
+    high = IstioVersion(high.major, high.minor, high.patch or 0, high.prerelease)
+    if high < low:
+        low, high = high, low
+    vr = VersionRange(low, high)
+    assert vr.applies_to(low)[0]
+    assert vr.applies_to(high)[0]
+    above = IstioVersion(high.major, high.minor + 1, 0, None)
+    assert not vr.applies_to(above)[0]

@@ -1,0 +1,193 @@
+"""The renderer: plain ``{{ var }}`` substitution, deterministic, with file:line errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.scenarios import (
+    RenderContext,
+    RequestSpec,
+    ScenarioError,
+    load_catalog,
+    render_request,
+    render_scenario,
+)
+from harness.scenarios.loader import DEFAULT_SCENARIOS_DIR, parse_yaml_documents
+from harness.scenarios.model import TEMPLATE_VARIABLES, Expectation
+from harness.scenarios.render import render_text
+
+CATALOG = load_catalog(DEFAULT_SCENARIOS_DIR)
+MISSION = CATALOG.get("http-via-egress-gateway")
+
+
+def ctx(**overrides: object) -> RenderContext:
+    values: dict[str, object] = {"istio_version": "1.30.3", **overrides}
+    return RenderContext(**values)  # type: ignore[arg-type]
+
+
+def test_rendering_is_byte_identical_every_time_and_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = render_scenario(MISSION, ctx()).text
+    monkeypatch.chdir(tmp_path)
+    again = load_catalog(DEFAULT_SCENARIOS_DIR).get(MISSION.name)
+    assert render_scenario(again, ctx()).text.encode() == first.encode()
+
+
+def test_the_stream_holds_every_template_in_order_with_its_source() -> None:
+    rendered = render_scenario(MISSION, ctx())
+    sources = [line for line in rendered.text.splitlines() if line.startswith("# Source: ")]
+    assert sources == [f"# Source: http-via-egress-gateway/{m.name}" for m in MISSION.manifests]
+    assert "{{" not in rendered.text
+    parsed = [d for d in yaml.safe_load_all(rendered.text) if d is not None]
+    assert parsed == [dict(d.body) for d in rendered.documents]
+    assert [d.describe() for d in rendered.documents] == [
+        "ServiceEntry/external-http",
+        "Gateway/egress-gateway",
+        "DestinationRule/egress-gateway-external",
+        "VirtualService/external-via-egress-gateway",
+    ]
+
+
+def test_values_land_with_their_yaml_types() -> None:
+    rendered = render_scenario(
+        MISSION, ctx(namespace="run-7", external_host="httpbin.example.org", external_port=8080)
+    )
+    se, gw, dr, vs = (d.body for d in rendered.documents)
+    assert se["metadata"]["namespace"] == "run-7"
+    assert se["spec"]["hosts"] == ["httpbin.example.org"]
+    assert se["spec"]["ports"][0]["number"] == 8080
+    assert gw["spec"]["selector"] == {"istio": "egressgateway"}
+    assert dr["spec"]["host"] == "istio-egressgateway.istio-system.svc.cluster.local"
+    mesh_leg, gateway_leg = vs["spec"]["http"]
+    assert mesh_leg["match"][0] == {"gateways": ["mesh"], "port": 8080}
+    assert mesh_leg["route"][0]["destination"]["subset"] == "external"
+    assert gateway_leg["route"][0]["destination"] == {"host": "httpbin.example.org", "port": {"number": 8080}}
+
+
+def test_documents_keep_the_template_line_numbers() -> None:
+    rendered = render_scenario(MISSION, ctx())
+    vs = rendered.documents[3]
+    template_lines = vs.template.read_text().splitlines()
+    line = vs.line_of(("spec", "http", 1, "route", 0, "destination", "port", "number"))
+    assert template_lines[line - 1].strip() == "number: {{ external_port }}"
+    assert vs.index == 0
+
+
+def test_an_unknown_variable_names_file_line_and_variable(tmp_path: Path) -> None:
+    template = tmp_path / "gateway.yaml"
+    with pytest.raises(ScenarioError) as info:
+        render_text("a: 1\nb: {{ namespace }}\nc: {{ egress_gateway }}\n", ctx(), source=template)
+    (issue,) = info.value.issues
+    assert (issue.path, issue.line) == (template, 3)
+    assert issue.message.startswith("unknown template variable 'egress_gateway'")
+
+
+def test_every_unknown_variable_of_a_scenario_is_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in MISSION.manifests:
+        (folder / name.name).write_text(name.read_text())
+    (folder / "gateway.yaml").write_text("kind: Gateway\nname: {{ nope }}\n")
+    (folder / "destination-rule.yaml").write_text("kind: DestinationRule\n\nhost: {{ also_nope }}\n")
+    broken = replace(
+        MISSION, file=folder / "scenario.yaml", manifests=tuple(folder / m.name for m in MISSION.manifests)
+    )
+    with pytest.raises(ScenarioError) as info:
+        render_scenario(broken, ctx())
+    assert [(i.path.name, i.line, i.message.split(" (")[0]) for i in info.value.issues] == [
+        ("gateway.yaml", 2, "unknown template variable 'nope'"),
+        ("destination-rule.yaml", 3, "unknown template variable 'also_nope'"),
+    ]
+
+
+def test_placeholder_spacing_is_free_but_names_are_not() -> None:
+    out = render_text(
+        "a: {{namespace}} {{   run_id }}\n", ctx(namespace="ns", run_id="r1"), source=Path("x.yaml")
+    )
+    assert out == "a: ns r1\n"
+    with pytest.raises(ScenarioError, match="malformed placeholder"):
+        render_text("a: {{ run-id }}\n", ctx(), source=Path("x.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("namespace", "Bad_NS", "RenderContext.namespace: not a DNS label"),
+        ("external_host", "two\nlines", "RenderContext.external_host: must be one non-empty line"),
+        ("external_host", "{{ namespace }}", "RenderContext.external_host: must be one non-empty line"),
+        ("external_port", 0, "RenderContext.external_port: not a port number"),
+        ("external_tls_port", "443", "RenderContext.external_tls_port: not a port number"),
+        ("egress_gateway_selector", "istio=egressgateway", "RenderContext.egress_gateway_selector"),
+        ("istio_version", "latest", "not an Istio version"),
+    ],
+)
+def test_a_bad_context_value_is_refused(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ctx(**{field: value})
+
+
+def test_variables_cover_every_field() -> None:
+    assert set(ctx().variables()) == TEMPLATE_VARIABLES
+    assert ctx(external_port=8080).variables()["external_port"] == "8080"
+
+
+def test_requests_render_with_ports_and_log_expectations() -> None:
+    (request,) = MISSION.requests
+    resolved = render_request(
+        request, ctx(external_host="h.example", external_port=8080), source=MISSION.file
+    )
+    assert resolved.url == "http://h.example:8080/get"
+    assert resolved.expect.gateway["upstream_cluster"] == "outbound|8080||h.example"
+    assert (
+        resolved.expect.sidecar["upstream_cluster"]
+        == "outbound|80|external|istio-egressgateway.istio-system.svc.cluster.local"
+    )
+    assert resolved.expect.gateway["response_flags"] is None
+    assert resolved.chain == ("ingress", "proxy", "target")
+
+
+@pytest.mark.parametrize(
+    ("scheme", "port", "expected"),
+    [("http", None, 81), ("https", None, 444), ("http", 9000, 9000), ("https", "{{ external_port }}", 81)],
+)
+def test_request_ports(scheme: str, port: int | str | None, expected: int) -> None:
+    request = RequestSpec(
+        name="r", host="{{ external_host }}", expect=Expectation(200, False), scheme=scheme, port=port
+    )
+    resolved = render_request(request, ctx(external_port=81, external_tls_port=444), source=Path("s.yaml"))
+    assert resolved.port == expected
+
+
+def test_a_port_placeholder_that_is_not_a_number_is_an_error() -> None:
+    request = RequestSpec(
+        name="r", host="h.test", expect=Expectation(200, False), port="{{ namespace }}", line=9
+    )
+    with pytest.raises(
+        ScenarioError, match=r"s\.yaml:9: port: rendered to 'egress-harness', not a port number"
+    ):
+        render_request(request, ctx(), source=Path("s.yaml"))
+
+
+labels = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(labels, st.lists(labels, min_size=1, max_size=3), st.integers(1, 65535))
+def test_render_is_a_function_of_its_context(namespace: str, host_labels: list[str], port: int) -> None:
+    host = ".".join(host_labels)
+    context = ctx(namespace=namespace, external_host=host, external_port=port)
+    a, b = render_scenario(MISSION, context), render_scenario(MISSION, context)
+    assert a.text == b.text
+    docs, issues = parse_yaml_documents(a.text, Path("stream.yaml"))
+    assert not issues
+    service_entry = next(d.value for d in docs if d.value and d.value.get("kind") == "ServiceEntry")
+    assert service_entry["spec"]["hosts"] == [host]
+    assert service_entry["spec"]["ports"][0]["number"] == port
+    assert service_entry["metadata"]["namespace"] == namespace
