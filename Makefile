@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 # The stamp changes whenever pyproject.toml changes, so `make test` reinstalls then and only then.
 STAMP := $(VENV)/.stamp-$(shell sha256sum pyproject.toml 2>/dev/null | cut -c1-16)
 PYTEST_ARGS ?=
+ISTIO_VERSION ?=
 
 .PHONY: help venv test lint bench e2e tools clean
 
@@ -35,9 +36,13 @@ lint: $(STAMP) ## ruff and mypy (strict on harness/)
 bench: $(STAMP) ## benchmarks; results are ratios, printed and written to artifacts/bench.json
 	$(PY) -m bench
 
+tools: $(STAMP) ## download the pinned kind, kubectl and istioctl into .cache/bin (sha256-verified)
+	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
+
 e2e: $(STAMP) ## the cluster tier: kind + Istio + relay apps (needs Docker and internet)
 	$(PY) -m harness.cli e2e preflight
-	$(PY) -m pytest -m e2e -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
+	EGRESS_HARNESS_ISTIO_VERSION=$(ISTIO_VERSION) $(PY) -m pytest -m e2e -p no:cacheprovider $(PYTEST_ARGS)
 
 clean: ## remove .venv, caches and artifacts
 	rm -rf $(VENV) .cache artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis

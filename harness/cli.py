@@ -17,6 +17,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "harness.accesslog.cli",
     "harness.localrun",
     "harness.scenarios.cli",
+    "harness.tools",
 )
 
 

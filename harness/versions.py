@@ -1,0 +1,161 @@
+"""The one place where the cluster path's versions, download addresses and checksum addresses are pinned.
+
+Sources of each pin (checked when it was set; re-check them together when bumping):
+
+* kind 0.33.0 and its node image: the v0.33.0 release notes list the images built for that release,
+  each with the digest that must be used with it. We take Kubernetes 1.34 from that list because
+  1.34 is inside the supported Kubernetes range of every Istio release below (1.28: 1.30-1.34,
+  1.29: 1.31-1.35, 1.30: 1.32-1.36, per Istio's support table).
+* kubectl follows the node's Kubernetes version (same minor, same patch).
+* Release assets: kind publishes ``kind-<os>-<arch>`` with ``<asset>.sha256sum`` beside it
+  (``shasum -a 256`` output); kubectl's binary has ``<url>.sha256`` (the bare digest); Istio publishes
+  ``istioctl-<v>-<platform>.tar.gz`` with ``<asset>.sha256`` (``<digest> <file name>``), where the
+  platform of an Intel Mac is plain ``osx`` and of an Apple-silicon Mac ``osx-arm64``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+KIND_VERSION: Final = "0.33.0"
+KUBERNETES_VERSION: Final = "1.34.11"
+KIND_NODE_IMAGE: Final = (
+    "kindest/node:v1.34.11@sha256:44e222ee2132dab25ff87301682f89eb82c7880ea3a1bf543bfe9708fd08d67d"
+)
+KUBECTL_VERSION: Final = KUBERNETES_VERSION
+
+DEFAULT_ISTIO_VERSION: Final = "1.30.3"
+SUPPORTED_ISTIO_VERSIONS: Final = ("1.28.10", "1.29.6", "1.30.3")
+# Environment variable that picks one of SUPPORTED_ISTIO_VERSIONS for a run (make e2e ISTIO_VERSION=...).
+ISTIO_VERSION_ENV: Final = "EGRESS_HARNESS_ISTIO_VERSION"
+
+# Platforms we download for: (os, arch) in Go's spelling.
+PLATFORMS: Final = (("linux", "amd64"), ("linux", "arm64"), ("darwin", "amd64"), ("darwin", "arm64"))
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """How to download one tool: URL template, where its checksum lives, which asset per platform.
+
+    ``url_template`` takes ``{base}``, ``{version}``, ``{os}``, ``{arch}`` and ``{asset}`` (the
+    platform's asset name from ``assets``). ``checksum_suffix`` is appended to the download URL.
+    ``archive_member`` is set when the asset is a tar.gz holding the binary under that name.
+    """
+
+    name: str
+    default_base_url: str
+    base_url_env: str
+    url_template: str
+    checksum_suffix: str
+    assets: MappingProxyType[tuple[str, str], str]
+    pinned_version: str
+    archive_member: str | None = None
+
+    def asset(self, os_name: str, arch: str, version: str) -> str:
+        try:
+            template = self.assets[(os_name, arch)]
+        except KeyError:
+            supported = ", ".join(f"{o}/{a}" for o, a in self.assets)
+            raise UnsupportedPlatformError(
+                f"{self.name} has no download for {os_name}/{arch} (supported: {supported})"
+            ) from None
+        return template.format(version=version)
+
+    def base_url(self, override: str | None = None) -> str:
+        base = override or os.environ.get(self.base_url_env) or self.default_base_url
+        return base.rstrip("/")
+
+    def url(self, version: str, os_name: str, arch: str, *, base_url: str | None = None) -> str:
+        return self.url_template.format(
+            base=self.base_url(base_url),
+            version=version,
+            os=os_name,
+            arch=arch,
+            asset=self.asset(os_name, arch, version),
+        )
+
+    def checksum_url(self, version: str, os_name: str, arch: str, *, base_url: str | None = None) -> str:
+        return self.url(version, os_name, arch, base_url=base_url) + self.checksum_suffix
+
+
+class UnsupportedPlatformError(RuntimeError):
+    """This machine's OS/architecture has no published binary."""
+
+
+KIND: Final = ToolSpec(
+    name="kind",
+    default_base_url="https://github.com/kubernetes-sigs/kind/releases/download",
+    base_url_env="EGRESS_HARNESS_KIND_BASE_URL",
+    url_template="{base}/v{version}/{asset}",
+    checksum_suffix=".sha256sum",
+    assets=MappingProxyType(
+        {
+            ("linux", "amd64"): "kind-linux-amd64",
+            ("linux", "arm64"): "kind-linux-arm64",
+            ("darwin", "amd64"): "kind-darwin-amd64",
+            ("darwin", "arm64"): "kind-darwin-arm64",
+        }
+    ),
+    pinned_version=KIND_VERSION,
+)
+
+KUBECTL: Final = ToolSpec(
+    name="kubectl",
+    default_base_url="https://dl.k8s.io/release",
+    base_url_env="EGRESS_HARNESS_KUBECTL_BASE_URL",
+    url_template="{base}/v{version}/bin/{os}/{arch}/{asset}",
+    checksum_suffix=".sha256",
+    assets=MappingProxyType({p: "kubectl" for p in PLATFORMS}),
+    pinned_version=KUBECTL_VERSION,
+)
+
+ISTIOCTL: Final = ToolSpec(
+    name="istioctl",
+    default_base_url="https://github.com/istio/istio/releases/download",
+    base_url_env="EGRESS_HARNESS_ISTIO_BASE_URL",
+    url_template="{base}/{version}/{asset}",
+    checksum_suffix=".sha256",
+    assets=MappingProxyType(
+        {
+            ("linux", "amd64"): "istioctl-{version}-linux-amd64.tar.gz",
+            ("linux", "arm64"): "istioctl-{version}-linux-arm64.tar.gz",
+            ("darwin", "amd64"): "istioctl-{version}-osx.tar.gz",
+            ("darwin", "arm64"): "istioctl-{version}-osx-arm64.tar.gz",
+        }
+    ),
+    pinned_version=DEFAULT_ISTIO_VERSION,
+    archive_member="istioctl",
+)
+
+TOOLS: Final = MappingProxyType({spec.name: spec for spec in (KIND, KUBECTL, ISTIOCTL)})
+
+
+def host_platform() -> tuple[str, str]:
+    """This machine as (os, arch) in Go's spelling, e.g. ("linux", "amd64")."""
+    os_name = {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform)
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+    return os_name, arch
+
+
+def istio_version(requested: str | None = None) -> str:
+    """The Istio version for this run: ``requested``, else $EGRESS_HARNESS_ISTIO_VERSION, else the default."""
+    version = requested or os.environ.get(ISTIO_VERSION_ENV) or DEFAULT_ISTIO_VERSION
+    if version not in SUPPORTED_ISTIO_VERSIONS:
+        raise ValueError(
+            f"Istio {version} is not supported by this harness; pick one of "
+            f"{', '.join(SUPPORTED_ISTIO_VERSIONS)} (default {DEFAULT_ISTIO_VERSION})"
+        )
+    return version
+
+
+def pinned_version(tool: str, istio: str | None = None) -> str:
+    """The version of ``tool`` this harness uses (istioctl follows the Istio version of the run)."""
+    if tool == ISTIOCTL.name:
+        return istio_version(istio)
+    return TOOLS[tool].pinned_version
