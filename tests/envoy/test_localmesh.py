@@ -169,3 +169,60 @@ def test_local_run_command(mode: str, code: int) -> None:
     assert "verdict: OK, the evidence matches the mode" in out.stdout
     assert "hop " in out.stdout and "egress gateway" in out.stdout
     assert ">> local mesh: all parts ready" in out.stderr
+
+
+def _mode_configs(tmp_path: Path) -> list[tuple[str, dict[str, object]]]:
+    """Every distinct bootstrap the local mesh generates: each part in each mode, both encodings."""
+    import harness.localmesh as lm
+
+    configs: list[tuple[str, dict[str, object]]] = []
+    for mode in MODES:
+        for encoding in ("text", "json"):
+            topo = Topology(mode=mode, encoding=encoding)  # type: ignore[arg-type]
+            log = tmp_path / f"{mode}-{encoding}.log"
+            configs += [
+                (f"{mode}/{encoding}/gateway", lm.gateway_config(topo, ("127.0.0.20", 8080), log)),
+                (
+                    f"{mode}/{encoding}/target-sidecar",
+                    lm.target_sidecar_config(topo, ("127.0.0.7", 1), ("127.0.0.20", 2), log),
+                ),
+                (f"{mode}/{encoding}/proxy-sidecar", lm.proxy_sidecar_config(topo, ("127.0.0.12", 3), log)),
+            ]
+    return configs
+
+
+def _envoy_versions() -> list[object]:
+    from tests.envoy.test_envoy_process import _versions
+
+    return _versions()
+
+
+@pytest.mark.parametrize("binary", _envoy_versions())
+def test_every_generated_config_is_accepted_by_each_envoy_version(tmp_path: Path, binary: Path) -> None:
+    from harness.envoy import validate_config
+
+    for name, config in _mode_configs(tmp_path):
+        validate_config(config, binary, name=f"{name}@{binary.parent.name}")
+
+
+def test_the_logs_cli_parses_real_envoy_output_of_the_mesh() -> None:
+    with LocalMesh(Topology(mode="gateway-no-route")) as m:
+        verdict = run_once(m)
+        out = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "logs", "parse", str(m.log_dir / "egress-gateway.log")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    mine = [r for r in rows if r["request_id"] == verdict.request_id]
+    assert len(mine) == 1
+    assert (mine[0]["response_code"], mine[0]["response_flags"], mine[0]["response_code_details"]) == (
+        404,
+        "NR",
+        "route_not_found",
+    )
