@@ -1,0 +1,392 @@
+"""The external host as a real container on a named Docker network, reached by a (dotted) alias.
+
+    with RecorderContainer(image, network="egress-harness-test-1a2b") as rec:
+        ...  # other containers on that network reach http://external.egress-harness.test/
+        rec.records(request_id="abc")  # what the recorder saw: client_ip, host, headers, ...
+
+Built on the Docker SDK (``docker.from_env``, every API call under a client timeout), not on
+testcontainers: testcontainers starts its "ryuk" reaper, whose image would have to be pulled. Clean-up
+is ours instead: every container and network made here carries the label ``io.egress-harness.owner``
+(plus any labels you pass), and leaving the context (normally, on an error, on Ctrl-C) removes the
+container and, if this object created it, the network. A failed start removes both too and raises
+:class:`ContainerStartError` naming the container, its exit code and the tail of its log.
+
+The recorder's control API is read from the host through a port published on 127.0.0.1 (a random
+host port), so it works wherever the engine publishes ports to the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, cast
+
+import docker  # type: ignore[import-untyped]
+import docker.errors  # type: ignore[import-untyped]
+import httpx
+
+from harness.proc import tail
+
+DEFAULT_ALIAS = "external.egress-harness.test"
+OWNER_LABEL = "io.egress-harness.owner"
+API_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.1
+REMOVE_TIMEOUT_S = 15.0
+
+
+class DockerUnavailableError(RuntimeError):
+    """No Docker engine answers."""
+
+
+class ContainerStartError(RuntimeError):
+    """A container exited or did not become ready; carries its name and log tail."""
+
+    def __init__(self, name: str, reason: str, log_tail: str) -> None:
+        self.name = name
+        self.reason = reason
+        self.log_tail = log_tail
+        super().__init__(f"container {name!r} {reason}; last lines of its log:\n{log_tail or '(empty log)'}")
+
+
+def docker_client(timeout: float = API_TIMEOUT_S) -> Any:
+    """A Docker SDK client whose every API call times out after `timeout` s; checks the engine."""
+    try:
+        client = docker.from_env(timeout=int(timeout))
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailableError(
+            "no Docker engine answers (start it: `dockerd >/tmp/dockerd.log 2>&1 &`, "
+            f"or install Debian's docker.io first): {exc}"
+        ) from exc
+    return client
+
+
+def docker_unavailable_reason() -> str | None:
+    """None when a Docker engine answers, else why not (for a pytest skip)."""
+    try:
+        docker_client(timeout=10).close()
+    except DockerUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def _labels(owner: str, extra: Mapping[str, str] | None) -> dict[str, str]:
+    return {OWNER_LABEL: owner, **(extra or {})}
+
+
+def _wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} after {timeout:g}s")
+        time.sleep(POLL_INTERVAL_S)
+
+
+class Network:
+    """A named bridge network; created on enter if missing, removed on exit if created here."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        owner: str = "harness",
+        client: Any | None = None,
+    ) -> None:
+        self.name = name
+        self.labels = _labels(owner, labels)
+        self.created = False
+        self._client = client
+        self._own_client = client is None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    def create(self) -> Self:
+        api = self.client.api
+        # the name filter matches substrings: look for the exact name
+        if not any(n.get("Name") == self.name for n in api.networks(names=[self.name])):
+            api.create_network(self.name, driver="bridge", labels=self.labels, check_duplicate=True)
+            self.created = True
+        return self
+
+    def remove(self) -> None:
+        """Remove the network if this object created it (waits for endpoints to go, bounded)."""
+        if not self.created:
+            return
+        api = self.client.api
+
+        def gone() -> bool:
+            try:
+                api.remove_network(self.name)
+            except docker.errors.NotFound:
+                return True
+            except docker.errors.APIError as exc:
+                if "active endpoints" in str(exc):
+                    return False
+                raise
+            return True
+
+        _wait_until(gone, REMOVE_TIMEOUT_S, f"network {self.name!r} still has endpoints")
+        self.created = False
+
+    def close(self) -> None:
+        try:
+            self.remove()
+        finally:
+            if self._own_client and self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> Self:
+        try:
+            return self.create()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Container:
+    """A container on a named network with aliases; a context manager that always removes it.
+
+    Subclasses decide readiness (:meth:`ready`); the base is ready once running.
+    """
+
+    def __init__(
+        self,
+        image: str,
+        network: str,
+        *,
+        command: Sequence[str] | None = None,
+        aliases: Sequence[str] = (),
+        publish: Sequence[int] = (),
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        owner: str = "harness",
+        ready_timeout: float = READY_TIMEOUT_S,
+        client: Any | None = None,
+    ) -> None:
+        self.image = image
+        self.network_name = network
+        self.command = list(command) if command is not None else None
+        self.aliases = list(aliases)
+        self.publish = list(publish)
+        self.name = name or f"egress-harness-{secrets.token_hex(4)}"
+        self.labels = _labels(owner, labels)
+        self.ready_timeout = ready_timeout
+        self.id: str | None = None
+        self._own_client = client is None
+        self._client = client
+        self._network: Network | None = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> Self:
+        try:
+            self._network = Network(
+                self.network_name, labels=self.labels, owner=self.labels[OWNER_LABEL], client=self.client
+            ).create()
+            api = self.client.api
+            host_config = api.create_host_config(
+                network_mode=self.network_name,
+                port_bindings={p: ("127.0.0.1", None) for p in self.publish},
+            )
+            networking = api.create_networking_config(
+                {self.network_name: api.create_endpoint_config(aliases=self.aliases or None)}
+            )
+            created = api.create_container(
+                self.image,
+                command=self.command,
+                name=self.name,
+                labels=self.labels,
+                ports=self.publish or None,
+                host_config=host_config,
+                networking_config=networking,
+            )
+            self.id = str(created["Id"])
+            api.start(self.id)
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            state = self.inspect()["State"]
+            if not state.get("Running"):
+                raise ContainerStartError(
+                    self.name,
+                    f"(image {self.image}) exited with code {state.get('ExitCode')} before it was ready"
+                    + (f": {state['Error']}" if state.get("Error") else ""),
+                    tail(self.logs()),
+                )
+            if self.ready():
+                return
+            if time.monotonic() >= deadline:
+                raise ContainerStartError(
+                    self.name,
+                    f"(image {self.image}) was not ready within {self.ready_timeout:g}s",
+                    tail(self.logs()),
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+    def ready(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        """Remove the container (forcefully) and the network if created here; idempotent."""
+        try:
+            if self._client is not None:
+                with contextlib.suppress(docker.errors.NotFound):
+                    self._client.api.remove_container(self.id or self.name, force=True, v=True)
+            if self._network is not None:
+                self._network.remove()
+                self._network = None
+        finally:
+            if self._own_client and self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # facts ---------------------------------------------------------------------------------------
+    def inspect(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.client.api.inspect_container(self.id or self.name))
+
+    @property
+    def container_ip(self) -> str:
+        """This container's IP address on the named network."""
+        networks = self.inspect()["NetworkSettings"]["Networks"]
+        return str(networks[self.network_name]["IPAddress"])
+
+    def logs(self) -> str:
+        """stdout and stderr so far ('' if the container is gone)."""
+        try:
+            raw = self.client.api.logs(self.id or self.name, stdout=True, stderr=True)
+        except docker.errors.NotFound:
+            return ""
+        return bytes(raw).decode("utf-8", errors="replace")
+
+    def host_port(self, port: int) -> int:
+        bindings = self.inspect()["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
+        for binding in bindings:
+            if binding.get("HostPort"):
+                return int(binding["HostPort"])
+        raise LookupError(f"container {self.name!r} publishes no host port for {port}/tcp")
+
+    def exec(self, argv: Sequence[str]) -> tuple[int, str]:
+        """Run `argv` in the container; (exit code, stdout+stderr). Bound it with `timeout N ...`."""
+        result = self.client.api.exec_create(self.id or self.name, list(argv), stdout=True, stderr=True)
+        output = bytes(self.client.api.exec_start(result["Id"])).decode("utf-8", errors="replace")
+        code = self.client.api.exec_inspect(result["Id"]).get("ExitCode")
+        return (int(code) if code is not None else -1), output
+
+
+class RecorderContainer(Container):
+    """The recorder (apps/recorder) as the external host, on `network` under `alias`."""
+
+    def __init__(
+        self,
+        image: str,
+        network: str,
+        alias: str = DEFAULT_ALIAS,
+        port: int = 80,
+        *,
+        command: Sequence[str] | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        owner: str = "harness",
+        ready_timeout: float = READY_TIMEOUT_S,
+        client: Any | None = None,
+    ) -> None:
+        super().__init__(
+            image,
+            network,
+            command=command
+            if command is not None
+            else ["python", "recorder.py", "--bind", "0.0.0.0", "--port", str(port)],
+            aliases=[alias],
+            publish=[port],
+            name=name or f"egress-harness-recorder-{secrets.token_hex(4)}",
+            labels=labels,
+            owner=owner,
+            ready_timeout=ready_timeout,
+            client=client,
+        )
+        self.alias = alias
+        self.port = port
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The recorder's base URL from the host (published port on 127.0.0.1)."""
+        if self._url is None:
+            self._url = f"http://127.0.0.1:{self.host_port(self.port)}"
+        return self._url
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/__recorder/healthz", timeout=1.0).status_code == 200
+        except (httpx.HTTPError, LookupError):
+            return False
+
+    def records(
+        self, request_id: str | None = None, *, path_contains: str | None = None, since: int | None = None
+    ) -> list[dict[str, Any]]:
+        """What the recorder saw, oldest first (filters as in apps/recorder)."""
+        params: dict[str, str] = {}
+        if request_id is not None:
+            params["request_id"] = request_id
+        if path_contains is not None:
+            params["path_contains"] = path_contains
+        if since is not None:
+            params["since"] = str(since)
+        response = httpx.get(f"{self.url}/__recorder/requests", params=params, timeout=10.0)
+        response.raise_for_status()
+        return cast(list[dict[str, Any]], response.json())
+
+    def wait_for_records(
+        self, request_id: str, *, count: int = 1, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Poll until `count` records of `request_id` are there; TimeoutError at the deadline."""
+        found: list[dict[str, Any]] = []
+
+        def enough() -> bool:
+            nonlocal found
+            found = self.records(request_id)
+            return len(found) >= count
+
+        try:
+            _wait_until(enough, timeout, "records")
+        except TimeoutError:
+            raise TimeoutError(
+                f"{len(found)} of {count} records of x-request-id={request_id} at {self.url} after {timeout:g}s"
+            ) from None
+        return found
