@@ -6,10 +6,13 @@ the tests can `import relay` and `from recorder import Recorder`.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +46,22 @@ def silent_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         yield int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def main_thread() -> None:
+    """Ctrl-C tests send SIGINT to this process: only sound where tests run on the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("SIGINT reaches only the main thread; this runner runs tests elsewhere")
+
+
+@pytest.fixture
+def fakebin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Fake kind/istioctl/kubectl/docker first on PATH, recording their argv (``fakebin/fake.py``)."""
+    from tests.unit.fakecli import fake
+
+    bins = fake.FakeBin(tmp_path / "fakebin")
+    for key, value in bins.environ(os.environ["PATH"]).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("EGRESS_HARNESS_ISTIO_VERSION", raising=False)
+    return bins
