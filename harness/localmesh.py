@@ -62,6 +62,41 @@ GATEWAY_SUBSET = "external"
 
 
 @dataclass(frozen=True, slots=True)
+class SidecarRoute:
+    """A host the target's sidecar knows: sent to the egress gateway (with a subset) or straight out."""
+
+    host: str
+    port: int = 80
+    via_gateway: bool = True
+    subset: str = "external"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPlan:
+    """What the proxies route: the local image of the Istio configuration in force.
+
+    ``sidecar_routes`` are the hosts the target's sidecar has routes for; anything else takes the
+    ``catch_all`` (``allow_any``: PassthroughCluster, ALLOW_ANY; ``block_all``: 502, REGISTRY_ONLY).
+    ``gateway_hosts`` are the (host, port) pairs the egress gateway routes to ``outbound|port||host``.
+    """
+
+    sidecar_routes: tuple[SidecarRoute, ...] = ()
+    catch_all: Literal["allow_any", "block_all"] = "allow_any"
+    gateway_hosts: tuple[tuple[str, int], ...] = ()
+
+
+def mode_plan(mode: Mode, host: str) -> RoutingPlan:
+    """The routing of one of the preset modes."""
+    if mode == "via-gateway":
+        return RoutingPlan((SidecarRoute(host),), "allow_any", ((host, 80),))
+    if mode == "gateway-no-route":
+        return RoutingPlan((SidecarRoute(host),), "allow_any", ())
+    if mode == "registry-only":
+        return RoutingPlan((), "block_all", ())
+    return RoutingPlan((), "allow_any", ())
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     """What the local mesh looks like: the mode, the log encoding, names and addresses."""
 
@@ -76,12 +111,18 @@ class Topology:
     proxy_ip: str = "127.0.0.11"
     target_ip: str = "127.0.0.12"
     start_timeout: float = 30.0
+    #: The routing; when left out, the preset of ``mode`` for ``external_host``.
+    plan: RoutingPlan | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.encoding not in ("text", "json"):
             raise ValueError(f"encoding must be text or json, not {self.encoding!r}")
+
+    @property
+    def routing(self) -> RoutingPlan:
+        return self.plan if self.plan is not None else mode_plan(self.mode, self.external_host)
 
     @property
     def target_service(self) -> str:
@@ -104,45 +145,55 @@ def _hosts(host: str) -> list[str]:
     return [host, f"{host}:*"]
 
 
-def gateway_config(topo: Topology, external: tuple[str, int], log: Path) -> ec.Config:
-    """The egress gateway: a route per registered host to its outbound cluster (none in gateway-no-route)."""
-    outbound = ec.outbound_cluster(topo.external_host, 80)
-    vhosts = []
-    if topo.mode != "gateway-no-route":
+def gateway_config(topo: Topology, external: tuple[str, int], log: Path, *, port: int = 0) -> ec.Config:
+    """The egress gateway: a route per host of the plan to its outbound cluster, all to the external host."""
+    vhosts, clusters = [], []
+    for host, host_port in topo.routing.gateway_hosts:
+        outbound = ec.outbound_cluster(host, host_port)
         vhosts.append(
-            ec.virtual_host(
-                f"{topo.external_host}:80", [ec.route(outbound, name="default")], _hosts(topo.external_host)
-            )
+            ec.virtual_host(f"{host}:{host_port}", [ec.route(outbound, name="default")], _hosts(host))
         )
+        clusters.append(_bound_cluster(outbound, external, topo.gateway_ip))
     listener = ec.http_listener(
         "gateway_http",
         ec.route_config("http.8080", vhosts),
         address=topo.gateway_ip,
+        port=port,
         access_logs=[topo.access_log(log)],
     )
-    return ec.bootstrap(listeners=[listener], clusters=[_bound_cluster(outbound, external, topo.gateway_ip)])
+    return ec.bootstrap(listeners=[listener], clusters=clusters)
 
 
 def target_sidecar_config(
     topo: Topology, gateway: tuple[str, int], external: tuple[str, int], log: Path
 ) -> ec.Config:
-    """The target's sidecar: where the modes differ."""
-    gw_cluster = ec.outbound_cluster(GATEWAY_SERVICE, 80, GATEWAY_SUBSET)
-    clusters = [_bound_cluster(gw_cluster, gateway, topo.target_ip)]
-    if topo.mode in ("via-gateway", "gateway-no-route"):
-        vhosts = [
-            ec.virtual_host(
-                f"{topo.external_host}:80", [ec.route(gw_cluster, name="default")], _hosts(topo.external_host)
-            ),
-            ec.virtual_host("block_all", [ec.direct_response(502)]),
-        ]
-    elif topo.mode == "direct":
-        vhosts = [ec.virtual_host("allow_any", [ec.route(ec.PASSTHROUGH_CLUSTER, name=ec.ROUTE_ALLOW_ANY)])]
+    """The target's sidecar: the plan's routes, then the catch-all."""
+    plan = topo.routing
+    vhosts, clusters, names = [], [], set()
+
+    def cluster(name: str, endpoint: tuple[str, int]) -> None:
+        if name not in names:
+            names.add(name)
+            clusters.append(_bound_cluster(name, endpoint, topo.target_ip))
+
+    for r in plan.sidecar_routes:
+        if r.via_gateway:
+            name = ec.outbound_cluster(GATEWAY_SERVICE, 80, r.subset)
+            cluster(name, gateway)
+        else:
+            # A ServiceEntry host without egress routing: the sidecar's own outbound cluster.
+            name = ec.outbound_cluster(r.host, r.port)
+            cluster(name, external)
+        vhosts.append(ec.virtual_host(f"{r.host}:{r.port}", [ec.route(name, name="default")], _hosts(r.host)))
+    if plan.catch_all == "allow_any":
+        vhosts.append(
+            ec.virtual_host("allow_any", [ec.route(ec.PASSTHROUGH_CLUSTER, name=ec.ROUTE_ALLOW_ANY)])
+        )
         # Istio's PassthroughCluster connects to the original destination; here the external host's
         # address stands for it (the relay reaches the sidecar through HTTP_PROXY, not iptables).
-        clusters.append(_bound_cluster(ec.PASSTHROUGH_CLUSTER, external, topo.target_ip))
-    else:  # registry-only
-        vhosts = [ec.virtual_host("block_all", [ec.direct_response(502)])]
+        cluster(ec.PASSTHROUGH_CLUSTER, external)
+    else:
+        vhosts.append(ec.virtual_host("block_all", [ec.direct_response(502)]))
     listener = ec.http_listener(
         "sidecar_outbound",
         ec.route_config("80", vhosts),
@@ -331,6 +382,7 @@ class LocalMesh:
     target: AppProcess | None = None
     proxy: AppProcess | None = None
     _stack: contextlib.ExitStack | None = None
+    _gateway_config: Any = None
 
     def __enter__(self) -> Self:
         self.start()
@@ -358,11 +410,10 @@ class LocalMesh:
                 self._app(RECORDER_APP, "external", topo.external_ip, health_path="/__recorder/healthz")
             )
             external = self.recorder.address
-            self.gateway = stack.enter_context(
-                self._envoy(
-                    "egress-gateway", lambda e: gateway_config(topo, external, logs / "egress-gateway.log")
-                )
+            self._gateway_config = lambda port: (
+                lambda e: gateway_config(topo, external, logs / "egress-gateway.log", port=port)
             )
+            self.gateway = stack.enter_context(self._envoy("egress-gateway", self._gateway_config(0)))
             gw = self.gateway.address("gateway_http")
             self.target_sidecar = stack.enter_context(
                 self._envoy(
@@ -462,13 +513,29 @@ class LocalMesh:
         }[part]
         return EntryLog(FileLogSource(self.log_dir / f"{part}.log"), hop=hop, encoding=self.topology.encoding)
 
-    def chain_url(self, path: str = "/") -> str:
+    def chain_url(self, path: str = "/", *, host: str | None = None, port: int = 80) -> str:
         """client -> proxy -> target -> external host, nested as the relays expect."""
         assert self.proxy is not None
+        authority = host or self.topology.external_host
+        if port != 80:
+            authority += f":{port}"
         return chain_url(
             [f"{self.proxy.url}/proxy", f"http://{self.topology.target_service}:8080/proxy"],
-            f"http://{self.topology.external_host}{path}",
+            f"http://{authority}{path}",
         )
+
+    def restart_gateway(self) -> None:
+        """Stop the egress gateway Envoy and start a new one on the same address and port.
+
+        The sidecar keeps pointing at the gateway's address: requests fail while it is down, as they
+        would while a gateway pod is replaced. The access log is appended to, not replaced.
+        """
+        if self.gateway is None or self._stack is None:
+            raise LocalMeshError("egress-gateway", "the local mesh is not started")
+        port = self.gateway.port("gateway_http")
+        self._say(f"restarting Envoy egress-gateway on port {port}")
+        self.gateway.stop()
+        self.gateway = self._stack.enter_context(self._envoy("egress-gateway", self._gateway_config(port)))
 
     def external_records(self) -> list[dict[str, Any]]:
         """What the external host recorded (its ``/__recorder/requests``)."""

@@ -305,13 +305,21 @@ class HopCheck:
 
 
 def assert_hops(
-    request: RequestRef, checks: Sequence[HopCheck], *, wait: Wait | None = None
+    request: RequestRef,
+    checks: Sequence[HopCheck],
+    *,
+    wait: Wait | None = None,
+    absence_window: float | None = None,
 ) -> list[HopEvidence]:
-    """Check each hop in path order; the first hop that does not show what it should fails the test."""
+    """Check each hop in path order; the first hop that does not show what it should fails the test.
+
+    A hop marked ``absent`` is watched for ``absence_window`` seconds (default: ``wait.settle``).
+    """
     found: list[HopEvidence] = []
+    window = absence_window if absence_window is not None else (wait or Wait()).settle
     for check in checks:
         if check.absent:
-            expect_no_entry(check.log, request, check.expect, window=(wait or Wait()).settle)
+            expect_no_entry(check.log, request, check.expect, window=window)
         else:
             found.append(
                 HopEvidence(check.log.hop, expect_entry(check.log, request, check.expect, wait=wait))

@@ -1,0 +1,93 @@
+"""A scenario request's ``expect:`` block, judged by the evidence engine.
+
+The same judgement serves every tier: the local Envoy mesh and the kind cluster hand over the
+calling workload's sidecar log and the egress gateway's log; what the scenario expects decides which
+hops must show what:
+
+- ``blocked: sidecar``: the sidecar refused it (502 ``block_all``, or TCP to ``BlackHoleCluster``);
+- ``blocked: gateway``: the sidecar sent it to the gateway, which had no route for it;
+- ``via_gateway: true``: the sidecar sent it to the gateway, the gateway to the external host;
+- ``via_gateway: false``: the sidecar sent it straight out, and the gateway has no entry of it.
+
+The ``sidecar:`` and ``gateway:`` field maps add exact checks on those hops' entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from harness.evidence import (
+    EGRESS_GATEWAY_SERVICE,
+    EntryLog,
+    HopCheck,
+    HopEvidence,
+    RequestRef,
+    Wait,
+    assert_hops,
+    gateway_forwarded,
+    gateway_no_route,
+    sidecar_blocked,
+    sidecar_direct,
+    sidecar_to_gateway,
+)
+from harness.evidence import (
+    predicates as p,
+)
+from harness.scenarios.model import LogValue, ResolvedRequest
+
+
+def field_checks(fields: Mapping[str, LogValue]) -> list[p.Predicate]:
+    """One equality check per expected log field (``None`` means: absent)."""
+    return [p.field(name, value) for name, value in fields.items()]
+
+
+def hop_checks(
+    request: ResolvedRequest,
+    *,
+    sidecar: EntryLog,
+    gateway: EntryLog,
+    gateway_service: str = EGRESS_GATEWAY_SERVICE,
+) -> list[HopCheck]:
+    """The checks, in path order, that the request's expectation asks of each hop."""
+    exp = request.expect
+    side_extra = field_checks(exp.sidecar)
+    gw_extra = field_checks(exp.gateway)
+    to_gateway = sidecar_to_gateway(gateway_service=gateway_service)
+    if exp.blocked == "sidecar":
+        return [HopCheck(sidecar, p.all_of(sidecar_blocked(), *side_extra))]
+    if exp.blocked == "gateway":
+        return [
+            HopCheck(sidecar, p.all_of(to_gateway, *side_extra)),
+            HopCheck(gateway, p.all_of(gateway_no_route(), *gw_extra)),
+        ]
+    if exp.via_gateway:
+        status = None if request.scheme == "https" else exp.status
+        return [
+            HopCheck(sidecar, p.all_of(to_gateway, *side_extra)),
+            HopCheck(
+                gateway, p.all_of(gateway_forwarded(request.host, request.port, status=status), *gw_extra)
+            ),
+        ]
+    return [
+        HopCheck(sidecar, p.all_of(sidecar_direct(request.host, request.port), *side_extra)),
+        HopCheck(gateway, absent=True),
+    ]
+
+
+def judge(
+    request: ResolvedRequest,
+    ref: RequestRef,
+    *,
+    sidecar: EntryLog,
+    gateway: EntryLog,
+    wait: Wait | None = None,
+    absence_window: float = 2.0,
+    gateway_service: str = EGRESS_GATEWAY_SERVICE,
+) -> list[HopEvidence]:
+    """Check the request's expectation against the hop logs; the first hop that disagrees raises.
+
+    ``absence_window`` is how long the gateway's log is watched for an entry that must not appear
+    (at least the gateway's log flush interval, counted from the response).
+    """
+    checks = hop_checks(request, sidecar=sidecar, gateway=gateway, gateway_service=gateway_service)
+    return assert_hops(ref, checks, wait=wait, absence_window=absence_window)
