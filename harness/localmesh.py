@@ -68,7 +68,7 @@ class SidecarRoute:
     host: str
     port: int = 80
     via_gateway: bool = True
-    subset: str = "external"
+    subset: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +88,9 @@ class RoutingPlan:
 def mode_plan(mode: Mode, host: str) -> RoutingPlan:
     """The routing of one of the preset modes."""
     if mode == "via-gateway":
-        return RoutingPlan((SidecarRoute(host),), "allow_any", ((host, 80),))
+        return RoutingPlan((SidecarRoute(host, subset=GATEWAY_SUBSET),), "allow_any", ((host, 80),))
     if mode == "gateway-no-route":
-        return RoutingPlan((SidecarRoute(host),), "allow_any", ())
+        return RoutingPlan((SidecarRoute(host, subset=GATEWAY_SUBSET),), "allow_any", ())
     if mode == "registry-only":
         return RoutingPlan((), "block_all", ())
     return RoutingPlan((), "allow_any", ())

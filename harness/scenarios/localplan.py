@@ -1,0 +1,98 @@
+"""The local image of a scenario: its Istio manifests translated into a local-mesh ``RoutingPlan``.
+
+A small, explicit model of what Istio's control plane makes of the plain-HTTP egress patterns,
+so that the scenarios the local Envoy tier can emulate run there from the same ``scenario.yaml``:
+
+- a ServiceEntry registers its hosts; without egress routing the sidecar sends a registered host
+  to its own outbound cluster ``outbound|P||H``;
+- a VirtualService route bound to ``mesh`` whose destination is the egress gateway service makes the
+  sidecar send the host to ``outbound|P|SUBSET|<gateway service>``;
+- a VirtualService route bound to a Gateway that selects the egress gateway, with the external host
+  as destination, makes the gateway send the host to ``outbound|P||H``;
+- ``outboundTrafficPolicy`` REGISTRY_ONLY turns the sidecar's catch-all into ``block_all`` (502).
+
+What it cannot emulate (TLS, TCP, AuthorizationPolicy, the Kubernetes Gateway API, other kinds) is
+refused with ``NotEmulable`` and the reason, and such a scenario is skipped on the local tier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from harness.localmesh import RoutingPlan, SidecarRoute
+from harness.scenarios.model import RenderContext, Scenario
+
+_EMULATED = {"ServiceEntry", "Gateway", "VirtualService", "DestinationRule"}
+_ISTIO_GROUP = "networking.istio.io/"
+
+
+class NotEmulable(Exception):
+    """The scenario uses something the local Envoy tier has no image of."""
+
+
+def _spec(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec = doc.get("spec") or {}
+    return spec if isinstance(spec, Mapping) else {}
+
+
+def plan_for(scenario: Scenario, documents: Iterable[Mapping[str, Any]], ctx: RenderContext) -> RoutingPlan:
+    """The routing the scenario's manifests give, or ``NotEmulable`` with the reason."""
+    docs = list(documents)
+    for doc in docs:
+        kind, api = doc.get("kind"), str(doc.get("apiVersion", ""))
+        if kind not in _EMULATED or not api.startswith(_ISTIO_GROUP):
+            raise NotEmulable(f"{kind} ({api}) has no local image")
+    registered: list[tuple[str, int]] = []
+    for doc in (d for d in docs if d["kind"] == "ServiceEntry"):
+        for port in _spec(doc).get("ports") or []:
+            if str(port.get("protocol", "")).upper() != "HTTP":
+                raise NotEmulable(
+                    f"ServiceEntry port {port.get('number')} is {port.get('protocol')}, not HTTP"
+                )
+            registered += [(host, int(port["number"])) for host in _spec(doc).get("hosts") or []]
+    egress_gateways = {
+        doc["metadata"]["name"]
+        for doc in docs
+        if doc["kind"] == "Gateway" and _spec(doc).get("selector") == {"istio": "egressgateway"}
+    }
+    sidecar: dict[tuple[str, int], SidecarRoute] = {}
+    gateway: list[tuple[str, int]] = []
+    for doc in (d for d in docs if d["kind"] == "VirtualService"):
+        _virtual_service(_spec(doc), ctx, egress_gateways, sidecar, gateway)
+    for host, port in registered:
+        sidecar.setdefault((host, port), SidecarRoute(host, port, via_gateway=False))
+    policy = scenario.requires.outbound_traffic_policy or "ALLOW_ANY"
+    return RoutingPlan(
+        sidecar_routes=tuple(sidecar.values()),
+        catch_all="block_all" if policy == "REGISTRY_ONLY" else "allow_any",
+        gateway_hosts=tuple(dict.fromkeys(gateway)),
+    )
+
+
+def _virtual_service(
+    spec: Mapping[str, Any],
+    ctx: RenderContext,
+    egress_gateways: set[str],
+    sidecar: dict[tuple[str, int], SidecarRoute],
+    gateway: list[tuple[str, int]],
+) -> None:
+    """Add what one VirtualService routes, at the sidecars (``mesh``) and at the egress gateway."""
+    if spec.get("tls") or spec.get("tcp"):
+        raise NotEmulable("VirtualService tls/tcp routes have no local image")
+    hosts = list(spec.get("hosts") or [])
+    for route in spec.get("http") or []:
+        for match in route.get("match") or [{}]:
+            bound = match.get("gateways") or spec.get("gateways") or ["mesh"]
+            port = int(match.get("port") or 80)
+            at_gateway = any(g.split("/")[-1] in egress_gateways for g in bound)
+            for dest in (r.get("destination") or {} for r in route.get("route") or []):
+                dest_host = dest.get("host")
+                dest_port = int((dest.get("port") or {}).get("number") or port)
+                for host in hosts:
+                    if "mesh" in bound:
+                        to_gateway = dest_host == ctx.egress_gateway_service
+                        subset = str(dest.get("subset") or "") if to_gateway else ""
+                        sidecar[(host, port)] = SidecarRoute(host, port, to_gateway, subset)
+                    if at_gateway and dest_host == host:
+                        gateway.append((host, dest_port))
