@@ -15,6 +15,8 @@ from harness.localmesh import MODES, AppProcess, LocalMesh, LocalMeshError, Mode
 from harness.localrun import LOCAL_WAIT, check_through_gateway, run_once
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Tests flush access logs faster than Istio (1 s) does; every wait scales with the interval.
+FLUSH_MS = 200
 
 
 def _alive(pid: int | None) -> bool:
@@ -37,7 +39,7 @@ def encoding(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module", params=MODES)
 def mesh(request: pytest.FixtureRequest, encoding: str) -> Iterator[LocalMesh]:
     mode: Mode = request.param
-    with LocalMesh(Topology(mode=mode, encoding=encoding)) as m:  # type: ignore[arg-type]
+    with LocalMesh(Topology(mode=mode, encoding=encoding, flush_interval_ms=FLUSH_MS)) as m:  # type: ignore[arg-type]
         yield m
     pids = [pid for _, pid in m.processes()]
     assert pids and not any(_alive(pid) for pid in pids), "a local mesh process outlived the mesh"
@@ -75,13 +77,13 @@ def test_the_request_reaches_the_external_host_intact(mesh: LocalMesh) -> None:
 def test_the_external_witness_alone_catches_a_wrong_caller() -> None:
     # A gateway that forwarded from the workload's address (as if the sidecar had gone direct while
     # its log claimed otherwise) must fail at the external host even though both logs look right.
-    topo = Topology(gateway_ip="127.0.0.7")
+    topo = Topology(gateway_ip="127.0.0.7", flush_interval_ms=FLUSH_MS)
     with LocalMesh(topo) as m:
         from harness.traffic import send
 
         logs = {part: m.entry_log(part) for part in ("proxy-sidecar", "target-sidecar", "egress-gateway")}
         rid = send(m.chain_url("/")).request_id
-        object.__setattr__(m, "topology", Topology(gateway_ip="127.0.0.99"))
+        object.__setattr__(m, "topology", Topology(gateway_ip="127.0.0.99", flush_interval_ms=FLUSH_MS))
         with pytest.raises(ExternalEvidenceError) as info:
             check_through_gateway(m, logs, rid, wait=LOCAL_WAIT)
         object.__setattr__(m, "topology", topo)
@@ -206,7 +208,7 @@ def test_every_generated_config_is_accepted_by_each_envoy_version(tmp_path: Path
 
 
 def test_the_logs_cli_parses_real_envoy_output_of_the_mesh() -> None:
-    with LocalMesh(Topology(mode="gateway-no-route")) as m:
+    with LocalMesh(Topology(mode="gateway-no-route", flush_interval_ms=FLUSH_MS)) as m:
         verdict = run_once(m)
         out = subprocess.run(
             [sys.executable, "-m", "harness.cli", "logs", "parse", str(m.log_dir / "egress-gateway.log")],

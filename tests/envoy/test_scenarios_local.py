@@ -17,6 +17,8 @@ from harness.scenarios.localplan import NotEmulable
 from harness.scenarios.model import Scenario
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Tests flush access logs faster than Istio (1 s) does; every wait scales with the interval.
+FLUSH_MS = 200
 CATALOG = load_catalog(ROOT / "scenarios")
 
 
@@ -31,7 +33,7 @@ def _cases() -> list[object]:
 @pytest.mark.parametrize(("scenario", "encoding"), _cases())
 def test_catalog_scenario_on_the_local_tier(scenario: Scenario, encoding: str) -> None:
     try:
-        outcomes = run_locally(scenario, encoding=encoding)  # type: ignore[arg-type]
+        outcomes = run_locally(scenario, encoding=encoding, flush_interval_ms=FLUSH_MS)  # type: ignore[arg-type]
     except NotEmulable as exc:
         pytest.skip(f"{scenario.name}: the local tier cannot emulate it: {exc}")
     assert [o.request.name for o in outcomes] == [r.name for r in scenario.requests]
@@ -56,19 +58,19 @@ def test_a_wrong_expectation_fails_naming_the_hop() -> None:
     # sidecar-only-egress goes straight out: claiming it went through the gateway must fail at the
     # target's sidecar, and the claim that it went direct on the via-gateway scenario at the gateway.
     direct = _flip(CATALOG.get("sidecar-only-egress"), via_gateway=True, sidecar={})
-    [outcome] = run_locally(direct)
+    [outcome] = run_locally(direct, flush_interval_ms=FLUSH_MS)
     assert isinstance(outcome.error, EvidenceError)
     assert outcome.error.hop == "target sidecar"
     assert "istio-egressgateway" in str(outcome.error)
 
     via = _flip(CATALOG.get("http-via-egress-gateway"), via_gateway=False, sidecar={}, gateway={})
-    [outcome] = run_locally(via)
+    [outcome] = run_locally(via, flush_interval_ms=FLUSH_MS)
     assert isinstance(outcome.error, EvidenceError)
     assert outcome.error.hop == "target sidecar"  # it went to the gateway, not straight out
 
     # A wrong status is caught at the first hop that logged it, before the client's answer is read.
     status = _flip(CATALOG.get("http-via-egress-gateway"), status=201)
-    [outcome] = run_locally(status)
+    [outcome] = run_locally(status, flush_interval_ms=FLUSH_MS)
     assert isinstance(outcome.error, EvidenceError)
     assert outcome.error.hop == "egress gateway"
     assert "response_code == 201 (got 200)" in str(outcome.error)
@@ -87,7 +89,7 @@ def test_a_scenario_outside_the_local_image_is_refused_with_the_reason(tmp_path:
     )
     [scenario] = load_catalog(tmp_path).scenarios
     with pytest.raises(NotEmulable, match=r"AuthorizationPolicy \(security.istio.io/v1\) has no local image"):
-        run_locally(scenario)
+        run_locally(scenario, flush_interval_ms=FLUSH_MS)
 
 
 def test_the_catalog_runs_in_parallel_with_xdist() -> None:
