@@ -34,6 +34,18 @@ def add_commands(sub: Any) -> None:
     )
     listing.set_defaults(handler=run_list)
 
+    local = cmds.add_parser(
+        "local",
+        parents=[common],
+        help="run scenarios on the local Envoy tier (no cluster): those it can emulate",
+        description="Translate each scenario's manifests into the local mesh's routing, send its requests "
+        "through real Envoy processes on loopback and judge them by its expectations. Scenarios the "
+        "local tier has no image of (TLS, AuthorizationPolicy, Gateway API...) are skipped with the reason.",
+    )
+    local.add_argument("names", nargs="*", metavar="NAME", help="scenarios to run (default: all)")
+    local.add_argument("--encoding", choices=("text", "json"), default="text", help="access-log encoding")
+    local.set_defaults(handler=run_local)
+
     render = cmds.add_parser(
         "render",
         parents=[common],
@@ -116,6 +128,36 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"    {s.description.splitlines()[0] if s.description else ''}")
     print(f"{len(catalog)} scenarios", file=sys.stderr)
     return 0
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from harness.scenarios.local import run_locally
+    from harness.scenarios.localplan import NotEmulable
+
+    catalog = _catalog(args)
+    if catalog is None:
+        return 1
+    unknown = [n for n in args.names if n not in catalog.names()]
+    if unknown:
+        print(f"egress-harness scenarios local: no scenario {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    failed = 0
+    for scenario in catalog.scenarios:
+        if args.names and scenario.name not in args.names:
+            continue
+        try:
+            outcomes = run_locally(scenario, encoding=args.encoding)
+        except NotEmulable as exc:
+            print(f"SKIP  {scenario.name}: the local tier cannot emulate it: {exc}")
+            continue
+        for o in outcomes:
+            failed += not o.passed
+            print(
+                f"{'PASS' if o.passed else 'FAIL'}  {scenario.name}/{o.request.name}  status {o.status}  id {o.request_id}"
+            )
+            if o.error is not None:
+                print("      " + str(o.error).replace("\n", "\n      "))
+    return 1 if failed else 0
 
 
 def _context(args: argparse.Namespace, version: str) -> RenderContext | str:

@@ -117,3 +117,35 @@ def test_the_catalog_runs_in_parallel_with_xdist() -> None:
     passed = re.search(r"(\d+) passed", out.stdout)
     assert passed is not None, out.stdout[-2000:]
     assert int(passed.group(1)) >= 6  # three scenarios, two encodings each
+
+
+def test_scenarios_local_command() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "scenarios",
+            "local",
+            "sidecar-only-egress",
+            "--encoding",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("PASS  sidecar-only-egress/direct-from-sidecar  status 200")
+    missing = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "scenarios", "local", "no-such-scenario"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert missing.returncode == 2
+    assert "no scenario no-such-scenario" in missing.stderr
