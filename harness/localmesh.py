@@ -72,23 +72,34 @@ class SidecarRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """A host the egress gateway routes (``*.domain`` allowed), to ``outbound|port||destination``."""
+
+    host: str
+    destination: str
+    port: int = 80
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingPlan:
     """What the proxies route: the local image of the Istio configuration in force.
 
     ``sidecar_routes`` are the hosts the target's sidecar has routes for; anything else takes the
     ``catch_all`` (``allow_any``: PassthroughCluster, ALLOW_ANY; ``block_all``: 502, REGISTRY_ONLY).
-    ``gateway_hosts`` are the (host, port) pairs the egress gateway routes to ``outbound|port||host``.
+    ``gateway_routes`` are the hosts the egress gateway routes to an external host's outbound cluster.
     """
 
     sidecar_routes: tuple[SidecarRoute, ...] = ()
     catch_all: Literal["allow_any", "block_all"] = "allow_any"
-    gateway_hosts: tuple[tuple[str, int], ...] = ()
+    gateway_routes: tuple[GatewayRoute, ...] = ()
 
 
 def mode_plan(mode: Mode, host: str) -> RoutingPlan:
     """The routing of one of the preset modes."""
     if mode == "via-gateway":
-        return RoutingPlan((SidecarRoute(host, subset=GATEWAY_SUBSET),), "allow_any", ((host, 80),))
+        return RoutingPlan(
+            (SidecarRoute(host, subset=GATEWAY_SUBSET),), "allow_any", (GatewayRoute(host, host),)
+        )
     if mode == "gateway-no-route":
         return RoutingPlan((SidecarRoute(host, subset=GATEWAY_SUBSET),), "allow_any", ())
     if mode == "registry-only":
@@ -147,13 +158,15 @@ def _hosts(host: str) -> list[str]:
 
 def gateway_config(topo: Topology, external: tuple[str, int], log: Path, *, port: int = 0) -> ec.Config:
     """The egress gateway: a route per host of the plan to its outbound cluster, all to the external host."""
-    vhosts, clusters = [], []
-    for host, host_port in topo.routing.gateway_hosts:
-        outbound = ec.outbound_cluster(host, host_port)
+    vhosts, clusters, names = [], [], set()
+    for r in topo.routing.gateway_routes:
+        outbound = ec.outbound_cluster(r.destination, r.port)
         vhosts.append(
-            ec.virtual_host(f"{host}:{host_port}", [ec.route(outbound, name="default")], _hosts(host))
+            ec.virtual_host(f"{r.host}:{r.port}", [ec.route(outbound, name="default")], _hosts(r.host))
         )
-        clusters.append(_bound_cluster(outbound, external, topo.gateway_ip))
+        if outbound not in names:
+            names.add(outbound)
+            clusters.append(_bound_cluster(outbound, external, topo.gateway_ip))
     listener = ec.http_listener(
         "gateway_http",
         ec.route_config("http.8080", vhosts),

@@ -62,14 +62,21 @@ def hop_checks(
         ]
     if exp.via_gateway:
         status = None if request.scheme == "https" else exp.status
+        # A scenario that names the gateway's upstream cluster (a wildcard host forwarded to another
+        # host) replaces the default: the cluster of the request's own host.
+        if "upstream_cluster" in exp.gateway:
+            forwarded = p.status(status) if status is not None else p.always()
+        else:
+            forwarded = gateway_forwarded(request.host, request.port, status=status)
         return [
             HopCheck(sidecar, p.all_of(to_gateway, *side_extra)),
-            HopCheck(
-                gateway, p.all_of(gateway_forwarded(request.host, request.port, status=status), *gw_extra)
-            ),
+            HopCheck(gateway, p.all_of(forwarded, *gw_extra)),
         ]
+    direct = (
+        sidecar_direct(request.host, request.port) if "upstream_cluster" not in exp.sidecar else p.always()
+    )
     return [
-        HopCheck(sidecar, p.all_of(sidecar_direct(request.host, request.port), *side_extra)),
+        HopCheck(sidecar, p.all_of(direct, *side_extra)),
         HopCheck(gateway, absent=True),
     ]
 

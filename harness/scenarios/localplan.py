@@ -7,8 +7,8 @@ so that the scenarios the local Envoy tier can emulate run there from the same `
   to its own outbound cluster ``outbound|P||H``;
 - a VirtualService route bound to ``mesh`` whose destination is the egress gateway service makes the
   sidecar send the host to ``outbound|P|SUBSET|<gateway service>``;
-- a VirtualService route bound to a Gateway that selects the egress gateway, with the external host
-  as destination, makes the gateway send the host to ``outbound|P||H``;
+- a VirtualService route bound to a Gateway that selects the egress gateway makes the gateway send
+  the route's hosts (``*.domain`` too) to its destination's cluster ``outbound|P||DEST``;
 - ``outboundTrafficPolicy`` REGISTRY_ONLY turns the sidecar's catch-all into ``block_all`` (502).
 
 What it cannot emulate (TLS, TCP, AuthorizationPolicy, the Kubernetes Gateway API, other kinds) is
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from harness.localmesh import RoutingPlan, SidecarRoute
+from harness.localmesh import GatewayRoute, RoutingPlan, SidecarRoute
 from harness.scenarios.model import RenderContext, Scenario
 
 _EMULATED = {"ServiceEntry", "Gateway", "VirtualService", "DestinationRule"}
@@ -57,7 +57,7 @@ def plan_for(scenario: Scenario, documents: Iterable[Mapping[str, Any]], ctx: Re
         if doc["kind"] == "Gateway" and _spec(doc).get("selector") == {"istio": "egressgateway"}
     }
     sidecar: dict[tuple[str, int], SidecarRoute] = {}
-    gateway: list[tuple[str, int]] = []
+    gateway: list[GatewayRoute] = []
     for doc in (d for d in docs if d["kind"] == "VirtualService"):
         _virtual_service(_spec(doc), ctx, egress_gateways, sidecar, gateway)
     for host, port in registered:
@@ -66,7 +66,7 @@ def plan_for(scenario: Scenario, documents: Iterable[Mapping[str, Any]], ctx: Re
     return RoutingPlan(
         sidecar_routes=tuple(sidecar.values()),
         catch_all="block_all" if policy == "REGISTRY_ONLY" else "allow_any",
-        gateway_hosts=tuple(dict.fromkeys(gateway)),
+        gateway_routes=tuple(dict.fromkeys(gateway)),
     )
 
 
@@ -75,7 +75,7 @@ def _virtual_service(
     ctx: RenderContext,
     egress_gateways: set[str],
     sidecar: dict[tuple[str, int], SidecarRoute],
-    gateway: list[tuple[str, int]],
+    gateway: list[GatewayRoute],
 ) -> None:
     """Add what one VirtualService routes, at the sidecars (``mesh``) and at the egress gateway."""
     if spec.get("tls") or spec.get("tcp"):
@@ -94,5 +94,5 @@ def _virtual_service(
                         to_gateway = dest_host == ctx.egress_gateway_service
                         subset = str(dest.get("subset") or "") if to_gateway else ""
                         sidecar[(host, port)] = SidecarRoute(host, port, to_gateway, subset)
-                    if at_gateway and dest_host == host:
-                        gateway.append((host, dest_port))
+                    if at_gateway and dest_host:
+                        gateway.append(GatewayRoute(host, str(dest_host), dest_port))

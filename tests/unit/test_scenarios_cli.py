@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.crds import IstioCrdDir, shared_dir
+from harness.crds import IstioCrdDir, shared_dir, validate_catalog
 from harness.scenarios import RenderContext, load_catalog, render_scenario
 from harness.scenarios import cli as scenarios_cli
 from harness.scenarios.loader import DEFAULT_SCENARIOS_DIR, PROJECT_ROOT
@@ -35,9 +35,11 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "list")
     assert code == 0
     names = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
-    assert names == ["http-via-egress-gateway", "registry-only-blocked", "sidecar-only-egress"]
+    catalog = load_catalog(DEFAULT_SCENARIOS_DIR)
+    assert names == sorted(names) == list(catalog.names())
+    assert {"http-via-egress-gateway", "registry-only-blocked", "sidecar-only-egress"} <= set(names)
     assert "registry-only-blocked  istio >=1.23  needs REGISTRY_ONLY, TEXT/JSON" in out
-    assert err == "3 scenarios\n"
+    assert err == f"{len(catalog)} scenarios\n"
 
 
 def test_list_a_bad_catalog_lists_every_problem(capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,7 +92,7 @@ def test_render_with_values(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["render", "nope"], "no scenario named 'nope'; the catalog has: http-via-egress-gateway"),
+        (["render", "nope"], "no scenario named 'nope'; the catalog has: "),
         (
             ["render", "sidecar-only-egress", "--istio-version", "1.22.0"],
             "older than the scenario's minimum 1.23",
@@ -128,14 +130,14 @@ def test_validate_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
     assert SHARED is not None
     versions = IstioCrdDir(SHARED / "istio" / "crds").versions()
     catalog = load_catalog(DEFAULT_SCENARIOS_DIR)
-    documents = sum(
-        len(render_scenario(s, RenderContext(istio_version="1.30.3")).documents) for s in catalog.scenarios
-    )
+    report = validate_catalog(catalog, None, SHARED / "istio" / "crds", SHARED / "gateway-api" / "crds")
     code, out, err = run(capsys, "validate")
     assert code == 0, err
     assert (
-        f"checked {documents * len(versions)} documents of 3 scenarios against Istio {', '.join(versions)} CRDs"
+        f"checked {len(report.checks)} documents of {len(catalog)} scenarios against Istio {', '.join(versions)} CRDs"
     ) in out
+    for name, version, _ in report.skipped:
+        assert f"skipped: {name} @ Istio {version}:" in out
     assert out.rstrip().endswith("OK")
 
 

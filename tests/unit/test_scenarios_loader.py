@@ -80,7 +80,8 @@ def issues_of(root: Path | list[Path]) -> list[str]:
 
 def test_the_project_catalog_loads() -> None:
     catalog = load_catalog(DEFAULT_SCENARIOS_DIR)
-    assert catalog.names() == ("http-via-egress-gateway", "registry-only-blocked", "sidecar-only-egress")
+    assert catalog.names() == tuple(sorted(catalog.names()))
+    assert {"http-via-egress-gateway", "registry-only-blocked", "sidecar-only-egress"} <= set(catalog.names())
     mission = catalog.get("http-via-egress-gateway")
     assert [m.name for m in mission.manifests] == [
         "service-entry.yaml",
@@ -112,7 +113,9 @@ def test_the_project_catalog_loads() -> None:
 
 def test_get_names_the_catalog_for_an_unknown_scenario() -> None:
     catalog = load_catalog(DEFAULT_SCENARIOS_DIR)
-    with pytest.raises(KeyError, match="no scenario named 'nope'; the catalog has: http-via-egress-gateway"):
+    with pytest.raises(
+        KeyError, match=r"no scenario named 'nope'; the catalog has: .*http-via-egress-gateway"
+    ):
         catalog.get("nope")
 
 
