@@ -9,6 +9,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-$(shell sha256sum pyproject.toml 2>/dev/null | cut -c1-16)
 PYTEST_ARGS ?=
 ISTIO_VERSION ?=
+# An upgrade run: install UPGRADE_FROM, run the catalog, upgrade (in-place or canary), run it again.
+UPGRADE_FROM ?=
+UPGRADE_TO ?=
+UPGRADE_MODE ?= canary
 # The Envoy lines of current Istio releases: the local mesh's configs are validated with each.
 ENVOY_VERSIONS ?= 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
 ENVOY_CACHE ?= .cache/envoy
@@ -48,7 +52,9 @@ tools: $(STAMP) ## download the pinned kind, kubectl and istioctl into .cache/bi
 e2e: $(STAMP) ## the cluster tier: kind + Istio + relay apps (needs Docker and internet)
 	$(PY) -m harness.cli e2e preflight
 	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
-	EGRESS_HARNESS_ISTIO_VERSION=$(ISTIO_VERSION) $(PY) -m pytest -m e2e -p no:cacheprovider $(PYTEST_ARGS)
+	EGRESS_HARNESS_ISTIO_VERSION=$(ISTIO_VERSION) EGRESS_HARNESS_UPGRADE_FROM=$(UPGRADE_FROM) \
+	EGRESS_HARNESS_UPGRADE_TO=$(UPGRADE_TO) EGRESS_HARNESS_UPGRADE_MODE=$(UPGRADE_MODE) \
+	EGRESS_HARNESS_RESULTS_DIR=artifacts/results $(PY) -m pytest -m e2e -p no:cacheprovider $(PYTEST_ARGS)
 
 clean: ## remove .venv, caches and artifacts
 	rm -rf $(VENV) .cache artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -18,6 +18,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "harness.localrun",
     "harness.scenarios.cli",
     "harness.tools",
+    "harness.report",
 )
 
 

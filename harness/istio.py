@@ -84,6 +84,14 @@ def render_overlay(
     )
 
 
+def kube_target_args(kubeconfig: Path, context: str | None) -> list[str]:
+    """istioctl's flags naming the cluster: the run's own kubeconfig, and a context when given."""
+    args = ["--kubeconfig", str(kubeconfig)]
+    if context:
+        args += ["--context", context]
+    return args
+
+
 class IstioInstall:
     """Istio (default profile + egress gateway) on one cluster, as a context manager.
 
@@ -139,10 +147,7 @@ class IstioInstall:
         return self.run_dir / "istio-overlay.yaml"
 
     def _target(self) -> list[str]:
-        args = ["--kubeconfig", str(self.kubeconfig)]
-        if self.context:
-            args += ["--context", self.context]
-        return args
+        return kube_target_args(self.kubeconfig, self.context)
 
     def render(self) -> Path:
         return render_overlay(
