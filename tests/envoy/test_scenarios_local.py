@@ -116,7 +116,7 @@ def test_the_catalog_runs_in_parallel_with_xdist() -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     passed = re.search(r"(\d+) passed", out.stdout)
     assert passed is not None, out.stdout[-2000:]
-    assert int(passed.group(1)) >= 6  # three scenarios, two encodings each
+    assert int(passed.group(1)) >= 3  # at least the three emulable core scenarios, TEXT encoding
 
 
 def test_scenarios_local_command() -> None:
