@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# The cluster tier's options (--istio-version, --keep-cluster, ...), fixtures and failure diagnostics.
+pytest_plugins = ["harness.pytest_plugin"]
+
 ROOT = Path(__file__).resolve().parent
 _TIERS = ("unit", "envoy", "docker", "e2e")
 

@@ -1,0 +1,307 @@
+"""The harness's own apps on the cluster path: their images, and the relay chain in the run namespace.
+
+Images. ``build_app_image("relay", RELAY_IMAGE)`` runs ``docker build -t TAG apps/relay`` (bounded by
+a timeout, with heartbeat lines). On a machine that cannot reach a registry the Dockerfile's base
+(``python:3.12-slim``) cannot be pulled; then, and only then (the build's error names a pull or a
+registry), the image is made from this machine's Python by :func:`harness.images.build_local_python_image`
+and tagged ``TAG`` so the manifests need no change. ``mode="dockerfile"`` or ``"local"`` forces one way.
+
+Deployment. ``RelayApps(kube, namespace)`` applies manifests/apps/relay.yaml into the run namespace
+(which must carry ``istio-injection=enabled``): Deployments and Services ``proxy`` and ``target``,
+and the ingress route (a Gateway on the ingress gateway's port 80 and a VirtualService sending the
+path prefix ``/proxy`` to ``proxy:8080``). It waits for both rollouts and checks that each pod got
+its ``istio-proxy`` sidecar. The manifest is checked for those parts before anything is applied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+import yaml
+
+from harness.images import ImageBuildError, build_local_python_image
+from harness.kube import ObjectRef, split_documents
+from harness.proc import CommandError, progress, run
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APPS_DIR = REPO_ROOT / "apps"
+RELAY_MANIFEST = REPO_ROOT / "manifests" / "apps" / "relay.yaml"
+RELAY_IMAGE = "istio-egress-harness/relay:dev"
+RECORDER_IMAGE = "istio-egress-harness/recorder:dev"
+RELAY_DEPLOYMENTS: tuple[str, ...] = ("proxy", "target")
+RELAY_PORT = 8080
+#: the path prefix the ingress VirtualService routes to the ``proxy`` service
+INGRESS_PREFIX = "/proxy"
+INGRESS_SELECTOR: Mapping[str, str] = {"istio": "ingressgateway"}
+SIDECAR_CONTAINER = "istio-proxy"
+
+BUILD_TIMEOUT_S = 900.0
+TAG_TIMEOUT_S = 60.0
+ROLLOUT_TIMEOUT_S = 300.0
+HEARTBEAT_S = 30.0
+
+BuildMode = Literal["auto", "dockerfile", "local"]
+BUILD_MODES: tuple[str, ...] = ("auto", "dockerfile", "local")
+#: what ``docker build`` prints when the base image cannot be pulled (no registry, no network)
+_PULL_FAILURE = re.compile(
+    r"pull access denied|failed to resolve source metadata|failed to do request|error pulling|"
+    r"manifest unknown|toomanyrequests|dial tcp|no such host|i/o timeout|TLS handshake timeout|"
+    r"connection refused|network is unreachable|temporary failure in name resolution|"
+    r"failed to fetch anonymous token|failed to authorize|registry-1\.docker\.io",
+    re.IGNORECASE,
+)
+
+
+class AppsError(RuntimeError):
+    pass
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+
+def is_pull_failure(text: str) -> bool:
+    """Whether a ``docker build`` failure reads like "the base image could not be pulled"."""
+    return bool(_PULL_FAILURE.search(text))
+
+
+def _repository(tag: str) -> str:
+    return tag.rsplit(":", 1)[0] if ":" in tag.rsplit("/", 1)[-1] else tag
+
+
+def build_app_image(
+    app: str,
+    tag: str,
+    *,
+    mode: BuildMode = "auto",
+    apps_dir: Path = APPS_DIR,
+    timeout_s: float = BUILD_TIMEOUT_S,
+) -> str:
+    """Build ``apps/<app>`` as the image ``tag``; returns ``tag``.
+
+    ``auto``: the Dockerfile, and the local-Python image when the build could not pull its base.
+    """
+    if mode not in BUILD_MODES:
+        raise ValueError(f"mode must be one of {BUILD_MODES}, not {mode!r}")
+    context = apps_dir / app
+    if not (context / f"{app}.py").is_file():
+        raise AppsError(f"no app {app!r}: {context / f'{app}.py'} does not exist")
+    if mode != "local":
+        progress(f"building image {tag} from {context}/Dockerfile")
+        try:
+            run(["docker", "build", "-t", tag, str(context)], timeout=timeout_s, heartbeat_s=HEARTBEAT_S)
+            return tag
+        except CommandError as exc:
+            if mode == "dockerfile" or not is_pull_failure(f"{exc.stderr_tail}\n{exc.stdout_tail}"):
+                raise AppsError(f"building {tag} failed:\n{exc}") from exc
+            progress(
+                f"`docker build` could not pull the base image of {app} (no registry reachable?); "
+                "building it from this machine's Python instead"
+            )
+    try:
+        local = build_local_python_image(_repository(tag), context, script=f"{app}.py", timeout=timeout_s)
+    except ImageBuildError as exc:
+        raise AppsError(f"building {tag} from this machine's Python failed: {exc}") from exc
+    if local != tag:
+        run(["docker", "tag", local, tag], timeout=TAG_TIMEOUT_S)
+    progress(f"image {tag} built from this machine's Python ({local})")
+    return tag
+
+
+class ImageLoader(Protocol):
+    def load_image(self, image: str) -> Any: ...
+
+
+def prepare_relay_image(
+    cluster: ImageLoader | None, *, tag: str = RELAY_IMAGE, mode: BuildMode = "auto"
+) -> str:
+    """Build the relay image and copy it into the cluster's nodes (``kind load docker-image``)."""
+    build_app_image("relay", tag, mode=mode)
+    if cluster is not None:
+        cluster.load_image(tag)
+    return tag
+
+
+# --- the manifest ---------------------------------------------------------------------------------
+
+
+def _find(docs: Sequence[Mapping[str, Any]], kind: str, name: str | None = None) -> list[Mapping[str, Any]]:
+    return [
+        d
+        for d in docs
+        if d.get("kind") == kind and (name is None or (d.get("metadata") or {}).get("name") == name)
+    ]
+
+
+def check_relay_manifest(docs: Sequence[Mapping[str, Any]]) -> None:
+    """The manifest has both relays with their Services and the ingress route ``/proxy`` -> proxy:8080."""
+    problems: list[str] = []
+    for app in RELAY_DEPLOYMENTS:
+        deployments = _find(docs, "Deployment", app)
+        if not deployments:
+            problems.append(f"no Deployment {app!r}")
+        else:
+            containers = deployments[0]["spec"]["template"]["spec"].get("containers") or []
+            if not any(c.get("name") == "relay" for c in containers):
+                problems.append(f"Deployment {app!r} has no container named 'relay'")
+        services = _find(docs, "Service", app)
+        if not services or not any(
+            p.get("port") == RELAY_PORT for p in services[0]["spec"].get("ports") or []
+        ):
+            problems.append(f"no Service {app!r} on port {RELAY_PORT}")
+    gateways = [
+        g
+        for g in _find(docs, "Gateway")
+        if dict((g.get("spec") or {}).get("selector") or {}) == dict(INGRESS_SELECTOR)
+        and any(
+            (s.get("port") or {}).get("number") == 80 and (s.get("port") or {}).get("protocol") == "HTTP"
+            for s in (g.get("spec") or {}).get("servers") or []
+        )
+    ]
+    if not gateways:
+        problems.append("no Gateway selecting istio=ingressgateway with an HTTP server on port 80")
+    names = {g["metadata"]["name"] for g in gateways}
+    routed = False
+    for vs in _find(docs, "VirtualService"):
+        spec = vs.get("spec") or {}
+        if not names & set(spec.get("gateways") or []):
+            continue
+        for http in spec.get("http") or []:
+            prefixes = {((m.get("uri") or {}).get("prefix")) for m in http.get("match") or []}
+            targets = {
+                (
+                    (r.get("destination") or {}).get("host"),
+                    ((r.get("destination") or {}).get("port") or {}).get("number"),
+                )
+                for r in http.get("route") or []
+            }
+            if INGRESS_PREFIX in prefixes and ("proxy", RELAY_PORT) in targets:
+                routed = True
+    if not routed:
+        problems.append(
+            f"no VirtualService on that Gateway routing prefix {INGRESS_PREFIX} to proxy:{RELAY_PORT}"
+        )
+    if problems:
+        raise AppsError("the relay manifest is incomplete: " + "; ".join(problems))
+
+
+def relay_documents(image: str = RELAY_IMAGE, manifest: Path = RELAY_MANIFEST) -> list[dict[str, Any]]:
+    """The relay manifest's objects, checked, with each relay container's image set to ``image``."""
+    docs = split_documents(manifest.read_text())
+    check_relay_manifest(docs)
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if container.get("name") == "relay":
+                    container["image"] = image
+    return docs
+
+
+# --- deploying ------------------------------------------------------------------------------------
+
+
+class AppsApi(Protocol):
+    """The cluster calls the deployment needs (harness.kube.Kube provides them)."""
+
+    def apply(self, text: str, namespace: str | None = None) -> list[ObjectRef]: ...
+
+    def delete_objects(self, refs: Sequence[ObjectRef]) -> None: ...
+
+    def wait_rollout(
+        self, namespace: str, name: str, *, deadline_s: float = ..., interval_s: float = ...
+    ) -> Any: ...
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+
+
+def has_sidecar(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod has Istio's proxy: a container, or a native sidecar (an init container)."""
+    spec = pod.get("spec") or {}
+    names = {c.get("name") for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]}
+    return SIDECAR_CONTAINER in names
+
+
+class RelayApps:
+    """``proxy`` and ``target`` (and the ingress route) in ``namespace``; removed on exit unless ``keep``."""
+
+    def __init__(
+        self,
+        kube: AppsApi,
+        namespace: str,
+        *,
+        image: str = RELAY_IMAGE,
+        manifest: Path = RELAY_MANIFEST,
+        rollout_timeout_s: float = ROLLOUT_TIMEOUT_S,
+        keep: bool = False,
+    ) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.image = image
+        self.manifest = manifest
+        self.rollout_timeout_s = rollout_timeout_s
+        self.keep = keep
+        self.refs: list[ObjectRef] = []
+        self.text = ""
+
+    def render(self) -> str:
+        self.text = yaml.safe_dump_all(relay_documents(self.image, self.manifest), sort_keys=False)
+        return self.text
+
+    def deploy(self) -> list[ObjectRef]:
+        text = self.render()
+        progress(f"deploying the relay apps (proxy, target) into {self.namespace} with image {self.image}")
+        self.refs = self.kube.apply(text, namespace=self.namespace)
+        for app in RELAY_DEPLOYMENTS:
+            self.kube.wait_rollout(self.namespace, app, deadline_s=self.rollout_timeout_s)
+            self.verify_sidecar(app)
+        return self.refs
+
+    def verify_sidecar(self, app: str) -> list[dict[str, Any]]:
+        pods = self.kube.list_pods(self.namespace, f"app={app}")
+        if not pods:
+            raise AppsError(f"no pod of {app!r} in {self.namespace} after its rollout")
+        bare = [p["metadata"]["name"] for p in pods if not has_sidecar(p)]
+        if bare:
+            raise AppsError(
+                f"pods of {app!r} without the {SIDECAR_CONTAINER} sidecar: {', '.join(bare)}; is namespace "
+                f"{self.namespace} labelled istio-injection=enabled, and is istiod's injector running?"
+            )
+        return pods
+
+    def delete(self) -> None:
+        if self.refs:
+            self.kube.delete_objects(self.refs)
+            self.refs = []
+
+    def save(self, directory: Path) -> Path:
+        """Write the applied manifest (for the diagnostics)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "relay.yaml"
+        path.write_text(self.text or self.render())
+        return path
+
+    def __enter__(self) -> RelayApps:
+        try:
+            self.deploy()
+        except BaseException:
+            if not self.keep:
+                self.delete()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.keep:
+            progress(f"keeping the relay apps in {self.namespace}")
+            return
+        self.delete()
+
+
+def relay_image_from_env() -> str | None:
+    """``EGRESS_HARNESS_RELAY_IMAGE``: a relay image the cluster can pull (for an existing cluster)."""
+    return os.environ.get("EGRESS_HARNESS_RELAY_IMAGE") or None

@@ -1,0 +1,221 @@
+"""harness.apps: image builds against the fake ``docker``/``kind``, the relay manifest, the deployment
+against a stand-in Kube."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness import apps
+from harness.apps import AppsError, RelayApps, build_app_image, check_relay_manifest, prepare_relay_image
+from harness.cluster import KindCluster
+from harness.kube import ObjectRef, split_documents
+
+PULL_ERROR = (
+    "ERROR: failed to solve: python:3.12-slim: failed to resolve source metadata for "
+    "docker.io/library/python:3.12-slim: dial tcp: lookup registry-1.docker.io: no such host\n"
+)
+
+
+def test_dockerfile_build_is_used_when_it_works(fakebin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apps, "build_local_python_image", _must_not_run)
+    fakebin.rules(
+        [{"tool": "docker", "args": ["build"], "stdout": "naming to istio-egress-harness/relay:dev\n"}]
+    )
+    assert build_app_image("relay", apps.RELAY_IMAGE) == apps.RELAY_IMAGE
+    assert fakebin.commands() == [f"docker build -t istio-egress-harness/relay:dev {apps.APPS_DIR / 'relay'}"]
+
+
+def _must_not_run(*args: Any, **kwargs: Any) -> str:
+    raise AssertionError("the local-Python fallback must not run here")
+
+
+def test_no_registry_falls_back_to_the_local_python_image(
+    fakebin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[tuple[Any, ...]] = []
+
+    def fake_local(tag: str, app: Path, *, script: str, timeout: float) -> str:
+        built.append((tag, app, script))
+        return f"{tag}:local-0123456789abcdef"
+
+    monkeypatch.setattr(apps, "build_local_python_image", fake_local)
+    fakebin.rules(
+        [
+            {"tool": "docker", "args": ["build"], "stderr": PULL_ERROR, "exit": 1},
+            {"tool": "docker", "args": ["tag"]},
+        ]
+    )
+    assert build_app_image("recorder", apps.RECORDER_IMAGE) == apps.RECORDER_IMAGE
+    assert built == [("istio-egress-harness/recorder", apps.APPS_DIR / "recorder", "recorder.py")]
+    assert fakebin.commands()[-1] == (
+        "docker tag istio-egress-harness/recorder:local-0123456789abcdef istio-egress-harness/recorder:dev"
+    )
+
+
+def test_a_broken_dockerfile_is_not_hidden_by_the_fallback(
+    fakebin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apps, "build_local_python_image", _must_not_run)
+    fakebin.rules(
+        [
+            {
+                "tool": "docker",
+                "args": ["build"],
+                "stderr": "COPY failed: file not found: relay.py\n",
+                "exit": 1,
+            }
+        ]
+    )
+    with pytest.raises(AppsError, match="COPY failed"):
+        build_app_image("relay", apps.RELAY_IMAGE)
+
+
+def test_dockerfile_mode_never_falls_back(fakebin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apps, "build_local_python_image", _must_not_run)
+    fakebin.rules([{"tool": "docker", "args": ["build"], "stderr": PULL_ERROR, "exit": 1}])
+    with pytest.raises(AppsError, match="no such host"):
+        build_app_image("relay", apps.RELAY_IMAGE, mode="dockerfile")
+
+
+def test_build_is_bounded_by_its_timeout(fakebin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apps, "build_local_python_image", _must_not_run)
+    fakebin.rules([{"tool": "docker", "args": ["build"], "sleep": 30}])
+    with pytest.raises(AppsError, match="did not finish within 1s"):
+        build_app_image("relay", apps.RELAY_IMAGE, timeout_s=1)
+
+
+def test_unknown_app_and_mode_are_refused() -> None:
+    with pytest.raises(AppsError, match="no app 'nope'"):
+        build_app_image("nope", "x:dev")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        build_app_image("relay", "x:dev", mode="podman")  # type: ignore[arg-type]
+
+
+def test_pull_failures_are_told_apart_from_other_failures() -> None:
+    assert apps.is_pull_failure(PULL_ERROR)
+    assert apps.is_pull_failure("pull access denied for python, repository does not exist")
+    assert not apps.is_pull_failure("COPY failed: no source files were specified")
+
+
+def test_relay_image_is_built_then_loaded_into_kind(fakebin: Any, tmp_path: Path) -> None:
+    fakebin.rules([{"tool": "docker", "args": ["build"]}, {"tool": "kind", "args": ["load", "docker-image"]}])
+    cluster = KindCluster("egress-unit", tmp_path)
+    assert prepare_relay_image(cluster) == apps.RELAY_IMAGE
+    assert fakebin.commands() == [
+        f"docker build -t istio-egress-harness/relay:dev {apps.APPS_DIR / 'relay'}",
+        "kind load docker-image istio-egress-harness/relay:dev --name egress-unit",
+    ]
+
+
+# --- the manifest ---------------------------------------------------------------------------------
+
+
+def test_the_repository_manifest_has_the_chain_and_the_ingress_route() -> None:
+    docs = split_documents(apps.RELAY_MANIFEST.read_text())
+    check_relay_manifest(docs)
+    vs = next(d for d in docs if d["kind"] == "VirtualService")
+    assert vs["spec"]["http"][0]["match"][0]["uri"]["prefix"] == "/proxy"
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("VirtualService", "routing prefix /proxy to proxy:8080"),
+        ("Gateway", "no Gateway selecting istio=ingressgateway"),
+        ("Deployment", "no Deployment 'proxy'"),
+    ],
+)
+def test_an_incomplete_manifest_is_refused(drop: str, message: str) -> None:
+    docs = split_documents(apps.RELAY_MANIFEST.read_text())
+    kept = [
+        d
+        for d in docs
+        if not (d["kind"] == drop and (drop != "Deployment" or d["metadata"]["name"] == "proxy"))
+    ]
+    with pytest.raises(AppsError, match=message):
+        check_relay_manifest(kept)
+
+
+def test_relay_documents_set_the_image() -> None:
+    docs = apps.relay_documents("registry.example/relay:1")
+    images = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["image"]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+    assert images == {"proxy": "registry.example/relay:1", "target": "registry.example/relay:1"}
+
+
+# --- deploying against a stand-in Kube ------------------------------------------------------------
+
+
+class StandInKube:
+    def __init__(self, *, sidecar: bool = True, fail_rollout: str | None = None) -> None:
+        self.sidecar = sidecar
+        self.fail_rollout = fail_rollout
+        self.calls: list[tuple[Any, ...]] = []
+        self.applied: list[dict[str, Any]] = []
+
+    def apply(self, text: str, namespace: str | None = None) -> list[ObjectRef]:
+        docs = split_documents(text)
+        self.applied = docs
+        self.calls.append(("apply", namespace))
+        return [ObjectRef(d["apiVersion"], d["kind"], d["metadata"]["name"], namespace) for d in docs]
+
+    def delete_objects(self, refs: Any) -> None:
+        self.calls.append(("delete", len(refs)))
+
+    def wait_rollout(self, namespace: str, name: str, *, deadline_s: float = 0, interval_s: float = 2) -> Any:
+        self.calls.append(("rollout", namespace, name, deadline_s))
+        if name == self.fail_rollout:
+            raise TimeoutError(f"rollout of {name} not done")
+        return {}
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self.calls.append(("pods", namespace, selector))
+        containers = [{"name": "relay"}] + ([{"name": "istio-proxy"}] if self.sidecar else [])
+        return [{"metadata": {"name": f"{selector[4:]}-abc"}, "spec": {"containers": containers}}]
+
+
+def test_relay_apps_deploy_wait_verify_and_delete() -> None:
+    kube = StandInKube()
+    with RelayApps(kube, "egress-r1", rollout_timeout_s=42) as relays:
+        assert {r.kind for r in relays.refs} == {"Deployment", "Service", "Gateway", "VirtualService"}
+        assert {r.namespace for r in relays.refs} == {"egress-r1"}
+        assert yaml.safe_load_all(relays.text)
+    assert kube.calls == [
+        ("apply", "egress-r1"),
+        ("rollout", "egress-r1", "proxy", 42),
+        ("pods", "egress-r1", "app=proxy"),
+        ("rollout", "egress-r1", "target", 42),
+        ("pods", "egress-r1", "app=target"),
+        ("delete", 6),
+    ]
+
+
+def test_a_pod_without_sidecar_fails_and_the_apps_are_removed() -> None:
+    kube = StandInKube(sidecar=False)
+    with (
+        pytest.raises(AppsError, match=r"without the istio-proxy sidecar.*istio-injection=enabled"),
+        RelayApps(kube, "egress-r1"),
+    ):
+        pass
+    assert kube.calls[-1] == ("delete", 6)
+
+
+def test_native_sidecars_count_as_sidecars() -> None:
+    pod = {"spec": {"containers": [{"name": "relay"}], "initContainers": [{"name": "istio-proxy"}]}}
+    assert apps.has_sidecar(pod)
+    assert not apps.has_sidecar({"spec": {"containers": [{"name": "relay"}]}})
+
+
+def test_keep_leaves_the_apps(tmp_path: Path) -> None:
+    kube = StandInKube()
+    with RelayApps(kube, "egress-r1", keep=True) as relays:
+        saved = relays.save(tmp_path / "manifests")
+    assert all(c[0] != "delete" for c in kube.calls)
+    assert "kind: VirtualService" in saved.read_text()
