@@ -21,8 +21,9 @@ aliases on the ``kind`` network. The run checks the alias from the node before g
 
 What the external host sees as the caller: kindnet masquerades traffic from pods to addresses
 outside the pod network, so the recorder sees the *node's* address on the ``kind`` network, not the
-pod's. :meth:`E2ERun.callers` accounts for that; on a one-node cluster the egress gateway and the
-workloads share that address, which :meth:`E2ERun.caller_witness_discriminates` reports.
+pod's. :meth:`E2ERun.callers` accounts for that. The harness's kind cluster has two nodes and puts
+the egress gateway alone on the worker, so the address tells it apart; on an existing cluster where
+the gateway shares a node with the workloads, :meth:`E2ERun.caller_witness_discriminates` says so.
 
 Requests go ``client -> ingress -> proxy -> target -> external``: the client sends
 ``GET <ingress>/proxy?url=<target URL>`` where the target URL is
