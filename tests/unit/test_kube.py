@@ -496,11 +496,14 @@ def test_kind_config_renders_the_port_mapping_and_image(tmp_path: Path) -> None:
     assert config["kind"] == "Cluster"
     assert config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     assert config["name"] == "egress"
-    (node,) = config["nodes"]
-    assert node["image"] == "img@sha256:x"
-    assert node["extraPortMappings"] == [
+    control, worker = config["nodes"]
+    assert (control["role"], worker["role"]) == ("control-plane", "worker")
+    assert control["image"] == worker["image"] == "img@sha256:x"
+    assert control["extraPortMappings"] == [
         {"containerPort": 30080, "hostPort": 18080, "listenAddress": "127.0.0.1", "protocol": "TCP"}
     ]
+    # The egress gateway's own node (manifests/istio/egress.yaml selects this label).
+    assert worker["labels"] == {"egress-harness.io/egress-gateway": "true"}
 
 
 @pytest.mark.parametrize(("encoding", "policy"), [("TEXT", "ALLOW_ANY"), ("JSON", "REGISTRY_ONLY")])
@@ -510,7 +513,13 @@ def test_istio_overlay_renders(tmp_path: Path, encoding: str, policy: str) -> No
     assert spec["meshConfig"]["accessLogFile"] == "/dev/stdout"
     assert spec["meshConfig"]["accessLogEncoding"] == encoding
     assert spec["meshConfig"]["outboundTrafficPolicy"] == {"mode": policy}
-    assert spec["components"]["egressGateways"] == [{"name": "istio-egressgateway", "enabled": True}]
+    assert spec["components"]["egressGateways"] == [
+        {
+            "name": "istio-egressgateway",
+            "enabled": True,
+            "k8s": {"nodeSelector": {"egress-harness.io/egress-gateway": "true"}},
+        }
+    ]
     (ingress,) = spec["components"]["ingressGateways"]
     service = ingress["k8s"]["service"]
     assert service["type"] == "NodePort"
