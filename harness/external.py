@@ -13,16 +13,34 @@ container and, if this object created it, the network. A failed start removes bo
 
 The recorder's control API is read from the host through a port published on 127.0.0.1 (a random
 host port), so it works wherever the engine publishes ports to the host.
+
+HTTPS and mutual TLS: with ``tls=RecorderTLS.from_pki(pki)`` (``harness.certs``) the recorder also
+serves HTTPS on ``tls_port`` (443) with the server certificate; ``from_pki(pki, mutual=True)`` makes
+it require client certificates signed by the run's CA. The files are copied into the container
+(``files=``: ``put_archive`` between create and start, so no bind mount and no host path is
+involved) under :data:`TLS_DIR`. One container answers under several network aliases (``alias``
+plus ``aliases``), e.g. one per scenario; the server certificate must name each alias a client
+reaches it by over TLS (a wildcard SAN such as ``*.egress-harness.test`` covers a domain).
+
+    pki = generate_pki(run_dir / "pki", [DEFAULT_ALIAS, "*.egress-harness.test"])
+    with RecorderContainer(image, network, aliases=["a.egress-harness.test"],
+                           tls=RecorderTLS.from_pki(pki)) as rec:
+        ...  # https://a.egress-harness.test/ from the network; rec.records()[0]["tls"]["sni"]
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import posixpath
+import re
 import secrets
+import tarfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
@@ -30,12 +48,24 @@ import httpx
 
 from harness.proc import tail
 
+if TYPE_CHECKING:
+    from harness.certs import TestPKI
+
 DEFAULT_ALIAS = "external.egress-harness.test"
 OWNER_LABEL = "io.egress-harness.owner"
 API_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.1
 REMOVE_TIMEOUT_S = 15.0
+#: where the recorder's TLS files go in its container
+TLS_DIR = "/etc/egress-harness/tls"
+TLS_CERT = f"{TLS_DIR}/server.crt"
+TLS_KEY = f"{TLS_DIR}/server.key"
+TLS_CLIENT_CA = f"{TLS_DIR}/client-ca.crt"
+DEFAULT_TLS_PORT = 443
+_ALIAS_RE = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+)
 
 
 class DockerUnavailableError(RuntimeError):
@@ -86,6 +116,25 @@ def _wait_until(check: Any, timeout: float, what: str) -> None:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} after {timeout:g}s")
         time.sleep(POLL_INTERVAL_S)
+
+
+def _files_archive(files: Mapping[str, bytes]) -> bytes:
+    """A tar of ``files`` (absolute path -> content), relative to ``/``, each readable by any user.
+
+    No directory entries: the engine creates missing parents (root, 0755) and leaves existing ones
+    (``/etc``, ``/tmp``) as they are.
+    """
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, content in files.items():
+            if not path.startswith("/") or posixpath.normpath(path) != path or path == "/":
+                raise ValueError(f"container file {path!r}: expected an absolute, normalised file path")
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(content)
+            info.mode = 0o644
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
 
 
 class Network:
@@ -179,12 +228,18 @@ class Container:
         owner: str = "harness",
         ready_timeout: float = READY_TIMEOUT_S,
         client: Any | None = None,
+        files: Mapping[str, bytes] | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.image = image
         self.network_name = network
         self.command = list(command) if command is not None else None
         self.aliases = list(aliases)
         self.publish = list(publish)
+        #: absolute path in the container -> content, copied in before the container starts
+        self.files = dict(files or {})
+        self.environment = dict(environment or {})
+        _files_archive(self.files)  # a bad path fails here, before anything is created
         self.name = name or f"egress-harness-{secrets.token_hex(4)}"
         self.labels = _labels(owner, labels)
         self.ready_timeout = ready_timeout
@@ -219,10 +274,15 @@ class Container:
                 name=self.name,
                 labels=self.labels,
                 ports=self.publish or None,
+                environment=self.environment or None,
                 host_config=host_config,
                 networking_config=networking,
             )
             self.id = str(created["Id"])
+            if self.files and not api.put_archive(self.id, "/", _files_archive(self.files)):
+                raise ContainerStartError(
+                    self.name, f"(image {self.image}): copying {', '.join(self.files)} into it failed", ""
+                )
             api.start(self.id)
             self._wait_ready()
         except BaseException:
@@ -309,8 +369,45 @@ class Container:
         return (int(code) if code is not None else -1), output
 
 
+@dataclass(frozen=True)
+class RecorderTLS:
+    """What the recorder serves HTTPS with: PEM certificate (chain) and key, and with
+    ``client_ca_pem`` the CA whose client certificates it requires (mutual TLS)."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    client_ca_pem: bytes | None = None
+
+    @classmethod
+    def from_pki(cls, pki: TestPKI, *, mutual: bool = False) -> RecorderTLS:
+        """The server certificate of ``pki``; ``mutual``: require client certificates of its CA."""
+        return cls(pki.server.cert_pem, pki.server.key_pem, pki.ca.cert_pem if mutual else None)
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca_pem is not None
+
+    def files(self) -> dict[str, bytes]:
+        """The files to copy into the container (see :data:`TLS_DIR`)."""
+        out = {TLS_CERT: self.cert_pem, TLS_KEY: self.key_pem}
+        if self.client_ca_pem is not None:
+            out[TLS_CLIENT_CA] = self.client_ca_pem
+        return out
+
+    def flags(self, port: int) -> list[str]:
+        """The recorder's command-line flags for these files."""
+        out = ["--tls-port", str(port), "--cert", TLS_CERT, "--key", TLS_KEY]
+        if self.client_ca_pem is not None:
+            out += ["--client-ca", TLS_CLIENT_CA]
+        return out
+
+
 class RecorderContainer(Container):
-    """The recorder (apps/recorder) as the external host, on `network` under `alias`."""
+    """The recorder (apps/recorder) as the external host, on `network` under `alias` (and `aliases`).
+
+    With `tls` it also serves HTTPS (mutual TLS if `tls.mutual`) on `tls_port`; the control API
+    stays on the HTTP `port`, which is the one published to the host.
+    """
 
     def __init__(
         self,
@@ -319,6 +416,9 @@ class RecorderContainer(Container):
         alias: str = DEFAULT_ALIAS,
         port: int = 80,
         *,
+        aliases: Sequence[str] = (),
+        tls: RecorderTLS | None = None,
+        tls_port: int = DEFAULT_TLS_PORT,
         command: Sequence[str] | None = None,
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
@@ -326,23 +426,45 @@ class RecorderContainer(Container):
         ready_timeout: float = READY_TIMEOUT_S,
         client: Any | None = None,
     ) -> None:
+        names = list(dict.fromkeys([alias, *aliases]))
+        bad = [n for n in names if not _ALIAS_RE.match(n)]
+        if bad:
+            raise ValueError(f"network aliases must be lower-case DNS names: {', '.join(map(repr, bad))}")
+        if tls is not None and tls_port == port:
+            raise ValueError(f"the TLS port {tls_port} is the HTTP port too")
+        default_command = ["python", "recorder.py", "--bind", "0.0.0.0", "--port", str(port)]
+        if tls is not None:
+            default_command += tls.flags(tls_port)
         super().__init__(
             image,
             network,
-            command=command
-            if command is not None
-            else ["python", "recorder.py", "--bind", "0.0.0.0", "--port", str(port)],
-            aliases=[alias],
+            command=command if command is not None else default_command,
+            aliases=names,
             publish=[port],
             name=name or f"egress-harness-recorder-{secrets.token_hex(4)}",
             labels=labels,
             owner=owner,
             ready_timeout=ready_timeout,
             client=client,
+            files=tls.files() if tls is not None else None,
         )
         self.alias = alias
         self.port = port
+        self.tls = tls
+        self.tls_port: int | None = tls_port if tls is not None else None
         self._url: str | None = None
+
+    def network_url(self, alias: str | None = None, *, scheme: str = "http") -> str:
+        """The base URL other containers on the network use, e.g. ``https://<alias>`` (the port
+        only when it is not the scheme's default)."""
+        host = alias or self.alias
+        if scheme == "https":
+            if self.tls_port is None:
+                raise ValueError(f"recorder {self.name!r} serves no TLS")
+            port, default = self.tls_port, 443
+        else:
+            port, default = self.port, 80
+        return f"{scheme}://{host}" + ("" if port == default else f":{port}")
 
     @property
     def url(self) -> str:
@@ -369,6 +491,12 @@ class RecorderContainer(Container):
         if since is not None:
             params["since"] = str(since)
         response = httpx.get(f"{self.url}/__recorder/requests", params=params, timeout=10.0)
+        response.raise_for_status()
+        return cast(list[dict[str, Any]], response.json())
+
+    def handshake_failures(self) -> list[dict[str, Any]]:
+        """The TLS handshakes that failed at the recorder (client without certificate, unknown CA...)."""
+        response = httpx.get(f"{self.url}/__recorder/handshake-failures", timeout=10.0)
         response.raise_for_status()
         return cast(list[dict[str, Any]], response.json())
 

@@ -8,9 +8,11 @@ an equivalent image from what this machine already has:
   its binary, ``libpython`` if shared, and its standard library without ``test/``, ``idlelib``,
   ``tkinter``, ``turtledemo``, ``ensurepip``, ``site-packages`` and ``__pycache__``;
 * only the extension modules (``lib-dynload``) whose shared-library needs are covered by libc, libm,
-  the loader and libz (so ``_socket``, ``select``, ``_json``, ``zlib``, ... are in; ``_ssl``,
-  ``_hashlib``, ``_ctypes``, ``_sqlite3`` and friends, which need OpenSSL/libffi/..., are out), and the
-  libraries ``ldd`` reports for everything included, each at its host path;
+  the loader, libz and OpenSSL's libssl/libcrypto (so ``_socket``, ``select``, ``_json``, ``zlib``,
+  ``_ssl`` and ``_hashlib`` are in: the recorder serves HTTPS and the relay calls it; ``_ctypes``,
+  ``_sqlite3`` and friends, which need libffi/libsqlite/..., are out), and the libraries ``ldd``
+  reports for everything included, each at its host path (no CA bundle: a client names its CA, e.g.
+  with ``SSL_CERT_FILE``);
 * a static busybox (Debian's ``busybox-static``, ``/bin/busybox``) with all its applets linked into
   ``/bin``, so the image has ``sh`` and ``wget`` (a client container, a health check);
 * the app (a script or a directory) in ``/app``.
@@ -45,7 +47,7 @@ from pathlib import Path
 
 from harness.proc import tail
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 BUSYBOX = Path("/bin/busybox")
 PREFIX = "/usr/local"
 APP_DIR = "/app"
@@ -61,6 +63,8 @@ STDLIB_SKIP = frozenset(
 )
 #: shared libraries (besides libc, libm, libpython and the loader) an extension module may need to be kept
 EXTRA_LIBS_ALLOWED = frozenset({"libz.so.1"})
+#: OpenSSL's libraries (any soname version), for ``_ssl`` and ``_hashlib``
+TLS_LIBS = ("libssl.so", "libcrypto.so")
 _BASE_LIBS = (
     "linux-vdso",
     "libc.so",
@@ -132,7 +136,7 @@ def _ldd(path: Path) -> dict[str, Path]:
 
 
 def _extension_allowed(libs: dict[str, Path]) -> bool:
-    return all(name.startswith(_BASE_LIBS) or name in EXTRA_LIBS_ALLOWED for name in libs)
+    return all(name.startswith(_BASE_LIBS + TLS_LIBS) or name in EXTRA_LIBS_ALLOWED for name in libs)
 
 
 def _interpreter() -> tuple[Path, Path, str]:

@@ -16,19 +16,38 @@ Reserved paths (origin-form targets only):
            ?since=SEQ                        seq greater than SEQ
     DELETE /__recorder/requests           -> {"cleared": n}; sequence numbers keep counting
 
+    GET    /__recorder/handshake-failures -> JSON list of failed TLS handshakes, oldest first:
+           {time, client_ip, client_port, sni, error} (the last 1000)
+
 Only the last `max_records` records are kept (default 10000). Request bodies are read and counted,
 and their first 4 KiB are kept.
+
+HTTPS: with a TLS port the recorder also serves HTTPS there, with the given certificate and key;
+with a client CA it requires a client certificate signed by that CA (mutual TLS): a client without
+one fails the handshake, and a failed handshake is no request, so it makes no record (it is listed
+under /__recorder/handshake-failures instead). Every record has `tls`: null for plain HTTP, else
+
+    {"sni": "external.egress-harness.test" (null if the client sent none), "version": "TLSv1.3",
+     "cipher": "TLS_AES_256_GCM_SHA384", "client_cert_subject": "CN=...,O=..." (null if none)}
+
+The control paths are served on the HTTP port only: on the TLS port every request is recorded.
 
 As a process (same conventions as the relay; flags override variables):
 
     --bind BIND (default 0.0.0.0)   --port PORT (default 8080; 0 picks one)
     --max-records RECORDER_MAX_RECORDS (default 10000)
+    --tls-port TLS_PORT (0 picks one) --cert TLS_CERT --key TLS_KEY [--client-ca TLS_CLIENT_CA]
 
-The first stdout line is `listening on HOST:PORT`; SIGTERM/SIGINT stop it cleanly. In a test:
+The first stdout line is `listening on HOST:PORT`, followed with a TLS port by `listening tls on
+HOST:PORT`; SIGTERM/SIGINT stop it cleanly. A certificate or key that cannot be loaded ends it
+with exit code 2 and a message naming the files, before any `listening` line. In a test:
 
     with Recorder(bind="127.0.0.1", port=0) as rec:
         ...  # send requests to rec.url
         rec.records(request_id="...")
+
+    with Recorder(port=0, tls_port=0, cert=CRT, key=KEY, client_ca=CA) as rec:
+        ...  # HTTPS to rec.tls_url; rec.handshake_failures()
 
 Standard library only.
 """
@@ -41,6 +60,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -55,6 +75,35 @@ CONTROL_PREFIX = "/__recorder/"
 DEFAULT_MAX_RECORDS = 10000
 BODY_EXCERPT_BYTES = 4096
 MAX_BODY_BYTES = 1 << 20
+MAX_HANDSHAKE_FAILURES = 1000
+HANDSHAKE_TIMEOUT_S = 10.0
+_SNI_ATTRIBUTE = "_recorder_sni"
+#: short names of subject attributes, as in RFC 4514 (others keep the name Python's ssl gives them)
+_SUBJECT_KEYS = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
+
+
+class TlsInfo(TypedDict):
+    sni: str | None  # the server name the client asked for (SNI)
+    version: str | None  # e.g. TLSv1.3
+    cipher: str | None  # e.g. TLS_AES_256_GCM_SHA384
+    client_cert_subject: str | None  # "CN=...,O=..." of a verified client certificate
+
+
+class HandshakeFailure(TypedDict):
+    time: float
+    client_ip: str
+    client_port: int
+    sni: str | None
+    error: str
 
 
 class Record(TypedDict):
@@ -71,6 +120,7 @@ class Record(TypedDict):
     raw_headers: list[tuple[str, str]]  # as received, in order
     body_bytes: int
     body: str  # first BODY_EXCERPT_BYTES, decoded as UTF-8 with replacement
+    tls: TlsInfo | None  # None for plain HTTP
 
 
 def request_path(target: str) -> str:
@@ -97,6 +147,7 @@ class Store:
             raise ValueError("max_records must be at least 1")
         self._lock = threading.Lock()
         self._records: deque[Record] = deque(maxlen=max_records)
+        self._failures: deque[HandshakeFailure] = deque(maxlen=MAX_HANDSHAKE_FAILURES)
         self._seq = 0
 
     def next_seq(self) -> int:
@@ -123,15 +174,104 @@ class Store:
             self._records.clear()
             return count
 
+    def add_failure(self, failure: HandshakeFailure) -> None:
+        with self._lock:
+            self._failures.append(failure)
+
+    def failures(self) -> list[HandshakeFailure]:
+        with self._lock:
+            return list(self._failures)
+
+
+def subject_text(subject: Any) -> str:
+    """``CN=name,O=org`` from the ``subject`` of :meth:`ssl.SSLSocket.getpeercert` (certificate order)."""
+    return ",".join(f"{_SUBJECT_KEYS.get(key, key)}={value}" for rdn in subject for key, value in rdn)
+
+
+def _remember_sni(sock: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
+    setattr(sock, _SNI_ATTRIBUTE, server_name)
+
+
+def make_tls_context(
+    cert: str | os.PathLike[str], key: str | os.PathLike[str], client_ca: str | os.PathLike[str] | None = None
+) -> ssl.SSLContext:
+    """A server context with ``cert``/``key``; with ``client_ca``, client certificates are required
+    and verified against it. The SNI each client sends is kept on its socket."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=cert, keyfile=key)
+    if client_ca is not None:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["http/1.1"])
+    context.sni_callback = _remember_sni
+    return context
+
+
+def tls_info(conn: ssl.SSLSocket) -> TlsInfo:
+    """What a finished handshake on ``conn`` agreed on, and the verified client certificate's subject."""
+    cipher = conn.cipher()
+    cert = conn.getpeercert()
+    return TlsInfo(
+        sni=getattr(conn, _SNI_ATTRIBUTE, None),
+        version=conn.version(),
+        cipher=cipher[0] if cipher else None,
+        client_cert_subject=subject_text(cert["subject"]) if cert and "subject" in cert else None,
+    )
+
 
 class Server(ThreadingHTTPServer):
-    """Threaded server that can also cut the keep-alive connections it holds open."""
+    """Threaded server that can also cut the keep-alive connections it holds open.
 
-    def __init__(self, bind: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+    With ``tls`` it serves HTTPS: each accepted connection is wrapped, and its handshake runs on the
+    connection's own thread (a slow client does not hold up the others); a failed handshake is
+    reported to ``handshake_failed`` and the connection closed.
+    """
+
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        tls: ssl.SSLContext | None = None,
+        handshake_failed: Callable[[HandshakeFailure], None] | None = None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.tls = tls
+        self.handshake_failed = handshake_failed
         super().__init__((bind, port), handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.tls is None:
+            return sock, address
+        try:
+            return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+        except BaseException:
+            sock.close()
+            raise
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(HANDSHAKE_TIMEOUT_S)
+                request.do_handshake()
+            except OSError as exc:  # ssl.SSLError included; a timeout too
+                if self.handshake_failed is not None:
+                    self.handshake_failed(
+                        HandshakeFailure(
+                            time=time.time(),
+                            client_ip=str(client_address[0]),
+                            client_port=int(client_address[1]),
+                            sni=getattr(request, _SNI_ATTRIBUTE, None),
+                            error=str(exc) or type(exc).__name__,
+                        )
+                    )
+                return
+        super().finish_request(request, client_address)
 
     def close_connections(self) -> None:
         with self.connections_lock:
@@ -141,7 +281,9 @@ class Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-def make_handler(store: Store, *, log: bool = True) -> type[BaseHTTPRequestHandler]:
+def make_handler(store: Store, *, log: bool = True, control: bool = True) -> type[BaseHTTPRequestHandler]:
+    """The request handler; ``control``: serve the /__recorder/ paths (else they are recorded too)."""
+
     class RecorderHandler(BaseHTTPRequestHandler):
         server_version = "recorder/1"
         disable_nagle_algorithm = True  # headers and body go out in two writes
@@ -160,7 +302,7 @@ def make_handler(store: Store, *, log: bool = True) -> type[BaseHTTPRequestHandl
             super().finish()
 
         def _handle(self) -> None:
-            if self.path.startswith(CONTROL_PREFIX):
+            if control and self.path.startswith(CONTROL_PREFIX):
                 self._control()
                 return
             seq = store.next_seq()
@@ -184,6 +326,7 @@ def make_handler(store: Store, *, log: bool = True) -> type[BaseHTTPRequestHandl
                 raw_headers=raw,
                 body_bytes=len(body),
                 body=body[:BODY_EXCERPT_BYTES].decode("utf-8", errors="replace"),
+                tls=tls_info(self.connection) if isinstance(self.connection, ssl.SSLSocket) else None,
             )
             store.add(record)
             if self.command == "CONNECT":
@@ -209,6 +352,8 @@ def make_handler(store: Store, *, log: bool = True) -> type[BaseHTTPRequestHandl
                 self._json(200, found)
             elif parts.path == CONTROL_PREFIX + "requests" and self.command == "DELETE":
                 self._json(200, {"cleared": store.clear()})
+            elif parts.path == CONTROL_PREFIX + "handshake-failures" and self.command == "GET":
+                self._json(200, store.failures())
             else:
                 self._json(404, {"error": f"no control route {self.command} {parts.path}"})
 
@@ -250,8 +395,57 @@ def make_handler(store: Store, *, log: bool = True) -> type[BaseHTTPRequestHandl
     return RecorderHandler
 
 
+def _failure_sink(store: Store, *, log: bool) -> Callable[[HandshakeFailure], None]:
+    def failed(failure: HandshakeFailure) -> None:
+        store.add_failure(failure)
+        if log:
+            sni = failure["sni"] or "-"
+            sys.stderr.write(
+                f"recorder {failure['client_ip']}:{failure['client_port']} tls handshake failed "
+                f"(sni {sni}): {failure['error']}\n"
+            )
+
+    return failed
+
+
+def make_servers(
+    store: Store,
+    bind: str,
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    tls_port: int = 0,
+    log: bool = True,
+) -> tuple[Server, Server | None]:
+    """The HTTP server and, with ``tls``, the HTTPS one, both bound (none left open on a failure)."""
+    http_server = Server(bind, port, make_handler(store, log=log))
+    if tls is None:
+        return http_server, None
+    try:
+        tls_server = Server(
+            bind,
+            tls_port,
+            make_handler(store, log=log, control=False),
+            tls=tls,
+            handshake_failed=_failure_sink(store, log=log),
+        )
+    except BaseException:
+        http_server.server_close()
+        raise
+    return http_server, tls_server
+
+
+def _hostport(server: Server) -> str:
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    return f"{f'[{host}]' if ':' in host else host}:{port}"
+
+
 class Recorder:
-    """A recorder running in this process on a background thread; a context manager."""
+    """A recorder running in this process on background threads; a context manager.
+
+    With ``tls_port`` (0 picks one) it also serves HTTPS with ``cert``/``key``; with ``client_ca``
+    it requires client certificates signed by that CA.
+    """
 
     def __init__(
         self,
@@ -260,35 +454,68 @@ class Recorder:
         *,
         max_records: int = DEFAULT_MAX_RECORDS,
         quiet: bool = True,
+        tls_port: int | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        client_ca: str | os.PathLike[str] | None = None,
     ) -> None:
+        tls: ssl.SSLContext | None = None
+        if tls_port is not None:
+            if cert is None or key is None:
+                raise ValueError("a TLS port needs cert and key")
+            tls = make_tls_context(cert, key, client_ca)
+        elif cert is not None or key is not None or client_ca is not None:
+            raise ValueError("cert, key and client_ca need a tls_port")
         self.store = Store(max_records)
-        self._server = Server(bind, port, make_handler(self.store, log=not quiet))
-        self._thread: threading.Thread | None = None
+        self._server, self._tls_server = make_servers(
+            self.store, bind, port, tls=tls, tls_port=tls_port or 0, log=not quiet
+        )
+        self._threads: list[threading.Thread] = []
         self.host = str(self._server.server_address[0])
         self.port = int(self._server.server_address[1])
+        self.tls_port = int(self._tls_server.server_address[1]) if self._tls_server is not None else None
+        self.mutual_tls = client_ca is not None
 
     @property
     def url(self) -> str:
         """The base URL, e.g. http://127.0.0.1:PORT (no trailing slash)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{_hostport(self._server)}"
+
+    @property
+    def tls_url(self) -> str:
+        """The HTTPS base URL, e.g. https://127.0.0.1:PORT; ValueError without a TLS port."""
+        if self._tls_server is None:
+            raise ValueError("this recorder has no TLS port")
+        return f"https://{_hostport(self._tls_server)}"
+
+    def _servers(self) -> list[Server]:
+        return [s for s in (self._server, self._tls_server) if s is not None]
 
     def start(self) -> Recorder:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-            )
-            self._thread.start()
+        if not self._threads:
+            for server in self._servers():
+                thread = threading.Thread(
+                    target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
         return self
 
     def stop(self) -> None:
-        """Stop accepting, cut open keep-alive connections and close the listening socket."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-        self._server.close_connections()
+        """Stop accepting, cut open keep-alive connections and close the listening sockets."""
+        if self._threads:
+            for server in self._servers():
+                server.shutdown()
+            for thread in self._threads:
+                thread.join()
+            self._threads = []
+        for server in self._servers():
+            server.server_close()
+            server.close_connections()
+
+    def handshake_failures(self) -> list[HandshakeFailure]:
+        """The TLS handshakes that failed, oldest first."""
+        return self.store.failures()
 
     def records(
         self, *, request_id: str | None = None, path_contains: str | None = None, since: int | None = None
@@ -335,26 +562,66 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-records", type=int, default=env.get("RECORDER_MAX_RECORDS", str(DEFAULT_MAX_RECORDS))
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--tls-port", type=int, default=env.get("TLS_PORT"), help="env TLS_PORT; also serve HTTPS here"
+    )
+    parser.add_argument("--cert", default=env.get("TLS_CERT"), help="env TLS_CERT; PEM certificate (chain)")
+    parser.add_argument("--key", default=env.get("TLS_KEY"), help="env TLS_KEY; PEM private key")
+    parser.add_argument(
+        "--client-ca",
+        default=env.get("TLS_CLIENT_CA"),
+        help="env TLS_CLIENT_CA; PEM CA(s): require client certificates they signed (mutual TLS)",
+    )
+    args = parser.parse_args(argv)
+    if args.tls_port is not None and (not args.cert or not args.key):
+        parser.error("--tls-port needs --cert and --key")
+    if args.tls_port is None and (args.cert or args.key or args.client_ca):
+        parser.error("--cert, --key and --client-ca need --tls-port")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    server = Server(args.bind, args.port, make_handler(Store(args.max_records)))
-    host, port = str(server.server_address[0]), int(server.server_address[1])
+    tls: ssl.SSLContext | None = None
+    if args.tls_port is not None:
+        try:
+            tls = make_tls_context(args.cert, args.key, args.client_ca)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            files = f"--cert {args.cert} --key {args.key}" + (
+                f" --client-ca {args.client_ca}" if args.client_ca else ""
+            )
+            sys.stderr.write(f"recorder: cannot load the TLS files ({files}): {exc}\n")
+            return 2
+    store = Store(args.max_records)
+    server, tls_server = make_servers(store, args.bind, args.port, tls=tls, tls_port=args.tls_port or 0)
+    servers = [s for s in (server, tls_server) if s is not None]
 
     def stop(signum: int, _frame: object) -> None:
         sys.stderr.write(f"recorder {signal.Signals(signum).name}: shutting down\n")
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        for s in servers:
+            threading.Thread(target=s.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"listening on {f'[{host}]' if ':' in host else host}:{port}", flush=True)
+    print(f"listening on {_hostport(server)}", flush=True)
+    tls_thread: threading.Thread | None = None
+    if tls_server is not None:
+        print(f"listening tls on {_hostport(tls_server)}", flush=True)
+        if args.client_ca:
+            sys.stderr.write(f"recorder: tls requires client certificates signed by {args.client_ca}\n")
+        tls_thread = threading.Thread(
+            target=tls_server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+        )
+        tls_thread.start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        server.server_close()
-        server.close_connections()
+        if tls_server is not None and tls_thread is not None:
+            tls_server.shutdown()
+            tls_thread.join()
+        for s in servers:
+            s.server_close()
+            s.close_connections()
     return 0
 
 

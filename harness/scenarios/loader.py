@@ -26,7 +26,9 @@ from harness.scenarios.model import (
     ACCESS_LOG_ENCODINGS,
     ACCESS_LOG_FIELDS,
     BLOCKED_AT,
+    CREDENTIAL_VARIABLES,
     DEFAULT_CHAIN,
+    EXTERNAL_KINDS,
     HOPS,
     LOG_HOPS,
     OUTBOUND_TRAFFIC_POLICIES,
@@ -455,6 +457,9 @@ def _load_scenario(directory: Path, issues: list[ScenarioIssue]) -> Scenario | N
         or tags is None
     ):
         return None
+    _requirement_issues(r, requires, manifests, requests)
+    if len(issues) > before:
+        return None
     return Scenario(
         name=name,
         description=description.strip(),
@@ -495,11 +500,22 @@ def _version_range(r: _Reader, value: object) -> VersionRange | None:
         return None
 
 
+_REQUIRES_OPTIONAL = (
+    "outbound_traffic_policy",
+    "gateway_api",
+    "access_log_encoding",
+    "external",
+    "client_credential",
+    "server_ca_credential",
+)
+
+
 def _requirements(r: _Reader, value: object) -> Requirements | None:
     path: FieldPath = ("requires",)
-    data = r.mapping(path, value, (), ("outbound_traffic_policy", "gateway_api", "access_log_encoding"))
+    data = r.mapping(path, value, (), _REQUIRES_OPTIONAL)
     if data is None:
         return None
+    before = len(r.issues)
     policy = None
     if data.get("outbound_traffic_policy") is not None:
         policy = r.choice(
@@ -513,9 +529,66 @@ def _requirements(r: _Reader, value: object) -> Requirements | None:
         choices=ACCESS_LOG_ENCODINGS,
         non_empty=True,
     )
-    if encodings is None:
+    external = r.choice((*path, "external"), data.get("external", "http"), EXTERNAL_KINDS)
+    credentials: dict[str, bool] = {}
+    for key in CREDENTIAL_VARIABLES.values():
+        flag = data.get(key, False)
+        if r.expect((*path, key), flag, bool) and flag and external == "http":
+            r.issue(
+                (*path, key),
+                "a credential for TLS origination needs an external host that serves TLS: "
+                "set requires.external to tls or mtls",
+            )
+        credentials[key] = flag is True
+    if encodings is None or external is None or len(r.issues) > before:
         return None
-    return Requirements(policy, bool(gateway_api), tuple(encodings))
+    return Requirements(
+        policy,
+        bool(gateway_api),
+        tuple(encodings),
+        external=external,
+        client_credential=credentials["client_credential"],
+        server_ca_credential=credentials["server_ca_credential"],
+    )
+
+
+def _requirement_issues(
+    r: _Reader, requires: Requirements, manifests: Sequence[Path], requests: Sequence[RequestSpec]
+) -> None:
+    """What ``requires`` says against what the manifests and requests use: a credential variable
+    without the Secret declared (or the reverse), an https request to a host that serves no TLS."""
+    for variable, key in CREDENTIAL_VARIABLES.items():
+        declared = getattr(requires, key)
+        used = False
+        for manifest in manifests:
+            for number, line in enumerate(manifest.read_text(encoding="utf-8").split("\n"), start=1):
+                if not any(m.group(1) == variable for m in PLACEHOLDER_RE.finditer(line)):
+                    continue
+                used = True
+                if not declared:
+                    r.issues.append(
+                        ScenarioIssue(
+                            manifest,
+                            number,
+                            "",
+                            f"uses {{{{ {variable} }}}}, but {display_path(r.doc.source)} does not set "
+                            f"requires.{key}: true, so the run would not create that Secret",
+                        )
+                    )
+        if declared and not used:
+            r.issue(
+                ("requires", key),
+                f"true, but no manifest uses {{{{ {variable} }}}}: name the Secret (credentialName) or drop it",
+            )
+    if requires.external_tls:
+        return
+    for i, request in enumerate(requests):
+        if request.scheme == "https":
+            r.issue(
+                ("requests", i, "scheme"),
+                "an https request needs an external host that serves TLS: set requires.external "
+                f"to tls or mtls (it is {requires.external})",
+            )
 
 
 def _manifests(r: _Reader, directory: Path, value: object) -> tuple[Path, ...] | None:

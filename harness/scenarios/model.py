@@ -13,6 +13,9 @@ errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderC
       outbound_traffic_policy: REGISTRY_ONLY  # or ALLOW_ANY; absent: runs under either
       gateway_api: false                      # true: manifests may use gateway.networking.k8s.io
       access_log_encoding: [TEXT, JSON]       # the encodings it runs in (default: both)
+      external: http                # what the external host serves: http (default), tls or mtls
+      client_credential: false      # true: the run creates Secret {{ client_credential_name }}
+      server_ca_credential: false   # true: the run creates Secret {{ ca_credential_name }}
     manifests*: [service-entry.yaml, ...]     # file names beside scenario.yaml, applied in order
     requests*:
       - name*: via-gateway                  # a DNS label, unique in the scenario
@@ -33,6 +36,27 @@ errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderC
 ``sidecar``/``gateway`` keys are Istio's JSON access-log keys (``harness.accesslog.FIELDS``); the
 sidecar is that of the last hop of the chain, the workload that calls the external host. ``null``
 means the field is absent (``-``).
+
+The external host and its certificates (``harness.certs`` makes a CA, a server certificate and a
+client certificate per run):
+
+* ``external: http``: it serves plain HTTP on ``external_port``.
+* ``external: tls``: it also serves HTTPS on ``external_tls_port`` with a server certificate for its
+  name signed by the run's CA; the workloads that call it over HTTPS themselves (the relays) trust
+  that CA. Every scenario with an ``https`` request needs ``tls`` or ``mtls``.
+* ``external: mtls``: as ``tls``, and it requires a client certificate signed by the run's CA; a
+  caller without one fails the TLS handshake.
+* ``client_credential: true``: before applying, the run creates the Secret named
+  ``{{ client_credential_name }}`` in the gateway's namespace with keys ``tls.crt``, ``tls.key``
+  (the client certificate and key) and ``ca.crt`` (the run's CA, which verifies the server): what a
+  DestinationRule ``credentialName`` needs for mutual TLS origination at the egress gateway.
+* ``server_ca_credential: true``: the run creates the Secret ``{{ ca_credential_name }}`` in the
+  gateway's namespace with the one key ``ca.crt``: what ``credentialName`` needs for SIMPLE TLS
+  origination that verifies the server (Istio reads ``<name>-cacert``, then ``<name>``).
+
+A manifest may use ``{{ client_credential_name }}`` (``{{ ca_credential_name }}``) only when its
+scenario declares ``client_credential`` (``server_ca_credential``), and a scenario that declares one
+must use it: the loader checks both ways.
 """
 
 from __future__ import annotations
@@ -49,7 +73,9 @@ __all__ = [
     "ACCESS_LOG_ENCODINGS",
     "ACCESS_LOG_FIELDS",
     "BLOCKED_AT",
+    "CREDENTIAL_VARIABLES",
     "DEFAULT_CHAIN",
+    "EXTERNAL_KINDS",
     "HOPS",
     "LOG_HOPS",
     "OUTBOUND_TRAFFIC_POLICIES",
@@ -75,6 +101,13 @@ SCHEMES: tuple[str, ...] = ("http", "https")
 ACCESS_LOG_ENCODINGS: tuple[str, ...] = ("TEXT", "JSON")
 #: Istio's meshConfig.outboundTrafficPolicy.mode values.
 OUTBOUND_TRAFFIC_POLICIES: tuple[str, ...] = ("ALLOW_ANY", "REGISTRY_ONLY")
+#: What the external host serves: plain HTTP, also HTTPS, or also HTTPS that requires client certificates.
+EXTERNAL_KINDS: tuple[str, ...] = ("http", "tls", "mtls")
+#: The template variables naming a Secret the run creates, and the ``requires`` key that asks for it.
+CREDENTIAL_VARIABLES: Mapping[str, str] = {
+    "client_credential_name": "client_credential",
+    "ca_credential_name": "server_ca_credential",
+}
 #: Where a request can be refused.
 BLOCKED_AT: tuple[str, ...] = ("sidecar", "gateway")
 #: The proxies whose access-log entry an expectation can match: the sidecar of the workload that
@@ -205,6 +238,17 @@ class Requirements:
     outbound_traffic_policy: str | None = None
     gateway_api: bool = False
     access_log_encoding: tuple[str, ...] = ACCESS_LOG_ENCODINGS
+    #: what the external host must serve: ``http``, ``tls`` or ``mtls`` (see the module docstring)
+    external: str = "http"
+    #: the run creates Secret ``client_credential_name`` (tls.crt, tls.key, ca.crt) in the gateway namespace
+    client_credential: bool = False
+    #: the run creates Secret ``ca_credential_name`` (ca.crt) in the gateway namespace
+    server_ca_credential: bool = False
+
+    @property
+    def external_tls(self) -> bool:
+        """The external host must serve TLS (``tls`` or ``mtls``)."""
+        return self.external in ("tls", "mtls")
 
 
 @dataclass(frozen=True)
@@ -292,6 +336,12 @@ class Catalog:
         return len(self.scenarios)
 
 
+class _Derived(str):
+    """A RenderContext value computed from the others (not given), so recomputed on a replace()."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class RenderContext:
     """The values ``{{ name }}`` placeholders take. The defaults are offline placeholders for rendering
@@ -308,10 +358,31 @@ class RenderContext:
     egress_gateway_service: str = "istio-egressgateway.istio-system.svc.cluster.local"
     egress_gateway_selector: str = "istio: egressgateway"
     run_id: str = "offline"
+    #: the external host's domain, for wildcard hosts (``*.{{ external_host_domain }}``); empty:
+    #: ``external_host`` without its first label (``external.egress-harness.test`` ->
+    #: ``egress-harness.test``; a single-label host has none, and a template using it then fails)
+    external_host_domain: str = ""
+    #: the Secret for mutual TLS origination (``requires.client_credential``); empty:
+    #: ``egress-harness-client-<run_id>``
+    client_credential_name: str = ""
+    #: the Secret with the CA that verifies the external host (``requires.server_ca_credential``);
+    #: empty: ``egress-harness-server-ca-<run_id>``
+    ca_credential_name: str = ""
 
     def __post_init__(self) -> None:
+        derived = {
+            "external_host_domain": self.external_host.partition(".")[2],
+            "client_credential_name": f"egress-harness-client-{self.run_id}",
+            "ca_credential_name": f"egress-harness-server-ca-{self.run_id}",
+        }
+        for name, value in derived.items():
+            # derived again when empty or derived before (dataclasses.replace passes the old value)
+            if getattr(self, name) == "" or isinstance(getattr(self, name), _Derived):
+                object.__setattr__(self, name, _Derived(value))
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "external_host_domain" and value == "":
+                continue  # a single-label external host: no domain (see render_text)
             if isinstance(value, str) and ("\n" in value or "{{" in value or not value.strip()):
                 raise ValueError(
                     f"RenderContext.{f.name}: must be one non-empty line without '{{{{', got {value!r}"
@@ -323,6 +394,7 @@ class RenderContext:
         for name in ("external_host", "unregistered_host", "egress_gateway_service"):
             if not _DNS_NAME.match(getattr(self, name)):
                 raise ValueError(f"RenderContext.{name}: not a DNS name: {getattr(self, name)!r}")
+        self._check_derived()
         for name in ("external_port", "external_tls_port"):
             port = getattr(self, name)
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
@@ -331,6 +403,21 @@ class RenderContext:
             raise ValueError(
                 f"RenderContext.egress_gateway_selector: expected 'key: value', got {self.egress_gateway_selector!r}"
             )
+
+    def _check_derived(self) -> None:
+        if self.external_host_domain and not _DNS_NAME.match(self.external_host_domain):
+            raise ValueError(
+                f"RenderContext.external_host_domain: not a DNS name: {self.external_host_domain!r}"
+            )
+        for name in CREDENTIAL_VARIABLES:
+            value = getattr(self, name)
+            if not _DNS_NAME.match(value):
+                raise ValueError(f"RenderContext.{name}: not a Kubernetes Secret name: {value!r}")
+            if value.startswith(("istio", "prometheus")) or value.endswith("-cacert"):
+                raise ValueError(
+                    f"RenderContext.{name}: Istio does not take {value!r} for a credential (names "
+                    "starting with 'istio' or 'prometheus' or ending in '-cacert' are reserved)"
+                )
 
     def variables(self) -> dict[str, str]:
         """Every placeholder name and the text it renders to."""

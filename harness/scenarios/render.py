@@ -45,7 +45,9 @@ __all__ = [
 
 
 def offline_context(istio_version: str = "1.0") -> RenderContext:
-    """The placeholder values used without a cluster (rendering for a look, offline validation)."""
+    """The placeholder values used without a cluster (rendering for a look, offline validation):
+    the defaults of :class:`RenderContext`, e.g. ``external_host_domain`` ``egress-harness.test`` and
+    ``client_credential_name`` ``egress-harness-client-offline``."""
     return RenderContext(istio_version=istio_version)
 
 
@@ -57,11 +59,25 @@ def fill_placeholders(text: str, variables: Mapping[str, str]) -> str:
 def render_text(
     text: str, context: RenderContext, *, source: Path, first_line: int = 1, field: str = ""
 ) -> str:
-    """``text`` with its placeholders filled; :class:`ScenarioError` for an unknown or malformed one."""
+    """``text`` with its placeholders filled; :class:`ScenarioError` for an unknown or malformed one,
+    or one whose value the context leaves empty (``external_host_domain`` of a single-label host)."""
     issues = template_issues(text, source, first_line=first_line, field=field)
+    variables = context.variables()
+    for offset, line_text in enumerate(text.split("\n")):
+        for m in PLACEHOLDER_RE.finditer(line_text):
+            if variables.get(m.group(1)) == "":
+                issues.append(
+                    ScenarioIssue(
+                        source,
+                        first_line + offset,
+                        field,
+                        f"{{{{ {m.group(1)} }}}} has no value in this run: external_host "
+                        f"{context.external_host!r} has no domain (one label); set external_host_domain",
+                    )
+                )
     if issues:
         raise ScenarioError(issues)
-    return fill_placeholders(text, context.variables())
+    return fill_placeholders(text, variables)
 
 
 @dataclass(frozen=True)

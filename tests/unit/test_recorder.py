@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import queue
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,10 @@ import httpx
 import pytest
 import recorder
 from recorder import Recorder
+
+from harness.certs import TestPKI, generate_pki, openssl_unavailable_reason
+from harness.traffic import Traffic, chain_url
+from tests.unit.test_relay import RelayPool
 
 
 def _get(rec: Recorder, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, int]:
@@ -228,3 +235,276 @@ def test_runs_as_a_process(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert proc.poll() is not None
+
+
+# ------------------------------------------------------------------------------------------ TLS
+
+TLS_HOST = "external.egress-harness.test"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    reason = openssl_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs the openssl tool: {reason}")
+    return generate_pki(tmp_path_factory.mktemp("pki"), [TLS_HOST, "*.egress-harness.test", "127.0.0.1"])
+
+
+def _client_context(pki: TestPKI, *, with_cert: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+    if with_cert:
+        context.load_cert_chain(pki.client.cert_path, pki.client.key_path)
+    return context
+
+
+def _https_get(
+    rec: Recorder, path: str, context: ssl.SSLContext, *, sni: str = TLS_HOST, request_id: str = "tls-1"
+) -> tuple[int, bytes]:
+    """GET over TLS to the recorder's loopback TLS port, with `sni` as the server name (and Host)."""
+    assert rec.tls_port is not None
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {sni}\r\nx-request-id: {request_id}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with (
+        socket.create_connection((rec.host, rec.tls_port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=sni) as tls,
+    ):
+        tls.sendall(request)
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _wait_for_failures(rec: Recorder, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found: list[dict[str, Any]] = [dict(f) for f in rec.handshake_failures()]
+        if len(found) >= count or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.02)
+
+
+def test_https_is_recorded_with_sni_version_and_cipher(pki: TestPKI) -> None:
+    with Recorder(tls_port=0, cert=pki.server.cert_path, key=pki.server.key_path) as rec:
+        assert rec.tls_url == f"https://127.0.0.1:{rec.tls_port}"
+        status, body = _https_get(rec, "/secure?x=1", _client_context(pki), sni="a.egress-harness.test")
+        assert status == 200
+        assert json.loads(body)["path"] == "/secure?x=1"
+        (record,) = rec.records(request_id="tls-1")
+        assert record["path"] == "/secure?x=1"
+        assert record["host"] == "a.egress-harness.test"
+        assert record["client_ip"] == "127.0.0.1"
+        tls = record["tls"]
+        assert tls is not None
+        assert tls["sni"] == "a.egress-harness.test"
+        assert tls["version"] in ("TLSv1.2", "TLSv1.3")
+        assert tls["cipher"]
+        assert tls["client_cert_subject"] is None  # no client certificate asked for
+        # plain HTTP on the other port: no tls block; the control API is there
+        status, _, _ = _get(rec, "/plain", {"X-Request-Id": "plain-1"})
+        assert status == 200
+        (plain,) = _control(rec, "?request_id=plain-1")
+        assert plain["tls"] is None
+        assert {r["path"] for r in _control(rec)} == {"/secure?x=1", "/plain"}
+
+
+def test_control_paths_on_the_tls_port_are_just_requests(pki: TestPKI) -> None:
+    with Recorder(tls_port=0, cert=pki.server.cert_path, key=pki.server.key_path) as rec:
+        status, body = _https_get(rec, "/__recorder/requests", _client_context(pki), request_id="c1")
+        assert status == 200
+        assert json.loads(body)["path"] == "/__recorder/requests"
+        (record,) = rec.records(request_id="c1")
+        assert record["tls"] is not None
+
+
+def test_a_client_that_does_not_trust_the_ca_is_no_record(pki: TestPKI) -> None:
+    with Recorder(tls_port=0, cert=pki.server.cert_path, key=pki.server.key_path) as rec:
+        stranger = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _https_get(rec, "/x", stranger)
+        (failure,) = _wait_for_failures(rec)
+        assert failure["sni"] == TLS_HOST
+        assert failure["client_ip"] == "127.0.0.1"
+        assert rec.records() == []
+        failures = httpx.get(f"{rec.url}/__recorder/handshake-failures", timeout=5).json()
+        assert [f["sni"] for f in failures] == [TLS_HOST]
+
+
+def test_mutual_tls_without_a_client_certificate_fails_and_records_nothing(pki: TestPKI) -> None:
+    with Recorder(
+        tls_port=0, cert=pki.server.cert_path, key=pki.server.key_path, client_ca=pki.ca.cert_path
+    ) as rec:
+        assert rec.mutual_tls
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _https_get(rec, "/no-cert", _client_context(pki))
+        (failure,) = _wait_for_failures(rec)
+        assert "certificate" in failure["error"].lower(), failure
+        assert failure["sni"] == TLS_HOST
+        assert rec.records() == []
+
+
+def test_mutual_tls_with_the_client_certificate_records_its_subject(pki: TestPKI) -> None:
+    with Recorder(
+        tls_port=0, cert=pki.server.cert_path, key=pki.server.key_path, client_ca=pki.ca.cert_path
+    ) as rec:
+        status, _ = _https_get(rec, "/with-cert", _client_context(pki, with_cert=True), request_id="m1")
+        assert status == 200
+        (record,) = rec.records(request_id="m1")
+        assert record["tls"] is not None
+        assert record["tls"]["client_cert_subject"] == pki.client.subject
+        assert record["tls"]["client_cert_subject"] == "CN=egress-harness-client,O=istio-egress-harness"
+        assert record["tls"]["sni"] == TLS_HOST
+        assert rec.handshake_failures() == []
+
+
+def test_mutual_tls_refuses_a_client_certificate_of_another_ca(pki: TestPKI, tmp_path: Path) -> None:
+    other = generate_pki(tmp_path / "other", [TLS_HOST])
+    context = _client_context(pki)
+    context.load_cert_chain(other.client.cert_path, other.client.key_path)
+    with Recorder(
+        tls_port=0, cert=pki.server.cert_path, key=pki.server.key_path, client_ca=pki.ca.cert_path
+    ) as rec:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _https_get(rec, "/other-ca", context)
+        (failure,) = _wait_for_failures(rec)
+        assert "certificate verify failed" in failure["error"]
+        assert rec.records() == []
+
+
+def test_tls_options_are_checked(pki: TestPKI, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="a TLS port needs cert and key"):
+        Recorder(tls_port=0, cert=pki.server.cert_path)
+    with pytest.raises(ValueError, match="cert, key and client_ca need a tls_port"):
+        Recorder(cert=pki.server.cert_path, key=pki.server.key_path)
+    with pytest.raises(ssl.SSLError):  # the key does not match the certificate
+        Recorder(tls_port=0, cert=pki.server.cert_path, key=pki.client.key_path)
+    with Recorder() as rec, pytest.raises(ValueError, match="no TLS port"):
+        rec.tls_url  # noqa: B018
+
+
+def test_relays_trust_the_run_ca_through_ssl_cert_file(pki: TestPKI, tmp_path: Path) -> None:
+    """The contract for the cluster tier: a relay whose SSL_CERT_FILE is the run's CA reaches the TLS
+    external host (as in the passthrough scenarios); without it the relay refuses the certificate."""
+    with (
+        Recorder(tls_port=0, cert=pki.server.cert_path, key=pki.server.key_path) as rec,
+        Traffic(timeout=10.0) as traffic,
+    ):
+        pool = RelayPool(tmp_path)
+        try:
+            trusting = pool("target", env={"SSL_CERT_FILE": str(pki.ca.cert_path)})
+            plain = pool("plain")
+            url = f"{rec.tls_url}/via-relay"
+            answer = traffic.send(chain_url([trusting.proxy_url], url))
+            assert answer.status == 200, answer
+            (record,) = rec.records(path_contains="/via-relay")
+            assert record["tls"] is not None and record["tls"]["sni"] is None  # an IP address: no SNI
+            refused = traffic.send(chain_url([plain.proxy_url], url))
+            assert refused.status == 502
+            assert "CERTIFICATE_VERIFY_FAILED" in (refused.error or ""), refused
+            assert len(rec.records(path_contains="/via-relay")) == 1
+        finally:
+            pool.stop_all()
+
+
+def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """The recorder as a process; its stdout lines up to the last `listening` line (or its exit)."""
+    script = Path(recorder.__file__).resolve()
+    log = (tmp_path / "recorder.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--bind", "127.0.0.1", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    log.close()
+    assert proc.stdout is not None
+    stream = proc.stdout
+    queued: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:  # keeps draining, so the child never blocks on a full pipe
+        try:
+            for line in stream:
+                queued.put(line.rstrip("\n"))
+        except (OSError, ValueError):  # closed by _end
+            pass
+        queued.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    lines: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(lines) < 2:
+        try:
+            line = queued.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        lines.append(line)
+    return proc, lines
+
+
+def _end(proc: subprocess.Popen[str]) -> int:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_runs_as_a_process_with_mutual_tls(pki: TestPKI, tmp_path: Path) -> None:
+    args = ["--tls-port", "0", "--cert", str(pki.server.cert_path), "--key", str(pki.server.key_path)]
+    proc, lines = _start([*args, "--client-ca", str(pki.ca.cert_path)], tmp_path)
+    try:
+        assert len(lines) == 2, lines
+        assert lines[0].startswith("listening on 127.0.0.1:"), lines
+        assert lines[1].startswith("listening tls on 127.0.0.1:"), lines
+        http_port, tls_port = (int(line.rsplit(":", 1)[1]) for line in lines)
+        assert http_port != tls_port
+        context = _client_context(pki, with_cert=True)
+        with (
+            socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=TLS_HOST) as tls,
+        ):
+            tls.sendall(b"GET /p HTTP/1.1\r\nHost: x\r\nx-request-id: proc-1\r\nConnection: close\r\n\r\n")
+            assert tls.recv(12).startswith(b"HTTP/1.1 200")
+        records = httpx.get(f"http://127.0.0.1:{http_port}/__recorder/requests", timeout=5).json()
+        assert [(r["path"], r["tls"]["client_cert_subject"]) for r in records] == [("/p", pki.client.subject)]
+        assert _end(proc) == 0
+        log = (tmp_path / "recorder.log").read_text()
+        assert "tls requires client certificates signed by" in log
+        assert "SIGTERM" in log
+    finally:
+        _end(proc)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tls-port", "0"], "--tls-port needs --cert and --key"),
+        (["--cert", "c.pem"], "--cert, --key and --client-ca need --tls-port"),
+    ],
+)
+def test_tls_flags_are_checked(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        recorder.parse_args(args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unloadable_tls_files_end_the_process_before_it_listens(pki: TestPKI, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    proc, lines = _start(
+        ["--tls-port", "0", "--cert", str(missing), "--key", str(pki.server.key_path)], tmp_path
+    )
+    assert _end(proc) == 2
+    assert lines == []
+    log = (tmp_path / "recorder.log").read_text()
+    assert f"recorder: cannot load the TLS files (--cert {missing} --key {pki.server.key_path})" in log

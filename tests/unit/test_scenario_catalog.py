@@ -167,7 +167,14 @@ def test_every_value_comes_from_the_context(name: str) -> None:
     rendered = render(scenario, OTHER_CONTEXT)
     defaults = offline_context()
     text = rendered.text
-    for value in (defaults.external_host, defaults.unregistered_host, defaults.egress_gateway_service):
+    for value in (
+        defaults.external_host,
+        defaults.unregistered_host,
+        defaults.egress_gateway_service,
+        defaults.external_host_domain,
+        defaults.client_credential_name,
+        defaults.ca_credential_name,
+    ):
         assert value not in text, f"{name}: {value!r} is written out instead of templated"
     assert defaults.egress_gateway_selector not in text
     for doc in rendered.documents:
@@ -184,21 +191,86 @@ def test_every_value_comes_from_the_context(name: str) -> None:
             assert not any(isinstance(v, str) and "{{" in v for v in values.values())
 
 
-def test_the_wildcard_domain_is_the_one_literal_host_and_covers_the_default_hosts() -> None:
-    """No template variable holds the external host's domain yet (proposed: external_host_domain), so
-    the wildcard scenario writes the harness's test domain out; it must cover both default hosts."""
+def test_the_wildcard_is_the_external_host_domain_and_covers_the_request_host() -> None:
+    """The wildcard scenario's domain is ``external_host_domain`` (no literal domain is left), and it
+    covers the host the request goes to, with the defaults and with another context alike."""
     scenario = CATALOG.get("wildcard-host-via-egress-gateway")
-    rendered = render(scenario, OTHER_CONTEXT)
-    (wildcard_se, backend_se) = docs_of(rendered, "ServiceEntry")
-    assert wildcard_se["spec"]["hosts"] == ["*.egress-harness.test"]
-    assert wildcard_se["spec"]["resolution"] == "NONE"
-    assert backend_se["spec"]["hosts"] == [OTHER_CONTEXT.external_host]
-    assert backend_se["spec"]["resolution"] == "DNS"
-    defaults = offline_context()
-    for host in (defaults.external_host, defaults.unregistered_host):
-        assert host.endswith(".egress-harness.test"), host
     (request,) = scenario.requests
     assert request.host == "{{ unregistered_host }}"  # a host only the wildcard registers
+    for context in (offline_context(), OTHER_CONTEXT):
+        rendered = render(scenario, context)
+        wildcard = f"*.{context.external_host_domain}"
+        (wildcard_se, backend_se) = docs_of(rendered, "ServiceEntry")
+        assert wildcard_se["spec"]["hosts"] == [wildcard]
+        assert wildcard_se["spec"]["resolution"] == "NONE"
+        assert backend_se["spec"]["hosts"] == [context.external_host]
+        assert backend_se["spec"]["resolution"] == "DNS"
+        (gateway,) = docs_of(rendered, "Gateway")
+        assert gateway["spec"]["servers"][0]["hosts"] == [wildcard]
+        (vs,) = docs_of(rendered, "VirtualService")
+        assert vs["spec"]["hosts"] == [wildcard]
+        host = render_request(request, context, source=scenario.file).host
+        assert host.endswith("." + context.external_host_domain), (host, wildcard)
+    assert offline_context().external_host_domain == "egress-harness.test"
+    assert OTHER_CONTEXT.external_host_domain == "partner.example"
+
+
+def _tls_settings(rendered: RenderedScenario, host: str) -> dict[str, Any]:
+    (rule,) = [dr for dr in docs_of(rendered, "DestinationRule") if dr["spec"]["host"] == host]
+    (port,) = rule["spec"]["trafficPolicy"]["portLevelSettings"]
+    settings: dict[str, Any] = port["tls"]
+    return settings
+
+
+def test_tls_origination_verifies_the_server_with_the_run_ca_secret() -> None:
+    """No insecureSkipVerify: the gateway verifies the external host's certificate with the CA in the
+    Secret the run creates (``ca_credential_name``) and checks the host's name in it."""
+    scenario = CATALOG.get("tls-origination-at-egress-gateway")
+    assert scenario.requires.server_ca_credential and not scenario.requires.client_credential
+    rendered = render(scenario, OTHER_CONTEXT)
+    assert "insecureSkipVerify" not in rendered.text
+    tls = _tls_settings(rendered, OTHER_CONTEXT.external_host)
+    assert tls == {
+        "mode": "SIMPLE",
+        "credentialName": "egress-harness-server-ca-r42",
+        "sni": OTHER_CONTEXT.external_host,
+        "subjectAltNames": [OTHER_CONTEXT.external_host],
+    }
+    assert tls["credentialName"] == OTHER_CONTEXT.ca_credential_name
+
+
+def test_mtls_origination_names_the_client_secret_of_the_run() -> None:
+    scenario = CATALOG.get("mtls-origination-at-egress-gateway")
+    assert scenario.requires.external == "mtls"
+    assert scenario.requires.client_credential and not scenario.requires.server_ca_credential
+    rendered = render(scenario, OTHER_CONTEXT)
+    (rule,) = [
+        dr for dr in docs_of(rendered, "DestinationRule") if dr["spec"]["host"] == OTHER_CONTEXT.external_host
+    ]
+    # the gateway reads the Secret from its own namespace; the rule sits beside it
+    assert rule["metadata"]["namespace"] == OTHER_CONTEXT.gateway_namespace
+    tls = _tls_settings(rendered, OTHER_CONTEXT.external_host)
+    assert tls["mode"] == "MUTUAL"
+    assert tls["credentialName"] == OTHER_CONTEXT.client_credential_name == "egress-harness-client-r42"
+    assert tls["subjectAltNames"] == [OTHER_CONTEXT.external_host]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_tls_scenarios_declare_the_external_host_they_need(name: str) -> None:
+    scenario = CATALOG.get(name)
+    https = any(r.scheme == "https" for r in scenario.requests)
+    originates = "tls-origination" in scenario.tags
+    assert scenario.requires.external_tls == (https or originates), scenario.requires
+    assert (scenario.requires.external == "mtls") == ("mtls" in scenario.tags)
+    text = render(scenario).text
+    for variable, key in (
+        ("client_credential_name", "client_credential"),
+        ("ca_credential_name", "server_ca_credential"),
+    ):
+        assert (getattr(offline_context(), variable) in text) == getattr(scenario.requires, key), (
+            name,
+            variable,
+        )
 
 
 # ------------------------------------------------------------- manifests and expectations agree
@@ -411,15 +483,15 @@ BROKEN: dict[str, tuple[str, str, str, str, dict[str, tuple[str, str]], int]] = 
         },
         1,
     ),
-    "DestinationRule-tls-insecureSkipVerify-as-text": (
+    "DestinationRule-tls-subjectAltNames-as-text": (
         "tls-origination-at-egress-gateway",
         "destination-rules.yaml",
-        "insecureSkipVerify: true",
-        'insecureSkipVerify: "yes"',
+        "subjectAltNames:\n            - {{ external_host }}",
+        'subjectAltNames: "{{ external_host }}"',
         {
-            "spec.trafficPolicy.portLevelSettings[0].tls.insecureSkipVerify": (
-                "expected boolean, got string",
-                'insecureSkipVerify: "yes"',
+            "spec.trafficPolicy.portLevelSettings[0].tls.subjectAltNames": (
+                "expected array, got string",
+                'subjectAltNames: "',
             )
         },
         1,

@@ -392,6 +392,150 @@ def test_field_errors_name_line_and_field(tmp_path: Path, case: tuple[str, str, 
     assert got_message.startswith(message)
 
 
+# ------------------------------------------------------- the external host and its credentials
+
+#: a TLS origination manifest naming the credential Secrets the run creates
+CREDENTIAL_MANIFEST = textwrap.dedent(
+    """\
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata:
+      name: originate
+      namespace: {{ gateway_namespace }}
+    spec:
+      host: {{ external_host }}
+      trafficPolicy:
+        tls:
+          mode: MUTUAL
+          credentialName: {{ client_credential_name }}
+    """
+)
+
+
+def test_requires_external_and_credentials_default_to_plain_http(tmp_path: Path) -> None:
+    write_scenario(tmp_path, GOOD)
+    requires = load_scenario(tmp_path / "demo").requires
+    assert (requires.external, requires.client_credential, requires.server_ca_credential) == (
+        "http",
+        False,
+        False,
+    )
+    assert requires.external_tls is False
+
+
+@pytest.mark.parametrize("external", ["tls", "mtls"])
+def test_requires_external_tls_and_a_used_credential_load(tmp_path: Path, external: str) -> None:
+    text = GOOD.replace(
+        "istio:\n", f"requires:\n  external: {external}\n  client_credential: true\nistio:\n", 1
+    ).replace("manifests: [service-entry.yaml]", "manifests: [service-entry.yaml, dr.yaml]")
+    write_scenario(tmp_path, text, files={"service-entry.yaml": MANIFEST, "dr.yaml": CREDENTIAL_MANIFEST})
+    requires = load_scenario(tmp_path / "demo").requires
+    assert (requires.external, requires.client_credential, requires.server_ca_credential) == (
+        external,
+        True,
+        False,
+    )
+    assert requires.external_tls is True
+
+
+@pytest.mark.parametrize(
+    ("requires", "line", "field", "message"),
+    [
+        (
+            "requires:\n  external: ssl\n",
+            4,
+            "requires.external",
+            "expected one of http, tls, mtls, got 'ssl'",
+        ),
+        ("requires:\n  external: true\n", 4, "requires.external", "expected str, got bool"),
+        (
+            "requires: {server_ca_credential: 1}\n",
+            3,
+            "requires.server_ca_credential",
+            "expected bool, got int",
+        ),
+        (
+            "requires:\n  external: http\n  server_ca_credential: true\n",
+            5,
+            "requires.server_ca_credential",
+            "a credential for TLS origination needs an external host that serves TLS: set "
+            "requires.external to tls or mtls",
+        ),
+        (
+            "requires:\n  externals: tls\n",
+            4,
+            "requires.externals",
+            "unknown key (did you mean 'external'?)",
+        ),
+    ],
+    ids=["unknown-kind", "not-a-string", "flag-not-bool", "credential-without-tls", "typo"],
+)
+def test_a_bad_requires_external_names_file_line_and_field(
+    tmp_path: Path, requires: str, line: int, field: str, message: str
+) -> None:
+    write_scenario(tmp_path, GOOD.replace("istio:\n", requires + "istio:\n", 1))
+    (issue,) = raw_issues(tmp_path)
+    assert issue.path == tmp_path / "demo" / "scenario.yaml"
+    assert (issue.line, issue.field, issue.message) == (line, field, message)
+    assert str(issue).endswith(f"demo/scenario.yaml:{line}: {field}: {message}")
+
+
+def test_a_credential_variable_needs_the_secret_declared(tmp_path: Path) -> None:
+    text = GOOD.replace("istio:\n", "requires: {external: mtls}\nistio:\n", 1).replace(
+        "manifests: [service-entry.yaml]", "manifests: [service-entry.yaml, dr.yaml]"
+    )
+    write_scenario(tmp_path, text, files={"service-entry.yaml": MANIFEST, "dr.yaml": CREDENTIAL_MANIFEST})
+    (issue,) = raw_issues(tmp_path)
+    assert (issue.path, issue.line, issue.field) == (tmp_path / "demo" / "dr.yaml", 11, "")
+    assert issue.message.startswith("uses {{ client_credential_name }}, but ")
+    assert issue.message.endswith(
+        "does not set requires.client_credential: true, so the run would not create that Secret"
+    )
+
+
+def test_a_declared_secret_must_be_used(tmp_path: Path) -> None:
+    text = GOOD.replace("istio:\n", "requires:\n  external: tls\n  server_ca_credential: true\nistio:\n", 1)
+    assert one_issue(tmp_path, text) == (
+        5,
+        "requires.server_ca_credential",
+        "true, but no manifest uses {{ ca_credential_name }}: name the Secret (credentialName) or drop it",
+    )
+
+
+def test_an_https_request_needs_an_external_host_that_serves_tls(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        '    host: "{{ external_host }}"', '    scheme: https\n    host: "{{ external_host }}"'
+    )
+    assert one_issue(tmp_path, text) == (
+        8,
+        "requests[0].scheme",
+        "an https request needs an external host that serves TLS: set requires.external to tls or mtls "
+        "(it is http)",
+    )
+    for kind in ("tls", "mtls"):
+        ok = tmp_path / kind
+        write_scenario(ok, text.replace("istio:\n", f"requires: {{external: {kind}}}\nistio:\n", 1))
+        assert load_scenario(ok / "demo").requests[0].scheme == "https"
+
+
+def test_every_tls_scenario_of_the_catalog_declares_what_it_needs() -> None:
+    catalog = load_catalog(DEFAULT_SCENARIOS_DIR)
+    for scenario in catalog.scenarios:
+        if any(r.scheme == "https" for r in scenario.requests):
+            assert scenario.requires.external_tls, scenario.name
+    mtls = catalog.get("mtls-origination-at-egress-gateway").requires
+    assert (mtls.external, mtls.client_credential, mtls.server_ca_credential) == ("mtls", True, False)
+    tls = catalog.get("tls-origination-at-egress-gateway").requires
+    assert (tls.external, tls.client_credential, tls.server_ca_credential) == ("tls", False, True)
+    for name in (
+        "https-passthrough-via-egress-gateway",
+        "registry-only-blocked-tls",
+        "gateway-api-tls-passthrough-via-egress-gateway",
+    ):
+        assert catalog.get(name).requires.external == "tls", name
+    assert catalog.get("http-via-egress-gateway").requires.external == "http"
+
+
 def test_duplicate_request_names(tmp_path: Path) -> None:
     text = GOOD + "  - name: one\n    host: x.test\n    expect: {status: 200, via_gateway: false}\n"
     assert one_issue(tmp_path, text) == (

@@ -138,6 +138,86 @@ def test_variables_cover_every_field() -> None:
     assert ctx(external_port=8080).variables()["external_port"] == "8080"
 
 
+def test_derived_variables_follow_the_host_and_the_run() -> None:
+    variables = ctx(external_host="api.partner.example", run_id="r7").variables()
+    assert variables["external_host_domain"] == "partner.example"
+    assert variables["client_credential_name"] == "egress-harness-client-r7"
+    assert variables["ca_credential_name"] == "egress-harness-server-ca-r7"
+    offline = ctx().variables()
+    assert offline["external_host_domain"] == "egress-harness.test"
+    assert offline["client_credential_name"] == "egress-harness-client-offline"
+    assert offline["ca_credential_name"] == "egress-harness-server-ca-offline"
+
+
+def test_derived_variables_can_be_set_and_are_derived_again_on_replace() -> None:
+    given = ctx(external_host_domain="other.test", client_credential_name="my-client", run_id="a")
+    assert (given.external_host_domain, given.client_credential_name) == ("other.test", "my-client")
+    assert given.ca_credential_name == "egress-harness-server-ca-a"
+    moved = replace(given, run_id="b", external_host="x.y.example")
+    # what was set stays set; what was derived follows the new values
+    assert (moved.external_host_domain, moved.client_credential_name) == ("other.test", "my-client")
+    assert moved.ca_credential_name == "egress-harness-server-ca-b"
+    derived = replace(ctx(run_id="a"), run_id="b", external_host="x.y.example")
+    assert (derived.external_host_domain, derived.client_credential_name) == (
+        "y.example",
+        "egress-harness-client-b",
+    )
+
+
+def test_the_new_variables_render_in_templates() -> None:
+    text = (
+        "hosts: ['*.{{ external_host_domain }}']\n"
+        "mtls: {{ client_credential_name }}\n"
+        "ca: {{ ca_credential_name }}\n"
+    )
+    out = render_text(text, ctx(external_host="h.corp.example", run_id="r9"), source=Path("x.yaml"))
+    assert yaml.safe_load(out) == {
+        "hosts": ["*.corp.example"],
+        "mtls": "egress-harness-client-r9",
+        "ca": "egress-harness-server-ca-r9",
+    }
+
+
+def test_a_single_label_host_has_no_domain_and_a_wildcard_of_it_is_an_error() -> None:
+    context = ctx(external_host="localhost")
+    assert context.variables()["external_host_domain"] == ""
+    assert render_text("host: {{ external_host }}\n", context, source=Path("x.yaml")) == "host: localhost\n"
+    with pytest.raises(ScenarioError) as info:
+        render_text("a: 1\nhosts: ['*.{{ external_host_domain }}']\n", context, source=Path("gw.yaml"))
+    (issue,) = info.value.issues
+    assert (issue.path, issue.line) == (Path("gw.yaml"), 2)
+    assert issue.message == (
+        "{{ external_host_domain }} has no value in this run: external_host 'localhost' has no domain "
+        "(one label); set external_host_domain"
+    )
+    wildcard = CATALOG.get("wildcard-host-via-egress-gateway")
+    with pytest.raises(ScenarioError) as whole:
+        render_scenario(wildcard, context)
+    assert {(i.path.name, i.message.split(" has")[0]) for i in whole.value.issues} == {
+        (name, "{{ external_host_domain }}")
+        for name in ("service-entries.yaml", "gateway.yaml", "virtual-service.yaml")
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("external_host_domain", "*.test", "RenderContext.external_host_domain: not a DNS name"),
+        ("client_credential_name", "Client_Cred", "RenderContext.client_credential_name: not a Kubernetes"),
+        (
+            "ca_credential_name",
+            "istio-ca",
+            "RenderContext.ca_credential_name: Istio does not take 'istio-ca'",
+        ),
+        ("client_credential_name", "prometheus-x", "RenderContext.client_credential_name: Istio does not"),
+        ("ca_credential_name", "run-ca-cacert", "RenderContext.ca_credential_name: Istio does not take"),
+    ],
+)
+def test_a_bad_derived_value_is_refused(field: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("*", r"\*")):
+        ctx(**{field: value})
+
+
 def test_requests_render_with_ports_and_log_expectations() -> None:
     (request,) = MISSION.requests
     resolved = render_request(
