@@ -157,7 +157,11 @@ def test_mutual_tls_needs_the_client_certificate(image: str, network: str, owner
         with _client(image, network, owner, pki, cert=True) as client:
             code, output = _get(client, url, "no-cert")
             assert code == 1, output
-            assert "CERTIFICATE_REQUIRED" in output.upper() or "certificate required" in output, output
+            # The client's wording depends on when the server's alert arrives (TLS 1.3 may show a bare
+            # EOF); the proof is on the server's side: a refused handshake and no record.
+            assert any(
+                w in output.upper() for w in ("CERTIFICATE_REQUIRED", "CERTIFICATE REQUIRED", "EOF")
+            ), output
             assert recorder.records() == []
             (failure,) = recorder.handshake_failures()
             assert (failure["sni"], failure["client_ip"]) == (SCENARIO_ALIAS, client.container_ip)
