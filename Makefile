@@ -13,6 +13,10 @@ ISTIO_VERSION ?=
 UPGRADE_FROM ?=
 UPGRADE_TO ?=
 UPGRADE_MODE ?= canary
+# make e2e: where `e2e up` keeps the run's state, how many pytest workers, settings of the run itself.
+E2E_RUN_DIR ?= .cache/e2e-run
+E2E_WORKERS ?= auto
+E2E_UP_ARGS ?=
 # The Envoy lines of current Istio releases: the local mesh's configs are validated with each.
 ENVOY_VERSIONS ?= 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
 ENVOY_CACHE ?= .cache/envoy
@@ -49,12 +53,27 @@ bench: $(STAMP) ## benchmarks; results are ratios, printed and written to artifa
 tools: $(STAMP) ## download the pinned kind, kubectl and istioctl into .cache/bin (sha256-verified)
 	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
 
-e2e: $(STAMP) ## the cluster tier: kind + Istio + relay apps (needs Docker and internet)
+e2e: $(STAMP) ## the cluster tier: e2e up, the tests in parallel against that one cluster, e2e down (also on failure)
 	$(PY) -m harness.cli e2e preflight
 	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
-	EGRESS_HARNESS_ISTIO_VERSION=$(ISTIO_VERSION) EGRESS_HARNESS_UPGRADE_FROM=$(UPGRADE_FROM) \
-	EGRESS_HARNESS_UPGRADE_TO=$(UPGRADE_TO) EGRESS_HARNESS_UPGRADE_MODE=$(UPGRADE_MODE) \
-	EGRESS_HARNESS_RESULTS_DIR=artifacts/results $(PY) -m pytest -m e2e -p no:cacheprovider $(PYTEST_ARGS)
+ifneq ($(UPGRADE_FROM)$(UPGRADE_TO),)
+	$(PY) -m harness.cli e2e tools --istio-version $(UPGRADE_FROM)
+	$(PY) -m harness.cli e2e tools --istio-version $(UPGRADE_TO)
+	EGRESS_HARNESS_UPGRADE_FROM=$(UPGRADE_FROM) EGRESS_HARNESS_UPGRADE_TO=$(UPGRADE_TO) \
+	EGRESS_HARNESS_UPGRADE_MODE=$(UPGRADE_MODE) EGRESS_HARNESS_RESULTS_DIR=artifacts/results \
+	$(PY) -m pytest -m e2e -p no:cacheprovider tests/e2e/test_upgrade.py $(PYTEST_ARGS)
+else
+	@set -u; run_dir='$(E2E_RUN_DIR)'; \
+	down() { status=$$?; \
+	  if [ $$status -ne 0 ] && [ "$${EGRESS_HARNESS_KEEP_CLUSTER:-}" = 1 ]; then \
+	    echo ">> keeping the run in $$run_dir; remove it with: $(PY) -m harness.cli e2e down --run-dir $$run_dir" >&2; \
+	  else $(PY) -m harness.cli e2e down --run-dir "$$run_dir" || status=1; fi; \
+	  exit $$status; }; \
+	trap down EXIT; trap 'exit 130' INT TERM; \
+	$(PY) -m harness.cli e2e up --run-dir "$$run_dir" $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION)) $(E2E_UP_ARGS) >/dev/null && \
+	EGRESS_HARNESS_RESULTS_DIR=artifacts/results $(PY) -m pytest -m e2e -p no:cacheprovider -n $(E2E_WORKERS) \
+	  --run-state "$$run_dir/run-state.json" $(PYTEST_ARGS)
+endif
 
 clean: ## remove .venv, caches and artifacts
 	rm -rf $(VENV) .cache artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -38,21 +38,48 @@ gateway are asked for their configuration (``istioctl proxy-config all <pod>.<ns
 holds every object of the scenario that reaches them (a ServiceEntry's clusters, and the
 DestinationRules and VirtualServices, which Istio names in the metadata of the clusters and routes it
 builds from them). Removal waits until they are gone again, so one scenario cannot leak into the next.
+
+The whole catalog (:class:`ScenarioRunner`): each scenario runs in a namespace of its own
+(``e<run id>-<scenario>``, labelled with the run id) with its own ``proxy`` and ``target`` and its
+own external host names (``<scenario>.egress-harness.test``, ``unregistered-<scenario>.egress-harness.test``;
+the recorder answers to all of them, :func:`recorder_aliases`), so that scenarios running at the
+same time never give the shared egress gateway two servers for one host. The namespace is reached
+through the shared ingress Gateway of the run namespace: a VirtualService per namespace matches
+``/<ns>/proxy`` and rewrites it to ``/proxy`` (:func:`ingress_route`), so the chain URL is
+``<ingress>/<ns>/proxy?url=...``. A scenario whose objects reach beyond its namespace (a wildcard
+host exported everywhere, a policy in the gateway's namespace) holds the run's scenario lock alone
+(:class:`ScenarioLock`, across pytest-xdist workers), the others share it. Each scenario ends as a
+``harness.results.ScenarioResult``; its namespace is removed whatever happened, unless
+keep-on-failure is on and it failed.
+
+A run made by ``egress-harness e2e up`` is described by a :class:`RunState` file; ``E2ERun(...,
+state=RunState.load(path))`` attaches to it (nothing is created or deleted but scenario namespaces),
+which is how every pytest-xdist worker shares one cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import errno
+import fcntl
+import hashlib
 import json
+import os
 import re
 import secrets
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+import httpx
+import yaml
 
 from harness import tools, versions
 from harness.apps import (
@@ -62,24 +89,51 @@ from harness.apps import (
     RelayApps,
     build_app_image,
     prepare_relay_image,
+    relay_documents,
 )
 from harness.cluster import ExistingCluster, KindCluster
-from harness.evidence import EntryLog, RequestRef, Wait
+from harness.evidence import EGRESS_GATEWAY_SERVICE, EntryLog, RequestRef, Wait
 from harness.evidence.external import Record, expect_external_record
 from harness.external import DEFAULT_ALIAS, RecorderContainer
 from harness.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, IstioInstall
 from harness.kube import INJECTION_LABELS, Kube, ObjectRef, RolloutCheck, WaitTimeoutError, wait_until
 from harness.podlogs import PodLogSource
 from harness.proc import CommandError, progress, run
+from harness.results import Phase, RunResult, ScenarioResult, utc_now
 from harness.traffic import ChainResponse, Traffic, TrafficError, chain_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KIND_NETWORK = "kind"
 EXTERNAL_ALIAS = DEFAULT_ALIAS
 UNREGISTERED_ALIAS = "unregistered.egress-harness.test"
+#: the harness's own test domain: every recorder alias is a name in it
+TEST_DOMAIN = "egress-harness.test"
 DEFAULT_INTERNET_HOST = "httpbin.org"
 TARGET_APP = "target"
 RELAY_PORT = 8080
+#: the path prefix the run namespace's ingress route sends to its ``proxy``
+INGRESS_PATH = "/proxy"
+#: the ingress Gateway of manifests/apps/relay.yaml; every scenario namespace's route binds to it
+INGRESS_GATEWAY_NAME = "relay-gateway"
+#: labels on every namespace a run creates (``e2e down`` finds leftovers by the first)
+RUN_LABEL = "io.egress-harness.run"
+SCENARIO_LABEL = "io.egress-harness.scenario"
+
+#: The Gateway API CRDs ``--gateway-api`` installs are pinned in harness/versions.py.
+GATEWAY_API_VERSION: Final = versions.GATEWAY_API_VERSION
+GATEWAY_API_CRDS_URL: Final = versions.GATEWAY_API_CRDS_URL
+GATEWAY_API_URL_ENV: Final = "EGRESS_HARNESS_GATEWAY_API_URL"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+GATEWAY_API_PROBE_CRD = "httproutes.gateway.networking.k8s.io"
+GATEWAY_API_DOWNLOAD_TIMEOUT_S = 120.0
+CRD_ESTABLISHED_TIMEOUT_S = 120.0
+
+#: What an external host can serve, as scenarios ask for it (``requires.external``).
+EXTERNAL_KINDS: tuple[str, ...] = ("http", "tls", "mtls")
+#: What the recorder container serves unless it says otherwise (``RecorderContainer.serves``).
+RECORDER_SERVES_DEFAULT: tuple[str, ...] = ("http",)
+#: What a real internet host serves (no client-certificate checks).
+INTERNET_SERVES: tuple[str, ...] = ("http", "tls")
 
 CHAIN_READY_TIMEOUT_S = 180.0
 CHAIN_INTERVAL_S = 1.0
@@ -88,6 +142,12 @@ CONVERGE_INTERVAL_S = 2.0
 ISTIOCTL_TIMEOUT_S = 60.0
 DNS_CHECK_TIMEOUT_S = 20.0
 LOG_SLACK_S = 5.0
+#: how long a scenario waits for the run's scenario lock (an exclusive scenario waits for the others)
+LOCK_TIMEOUT_S = 1800.0
+LOCK_INTERVAL_S = 0.2
+DOCKER_RM_TIMEOUT_S = 60.0
+#: how the catalog's requests are judged: Envoy flushes access logs every second in Istio
+SCENARIO_WAIT = Wait(timeout=20.0, interval=0.25, settle=2.0)
 
 ExternalMode = Literal["container", "internet"]
 AnalyzeMode = Literal["cluster", "files", "off"]
@@ -155,6 +215,10 @@ class E2EOptions:
     #: whether pod traffic to the external host is source-NATed to the node (None: yes on kind)
     pod_source_nat: bool | None = None
     artifacts_dir: Path = REPO_ROOT / "artifacts"
+    #: install the Gateway API CRDs (GATEWAY_API_VERSION) when the cluster has none
+    gateway_api: bool = False
+    #: more network aliases of the recorder: the catalog's hosts (:func:`recorder_aliases`)
+    recorder_aliases: tuple[str, ...] = ()
 
     @property
     def existing_cluster(self) -> bool:
@@ -207,9 +271,13 @@ def target_url(namespace: str) -> str:
     return f"http://{TARGET_APP}.{namespace}.svc.cluster.local:{RELAY_PORT}/proxy"
 
 
-def chain_for(ingress_url: str, namespace: str, destination: str) -> str:
-    """``client -> ingress -> proxy -> target -> destination`` as one nested URL."""
-    return chain_url([f"{ingress_url.rstrip('/')}/proxy", target_url(namespace)], destination)
+def chain_for(ingress_url: str, namespace: str, destination: str, *, ingress_path: str = INGRESS_PATH) -> str:
+    """``client -> ingress -> proxy -> target -> destination`` as one nested URL.
+
+    ``ingress_path`` is where the ingress routes to the namespace's ``proxy``: ``/proxy`` for the run
+    namespace, ``/<ns>/proxy`` for a scenario namespace (:func:`ingress_prefix`).
+    """
+    return chain_url([f"{ingress_url.rstrip('/')}{ingress_path}", target_url(namespace)], destination)
 
 
 def chain_answered(response: ChainResponse) -> bool:
@@ -267,6 +335,297 @@ def send_until_answered(
         if attempts == 1 or attempts % 10 == 0:
             progress(f"waiting for the chain to answer (attempt {attempts}): {last}")
         sleep(min(interval_s, remaining))
+
+
+# --- the catalog on one cluster: names, routes, what a scenario needs -----------------------------
+
+_LABEL_MAX = 63
+
+
+def dns_label(text: str) -> str:
+    """``text`` as a DNS label: at most 63 characters, a long one cut and ended with a hash of it."""
+    if len(text) <= _LABEL_MAX:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:6]
+    return f"{text[: _LABEL_MAX - 7].rstrip('-')}-{digest}"
+
+
+@dataclass(frozen=True)
+class ScenarioHosts:
+    """The external host names of one scenario: its own, so parallel scenarios never share a host."""
+
+    external: str
+    unregistered: str
+
+
+def scenario_hosts(scenario: str, *, domain: str = TEST_DOMAIN) -> ScenarioHosts:
+    """``<scenario>.<domain>`` and ``unregistered-<scenario>.<domain>`` (each label at most 63)."""
+    return ScenarioHosts(
+        external=f"{dns_label(scenario)}.{domain}",
+        unregistered=f"{dns_label(f'unregistered-{scenario}')}.{domain}",
+    )
+
+
+def recorder_aliases(scenarios: Iterable[str], *, domain: str = TEST_DOMAIN) -> list[str]:
+    """Every name the recorder must answer to: the default hosts, then each scenario's two hosts.
+
+    Docker sets a container's network aliases when it joins the network, so the list is computed
+    from the catalog before the recorder starts. Order kept, duplicates dropped.
+    """
+    names = [EXTERNAL_ALIAS, UNREGISTERED_ALIAS]
+    for scenario in scenarios:
+        hosts = scenario_hosts(scenario, domain=domain)
+        names += [hosts.external, hosts.unregistered]
+    return list(dict.fromkeys(names))
+
+
+def scenario_namespace_name(prefix: str, scenario: str) -> str:
+    """The namespace a scenario runs in: ``<prefix>-<scenario>`` as a DNS label."""
+    return dns_label(f"{prefix}-{scenario}")
+
+
+def ingress_prefix(namespace: str) -> str:
+    """The ingress path of a scenario namespace's ``proxy``: ``/<ns>/proxy``."""
+    return f"/{namespace}{INGRESS_PATH}"
+
+
+def ingress_route(namespace: str, gateway: str) -> dict[str, Any]:
+    """The VirtualService that reaches ``namespace``'s ``proxy`` through the shared ingress ``gateway``.
+
+    ``gateway`` is ``<ns>/<name>`` of the run's ingress Gateway. Istio merges the routes of several
+    VirtualServices bound to one ingress gateway for one host, so every namespace adds its own
+    prefix ``/<ns>/proxy``, rewritten to ``/proxy`` (the query string stays) before ``proxy`` gets it.
+    """
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "relay-ingress", "namespace": namespace},
+        "spec": {
+            "hosts": ["*"],
+            "gateways": [gateway],
+            "http": [
+                {
+                    "name": "to-proxy",
+                    "match": [{"uri": {"prefix": ingress_prefix(namespace)}}],
+                    "rewrite": {"uri": INGRESS_PATH},
+                    "route": [
+                        {
+                            "destination": {
+                                "host": f"proxy.{namespace}.svc.cluster.local",
+                                "port": {"number": RELAY_PORT},
+                            }
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
+class NamespaceRelays(RelayApps):
+    """``proxy`` and ``target`` of manifests/apps/relay.yaml in a scenario namespace, reached through
+    the run's shared ingress Gateway by :func:`ingress_route` instead of a Gateway of their own."""
+
+    def __init__(
+        self, kube: Any, namespace: str, *, gateway: str, image: str = RELAY_IMAGE, **kw: Any
+    ) -> None:
+        super().__init__(kube, namespace, image=image, **kw)
+        self.gateway = gateway
+
+    def documents(self) -> list[dict[str, Any]]:
+        docs = [
+            d
+            for d in relay_documents(self.image, self.manifest)
+            if d["kind"] not in ("Gateway", "VirtualService")
+        ]
+        return [*docs, ingress_route(self.namespace, self.gateway)]
+
+    def render(self) -> str:
+        self.text = yaml.safe_dump_all(self.documents(), sort_keys=False)
+        return self.text
+
+
+def _requirement_fields(requires: Any) -> set[str]:
+    if dataclasses.is_dataclass(requires):
+        return {f.name for f in dataclasses.fields(requires)}
+    return set(vars(requires)) if hasattr(requires, "__dict__") else set()
+
+
+def external_requirement(scenario: Any) -> str:
+    """What the scenario's external host must serve: ``http``, ``tls`` or ``mtls``.
+
+    ``requires.external`` when the scenario model has it; before it had, the scenario's tags and
+    request schemes tell (``mtls`` tag: mtls; ``tls`` tag or an https request: tls).
+    """
+    requires = scenario.requires
+    if "external" in _requirement_fields(requires):
+        return str(getattr(requires, "external", "http") or "http")
+    tags = set(scenario.tags)
+    if "mtls" in tags:
+        return "mtls"
+    if "tls" in tags or any(r.scheme == "https" for r in scenario.requests):
+        return "tls"
+    return "http"
+
+
+def recorder_serves(recorder: Any) -> tuple[str, ...]:
+    """What a recorder container serves: its ``serves`` if it says, else from its TLS settings
+    (``tls`` None: HTTP only; ``tls.mutual``: HTTP and mutual TLS; else HTTP and TLS)."""
+    explicit = getattr(recorder, "serves", None)
+    if explicit:
+        return tuple(str(s) for s in explicit)
+    tls = getattr(recorder, "tls", None)
+    if tls is None:
+        return RECORDER_SERVES_DEFAULT
+    return ("http", "mtls") if getattr(tls, "mutual", False) else ("http", "tls")
+
+
+#: ``requires`` keys asking the run for a Secret in the gateway's namespace, and what it holds
+CREDENTIAL_REQUIREMENTS: Mapping[str, str] = {
+    "client_credential": "a client certificate, key and CA for mutual TLS origination",
+    "server_ca_credential": "the CA that verifies the external host",
+}
+
+
+def _hosts_of(doc: Mapping[str, Any]) -> list[str]:
+    spec = doc.get("spec") or {}
+    hosts = [str(h) for h in spec.get("hosts") or []]
+    for server in spec.get("servers") or []:
+        hosts += [str(h).split("/", 1)[-1] for h in (server or {}).get("hosts") or []]
+    return hosts
+
+
+def exclusive_reason(documents: Sequence[Mapping[str, Any]], namespace: str) -> str | None:
+    """Why a scenario cannot share the cluster with others while it runs, or None.
+
+    Objects in another namespace (a policy or rule in the gateway's namespace applies to everything
+    through the gateway), and wildcard hosts exported beyond the scenario's namespace (they take
+    over the hosts of other scenarios in the same domain).
+    """
+    for doc in documents:
+        meta = doc.get("metadata") or {}
+        kind, name = doc.get("kind", "?"), meta.get("name", "?")
+        ns = meta.get("namespace") or namespace
+        if ns != namespace:
+            return f"{kind}/{name} is in namespace {ns}, outside the scenario's own"
+        if not str(doc.get("apiVersion", "")).startswith("networking.istio.io/"):
+            continue
+        export_to = (doc.get("spec") or {}).get("exportTo")
+        if export_to and set(export_to) <= {".", namespace}:
+            continue
+        wild = [h for h in _hosts_of(doc) if h.startswith("*")]
+        if wild:
+            return f"{kind}/{name} has the wildcard host {wild[0]} and is visible to every namespace"
+    return None
+
+
+@dataclass(frozen=True)
+class ScenarioGateway:
+    """The gateway a scenario's egress traffic leaves through: Istio's egress gateway, or the
+    gateway Istio deploys for a Gateway API ``Gateway`` in the scenario's namespace."""
+
+    namespace: str = ISTIO_NAMESPACE
+    selector: str = EGRESS_GATEWAY_SELECTOR
+    service: str = EGRESS_GATEWAY_SERVICE
+    #: the Deployment Istio makes for a Gateway API Gateway (awaited after apply); None for Istio's
+    deployment: str | None = None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.selector.split(",") if "=" in item)
+
+
+DEFAULT_GATEWAY = ScenarioGateway()
+
+
+def scenario_gateway(documents: Sequence[Mapping[str, Any]], namespace: str) -> ScenarioGateway:
+    """The gateway of a scenario: a Gateway API ``Gateway`` of class ``istio`` among ``documents``
+    (Istio names its Deployment and Service ``<name>-istio`` and labels the pods
+    ``gateway.networking.k8s.io/gateway-name=<name>``), else Istio's egress gateway."""
+    for doc in documents:
+        if doc.get("kind") != "Gateway" or not str(doc.get("apiVersion", "")).startswith(
+            f"{GATEWAY_API_GROUP}/"
+        ):
+            continue
+        if (doc.get("spec") or {}).get("gatewayClassName") != "istio":
+            continue
+        meta = doc.get("metadata") or {}
+        name, ns = str(meta.get("name")), str(meta.get("namespace") or namespace)
+        return ScenarioGateway(
+            namespace=ns,
+            selector=f"{GATEWAY_API_GROUP}/gateway-name={name}",
+            service=f"{name}-istio.{ns}.svc.cluster.local",
+            deployment=f"{name}-istio",
+        )
+    return DEFAULT_GATEWAY
+
+
+# --- the scenario lock: shared by most scenarios, held alone by those that reach beyond their namespace
+
+
+class LockTimeoutError(E2EError):
+    pass
+
+
+class ScenarioLock:
+    """A readers-writer lock over a file, across processes (pytest-xdist workers) on one machine.
+
+    ``hold(exclusive=False)`` is shared; ``hold(exclusive=True)`` waits until nobody holds it. A
+    writer first takes the turnstile file, which new readers must pass, so a steady stream of
+    readers cannot starve it. Waits poll with a deadline (``flock`` itself has none).
+    """
+
+    def __init__(
+        self, directory: Path, *, timeout_s: float = LOCK_TIMEOUT_S, interval_s: float = LOCK_INTERVAL_S
+    ) -> None:
+        self.path = directory / "scenario.lock"
+        self.turnstile = directory / "scenario.turnstile"
+        self.timeout_s = timeout_s
+        self.interval_s = interval_s
+
+    def _acquire(self, fd: int, operation: int, what: str, deadline: float) -> None:
+        while True:
+            try:
+                fcntl.flock(fd, operation | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockTimeoutError(
+                    f"{what}: the scenario lock {self.path} was not free within {self.timeout_s:g}s "
+                    "(a scenario that needs the cluster alone, or a stuck process, holds it)"
+                )
+            time.sleep(min(self.interval_s, remaining))
+
+    def _open(self, path: Path) -> int:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    @contextlib.contextmanager
+    def hold(self, *, exclusive: bool, what: str = "scenario") -> Iterator[float]:
+        """Hold the lock; yields how many seconds the wait took."""
+        started = time.monotonic()
+        deadline = started + self.timeout_s
+        gate = self._open(self.turnstile)
+        fd = -1
+        try:
+            self._acquire(gate, fcntl.LOCK_EX, what, deadline)
+            try:
+                fd = self._open(self.path)
+                self._acquire(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, what, deadline)
+            finally:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+            waited = round(time.monotonic() - started, 3)
+            if exclusive:
+                progress(f"{what}: holding the cluster alone (waited {waited:.1f}s)")
+            yield waited
+        finally:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+            os.close(gate)
 
 
 # --- who calls the external host ------------------------------------------------------------------
@@ -337,28 +696,54 @@ def convergence_markers(
     * VirtualService with ``http`` routes: a route built from it in the sidecar (gateways ``mesh`` or
       none) and in the egress gateway (a Gateway of ``documents`` whose selector matches
       ``gateway_labels``). ``tls``/``tcp`` routes carry no such name, so they add no marker.
+    * AuthorizationPolicy in the gateway's namespace selecting the egress gateway: the gateway's RBAC
+      filter holds a policy ``ns[<ns>]-policy[<name>]-rule[<i>]`` (Istio's name for each rule);
+    * HTTPRoute (Gateway API) of the namespace: a route Istio built from it, named after a
+      VirtualService of the namespace, in the sidecar (a ServiceEntry or Service parent) or in the
+      gateway (a Gateway parent).
 
-    Other kinds (Gateway API routes, Sidecar, policies) add no marker.
+    Other kinds (TLSRoute, Sidecar, other policies) add no marker.
     """
-    egress_gateways = _egress_gateway_names(
-        documents, namespace, gateway_labels or {"istio": "egressgateway"}
-    )
+    labels = gateway_labels or {"istio": "egressgateway"}
+    egress_gateways = _egress_gateway_names(documents, namespace, labels)
     markers: list[ConfigMarker] = []
     for doc in documents:
         meta = doc.get("metadata") or {}
         ns = meta.get("namespace") or namespace
         spec = doc.get("spec") or {}
-        if not str(doc.get("apiVersion", "")).startswith("networking.istio.io/"):
+        api_version = str(doc.get("apiVersion", ""))
+        kind, name = str(doc.get("kind")), str(meta.get("name"))
+        if api_version.startswith("security.istio.io/") and kind == "AuthorizationPolicy":
+            selector = (spec.get("selector") or {}).get("matchLabels") or {}
+            if ns == ISTIO_NAMESPACE and _selects(selector, labels):
+                markers.append(
+                    ConfigMarker(
+                        "gateway",
+                        f"-policy[{name}]-rule[",
+                        f"AuthorizationPolicy {ns}/{name} (egress gateway)",
+                    )
+                )
+            continue
+        if api_version.startswith(f"{GATEWAY_API_GROUP}/") and kind == "HTTPRoute" and ns == namespace:
+            markers += _gateway_api_markers(name, ns, spec)
+            continue
+        if not api_version.startswith("networking.istio.io/"):
             continue
         if _exported_to(ns, spec.get("exportTo"), namespace):
-            markers += _markers_of(
-                str(doc.get("kind")),
-                str(meta.get("name")),
-                ns,
-                spec,
-                namespace=namespace,
-                egress_gateways=egress_gateways,
-            )
+            markers += _markers_of(kind, name, ns, spec, namespace=namespace, egress_gateways=egress_gateways)
+    return markers
+
+
+def _gateway_api_markers(name: str, ns: str, spec: Mapping[str, Any]) -> list[ConfigMarker]:
+    # Istio turns an HTTPRoute into VirtualServices of the same namespace with generated names (the
+    # scheme changed between releases), so the marker is the namespace's VirtualService path prefix.
+    needle = f"/namespaces/{ns}/virtual-service/"
+    kinds = {str((ref or {}).get("kind") or "Gateway") for ref in spec.get("parentRefs") or []}
+    markers = []
+    if kinds & {"ServiceEntry", "Service"}:
+        markers.append(ConfigMarker("sidecar", needle, f"HTTPRoute {ns}/{name} (mesh)"))
+    if "Gateway" in kinds:
+        markers.append(ConfigMarker("gateway", needle, f"HTTPRoute {ns}/{name} (gateway)"))
     return markers
 
 
@@ -410,7 +795,9 @@ def missing_markers(
     for marker in markers:
         texts = dumps.get(marker.proxy) or []
         if not texts:
-            out.append(marker)
+            # no proxy to hold it: not there yet, and nothing left to drop it
+            if present:
+                out.append(marker)
             continue
         if (present and not all(marker.needle in t for t in texts)) or (
             not present and any(marker.needle in t for t in texts)
@@ -494,6 +881,8 @@ class AppliedScenario:
     findings: list[AnalyzeFinding] = field(default_factory=list)
     converged_s: float = 0.0
     removed: bool = False
+    #: the gateway the scenario's egress traffic leaves through
+    gateway: ScenarioGateway = DEFAULT_GATEWAY
 
 
 @dataclass(frozen=True)
@@ -506,23 +895,460 @@ class RequestOutcome:
     ref: RequestRef
 
 
+# --- the Gateway API CRDs -------------------------------------------------------------------------
+
+CRD_API_VERSION = "apiextensions.k8s.io/v1"
+
+
+def _crd_resource(kube: Any) -> Any:
+    return kube.dynamic.resources.get(api_version=CRD_API_VERSION, kind="CustomResourceDefinition")
+
+
+def crd_exists(kube: Any, name: str) -> bool:
+    """Whether the CustomResourceDefinition ``name`` is installed."""
+    from harness.kube import REQUEST_TIMEOUT_S
+
+    try:
+        _crd_resource(kube).get(name=name, _request_timeout=REQUEST_TIMEOUT_S)
+    except Exception as exc:
+        if getattr(exc, "status", None) == 404:
+            return False
+        raise
+    return True
+
+
+def crd_established(crd: Mapping[str, Any]) -> bool:
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
+def gateway_api_url() -> str:
+    return os.environ.get(GATEWAY_API_URL_ENV) or GATEWAY_API_CRDS_URL
+
+
+def fetch_gateway_api_crds(
+    url: str, cache: Path | None = None, *, timeout_s: float = GATEWAY_API_DOWNLOAD_TIMEOUT_S
+) -> str:
+    """The Gateway API install manifest at ``url`` (cached in ``cache`` once fetched)."""
+    if cache is not None and cache.is_file():
+        return cache.read_text(encoding="utf-8")
+    progress(f"downloading the Gateway API CRDs {url}")
+    try:
+        response = httpx.get(url, follow_redirects=True, timeout=timeout_s)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise E2EError(
+            f"could not download the Gateway API CRDs from {url}: {exc} (set {GATEWAY_API_URL_ENV} to a mirror)"
+        ) from exc
+    text = response.text
+    if "kind: CustomResourceDefinition" not in text:
+        raise E2EError(f"{url} holds no CustomResourceDefinition: is it a Gateway API install manifest?")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", dir=cache.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, cache)
+    return text
+
+
+def gateway_api_cache(url: str) -> Path:
+    return tools.default_cache_dir().parent / "gateway-api" / GATEWAY_API_VERSION / Path(url).name
+
+
+class GatewayApiCrds:
+    """The Gateway API CRDs on the cluster: installed (server-side apply) when missing, awaited until
+    established, and removed again on exit only when installed here and ``remove()`` still says so
+    (not for a cluster that is deleted anyway, nor when anything is kept)."""
+
+    def __init__(
+        self,
+        kube: Any,
+        *,
+        url: str | None = None,
+        cache: Path | None = None,
+        keep: bool = False,
+        remove: Callable[[], bool] = lambda: True,
+        timeout_s: float = CRD_ESTABLISHED_TIMEOUT_S,
+    ) -> None:
+        self.kube = kube
+        self.url = url or gateway_api_url()
+        self.cache = cache
+        self.keep = keep
+        self.remove = remove
+        self.timeout_s = timeout_s
+        self.refs: list[ObjectRef] = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.refs)
+
+    def install(self) -> GatewayApiCrds:
+        if crd_exists(self.kube, GATEWAY_API_PROBE_CRD):
+            progress("the Gateway API CRDs are installed already; used as they are (never removed)")
+            return self
+        text = fetch_gateway_api_crds(self.url, self.cache)
+        progress(f"installing the Gateway API CRDs {GATEWAY_API_VERSION} (server-side apply)")
+        try:
+            self.refs = self.kube.apply(text)
+            self.wait_established([r.name for r in self.refs if r.kind == "CustomResourceDefinition"])
+        except BaseException:
+            self.uninstall()
+            raise
+        return self
+
+    def wait_established(self, names: Sequence[str]) -> None:
+        from harness.kube import REQUEST_TIMEOUT_S
+
+        resource = _crd_resource(self.kube)
+
+        def pending() -> list[str]:
+            out = []
+            for name in names:
+                found = resource.get(name=name, _request_timeout=REQUEST_TIMEOUT_S)
+                body = found.to_dict() if hasattr(found, "to_dict") else dict(found)
+                if not crd_established(body):
+                    out.append(name)
+            return out
+
+        try:
+            wait_until(
+                pending,
+                lambda left: RolloutCheck(not left, "not established yet: " + ", ".join(left)),
+                what="Gateway API CRDs",
+                deadline_s=self.timeout_s,
+                interval_s=1.0,
+            )
+        except WaitTimeoutError as exc:
+            raise E2EError(str(exc)) from exc
+
+    def uninstall(self) -> None:
+        if self.refs:
+            progress("removing the Gateway API CRDs installed by this run")
+            self.kube.delete_objects(self.refs)
+            self.refs = []
+
+    def __enter__(self) -> GatewayApiCrds:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.installed:
+            return
+        if self.keep or not self.remove():
+            progress("leaving the Gateway API CRDs in place")
+            return
+        self.uninstall()
+
+
+# --- the state of a run made by `egress-harness e2e up` --------------------------------------------
+
+RUN_STATE_SCHEMA: Final = "istio-egress-harness/run-state"
+RUN_STATE_VERSION: Final = 1
+RUN_STATE_FILE: Final = "run-state.json"
+RUN_STATE_ENV: Final = "EGRESS_HARNESS_RUN_STATE"
+
+
+class RunStateError(E2EError):
+    """A run state file cannot be read; the message names the file and the field."""
+
+
+class _StateReader:
+    def __init__(self, data: Mapping[str, Any], where: str) -> None:
+        self.data = data
+        self.where = where
+
+    def _fail(self, name: str, what: str) -> RunStateError:
+        return RunStateError(f"{self.where}: field {name!r}: {what}")
+
+    def text(self, name: str, *, optional: bool = False) -> str:
+        value = self.data.get(name)
+        if optional and value in (None, ""):
+            return ""
+        if not isinstance(value, str) or not value:
+            raise self._fail(name, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        value = self.data.get(name, False)
+        if not isinstance(value, bool):
+            raise self._fail(name, f"expected true or false, got {value!r}")
+        return value
+
+    def integer(self, name: str) -> int:
+        value = self.data.get(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(name, f"expected an integer, got {value!r}")
+        return value
+
+    def texts(self, name: str) -> tuple[str, ...]:
+        value = self.data.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(name, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+
+    def choice(self, name: str, choices: Sequence[str]) -> str:
+        value = self.text(name)
+        if value not in choices:
+            raise self._fail(name, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def mapping(self, name: str) -> Mapping[str, Any] | None:
+        value = self.data.get(name)
+        if value is not None and not isinstance(value, Mapping):
+            raise self._fail(name, f"expected an object or null, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class RecorderState:
+    """The recorder container of a run: enough to read its records from another process."""
+
+    name: str
+    image: str
+    network: str
+    port: int
+    aliases: tuple[str, ...]
+    serves: tuple[str, ...] = RECORDER_SERVES_DEFAULT
+
+    def handle(self) -> RecorderContainer:
+        """A handle on the running container (nothing is started; do not enter it)."""
+        recorder = RecorderContainer(
+            self.image, network=self.network, alias=self.aliases[0] if self.aliases else EXTERNAL_ALIAS,
+            port=self.port, name=self.name,
+        )  # fmt: skip
+        recorder.aliases = list(self.aliases)
+        return recorder
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "image": self.image,
+            "network": self.network,
+            "port": self.port,
+            "aliases": list(self.aliases),
+            "serves": list(self.serves),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> RecorderState:
+        r = _StateReader(data, f"{where}: recorder")
+        return cls(
+            name=r.text("name"),
+            image=r.text("image"),
+            network=r.text("network"),
+            port=r.integer("port"),
+            aliases=r.texts("aliases"),
+            serves=r.texts("serves") or RECORDER_SERVES_DEFAULT,
+        )
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What ``e2e up`` made and how to reach it; ``e2e down`` removes what it says was created."""
+
+    run_id: str
+    run_dir: Path
+    kubeconfig: Path
+    context: str | None
+    #: ``kind``: the harness's kind cluster (``cluster_name``); ``existing``: a cluster only visited
+    cluster: Literal["kind", "existing"]
+    cluster_name: str | None
+    cluster_created: bool
+    istio_version: str
+    istio_installed: bool
+    access_log_encoding: str
+    outbound_traffic_policy: str
+    ingress_url: str
+    #: the run namespace: the relays behind ``/proxy`` and the shared ingress Gateway
+    namespace: str
+    namespace_created: bool
+    ingress_gateway: str
+    relay_image: str
+    external: str
+    external_host: str
+    pod_source_nat: bool
+    #: the Gateway API CRDs are on the cluster; ``gateway_api_objects`` were installed by ``up``
+    gateway_api: bool = False
+    gateway_api_objects: tuple[ObjectRef, ...] = ()
+    recorder: RecorderState | None = None
+    created: str = ""
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / RUN_STATE_FILE
+
+    def options(self, base: E2EOptions | None = None) -> E2EOptions:
+        """``base`` (default options) with what this run was made with."""
+        return dataclasses.replace(
+            base or E2EOptions(istio_version=self.istio_version),
+            istio_version=self.istio_version,
+            access_log_encoding=self.access_log_encoding,
+            outbound_traffic_policy=self.outbound_traffic_policy,
+            external="internet" if self.external == "internet" else "container",
+            external_host=self.external_host,
+            pod_source_nat=self.pod_source_nat,
+            relay_image=self.relay_image,
+            ingress_url=self.ingress_url,
+            gateway_api=False,
+        )
+
+    def cluster_handle(self) -> KindCluster | ExistingCluster:
+        """The cluster as an object that does not own it (never created or deleted through it)."""
+        if self.cluster == "kind" and self.cluster_name and self.kubeconfig.name == "kubeconfig":
+            cached = tools.cached_path("kind", versions.KIND_VERSION)
+            kind = str(cached) if cached.is_file() else "kind"
+            return KindCluster(self.cluster_name, self.kubeconfig.parent, kind=kind)
+        return ExistingCluster(self.kubeconfig, self.context)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": RUN_STATE_SCHEMA,
+            "schema_version": RUN_STATE_VERSION,
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "kubeconfig": str(self.kubeconfig),
+            "context": self.context,
+            "cluster": self.cluster,
+            "cluster_name": self.cluster_name,
+            "cluster_created": self.cluster_created,
+            "istio_version": self.istio_version,
+            "istio_installed": self.istio_installed,
+            "access_log_encoding": self.access_log_encoding,
+            "outbound_traffic_policy": self.outbound_traffic_policy,
+            "ingress_url": self.ingress_url,
+            "namespace": self.namespace,
+            "namespace_created": self.namespace_created,
+            "ingress_gateway": self.ingress_gateway,
+            "relay_image": self.relay_image,
+            "external": self.external,
+            "external_host": self.external_host,
+            "pod_source_nat": self.pod_source_nat,
+            "gateway_api": self.gateway_api,
+            "gateway_api_objects": [
+                {"api_version": r.api_version, "kind": r.kind, "name": r.name}
+                for r in self.gateway_api_objects
+            ],
+            "recorder": self.recorder.to_dict() if self.recorder is not None else None,
+            "created": self.created,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "run state") -> RunState:
+        if not isinstance(data, Mapping):
+            raise RunStateError(f"{where}: a run state is one JSON object, not {type(data).__name__}")
+        if data.get("schema") != RUN_STATE_SCHEMA:
+            raise RunStateError(
+                f"{where}: field 'schema': expected {RUN_STATE_SCHEMA!r}, got {data.get('schema')!r}"
+            )
+        if data.get("schema_version") != RUN_STATE_VERSION:
+            raise RunStateError(
+                f"{where}: field 'schema_version': {data.get('schema_version')!r} is not supported "
+                f"(this harness reads version {RUN_STATE_VERSION})"
+            )
+        r = _StateReader(data, where)
+        objects = []
+        raw = data.get("gateway_api_objects", [])
+        if not isinstance(raw, list):
+            raise RunStateError(f"{where}: field 'gateway_api_objects': expected a list, got {raw!r}")
+        for index, item in enumerate(raw):
+            if not isinstance(item, Mapping):
+                raise RunStateError(f"{where}: field 'gateway_api_objects[{index}]': expected an object")
+            o = _StateReader(item, f"{where}: gateway_api_objects[{index}]")
+            objects.append(ObjectRef(o.text("api_version"), o.text("kind"), o.text("name"), None))
+        recorder = r.mapping("recorder")
+        cluster = r.choice("cluster", ("kind", "existing"))
+        return cls(
+            run_id=r.text("run_id"),
+            run_dir=Path(r.text("run_dir")),
+            kubeconfig=Path(r.text("kubeconfig")),
+            context=r.text("context", optional=True) or None,
+            cluster="kind" if cluster == "kind" else "existing",
+            cluster_name=r.text("cluster_name", optional=True) or None,
+            cluster_created=r.flag("cluster_created"),
+            istio_version=r.text("istio_version"),
+            istio_installed=r.flag("istio_installed"),
+            access_log_encoding=r.choice("access_log_encoding", ("TEXT", "JSON")),
+            outbound_traffic_policy=r.choice("outbound_traffic_policy", ("ALLOW_ANY", "REGISTRY_ONLY")),
+            ingress_url=r.text("ingress_url"),
+            namespace=r.text("namespace"),
+            namespace_created=r.flag("namespace_created"),
+            ingress_gateway=r.text("ingress_gateway"),
+            relay_image=r.text("relay_image"),
+            external=r.choice("external", EXTERNAL_MODES),
+            external_host=r.text("external_host"),
+            pod_source_nat=r.flag("pod_source_nat"),
+            gateway_api=r.flag("gateway_api"),
+            gateway_api_objects=tuple(objects),
+            recorder=RecorderState.from_dict(recorder, where) if recorder is not None else None,
+            created=r.text("created", optional=True),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RunStateError(f"{path}: cannot read the run state: {exc.strerror or exc}") from exc
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RunStateError(f"{path}: not JSON: {exc}") from exc
+        return cls.from_dict(data, str(path))
+
+    def save(self, path: Path | None = None) -> Path:
+        """Write the state atomically (a reader never sees half a file)."""
+        target = path or self.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(self.to_json())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+
+def _close_docker_client(recorder: Any) -> None:
+    """Close a recorder handle's Docker client without touching the container."""
+    client = getattr(recorder, "_client", None)
+    if client is not None and getattr(recorder, "_own_client", False):
+        client.close()
+        recorder._client = None
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 
 class E2ERun:
-    """One run of the cluster tier (see the module docstring); use as a context manager."""
+    """One run of the cluster tier (see the module docstring); use as a context manager.
 
-    def __init__(self, options: E2EOptions, run_dir: Path, *, run_id: str | None = None) -> None:
+    With ``state`` it attaches to a run made by ``egress-harness e2e up``: it connects to that
+    cluster and recorder and creates or deletes nothing but what scenarios make.
+    """
+
+    def __init__(
+        self, options: E2EOptions, run_dir: Path, *, run_id: str | None = None, state: RunState | None = None
+    ) -> None:
+        if state is not None:
+            options = state.options(options)
+            run_id = state.run_id
         self.options = options
+        self.state = state
         self.run_dir = run_dir
         self.run_id = run_id or new_run_id()
-        self.namespace = f"egress-{self.run_id}"
+        self.namespace = state.namespace if state is not None else f"egress-{self.run_id}"
         self.started_at = datetime.now(UTC)
         self.cluster: KindCluster | ExistingCluster | None = None
         self.istio: IstioInstall | None = None
         self.kube: Kube | None = None
         self.recorder: RecorderContainer | None = None
         self.relays: RelayApps | None = None
+        self.gateway_api_crds: GatewayApiCrds | None = None
         self.istioctl: str | None = None
         self.ingress_url = ""
         self.timings: dict[str, float] = {}
@@ -530,12 +1356,28 @@ class E2ERun:
         self.failed = False
         #: seconds between two reads of the proxies' configuration while waiting for a scenario
         self.converge_interval_s = CONVERGE_INTERVAL_S
+        #: the hosts scenarios render with, and where the ingress reaches this namespace's proxy
+        self.external_host = options.host
+        self.unregistered_host = UNREGISTERED_ALIAS
+        self.ingress_path = INGRESS_PATH
+        self.ingress_gateway = (
+            state.ingress_gateway if state is not None else f"{self.namespace}/{INGRESS_GATEWAY_NAME}"
+        )
+        self.relay_image = options.relay_image or RELAY_IMAGE
+        self.relay_manifest: Path | None = None
+        #: whether the cluster has the Gateway API CRDs (known once the run started)
+        self.gateway_api_present = False
+        #: the run this one is a view of (:meth:`scoped`), None for the run itself
+        self.parent: E2ERun | None = None
+        self._detached = False
         self._traffic: Traffic | None = None
         self._stack = contextlib.ExitStack()
 
     # lifecycle
 
     def __enter__(self) -> E2ERun:
+        if self.parent is not None:
+            raise E2EError("a scoped view of a run is not a context manager; enter the run itself")
         try:
             self.start()
         except BaseException as exc:
@@ -557,7 +1399,13 @@ class E2ERun:
         self.timings[step] = round(time.monotonic() - started, 3)
         progress(f"{step}: {self.timings[step]:.1f}s")
 
+    @property
+    def attached(self) -> bool:
+        return self.state is not None
+
     def start(self) -> E2ERun:
+        if self.state is not None:
+            return self._attach(self.state)
         o = self.options
         problems = o.problems()
         if problems:
@@ -571,6 +1419,18 @@ class E2ERun:
             cluster = self.make_cluster()
             self._stack.enter_context(cluster)
             self.cluster = cluster
+        self.kube = self._stack.enter_context(Kube(cluster.kubeconfig, cluster.context))
+        if o.gateway_api:
+            # before Istio, so that istiod finds the Gateway API kinds when it starts
+            with self._timed("gateway api"):
+                self.gateway_api_crds = self._stack.enter_context(
+                    GatewayApiCrds(
+                        self.kube,
+                        cache=gateway_api_cache(gateway_api_url()),
+                        keep=o.keep_cluster,
+                        remove=self._remove_cluster_objects,
+                    )
+                )
         with self._timed("istio"):
             self.istio = self._stack.enter_context(
                 IstioInstall(
@@ -587,31 +1447,56 @@ class E2ERun:
                     keep=o.keep_cluster,
                 )
             )
-        self.kube = self._stack.enter_context(Kube(cluster.kubeconfig, cluster.context))
+        self.gateway_api_present = self.gateway_api_crds is not None or self._probe_gateway_api()
         if o.external == "container":
             with self._timed("external host"):
-                self.recorder = self._stack.enter_context(self.make_recorder())
+                self.recorder = self._stack.enter_context(self._owned_recorder(self.make_recorder()))
                 self.check_alias_resolves(self.recorder.alias)
         self._stack.enter_context(self.run_namespace())
         with self._timed("relay apps"):
-            image = o.relay_image or prepare_relay_image(
+            self.relay_image = o.relay_image or prepare_relay_image(
                 self.cluster if isinstance(self.cluster, KindCluster) else None,
                 tag=RELAY_IMAGE,
                 mode=o.image_build_mode,
             )
             self.relays = self._stack.enter_context(
-                RelayApps(self.kube, self.namespace, image=image, keep=o.keep_cluster)
+                RelayApps(self.kube, self.namespace, image=self.relay_image, keep=o.keep_cluster)
             )
-            self.relays.save(self.run_dir / "manifests")
+            self.relay_manifest = self.relays.save(self.run_dir / "manifests")
         self._traffic = self._stack.enter_context(Traffic())
         self.ingress_url = (
             o.ingress_url or f"http://127.0.0.1:{getattr(self.cluster, 'ingress_host_port', 80)}"
         )
         with self._timed("chain ready"):
-            ready = send_until_answered(
-                lambda: self._send(chain_for(self.ingress_url, self.namespace, self._healthz_url()))
-            )
+            ready = self.wait_chain_ready()
         progress(f"the chain answers through {self.ingress_url} (after {ready.attempts} attempts)")
+        return self
+
+    def _probe_gateway_api(self) -> bool:
+        try:
+            return crd_exists(self._kube(), GATEWAY_API_PROBE_CRD)
+        except Exception as exc:  # e.g. no right to read CRDs on a shared cluster
+            progress(
+                f"could not tell whether the Gateway API CRDs are installed ({type(exc).__name__}: {exc}); "
+                "the Gateway API scenarios will be skipped"
+            )
+            return False
+
+    def _attach(self, state: RunState) -> E2ERun:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        progress(
+            f"e2e run {self.run_id}: attaching to the run in {state.run_dir} (Istio {state.istio_version}, "
+            f"namespace {self.namespace}, ingress {state.ingress_url}); nothing of it is created or deleted here"
+        )
+        self.istioctl = str(tools.ensure_tool("istioctl", state.istio_version))
+        self.cluster = state.cluster_handle()
+        self.kube = self._stack.enter_context(Kube(state.kubeconfig, state.context))
+        if state.recorder is not None:
+            self.recorder = state.recorder.handle()
+            self._stack.callback(_close_docker_client, self.recorder)
+        self._traffic = self._stack.enter_context(Traffic())
+        self.ingress_url = state.ingress_url
+        self.gateway_api_present = state.gateway_api
         return self
 
     def make_cluster(self) -> KindCluster | ExistingCluster:
@@ -638,8 +1523,23 @@ class E2ERun:
             owner=f"e2e-{self.run_id}",
             labels={"io.egress-harness.run": self.run_id},
         )
-        recorder.aliases.append(UNREGISTERED_ALIAS)
+        # Docker takes a container's aliases when it joins the network: all of them, up front
+        for alias in [UNREGISTERED_ALIAS, *self.options.recorder_aliases]:
+            if alias not in recorder.aliases:
+                recorder.aliases.append(alias)
         return recorder
+
+    @contextlib.contextmanager
+    def _owned_recorder(self, recorder: RecorderContainer) -> Iterator[RecorderContainer]:
+        """The recorder, removed on exit unless the run was detached (``e2e up`` leaves it running)."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(recorder)
+            try:
+                yield recorder
+            finally:
+                if self._detached:
+                    stack.pop_all()
+                    _close_docker_client(recorder)
 
     def check_alias_resolves(self, alias: str) -> None:
         """The alias resolves on the kind node (the resolver CoreDNS forwards to); else fail early."""
@@ -659,11 +1559,11 @@ class E2ERun:
     @contextlib.contextmanager
     def run_namespace(self) -> Iterator[str]:
         kube = self._kube()
-        kube.create_namespace(self.namespace, INJECTION_LABELS)
+        kube.create_namespace(self.namespace, {**INJECTION_LABELS, RUN_LABEL: self.run_id})
         try:
             yield self.namespace
         finally:
-            if self._keeping():
+            if self._keeping() or self._detached:
                 progress(f"keeping namespace {self.namespace}")
             else:
                 kube.delete_namespace(self.namespace)
@@ -671,15 +1571,107 @@ class E2ERun:
     def _keeping(self) -> bool:
         return self.options.keep_cluster or (self.failed and self.options.keep_on_failure)
 
+    def _remove_cluster_objects(self) -> bool:
+        """Whether cluster-wide objects of the run must be removed one by one on exit: not when kept,
+        and not when the run's own kind cluster is deleted anyway."""
+        if self._keeping() or self._detached:
+            return False
+        return not (isinstance(self.cluster, KindCluster) and self.cluster.created and not self.cluster.keep)
+
     def mark_failed(self) -> None:
         """A test of this run failed: with keep-on-failure, keep everything for a look."""
         self.failed = True
         if self.options.keep_on_failure:
             if isinstance(self.cluster, KindCluster):
                 self.cluster.keep = True
-            for part in (self.istio, self.relays):
+            for part in (self.istio, self.relays, self.gateway_api_crds):
                 if part is not None:
                     part.keep = True
+
+    def detach(self) -> None:
+        """Leave everything of this run in place when it exits (``e2e up``); only connections close."""
+        if self.attached or self.parent is not None:
+            raise E2EError("only a run that made its parts can be detached from them")
+        self._detached = True
+        if isinstance(self.cluster, KindCluster):
+            self.cluster.keep = True
+        for part in (self.istio, self.relays, self.gateway_api_crds):
+            if part is not None:
+                part.keep = True
+
+    def to_state(self) -> RunState:
+        """What this (started) run made, for ``e2e up`` to hand over to other processes."""
+        if self.cluster is None:
+            raise E2EError("the run has not started")
+        cluster = self.cluster
+        recorder = None
+        if self.recorder is not None:
+            recorder = RecorderState(
+                name=self.recorder.name,
+                image=self.recorder.image,
+                network=self.recorder.network_name,
+                port=self.recorder.port,
+                aliases=tuple(self.recorder.aliases),
+                serves=recorder_serves(self.recorder),
+            )
+        return RunState(
+            run_id=self.run_id,
+            run_dir=self.run_dir.resolve(),
+            kubeconfig=cluster.kubeconfig.resolve(),
+            context=cluster.context,
+            cluster="kind" if isinstance(cluster, KindCluster) else "existing",
+            cluster_name=cluster.name if isinstance(cluster, KindCluster) else None,
+            cluster_created=bool(getattr(cluster, "created", False)),
+            istio_version=self.options.istio_version,
+            istio_installed=bool(self.istio is not None and self.istio.installed_by_us),
+            access_log_encoding=self.options.access_log_encoding,
+            outbound_traffic_policy=self.options.outbound_traffic_policy,
+            ingress_url=self.ingress_url,
+            namespace=self.namespace,
+            namespace_created=True,
+            ingress_gateway=self.ingress_gateway,
+            relay_image=self.relay_image,
+            external=self.options.external,
+            external_host=self.options.host,
+            pod_source_nat=self.source_nat,
+            gateway_api=self.gateway_api_present,
+            gateway_api_objects=tuple(self.gateway_api_crds.refs) if self.gateway_api_crds else (),
+            recorder=recorder,
+            created=utc_now(),
+        )
+
+    # views: one scenario namespace of the run
+
+    @property
+    def root(self) -> E2ERun:
+        return self.parent if self.parent is not None else self
+
+    def scoped(
+        self,
+        namespace: str,
+        *,
+        external_host: str,
+        unregistered_host: str,
+        ingress_path: str | None = None,
+    ) -> E2ERun:
+        """A view of this run for another namespace of it: same cluster, recorder and client, its own
+        namespace, hosts and ingress path, and its own list of applied scenarios. It owns nothing."""
+        view = copy.copy(self.root)
+        view.parent = self.root
+        view.namespace = namespace
+        view.external_host = external_host
+        view.unregistered_host = unregistered_host
+        view.ingress_path = ingress_path or ingress_prefix(namespace)
+        view.applied = []
+        view.relays = None
+        view.relay_manifest = None
+        view._stack = contextlib.ExitStack()
+        return view
+
+    def scenario_lock(self) -> ScenarioLock:
+        """The lock scenarios of this run share (in the ``e2e up`` run directory when attached)."""
+        root = self.root
+        return ScenarioLock(root.state.run_dir if root.state is not None else root.run_dir)
 
     # small accessors
 
@@ -692,6 +1684,8 @@ class E2ERun:
         return f"http://{TARGET_APP}.{self.namespace}.svc.cluster.local:{RELAY_PORT}/healthz"
 
     def _send(self, url: str) -> ChainResponse:
+        if self.parent is not None:
+            return self.parent._send(url)
         if self._traffic is None:
             self._traffic = self._stack.enter_context(Traffic())
         return self._traffic.send(url)
@@ -714,6 +1708,11 @@ class E2ERun:
 
     # traffic
 
+    def wait_chain_ready(self, *, deadline_s: float = CHAIN_READY_TIMEOUT_S) -> ChainResult:
+        """Until ``client -> ingress -> proxy -> target`` of this namespace answers (target's /healthz)."""
+        url = chain_for(self.ingress_url, self.namespace, self._healthz_url(), ingress_path=self.ingress_path)
+        return send_until_answered(lambda: self._send(url), deadline_s=deadline_s)
+
     def send_chain(
         self,
         host: str,
@@ -729,7 +1728,7 @@ class E2ERun:
         that took. Whatever the external hop answered is returned as it came.
         """
         destination = f"{scheme}://{host}:{port}{path}"
-        url = chain_for(self.ingress_url, self.namespace, destination)
+        url = chain_for(self.ingress_url, self.namespace, destination, ingress_path=self.ingress_path)
         result = send_until_answered(lambda: self._send(url), deadline_s=deadline_s)
         key = f"chain:{host}:{port}"
         self.timings[key] = round(result.waited_s, 3)
@@ -737,10 +1736,9 @@ class E2ERun:
 
     # evidence
 
-    def gateway_log(self, since: datetime | None = None) -> EntryLog:
-        source = PodLogSource(
-            self._kube(), ISTIO_NAMESPACE, EGRESS_GATEWAY_SELECTOR, since=since or self.started_at
-        )
+    def gateway_log(self, since: datetime | None = None, gateway: ScenarioGateway | None = None) -> EntryLog:
+        gw = gateway or DEFAULT_GATEWAY
+        source = PodLogSource(self._kube(), gw.namespace, gw.selector, since=since or self.started_at)
         return EntryLog(source, hop="egress gateway", encoding=self._encoding())
 
     def sidecar_log(self, app: str = TARGET_APP, since: datetime | None = None) -> EntryLog:
@@ -754,8 +1752,9 @@ class E2ERun:
         """The addresses the external host would see for the pods of ``selector``."""
         return caller_addresses(self._kube().list_pods(namespace, selector), source_nat=self.source_nat)
 
-    def gateway_callers(self) -> set[str]:
-        return self.callers(ISTIO_NAMESPACE, EGRESS_GATEWAY_SELECTOR)
+    def gateway_callers(self, gateway: ScenarioGateway | None = None) -> set[str]:
+        gw = gateway or DEFAULT_GATEWAY
+        return self.callers(gw.namespace, gw.selector)
 
     def workload_callers(self, app: str = TARGET_APP) -> set[str]:
         return self.callers(self.namespace, f"app={app}")
@@ -769,7 +1768,9 @@ class E2ERun:
             return []
         return self.recorder.records(request_id)
 
-    def expect_external_from_gateway(self, request_id: str, *, timeout: float = 5.0) -> Record:
+    def expect_external_from_gateway(
+        self, request_id: str, *, timeout: float = 5.0, gateway: ScenarioGateway | None = None
+    ) -> Record:
         """The recorder's record of ``request_id``, whose caller is an egress gateway address."""
         if self.recorder is None:
             raise E2EError("no recorder in this run (--external internet): the external host keeps no record")
@@ -777,9 +1778,24 @@ class E2ERun:
         return expect_external_record(
             lambda: recorder.records(request_id),
             request_id,
-            from_ips=self.gateway_callers(),
+            from_ips=self.gateway_callers(gateway),
             timeout=timeout,
         )
+
+    def proxy_versions(self, gateway: ScenarioGateway | None = None) -> list[str]:
+        """The Istio versions of the target's sidecar and the gateway (their istio-proxy image tags)."""
+        from harness.upgrade import PROXY_CONTAINER, image_tag
+
+        gw = gateway or DEFAULT_GATEWAY
+        kube = self._kube()
+        pods = kube.list_pods(self.namespace, f"app={TARGET_APP}") + kube.list_pods(gw.namespace, gw.selector)
+        found: set[str] = set()
+        for listed in pods:
+            spec = listed.get("spec") or {}
+            for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+                if container.get("name") == PROXY_CONTAINER:
+                    found.add(image_tag(str(container.get("image") or "")) or "unknown")
+        return sorted(found)
 
     # scenarios
 
@@ -789,14 +1805,26 @@ class E2ERun:
         return RenderContext(
             istio_version=self.options.istio_version,
             namespace=self.namespace,
-            external_host=self.options.host,
+            external_host=self.external_host,
             external_port=self.options.external_port,
-            unregistered_host=UNREGISTERED_ALIAS,
+            unregistered_host=self.unregistered_host,
             run_id=self.run_id,
         )
 
+    def external_serves(self) -> tuple[str, ...]:
+        """What this run's external host serves (http, tls, mtls)."""
+        root = self.root
+        if root.state is not None:
+            if root.state.recorder is not None:
+                return root.state.recorder.serves
+            return INTERNET_SERVES if root.state.external == "internet" else RECORDER_SERVES_DEFAULT
+        if root.recorder is not None:
+            return recorder_serves(root.recorder)
+        return INTERNET_SERVES if self.options.external == "internet" else RECORDER_SERVES_DEFAULT
+
     def skip_reason(self, scenario: Any) -> str | None:
-        """Why ``scenario`` cannot run in this run (Istio version, outbound policy, encoding), or None."""
+        """Why ``scenario`` cannot run in this run, or None: its Istio range, the outbound policy and
+        access-log encoding of the install, the Gateway API CRDs, what the external host serves."""
         ok, why = scenario.istio.applies_to(self.options.istio_version)
         if not ok:
             return str(why)
@@ -811,6 +1839,29 @@ class E2ERun:
             )
         if self.options.access_log_encoding not in needs.access_log_encoding:
             return f"runs with access-log encoding {'/'.join(needs.access_log_encoding)} only"
+        if needs.gateway_api and not self.root.gateway_api_present:
+            return (
+                f"needs the Gateway API CRDs ({GATEWAY_API_GROUP}), which this cluster does not have: run "
+                f"with --gateway-api (or `egress-harness e2e up --gateway-api`) to install {GATEWAY_API_VERSION}"
+            )
+        kind = external_requirement(scenario)
+        serves = self.external_serves()
+        if kind not in serves:
+            return (
+                f"needs an external host that serves {kind.upper()}; this run's external host serves "
+                f"{'/'.join(s.upper() for s in serves)} only"
+                + (
+                    " (this run's recorder was started without TLS)"
+                    if self.options.external == "container"
+                    else ""
+                )
+            )
+        for key, what in CREDENTIAL_REQUIREMENTS.items():
+            if getattr(needs, key, False):
+                return (
+                    f"needs the run to create a Secret with {what} in the gateway's namespace "
+                    f"(requires.{key}); this run makes no certificates for it yet"
+                )
         return None
 
     def apply_scenario(self, scenario: Any, *, wait_s: float = CONVERGE_TIMEOUT_S) -> AppliedScenario:
@@ -838,12 +1889,25 @@ class E2ERun:
         progress(
             f"applying scenario {scenario.name} ({len(rendered.documents)} objects) into {self.namespace}"
         )
-        refs = self._kube().apply(rendered.text, namespace=self.namespace)
-        markers = convergence_markers([d.body for d in rendered.documents], self.namespace)
-        applied = AppliedScenario(scenario, rendered, manifest, refs, markers, findings)
+        kube = self._kube()
+        refs = kube.apply(rendered.text, namespace=self.namespace)
+        documents = [d.body for d in rendered.documents]
+        gateway = scenario_gateway(documents, self.namespace)
+        markers = convergence_markers(documents, self.namespace, gateway_labels=gateway.labels)
+        applied = AppliedScenario(scenario, rendered, manifest, refs, markers, findings, gateway=gateway)
         self.applied.append(applied)
-        applied.converged_s = self.wait_config(markers, present=True, deadline_s=wait_s, what=scenario.name)
-        self.timings[f"converge:{scenario.name}"] = applied.converged_s
+        started = time.monotonic()
+        if gateway.deployment:
+            # a Gateway API Gateway: Istio deploys its proxy first
+            kube.wait_rollout(gateway.namespace, gateway.deployment, deadline_s=wait_s)
+        remaining = max(1.0, wait_s - (time.monotonic() - started))
+        waited = self.wait_config(
+            markers, present=True, deadline_s=remaining, what=scenario.name, gateway=gateway
+        )
+        applied.converged_s = round(time.monotonic() - started, 3) if gateway.deployment else waited
+        self.timings[f"converge:{self.namespace}:{scenario.name}"] = applied.converged_s
+        if self.parent is None:
+            self.timings[f"converge:{scenario.name}"] = applied.converged_s
         return applied
 
     def delete_scenario(self, applied: AppliedScenario, *, wait_s: float = CONVERGE_TIMEOUT_S) -> None:
@@ -853,8 +1917,12 @@ class E2ERun:
         self._kube().delete_objects(applied.refs)
         applied.removed = True
         name = applied.scenario.name
-        self.timings[f"removed:{name}"] = self.wait_config(
-            applied.markers, present=False, deadline_s=wait_s, what=f"{name} removal"
+        markers = applied.markers
+        if applied.gateway.deployment:
+            # the scenario's own gateway goes with its objects: only the sidecar is left to drop them
+            markers = [m for m in markers if m.proxy == "sidecar"]
+        self.timings[f"removed:{self.namespace}:{name}"] = self.wait_config(
+            markers, present=False, deadline_s=wait_s, what=f"{name} removal", gateway=applied.gateway
         )
 
     @contextlib.contextmanager
@@ -866,7 +1934,12 @@ class E2ERun:
             self.delete_scenario(applied)
 
     def run_request(
-        self, request: Any, *, wait: Wait | None = None, absence_window: float = 2.0
+        self,
+        request: Any,
+        *,
+        wait: Wait | None = None,
+        absence_window: float = 2.0,
+        gateway: ScenarioGateway | None = None,
     ) -> RequestOutcome:
         """Send a scenario request (a ResolvedRequest) down the chain and judge it by the hop logs."""
         from harness.scenarios.expect import judge
@@ -875,6 +1948,7 @@ class E2ERun:
             raise E2EError(
                 f"request {request.name}: only the full chain ingress -> proxy -> target runs here"
             )
+        gw = gateway or DEFAULT_GATEWAY
         result = self.send_chain(request.host, request.port, request.path, scheme=request.scheme)
         since = result.sent_at - timedelta(seconds=LOG_SLACK_S)
         ref = RequestRef(request_id=result.request_id, host=request.host)
@@ -882,9 +1956,10 @@ class E2ERun:
             request,
             ref,
             sidecar=self.sidecar_log(TARGET_APP, since=since),
-            gateway=self.gateway_log(since=since),
+            gateway=self.gateway_log(since=since, gateway=gw),
             wait=wait,
             absence_window=absence_window,
+            gateway_service=gw.service,
         )
         if result.response.status != request.expect.status:
             raise AssertionError(
@@ -896,16 +1971,14 @@ class E2ERun:
 
     # configuration in the proxies
 
-    def proxy_pods(self) -> dict[ProxyKind, list[tuple[str, str]]]:
+    def proxy_pods(self, gateway: ScenarioGateway | None = None) -> dict[ProxyKind, list[tuple[str, str]]]:
+        gw = gateway or DEFAULT_GATEWAY
         kube = self._kube()
         sidecars = [
             (p["metadata"]["name"], self.namespace)
             for p in kube.list_pods(self.namespace, f"app={TARGET_APP}")
         ]
-        gateways = [
-            (p["metadata"]["name"], ISTIO_NAMESPACE)
-            for p in kube.list_pods(ISTIO_NAMESPACE, EGRESS_GATEWAY_SELECTOR)
-        ]
+        gateways = [(p["metadata"]["name"], gw.namespace) for p in kube.list_pods(gw.namespace, gw.selector)]
         return {"sidecar": sidecars, "gateway": gateways}
 
     def config_dump(self, pod: str, namespace: str) -> str:
@@ -934,6 +2007,7 @@ class E2ERun:
         deadline_s: float = CONVERGE_TIMEOUT_S,
         interval_s: float | None = None,
         what: str = "configuration",
+        gateway: ScenarioGateway | None = None,
     ) -> float:
         """Poll the proxies' configuration until every marker is there (or gone); the seconds it took."""
         if not markers:
@@ -942,7 +2016,7 @@ class E2ERun:
         kinds = sorted({m.proxy for m in markers}, key=lambda k: (k != "sidecar", k))
 
         def fetch() -> list[ConfigMarker]:
-            pods = self.proxy_pods()
+            pods = self.proxy_pods(gateway)
             dumps: dict[ProxyKind, list[str]] = {}
             for kind in kinds:
                 dumps[kind] = [self.config_dump(pod, ns) for pod, ns in pods[kind]]
@@ -972,13 +2046,13 @@ class E2ERun:
 
     # diagnostics
 
-    def diagnostics(self) -> Any:
+    def diagnostics(self, gateway: ScenarioGateway | None = None) -> Any:
         from harness.diagnostics import Diagnostics
 
+        gw = gateway or DEFAULT_GATEWAY
         manifests = [a.manifest for a in self.applied]
-        relay = self.run_dir / "manifests" / "relay.yaml"
-        if relay.exists():
-            manifests.insert(0, relay)
+        if self.relay_manifest is not None and self.relay_manifest.exists():
+            manifests.insert(0, self.relay_manifest)
         return Diagnostics(
             self.options.artifacts_dir,
             kube=self.kube,
@@ -990,9 +2064,417 @@ class E2ERun:
             manifests=manifests,
             recorder=self.recorder,
             kind_cluster=self.cluster if isinstance(self.cluster, KindCluster) else None,
+            gateway_namespace=gw.namespace,
+            gateway_selector=gw.selector,
         )
 
     def write_timings(self) -> Path:
         path = self.run_dir / "timings.json"
         path.write_text(json.dumps(self.timings, indent=1, sort_keys=True) + "\n")
         return path
+
+
+# --- the catalog, one scenario namespace each -----------------------------------------------------
+
+#: Exceptions that mean "the scenario's claim does not hold" (outcome ``failed``); anything else that
+#: goes wrong while a scenario runs is an ``error`` (the harness or the cluster could not run it).
+SCENARIO_FAILURES: tuple[type[BaseException], ...] = (AssertionError, ConvergenceError, AnalyzeError)
+
+
+@dataclass(frozen=True)
+class ScenarioReport:
+    """How one scenario went: its result, the namespace it ran in, where its diagnostics are."""
+
+    result: ScenarioResult
+    namespace: str
+    diagnostics: Path | None = None
+    #: its namespace was kept (keep-on-failure)
+    kept: bool = False
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+class ScenarioRunner:
+    """Runs catalog scenarios on a started :class:`E2ERun`, each in a namespace of its own.
+
+    For each scenario: the skip reasons of the run (:meth:`E2ERun.skip_reason`) and of its hosts;
+    then, under the run's scenario lock (shared, or alone for a scenario that reaches beyond its
+    namespace): a namespace ``<prefix>-<scenario>`` with ``namespace_labels`` and the run labels,
+    the relays and the ingress route, the scenario applied and converged, every request sent and
+    judged (access logs of the target's sidecar and the gateway, and the recorder's record of the
+    caller for a request that must leave through the gateway). Afterwards the scenario's objects are
+    removed (awaited until the proxies dropped them) and the namespace deleted, whatever happened,
+    unless it failed with keep-on-failure. :meth:`run` never raises but for Ctrl-C: the outcome,
+    the message and the hop where the path diverged are in the :class:`ScenarioReport`.
+    """
+
+    def __init__(
+        self,
+        run: E2ERun,
+        *,
+        phase: Phase = "single",
+        namespace_labels: Mapping[str, str] | None = None,
+        namespace_prefix: str | None = None,
+        wait: Wait = SCENARIO_WAIT,
+        lock: ScenarioLock | None = None,
+        keep_on_failure: bool | None = None,
+        collect_diagnostics: bool = True,
+        chain_deadline_s: float = CHAIN_READY_TIMEOUT_S,
+        converge_s: float = CONVERGE_TIMEOUT_S,
+    ) -> None:
+        self.run = run
+        self.phase = phase
+        self.namespace_labels = dict(namespace_labels if namespace_labels is not None else INJECTION_LABELS)
+        self.prefix = namespace_prefix or f"e{run.run_id}"
+        self.wait = wait
+        self.lock = lock if lock is not None else run.scenario_lock()
+        self.keep_on_failure = run.options.keep_on_failure if keep_on_failure is None else keep_on_failure
+        self.collect_diagnostics = collect_diagnostics
+        self.chain_deadline_s = chain_deadline_s
+        self.converge_s = converge_s
+
+    def namespace_for(self, scenario: Any) -> str:
+        return scenario_namespace_name(self.prefix, scenario.name)
+
+    def view(self, scenario: Any) -> E2ERun:
+        hosts = scenario_hosts(scenario.name)
+        return self.run.scoped(
+            self.namespace_for(scenario), external_host=hosts.external, unregistered_host=hosts.unregistered
+        )
+
+    def skip_reason(self, scenario: Any) -> str | None:
+        reason = self.run.skip_reason(scenario)
+        if reason:
+            return reason
+        recorder = self.run.recorder
+        if recorder is None:
+            return (
+                "the catalog runs against the recorder's per-scenario host names; this run has no recorder "
+                "(--external internet)"
+            )
+        hosts = scenario_hosts(scenario.name)
+        missing = [h for h in (hosts.external, hosts.unregistered) if h not in set(recorder.aliases)]
+        if missing:
+            return (
+                f"the recorder does not answer to {missing[0]}: the catalog changed after the run's recorder "
+                "started (`egress-harness e2e down`, then `up` again)"
+            )
+        return None
+
+    def run_all(self, scenarios: Iterable[Any]) -> list[ScenarioResult]:
+        return [self.run_scenario(s).result for s in scenarios]
+
+    def run_scenario(self, scenario: Any, *, test_id: str | None = None) -> ScenarioReport:
+        """Run one scenario (see the class docstring); never raises but for Ctrl-C."""
+        started = time.monotonic()
+        namespace = self.namespace_for(scenario)
+
+        def report(outcome: Any, message: str = "", **kw: Any) -> ScenarioReport:
+            result = ScenarioResult(
+                scenario=scenario.name,
+                phase=self.phase,
+                istio_version=self.run.options.istio_version,
+                outcome=outcome,
+                message=message,
+                convergence_s=kw.get("convergence"),
+                proxy_versions=list(kw.get("proxies") or []),
+                duration_s=round(time.monotonic() - started, 3),
+                hop=kw.get("hop"),
+            )
+            return ScenarioReport(result, namespace, kw.get("diagnostics"), bool(kw.get("kept")))
+
+        reason = self.skip_reason(scenario)
+        if reason:
+            progress(f"scenario {scenario.name}: skipped: {reason}")
+            return report("skipped", reason)
+        try:
+            view = self.view(scenario)
+            from harness.scenarios import render_scenario
+
+            documents = [d.body for d in render_scenario(scenario, view.render_context()).documents]
+            alone = exclusive_reason(documents, namespace)
+            if alone:
+                progress(f"scenario {scenario.name} needs the cluster alone: {alone}")
+            with self.lock.hold(exclusive=alone is not None, what=f"scenario {scenario.name}"):
+                return self._run_in(view, scenario, report, test_id)
+        except Exception as exc:
+            return report("error", f"scenario {scenario.name} could not run: {type(exc).__name__}: {exc}")
+
+    def _run_in(
+        self, view: E2ERun, scenario: Any, report: Callable[..., ScenarioReport], test_id: str | None
+    ) -> ScenarioReport:
+        kube = view._kube()
+        ns = view.namespace
+        stack = contextlib.ExitStack()
+        gateway = DEFAULT_GATEWAY
+        convergence: float | None = None
+        outcome: ScenarioReport | None = None
+        failed = False
+        kept = False
+        cleanup_error: Exception | None = None
+        try:
+            try:
+                kube.create_namespace(
+                    ns,
+                    {
+                        **self.namespace_labels,
+                        RUN_LABEL: view.run_id,
+                        SCENARIO_LABEL: dns_label(scenario.name),
+                    },
+                )
+                # only a namespace made here is deleted (one that was there is not this scenario's)
+                stack.callback(kube.delete_namespace, ns)
+                relays = NamespaceRelays(kube, ns, gateway=view.ingress_gateway, image=view.relay_image)
+                relays.deploy()
+                view.relay_manifest = relays.save(view.run_dir / "manifests" / ns)
+                view.wait_chain_ready(deadline_s=self.chain_deadline_s)
+                stack.callback(self._remove_applied, view)
+                applied = view.apply_scenario(scenario, wait_s=self.converge_s)
+                gateway, convergence = applied.gateway, applied.converged_s
+                summary = self._exercise(view, scenario, gateway)
+                outcome = report(
+                    "passed", summary, convergence=convergence, proxies=self._proxies(view, gateway)
+                )
+            except Exception as exc:
+                failed = True
+                kind = "failed" if isinstance(exc, SCENARIO_FAILURES) else "error"
+                message = str(exc) if kind == "failed" else f"{type(exc).__name__}: {exc}"
+                diagnostics = self._diagnose(view, gateway, scenario, test_id)
+                if diagnostics is not None:
+                    message += f"\ndiagnostics: {diagnostics}"
+                outcome = report(
+                    kind,
+                    message,
+                    hop=getattr(exc, "hop", None),
+                    convergence=convergence,
+                    proxies=self._proxies(view, gateway),
+                    diagnostics=diagnostics,
+                )
+        finally:
+            # also on Ctrl-C: nothing of the scenario is left behind unless asked
+            if failed and self.keep_on_failure:
+                stack.pop_all()
+                kept = True
+                progress(
+                    f"keeping namespace {ns} of the failed scenario {scenario.name} (keep-on-failure); "
+                    f"remove it with `kubectl delete namespace {ns}`"
+                )
+            else:
+                try:
+                    stack.close()
+                except Exception as exc:
+                    cleanup_error = exc
+        assert outcome is not None
+        result = outcome.result
+        if cleanup_error is not None:
+            text = f"removing the scenario's objects or namespace {ns} failed: {type(cleanup_error).__name__}: {cleanup_error}"
+            if result.outcome == "passed":
+                result = dataclasses.replace(result, outcome="error", message=f"{text}\n{result.message}")
+            else:
+                result = dataclasses.replace(result, message=f"{result.message}\n{text}")
+        return dataclasses.replace(outcome, result=result, kept=kept)
+
+    def _exercise(self, view: E2ERun, scenario: Any, gateway: ScenarioGateway) -> str:
+        """Send and judge every request of the scenario; one line per request of what was seen."""
+        from harness.scenarios import render_request
+
+        lines = []
+        for spec in scenario.requests:
+            request = render_request(spec, view.render_context(), source=scenario.file)
+            done = view.run_request(request, wait=self.wait, gateway=gateway)
+            line = f"{request.name}: HTTP {done.result.response.status}, " + " -> ".join(
+                e.hop for e in done.evidence
+            )
+            if request.expect.via_gateway and not request.expect.blocked and view.recorder is not None:
+                record = view.expect_external_from_gateway(done.result.request_id, gateway=gateway)
+                line += f" -> external host (called from {record.get('client_ip')})"
+            lines.append(line)
+        return "; ".join(lines)
+
+    def _remove_applied(self, view: E2ERun) -> None:
+        problems = []
+        for applied in reversed(view.applied):
+            try:
+                view.delete_scenario(applied, wait_s=self.converge_s)
+            except Exception as exc:
+                problems.append(f"{applied.scenario.name}: {exc}")
+        if problems:
+            raise E2EError("; ".join(problems))
+
+    def _proxies(self, view: E2ERun, gateway: ScenarioGateway) -> list[str]:
+        try:
+            return view.proxy_versions(gateway)
+        except Exception as exc:
+            progress(f"could not read the proxies' versions in {view.namespace}: {exc}")
+            return []
+
+    def _diagnose(
+        self, view: E2ERun, gateway: ScenarioGateway, scenario: Any, test_id: str | None
+    ) -> Path | None:
+        if not self.collect_diagnostics:
+            return None
+        name = test_id or f"{self.phase}-{self.run.options.istio_version}-{scenario.name}"
+        try:
+            path: Path = view.diagnostics(gateway).collect(name)
+        except Exception as exc:
+            progress(f"diagnostics of {scenario.name} could not be collected: {type(exc).__name__}: {exc}")
+            return None
+        return path
+
+
+def catalog_results(
+    scenarios: Iterable[Any],
+    run_one: Callable[[Any], ScenarioResult],
+    *,
+    phase: Phase,
+    version: str,
+) -> list[ScenarioResult]:
+    """``run_one`` over ``scenarios``; one that raises is recorded as an ``error`` and the rest still run."""
+    results: list[ScenarioResult] = []
+    for scenario in scenarios:
+        try:
+            result = run_one(scenario)
+        except Exception as exc:
+            result = ScenarioResult(scenario.name, phase, version, "error", f"{type(exc).__name__}: {exc}")
+        results.append(result)
+    return results
+
+
+# --- the catalog under an Istio upgrade -----------------------------------------------------------
+
+PROBE_TIMEOUT_S = 5.0
+MISSION = "http-via-egress-gateway"
+
+
+class UpgradeCatalog:
+    """``run_catalog`` and ``probe`` for a ``harness.upgrade.UpgradeRun`` on the harness's cluster.
+
+    ``base`` describes the cluster and the recorder (a :class:`RunState` without Istio yet); each
+    phase attaches an :class:`E2ERun` to it with that phase's Istio version, runs every scenario
+    through a :class:`ScenarioRunner` (namespaces ``u<run id>-<phase>-<scenario>``, labelled for
+    the phase's control plane, e.g. ``istio.io/rev`` in a canary) and returns their results. The
+    first phase also puts the relays (with the shared ingress Gateway) into the upgrade's workload
+    namespace and applies the mission scenario there: the prober's requests then go
+    ``client -> ingress -> proxy -> target -> external host`` through the egress gateway all through
+    the upgrade, and the upgrade restarts those relays onto the new sidecars. The upgrade's cleanup
+    deletes that namespace.
+    """
+
+    def __init__(
+        self,
+        scenarios: Sequence[Any],
+        plan: Any,
+        *,
+        base: RunState,
+        options: E2EOptions,
+        run_dir: Path,
+        mission: Any | None = None,
+        run_factory: Callable[[E2EOptions, Path, RunState], Any] | None = None,
+        runner_factory: Callable[..., Any] = ScenarioRunner,
+    ) -> None:
+        self.scenarios = list(scenarios)
+        self.plan = plan
+        self.base = base
+        self.options = options
+        self.run_dir = run_dir
+        self.mission = mission
+        self.run_factory = run_factory or (lambda o, d, s: E2ERun(o, d, state=s))
+        self.runner_factory = runner_factory
+        self.probe_url: str | None = None
+        self.phases: list[tuple[str, str]] = []
+        self._traffic: Traffic | None = None
+
+    @property
+    def namespace(self) -> str:
+        return str(self.plan.namespaces[0])
+
+    def state_for(self, version: str) -> RunState:
+        return dataclasses.replace(
+            self.base,
+            istio_version=version,
+            namespace=self.namespace,
+            ingress_gateway=f"{self.namespace}/{INGRESS_GATEWAY_NAME}",
+        )
+
+    def __call__(self, phase: Phase, version: str) -> list[ScenarioResult]:
+        self.phases.append((phase, version))
+        with self.run_factory(
+            self.options, self.run_dir / f"{phase}-{version}", self.state_for(version)
+        ) as run:
+            if self.probe_url is None:
+                self.prepare(run)
+            labels, _ = self.plan.namespace_labels(version)
+            runner = self.runner_factory(
+                run, phase=phase, namespace_labels=labels, namespace_prefix=f"u{self.base.run_id}-{phase}"
+            )
+            return catalog_results(
+                self.scenarios,
+                lambda s: runner.run_scenario(s, test_id=f"upgrade-{phase}-{version}-{s.name}").result,
+                phase=phase,
+                version=version,
+            )
+
+    def prepare(self, run: E2ERun) -> str:
+        """The relays, the shared ingress Gateway and the mission in the upgrade namespace; the probe URL."""
+        from harness.scenarios import render_request
+
+        relays = RelayApps(run._kube(), run.namespace, image=run.relay_image, keep=True)
+        relays.deploy()
+        run.relay_manifest = relays.save(run.run_dir / "manifests")
+        run.wait_chain_ready()
+        destination = f"http://{run.external_host}:{run.options.external_port}/get"
+        if self.mission is not None:
+            reason = run.skip_reason(self.mission)
+            if reason:
+                raise E2EError(f"the prober's scenario {self.mission.name} cannot run here: {reason}")
+            run.apply_scenario(self.mission)
+            request = render_request(self.mission.requests[0], run.render_context(), source=self.mission.file)
+            destination = request.url
+        self.probe_url = chain_for(run.ingress_url, run.namespace, destination)
+        progress(f"the prober will send {self.probe_url}")
+        return self.probe_url
+
+    def probe(self) -> ChainResponse:
+        """One request down the mission's chain (for ``harness.prober.Prober``)."""
+        if self.probe_url is None:
+            raise E2EError("the prober started before the catalog's first phase set up its chain")
+        if self._traffic is None:
+            self._traffic = Traffic(timeout=PROBE_TIMEOUT_S)
+        return self._traffic.send(self.probe_url)
+
+    def close(self) -> None:
+        if self._traffic is not None:
+            self._traffic.close()
+            self._traffic = None
+
+
+def upgrade_problems(result: RunResult, to_version: str) -> list[str]:
+    """What an upgrade run's result says went wrong: a failed step, regressions, the prober below its
+    threshold (or absent), proxies not on ``to_version`` after the upgrade, no scenario run after it."""
+    problems: list[str] = []
+    step = result.failed_step
+    if step is not None:
+        problems.append(f"phase {step.phase}, step {step.step} failed: {_first_line(step.message)}")
+    for before, regressed in result.regressions():
+        problems.append(
+            f"{regressed.scenario} regressed: {before.outcome} on {before.istio_version}, "
+            f"{regressed.outcome} on {regressed.istio_version}"
+            + (f" at hop {regressed.hop!r}" if regressed.hop else "")
+            + f": {_first_line(regressed.message)}"
+        )
+    if result.prober is None:
+        problems.append("no traffic was probed during the upgrade")
+    elif not result.prober.passed:
+        problems.append(f"prober: {result.prober.verdict()}")
+    after = result.phase_results("after")
+    for item in after:
+        stale = [v for v in item.proxy_versions if v != to_version and not v.startswith(f"{to_version}-")]
+        if stale:
+            problems.append(
+                f"{item.scenario}: proxies report {', '.join(stale)} after the upgrade, not {to_version}"
+            )
+    if step is None and not any(r.outcome != "skipped" for r in after):
+        problems.append("no scenario ran after the upgrade")
+    return problems

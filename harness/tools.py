@@ -442,7 +442,9 @@ def _cmd_tools(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: Any) -> None:
     """Register ``e2e preflight`` and ``e2e tools`` on the CLI."""
-    e2e = subparsers.add_parser("e2e", help="the cluster path: preflight and pinned tools")
+    e2e = subparsers.add_parser(
+        "e2e", help="the cluster path: preflight, pinned tools, up/down of a shared run"
+    )
     sub = e2e.add_subparsers(dest="e2e_command", metavar="STEP", required=True)
     pre = sub.add_parser("preflight", help="list what the cluster tier still needs (exit 1 if anything)")
     pre.add_argument(
@@ -456,3 +458,7 @@ def add_commands(subparsers: Any) -> None:
         "--cache-dir", default=None, help="directory holding <name>-<version>/ (default .cache/bin)"
     )
     tools.set_defaults(handler=_cmd_tools)
+
+    from harness.e2e_cli import add_e2e_subcommands
+
+    add_e2e_subcommands(sub)

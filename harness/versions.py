@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
+#: The Gateway API release whose standard-channel CRDs ``--gateway-api`` installs. v1.5 is the first
+#: with TLSRoute in the standard channel as gateway.networking.k8s.io/v1, which Istio 1.30 reads.
+GATEWAY_API_VERSION: Final = "v1.5.1"
+GATEWAY_API_CRDS_URL: Final = f"https://github.com/kubernetes-sigs/gateway-api/releases/download/{GATEWAY_API_VERSION}/standard-install.yaml"
+
 KIND_VERSION: Final = "0.33.0"
 KUBERNETES_VERSION: Final = "1.34.11"
 KIND_NODE_IMAGE: Final = (

@@ -55,9 +55,9 @@ def gateway_forwarded_http(
 
 
 def sidecar_to_gateway(
-    *, gateway_service: str = EGRESS_GATEWAY_SERVICE, port: int = 80, subset: object = _ANY
+    *, gateway_service: str = EGRESS_GATEWAY_SERVICE, port: int | None = 80, subset: object = _ANY
 ) -> p.Predicate:
-    """A sidecar entry whose upstream is the egress gateway service."""
+    """A sidecar entry whose upstream is the egress gateway service (on ``port``; ``None``: any port)."""
     return p.outbound_cluster(gateway_service, port, subset)
 
 

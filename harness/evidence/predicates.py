@@ -158,14 +158,18 @@ def cluster(name: str) -> Predicate:
     return field("upstream_cluster", name)
 
 
-def outbound_cluster(host: str, port: int, subset: str | object | None = _ANY) -> Predicate:
+def outbound_cluster(host: str, port: int | None, subset: str | object | None = _ANY) -> Predicate:
     """The upstream cluster is Istio's outbound cluster of ``host:port``: ``outbound|P|SUBSET|H``.
 
-    ``subset`` left out accepts any subset (or none); ``None`` demands no subset.
+    ``subset`` left out accepts any subset (or none); ``None`` demands no subset. ``port=None``
+    accepts any port.
     """
-    if subset is _ANY:
-        pattern = rf"outbound\|{port}\|[^|]*\|{re.escape(host)}"
-        desc = f"upstream_cluster == outbound|{port}|*|{host}"
+    if subset is _ANY or port is None:
+        port_rx, port_desc = (r"\d+", "*") if port is None else (str(port), str(port))
+        subset_rx = r"[^|]*" if subset is _ANY else re.escape(str(subset or ""))
+        subset_desc = "*" if subset is _ANY else str(subset or "")
+        pattern = rf"outbound\|{port_rx}\|{subset_rx}\|{re.escape(host)}"
+        desc = f"upstream_cluster == outbound|{port_desc}|{subset_desc}|{host}"
         return _Field(
             "upstream_cluster", desc, lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None
         )

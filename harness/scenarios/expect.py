@@ -52,7 +52,9 @@ def hop_checks(
     exp = request.expect
     side_extra = field_checks(exp.sidecar)
     gw_extra = field_checks(exp.gateway)
-    to_gateway = sidecar_to_gateway(gateway_service=gateway_service)
+    # Any port of the gateway service: plain HTTP reaches it on 80, TLS origination on 443 (ISTIO_MUTUAL);
+    # a scenario's own ``sidecar.upstream_cluster`` pins the exact one.
+    to_gateway = sidecar_to_gateway(gateway_service=gateway_service, port=None)
     if exp.blocked == "sidecar":
         return [HopCheck(sidecar, p.all_of(sidecar_blocked(), *side_extra))]
     if exp.blocked == "gateway":

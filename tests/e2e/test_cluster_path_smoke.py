@@ -18,10 +18,13 @@ from harness import tools, versions
 from harness.cluster import INGRESS_NODE_PORT, KindCluster
 from harness.istio import ISTIO_NAMESPACE, IstioInstall
 from harness.proc import run
+from harness.pytest_plugin import run_state_path
 
 REPO = Path(__file__).resolve().parents[2]
 RELAY_IMAGE = "istio-egress-harness/relay:dev"
 RELAY_MANIFEST = REPO / "manifests" / "apps" / "relay.yaml"
+#: beside the 18080 of a cluster of `e2e up` and the 18081 of the upgrade test's cluster
+SMOKE_INGRESS_PORT = 18082
 
 
 def _missing_reason() -> str | None:
@@ -32,16 +35,29 @@ def _missing_reason() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KindCluster, IstioInstall]]:
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[tuple[KindCluster, IstioInstall]]:
     reason = _missing_reason()
     if reason:
         pytest.skip(reason)
+    if run_state_path(pytestconfig) is not None:
+        # a second cluster beside the one of `e2e up` would double the load for what up itself checked
+        pytest.skip(
+            "attached to a run of `egress-harness e2e up`, which set up the same path; run it without --run-state"
+        )
     istio = versions.istio_version()
     kind = tools.ensure_tool("kind", versions.KIND_VERSION)
     istioctl = tools.ensure_tool("istioctl", istio)
     run_dir = tmp_path_factory.mktemp("cluster-smoke")
     keep = os.environ.get("EGRESS_HARNESS_KEEP_CLUSTER") == "1"
-    cluster = KindCluster(f"egress-smoke-{os.getpid()}", run_dir, kind=kind, keep_on_failure=keep)
+    cluster = KindCluster(
+        f"egress-smoke-{os.getpid()}",
+        run_dir,
+        kind=kind,
+        keep_on_failure=keep,
+        ingress_host_port=SMOKE_INGRESS_PORT,
+    )
     with (
         cluster,
         IstioInstall(

@@ -25,6 +25,7 @@ import pytest
 
 from harness.e2e import E2ERun
 from harness.evidence import EgressTarget, RequestRef, Wait, assert_through_gateway
+from harness.pytest_plugin import E2EResults, Recording
 from harness.scenarios import load_catalog, render_request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,12 +33,23 @@ MISSION = "http-via-egress-gateway"
 WAIT = Wait(timeout=20.0, interval=0.25, settle=2.0)
 
 
-def test_http_leaves_the_mesh_through_the_egress_gateway(e2e_run: E2ERun, scenario_namespace: str) -> None:
+@pytest.mark.timeout(1800)  # the session's first test also waits for the cluster of its run
+def test_http_leaves_the_mesh_through_the_egress_gateway(
+    e2e_run: E2ERun, scenario_namespace: str, e2e_results: E2EResults
+) -> None:
+    # recorded as a scenario of its own: the catalog's run of MISSION (tests/e2e/test_catalog.py) is
+    # another one, in a namespace of its own with its own host
+    with e2e_results.recording(f"mission/{MISSION}") as note:
+        _mission(e2e_run, scenario_namespace, note)
+
+
+def _mission(e2e_run: E2ERun, scenario_namespace: str, note: Recording) -> None:
     scenario = load_catalog(REPO / "scenarios").get(MISSION)
     reason = e2e_run.skip_reason(scenario)
     if reason:
         pytest.skip(f"{MISSION}: {reason}")
     applied = e2e_run.apply_scenario(scenario)
+    note.convergence_s = applied.converged_s
     assert {r.kind for r in applied.refs} >= {"ServiceEntry", "Gateway", "DestinationRule", "VirtualService"}
     assert all(r.namespace == scenario_namespace for r in applied.refs)
 
@@ -89,6 +101,8 @@ def test_http_leaves_the_mesh_through_the_egress_gateway(e2e_run: E2ERun, scenar
             UserWarning,
             stacklevel=1,
         )
+    note.proxy_versions = e2e_run.proxy_versions()
+    note.message = f"through the egress gateway; external host called from {record['client_ip']}"
     print(
         f"through the egress gateway: sidecar {evidence[0].entry.upstream_cluster}, gateway "
         f"{evidence[1].entry.upstream_cluster}, external host called from {record['client_ip']}; "

@@ -449,17 +449,18 @@ class Part:
     fail_on_enter: set[str]
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.part = name
         self.keep = False
+        self.installed_by_us = True  # as an IstioInstall that installed Istio
 
     def __enter__(self) -> Any:
-        Part.events.append(f"enter {self.name}")
-        if self.name in Part.fail_on_enter:
-            raise RuntimeError(f"{self.name} failed")
+        Part.events.append(f"enter {self.part}")
+        if self.part in Part.fail_on_enter:
+            raise RuntimeError(f"{self.part} failed")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        Part.events.append(f"exit {self.name}" + (" (kept)" if self.keep else ""))
+        Part.events.append(f"exit {self.part}" + (" (kept)" if self.keep else ""))
 
 
 @pytest.fixture
@@ -475,6 +476,7 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
             self.kubeconfig = kubeconfig
             self.context = f"kind-{name}"
             self.ingress_host_port = 18080
+            self.created = True
 
         def __enter__(self) -> Any:
             Part.events.append("enter cluster")
@@ -500,6 +502,11 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
 
         def __init__(self) -> None:
             super().__init__("recorder")
+            self.name = "egress-harness-recorder-1"
+            self.image = "istio-egress-harness/recorder:dev"
+            self.network_name = "kind"
+            self.port = 80
+            self.aliases = [self.alias, "unregistered.egress-harness.test"]
 
     class FakeTraffic(Part):
         def __init__(self) -> None:
@@ -517,6 +524,7 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
     monkeypatch.setattr(e2e, "prepare_relay_image", lambda cluster, **kw: "istio-egress-harness/relay:dev")
     monkeypatch.setattr(e2e, "RelayApps", lambda kube, ns, **kw: _Relays())
     monkeypatch.setattr(e2e, "Traffic", FakeTraffic)
+    monkeypatch.setattr(e2e, "crd_exists", lambda kube, name: Part.events.append(f"crd? {name}") or False)
     fakebin.rules(
         [
             {
@@ -539,10 +547,11 @@ class _Relays(Part):
 
 SETUP = [
     "enter cluster",
-    "enter istio",
     "enter kube",
+    "enter istio",
+    "crd? httproutes.gateway.networking.k8s.io",
     "enter recorder",
-    "create egress-abc123 {'istio-injection': 'enabled'}",
+    "create egress-abc123 {'istio-injection': 'enabled', 'io.egress-harness.run': 'abc123'}",
     "enter relays",
     "enter traffic",
     "send",
@@ -552,8 +561,8 @@ TEARDOWN = [
     "exit relays",
     "delete egress-abc123",
     "exit recorder",
-    "exit kube",
     "exit istio",
+    "exit kube",
     "exit cluster",
 ]
 
@@ -590,7 +599,7 @@ def test_an_alias_that_does_not_resolve_on_the_node_stops_the_run(
     fakebin.rules([{"tool": "docker", "args": ["exec"], "exit": 2}])
     with pytest.raises(E2EError, match=r"does not resolve on the kind node egress-harness-control-plane"):
         E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123").__enter__()
-    assert parts[-3:] == ["exit kube", "exit istio", "exit cluster"]
+    assert parts[-3:] == ["exit istio", "exit kube", "exit cluster"]
 
 
 def test_keep_on_failure_keeps_everything_of_a_failed_run(parts: list[str], tmp_path: Path) -> None:

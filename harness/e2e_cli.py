@@ -1,0 +1,337 @@
+"""``egress-harness e2e up`` and ``e2e down``: one cluster run shared by many test processes.
+
+``up`` makes what a session of the cluster tier needs -- the kind cluster (its own kubeconfig in the
+run directory), Istio with its egress gateway, optionally the Gateway API CRDs, the recorder on
+kind's network under an alias for every host of the catalog, the run namespace with the relays and
+the shared ingress Gateway -- and leaves it running. It writes ``<run dir>/run-state.json`` (a
+:class:`harness.e2e.RunState`: kubeconfig, context, ingress URL, recorder container, run id, and
+what it created) and prints it on stdout. A failed or interrupted ``up`` removes what it made and
+writes no state.
+
+Tests attach to it with ``pytest --run-state <run dir>/run-state.json`` (each pytest-xdist worker
+does), creating and deleting nothing but their scenario namespaces.
+
+``down`` removes what the state says ``up`` created: the recorder container, then the kind cluster
+(which takes everything in it along); on a cluster ``up`` did not create, the namespaces of the run,
+the Gateway API CRDs it installed and the Istio it installed. It is idempotent: what is gone already
+counts as removed, and without a state file there is nothing to do. The state file is deleted only
+when everything is gone, so a failed ``down`` can be run again.
+
+    egress-harness e2e up [--istio-version V] [--access-log-encoding text|json]
+                          [--outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY] [--gateway-api] [--run-dir DIR]
+    egress-harness e2e down [--run-dir DIR]
+
+The CLI registers these with :func:`add_e2e_subcommands` on its ``e2e`` group; ``python -m
+harness.e2e_cli up|down ...`` works on its own too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness import versions
+from harness.proc import CommandError, progress, run
+
+if TYPE_CHECKING:  # harness.e2e is imported when a command runs: building the CLI stays cheap
+    from harness.e2e import E2EOptions, E2ERun, RunState
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR_ENV = "EGRESS_HARNESS_RUN_DIR"
+DEFAULT_RUN_DIR = REPO_ROOT / ".cache" / "e2e-run"
+NAMESPACE_DELETE_S = 180.0
+KIND_TIMEOUT_S = 300.0
+
+
+def default_run_dir() -> Path:
+    return Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
+
+
+def state_path(run_dir: Path) -> Path:
+    from harness.e2e import RUN_STATE_FILE
+
+    return run_dir / RUN_STATE_FILE
+
+
+# --- up ---------------------------------------------------------------------------------------------
+
+
+def options_for_up(args: argparse.Namespace, scenario_names: Iterable[str]) -> E2EOptions:
+    from harness.e2e import E2EOptions, recorder_aliases
+
+    return E2EOptions(
+        istio_version=versions.istio_version(args.istio_version),
+        cluster_name=args.cluster_name,
+        reuse_cluster=args.reuse_cluster,
+        keep_on_failure=args.keep_on_failure,
+        access_log_encoding=args.access_log_encoding.upper(),
+        outbound_traffic_policy=args.outbound_traffic_policy,
+        gateway_api=args.gateway_api,
+        recorder_aliases=tuple(recorder_aliases(scenario_names)),
+        artifacts_dir=Path(args.artifacts_dir),
+    )
+
+
+def bring_up(
+    options: E2EOptions, run_dir: Path, *, make_run: Callable[..., E2ERun] | None = None
+) -> RunState:
+    """Start a run, write its state, and leave it running. On any failure (Ctrl-C included) what was
+    made is removed again and no state file is left."""
+    from harness.e2e import E2EError, E2ERun
+
+    make_run = make_run or E2ERun
+    path = state_path(run_dir)
+    if path.exists():
+        raise E2EError(
+            f"{path} exists: a run is up in {run_dir} already; tear it down first "
+            f"(`egress-harness e2e down --run-dir {run_dir}`) or use another --run-dir"
+        )
+    e2e = make_run(options, run_dir)
+    e2e.__enter__()  # a failed start removes what it made and raises
+    try:
+        state = e2e.to_state()
+        state.save(path)
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        e2e.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    e2e.detach()
+    e2e.__exit__(None, None, None)
+    progress(f"run {state.run_id} is up; its state: {path}")
+    return state
+
+
+def load_catalog_names(scenarios_dir: Path = REPO_ROOT / "scenarios") -> tuple[str, ...]:
+    """The scenario names of the catalog (the recorder answers to each one's hosts)."""
+    from harness.scenarios import load_catalog
+
+    return load_catalog(scenarios_dir).names()
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from harness.e2e import E2EError
+    from harness.scenarios import ScenarioError
+
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
+    try:
+        names = load_catalog_names(Path(args.scenarios_dir))
+    except (ScenarioError, OSError) as exc:
+        print(
+            f"egress-harness e2e up: the catalog {args.scenarios_dir} does not load: {exc}", file=sys.stderr
+        )
+        return 2
+    try:
+        options = options_for_up(args, names)
+        state = bring_up(options, run_dir)
+    except (E2EError, ValueError) as exc:
+        print(f"egress-harness e2e up: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(state.to_json())
+    return 0
+
+
+# --- down -------------------------------------------------------------------------------------------
+
+
+def remove_container(name: str) -> None:
+    """``docker rm -f -v NAME``; a container that is gone already is fine."""
+    from harness.e2e import DOCKER_RM_TIMEOUT_S, E2EError
+
+    done = run(["docker", "rm", "-f", "-v", name], timeout=DOCKER_RM_TIMEOUT_S, check=False)
+    if done.returncode != 0 and "no such container" not in done.stderr.lower():
+        raise E2EError(f"`docker rm -f -v {name}` failed (exit {done.returncode}): {done.stderr.strip()}")
+
+
+def delete_kind_cluster(state: RunState) -> None:
+    """``kind delete cluster`` of the run's cluster, when it still exists."""
+    assert state.cluster_name is not None
+    cluster = state.cluster_handle()
+    kind = getattr(cluster, "kind", "kind")
+    listed = run([kind, "get", "clusters"], timeout=KIND_TIMEOUT_S)
+    if state.cluster_name not in {line.strip() for line in listed.stdout.splitlines()}:
+        progress(f"kind cluster {state.cluster_name!r} is gone already")
+        return
+    progress(f"deleting kind cluster {state.cluster_name!r}")
+    run(
+        [kind, "delete", "cluster", "--name", state.cluster_name, "--kubeconfig", str(state.kubeconfig)],
+        timeout=KIND_TIMEOUT_S,
+        heartbeat_s=30.0,
+    )
+
+
+def run_namespaces(kube: Any, run_id: str) -> list[str]:
+    """The namespaces labelled with the run's id (the run namespace and scenario leftovers)."""
+    from harness.e2e import RUN_LABEL
+    from harness.kube import REQUEST_TIMEOUT_S
+
+    listing = kube.core.list_namespace(
+        label_selector=f"{RUN_LABEL}={run_id}", _request_timeout=REQUEST_TIMEOUT_S
+    )
+    items = kube.api_client.sanitize_for_serialization(listing).get("items") or []
+    return sorted(str(item["metadata"]["name"]) for item in items)
+
+
+def clean_existing_cluster(state: RunState, kube: Any) -> None:
+    """On a cluster ``up`` did not create: the run's namespaces, its Gateway API CRDs, its Istio."""
+    names = set(run_namespaces(kube, state.run_id))
+    if state.namespace_created:
+        names.add(state.namespace)
+    for name in sorted(names):
+        progress(f"deleting namespace {name}")
+        kube.delete_namespace(name, deadline_s=NAMESPACE_DELETE_S)
+    if state.gateway_api_objects:
+        progress("removing the Gateway API CRDs the run installed")
+        kube.delete_objects(list(state.gateway_api_objects))
+    if state.istio_installed:
+        from harness.istio import IstioInstall
+        from harness.tools import ensure_tool
+
+        install = IstioInstall(
+            state.kubeconfig,
+            state.run_dir,
+            context=state.context,
+            istioctl=ensure_tool("istioctl", state.istio_version),
+            version=state.istio_version,
+            api=kube,
+        )
+        install.installed_by_us = True
+        install.uninstall()
+
+
+def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None = None) -> list[str]:
+    """Remove what ``state`` says ``up`` created; each part on its own. Returns what failed."""
+    from harness.e2e import E2EError
+
+    problems: list[str] = []
+
+    def step(what: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except (E2EError, CommandError, RuntimeError, OSError) as exc:
+            problems.append(f"{what}: {exc}")
+            progress(f"{what} failed: {exc}")
+
+    if state.recorder is not None:
+        recorder = state.recorder
+        step(f"removing the recorder container {recorder.name}", lambda: remove_container(recorder.name))
+    if state.cluster == "kind" and state.cluster_created:
+        step(f"deleting kind cluster {state.cluster_name}", lambda: delete_kind_cluster(state))
+        return problems
+    if not state.kubeconfig.is_file():
+        problems.append(f"the kubeconfig {state.kubeconfig} is gone: cannot reach the cluster to clean it")
+        return problems
+
+    def clean() -> None:
+        from harness.kube import Kube
+
+        kube = kube_factory(state) if kube_factory is not None else Kube(state.kubeconfig, state.context)
+        try:
+            clean_existing_cluster(state, kube)
+        finally:
+            close = getattr(kube, "close", None)
+            if callable(close):
+                close()
+
+    step("cleaning the cluster", clean)
+    return problems
+
+
+def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None = None) -> list[str]:
+    """``e2e down``: what failed (empty when the run is gone); the state file goes only then."""
+    from harness.e2e import RunState
+
+    path = state_path(run_dir)
+    if not path.exists():
+        progress(f"nothing to tear down: no run state at {path}")
+        return []
+    state = RunState.load(path)
+    progress(f"tearing down run {state.run_id} ({path})")
+    problems = tear_down(state, kube_factory=kube_factory)
+    if problems:
+        progress(f"the run state stays at {path}; run `egress-harness e2e down --run-dir {run_dir}` again")
+        return problems
+    path.unlink(missing_ok=True)
+    kubeconfig = state.kubeconfig
+    if state.cluster_created and kubeconfig.parent == run_dir.resolve():
+        kubeconfig.unlink(missing_ok=True)
+    progress(f"run {state.run_id} is down")
+    return []
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from harness.e2e import RunStateError
+
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
+    try:
+        problems = bring_down(run_dir)
+    except RunStateError as exc:
+        print(f"egress-harness e2e down: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"egress-harness e2e down: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def add_e2e_subcommands(e2e_subparsers: Any) -> None:
+    """Add ``up`` and ``down`` to the CLI's ``e2e`` group (the sub-parsers of ``e2e``)."""
+    up = e2e_subparsers.add_parser(
+        "up",
+        help="create kind + Istio + recorder for a run, write its run state and leave it running",
+        description="Create the kind cluster, Istio with its egress gateway, the recorder and the run "
+        "namespace; write <run dir>/run-state.json and print it. A failed up removes what it made.",
+    )
+    up.add_argument("--istio-version", default=None, choices=versions.SUPPORTED_ISTIO_VERSIONS)
+    up.add_argument("--access-log-encoding", default="text", type=str.lower, choices=("text", "json"))
+    up.add_argument(
+        "--outbound-traffic-policy",
+        default="ALLOW_ANY",
+        type=str.upper,
+        choices=("ALLOW_ANY", "REGISTRY_ONLY"),
+    )
+    up.add_argument(
+        "--gateway-api", action="store_true", help="install the Gateway API CRDs (pinned release)"
+    )
+    up.add_argument(
+        "--run-dir", default=None, metavar="DIR", help=f"default ${RUN_DIR_ENV} or .cache/e2e-run"
+    )
+    up.add_argument("--cluster-name", default="egress-harness", metavar="NAME")
+    up.add_argument(
+        "--reuse-cluster", action="store_true", help="use a kind cluster of that name if it exists"
+    )
+    up.add_argument("--keep-on-failure", action="store_true", help="keep what a failed up made, for a look")
+    up.add_argument("--scenarios-dir", default=str(REPO_ROOT / "scenarios"), metavar="DIR")
+    up.add_argument("--artifacts-dir", default=str(REPO_ROOT / "artifacts"), metavar="DIR")
+    up.set_defaults(handler=_cmd_up)
+    down = e2e_subparsers.add_parser(
+        "down",
+        help="tear down what `e2e up` made (idempotent)",
+        description="Remove what the run state says `e2e up` created; nothing to do without a state file.",
+    )
+    down.add_argument(
+        "--run-dir", default=None, metavar="DIR", help=f"default ${RUN_DIR_ENV} or .cache/e2e-run"
+    )
+    down.set_defaults(handler=_cmd_down)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.e2e_cli up|down ...`` (the same as ``egress-harness e2e up|down``)."""
+    parser = argparse.ArgumentParser(prog="egress-harness e2e")
+    add_e2e_subcommands(parser.add_subparsers(dest="e2e_command", metavar="STEP", required=True))
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print("egress-harness e2e: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""``egress-harness e2e up|down`` and the run state between them, against the stand-in Part.events of a run
+(tests/unit/test_e2e_run.py's ``parts``) and fake ``docker``/``kind``/``istioctl``: up writes a state
+an attached run reads back, a failed up leaves nothing (and no state), down removes what up made and
+is idempotent, a failed down keeps the state for another try."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import e2e, e2e_cli
+from harness.cluster import KindCluster
+from harness.e2e import (
+    RUN_STATE_FILE,
+    E2EError,
+    E2EOptions,
+    E2ERun,
+    RecorderState,
+    RunState,
+    RunStateError,
+    recorder_aliases,
+)
+from harness.kube import ObjectRef
+from tests.unit.test_e2e_run import Part, parts  # noqa: F401  (the fixture of the run's stand-in parts)
+
+NAME = "egress-harness"
+
+
+def make_run(options: E2EOptions, run_dir: Path) -> E2ERun:
+    return E2ERun(options, run_dir, run_id="abc123")
+
+
+# --- up --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("parts")
+def test_up_writes_the_state_and_leaves_everything_running(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    options = E2EOptions(istio_version="1.30.3", recorder_aliases=("a.egress-harness.test",))
+    state = e2e_cli.bring_up(options, run_dir, make_run=make_run)
+    assert state.path == (run_dir / RUN_STATE_FILE).resolve()
+    assert RunState.load(run_dir / RUN_STATE_FILE) == state
+    assert (state.run_id, state.namespace, state.ingress_url) == (
+        "abc123",
+        "egress-abc123",
+        "http://127.0.0.1:18080",
+    )
+    assert (state.cluster, state.cluster_name, state.cluster_created, state.context) == (
+        "kind",
+        NAME,
+        True,
+        f"kind-{NAME}",
+    )
+    assert state.ingress_gateway == "egress-abc123/relay-gateway"
+    assert state.recorder is not None and state.recorder.name == "egress-harness-recorder-1"
+    assert state.pod_source_nat and not state.gateway_api
+    # connections closed, everything else kept: no namespace deletion, the recorder never exited
+    assert "delete egress-abc123" not in Part.events
+    assert not any(p.startswith("exit recorder") for p in Part.events)
+    assert {
+        "exit relays (kept)",
+        "exit istio (kept)",
+        "exit cluster (kept)",
+        "exit kube",
+        "exit traffic",
+    } <= set(Part.events)
+
+
+@pytest.mark.usefixtures("parts")
+def test_up_refuses_a_run_dir_with_a_run_in_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    e2e_cli.bring_up(E2EOptions(istio_version="1.30.3"), run_dir, make_run=make_run)
+    before = list(Part.events)
+    with pytest.raises(E2EError, match=r"run-state.json exists: a run is up in .* e2e down --run-dir"):
+        e2e_cli.bring_up(E2EOptions(istio_version="1.30.3"), run_dir, make_run=make_run)
+    assert Part.events == before
+
+
+@pytest.mark.usefixtures("parts")
+def test_a_failed_up_removes_what_it_made_and_writes_no_state(tmp_path: Path) -> None:
+    Part.fail_on_enter = {"relays"}
+    with pytest.raises(RuntimeError, match="relays failed"):
+        e2e_cli.bring_up(E2EOptions(istio_version="1.30.3"), tmp_path / "run", make_run=make_run)
+    assert not (tmp_path / "run" / RUN_STATE_FILE).exists()
+    assert Part.events[-5:] == [
+        "delete egress-abc123",
+        "exit recorder",
+        "exit istio",
+        "exit kube",
+        "exit cluster",
+    ]
+
+
+@pytest.mark.usefixtures("parts")
+def test_an_up_that_cannot_write_its_state_tears_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: RunState, path: Path | None = None) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RunState, "save", broken)
+    with pytest.raises(OSError, match="No space left"):
+        e2e_cli.bring_up(E2EOptions(istio_version="1.30.3"), tmp_path / "run", make_run=make_run)
+    assert not (tmp_path / "run" / RUN_STATE_FILE).exists()
+    assert Part.events[-3:] == ["exit istio", "exit kube", "exit cluster"]
+    assert "delete egress-abc123" in Part.events and "exit recorder" in Part.events
+
+
+def test_the_up_command_builds_its_options_and_prints_the_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[tuple[E2EOptions, Path]] = []
+
+    def fake_up(options: E2EOptions, run_dir: Path) -> RunState:
+        seen.append((options, run_dir))
+        return state_of(tmp_path)
+
+    monkeypatch.setattr(e2e_cli, "bring_up", fake_up)
+    code = e2e_cli.main(
+        [
+            "up",
+            "--istio-version", "1.29.6",
+            "--access-log-encoding", "JSON",
+            "--outbound-traffic-policy", "registry_only",
+            "--gateway-api",
+            "--run-dir", str(tmp_path / "r"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    ((options, run_dir),) = seen
+    assert run_dir == tmp_path / "r"
+    assert (options.istio_version, options.access_log_encoding, options.outbound_traffic_policy) == (
+        "1.29.6",
+        "JSON",
+        "REGISTRY_ONLY",
+    )
+    assert options.gateway_api and not options.keep_on_failure
+    names = e2e_cli.load_catalog_names()
+    assert list(options.recorder_aliases) == recorder_aliases(names)
+    assert json.loads(capsys.readouterr().out)["run_id"] == "abc123"
+
+
+def test_the_up_command_reports_a_failure_as_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def failing(options: E2EOptions, run_dir: Path) -> RunState:
+        raise E2EError("kind create cluster failed")
+
+    monkeypatch.setattr(e2e_cli, "bring_up", failing)
+    assert e2e_cli.main(["up", "--run-dir", str(tmp_path)]) == 1
+    assert "egress-harness e2e up: kind create cluster failed" in capsys.readouterr().err
+
+
+# --- the state ---------------------------------------------------------------------------------------
+
+
+def state_of(tmp_path: Path, **changes: Any) -> RunState:
+    state = RunState(
+        run_id="abc123",
+        run_dir=tmp_path,
+        kubeconfig=tmp_path / "kubeconfig",
+        context=f"kind-{NAME}",
+        cluster="kind",
+        cluster_name=NAME,
+        cluster_created=True,
+        istio_version="1.30.3",
+        istio_installed=True,
+        access_log_encoding="TEXT",
+        outbound_traffic_policy="ALLOW_ANY",
+        ingress_url="http://127.0.0.1:18080",
+        namespace="egress-abc123",
+        namespace_created=True,
+        ingress_gateway="egress-abc123/relay-gateway",
+        relay_image="istio-egress-harness/relay:dev",
+        external="container",
+        external_host="external.egress-harness.test",
+        pod_source_nat=True,
+        recorder=RecorderState(
+            "egress-harness-recorder-1",
+            "istio-egress-harness/recorder:dev",
+            "kind",
+            80,
+            ("external.egress-harness.test",),
+        ),
+        created="2026-11-28T07:00:00.000Z",
+    )
+    return dataclasses.replace(state, **changes)
+
+
+def test_a_state_reads_back_as_written(tmp_path: Path) -> None:
+    state = state_of(tmp_path)
+    path = state.save()
+    assert path == tmp_path / RUN_STATE_FILE
+    assert RunState.load(path) == state
+    text = json.loads(path.read_text())
+    assert text["schema"] == "istio-egress-harness/run-state" and text["schema_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema": "other"}, r"field 'schema': expected 'istio-egress-harness/run-state'"),
+        ({"schema_version": 2}, r"field 'schema_version': 2 is not supported"),
+        ({"kubeconfig": ""}, r"field 'kubeconfig': expected a non-empty string"),
+        ({"cluster_created": "yes"}, r"field 'cluster_created': expected true or false"),
+        ({"access_log_encoding": "XML"}, r"field 'access_log_encoding': expected one of TEXT, JSON"),
+        (
+            {"recorder": {"name": "r", "image": "i", "network": "kind", "port": "80"}},
+            r"recorder: field 'port'",
+        ),
+        (
+            {"gateway_api_objects": [{"kind": "CustomResourceDefinition"}]},
+            r"gateway_api_objects\[0\]: field 'api_version'",
+        ),
+    ],
+)
+def test_a_bad_state_names_the_file_and_the_field(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    data = {**state_of(tmp_path).to_dict(), **change}
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(RunStateError, match=f"^{path}: .*{message}"):
+        RunState.load(path)
+
+
+def test_a_missing_or_broken_state_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(RunStateError, match=f"{tmp_path / 'none.json'}: cannot read the run state"):
+        RunState.load(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(RunStateError, match=r"bad\.json: not JSON"):
+        RunState.load(tmp_path / "bad.json")
+
+
+def test_an_attached_run_creates_nothing_and_closes_only_its_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = state_of(tmp_path, access_log_encoding="JSON", gateway_api=True)
+    events: list[str] = []
+
+    class Conn:
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            events.append(f"open {type(self).__name__} {a[:2]}")
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            events.append(f"close {type(self).__name__}")
+
+    class Kube(Conn):
+        pass
+
+    class Traffic(Conn):
+        pass
+
+    monkeypatch.setattr(e2e, "Kube", Kube)
+    monkeypatch.setattr(e2e, "Traffic", Traffic)
+    monkeypatch.setattr(e2e.tools, "ensure_tool", lambda name, version: Path(f"/bin/{name}-{version}"))
+    options = E2EOptions(istio_version="1.29.6", keep_on_failure=True)
+    with E2ERun(options, tmp_path / "worker", state=state) as run:
+        assert (run.run_id, run.namespace, run.ingress_url) == ("abc123", "egress-abc123", state.ingress_url)
+        assert run.options.istio_version == "1.30.3" and run.options.access_log_encoding == "JSON"
+        assert run.options.keep_on_failure  # the session's own wishes stay
+        assert run.istioctl == "/bin/istioctl-1.30.3"
+        assert isinstance(run.cluster, KindCluster) and not run.cluster.created
+        assert run.cluster.kubeconfig == state.kubeconfig and run.source_nat
+        assert run.recorder is not None and run.recorder.name == "egress-harness-recorder-1"
+        assert run.gateway_api_present and run.scenario_lock().path == tmp_path / "scenario.lock"
+        with pytest.raises(E2EError, match="only a run that made its parts"):
+            run.detach()
+    assert events == [
+        f"open Kube {(state.kubeconfig, state.context)}",
+        "open Traffic ()",
+        "close Traffic",
+        "close Kube",
+    ]
+
+
+# --- down --------------------------------------------------------------------------------------------
+
+
+def kind_rules(listed: bool = True) -> list[dict[str, Any]]:
+    return [
+        {
+            "tool": "docker",
+            "args": ["rm", "-f", "-v", "egress-harness-recorder-1"],
+            "stdout": "egress-harness-recorder-1\n",
+        },
+        {"tool": "kind", "args": ["get", "clusters"], "stdout": f"{NAME}\n" if listed else "other\n"},
+        {"tool": "kind", "args": ["delete", "cluster"]},
+    ]
+
+
+def test_down_removes_the_recorder_and_the_cluster_then_the_state(tmp_path: Path, fakebin: Any) -> None:
+    state = state_of(tmp_path)
+    state.save()
+    state.kubeconfig.write_text("apiVersion: v1\n")
+    fakebin.rules(kind_rules())
+    assert e2e_cli.bring_down(tmp_path) == []
+    assert fakebin.commands() == [
+        "docker rm -f -v egress-harness-recorder-1",
+        "kind get clusters",
+        f"kind delete cluster --name {NAME} --kubeconfig {state.kubeconfig}",
+    ]
+    assert not state.path.exists() and not state.kubeconfig.exists()
+    # again: nothing to do
+    assert e2e_cli.bring_down(tmp_path) == []
+    assert len(fakebin.commands()) == 3
+
+
+def test_down_of_what_is_gone_already_succeeds(tmp_path: Path, fakebin: Any) -> None:
+    state_of(tmp_path).save()
+    fakebin.rules(
+        [
+            {
+                "tool": "docker",
+                "args": ["rm"],
+                "stderr": "Error response from daemon: No such container: egress-harness-recorder-1\n",
+                "exit": 1,
+            },
+            *kind_rules(listed=False)[1:],
+        ]
+    )
+    assert e2e_cli.bring_down(tmp_path) == []
+    assert fakebin.commands() == ["docker rm -f -v egress-harness-recorder-1", "kind get clusters"]
+
+
+def test_a_failed_down_keeps_the_state_for_another_try(tmp_path: Path, fakebin: Any) -> None:
+    state = state_of(tmp_path)
+    state.save()
+    fakebin.rules(
+        [
+            {"tool": "docker", "args": ["rm"], "stderr": "permission denied\n", "exit": 1},
+            {"tool": "kind", "args": ["get", "clusters"], "stderr": "cannot list\n", "exit": 1},
+        ]
+    )
+    problems = e2e_cli.bring_down(tmp_path)
+    assert len(problems) == 2
+    assert problems[0].startswith(
+        "removing the recorder container egress-harness-recorder-1: `docker rm -f -v"
+    )
+    assert "permission denied" in problems[0]
+    assert problems[1].startswith(f"deleting kind cluster {NAME}: ")
+    assert state.path.exists()
+    assert e2e_cli.main(["down", "--run-dir", str(tmp_path)]) == 1
+
+
+class StandInClusterApi:
+    """The cluster reads and writes of a down on a cluster up did not create."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.core = self
+        self.api_client = self
+
+    def list_namespace(self, label_selector: str, **kw: Any) -> dict[str, Any]:
+        self.calls.append(("list namespaces", label_selector))
+        return {"items": [{"metadata": {"name": "eabc123-http-via-egress-gateway"}}]}
+
+    def sanitize_for_serialization(self, obj: Any) -> Any:
+        return obj
+
+    def delete_namespace(self, name: str, **kw: Any) -> None:
+        self.calls.append(("delete namespace", name))
+
+    def delete_objects(self, refs: list[ObjectRef]) -> None:
+        self.calls.append(("delete", [r.name for r in refs]))
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+
+def test_down_on_a_cluster_up_did_not_create_removes_the_runs_namespaces_crds_and_istio(
+    tmp_path: Path, fakebin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = state_of(
+        tmp_path,
+        cluster_created=False,
+        recorder=None,
+        gateway_api=True,
+        gateway_api_objects=(
+            ObjectRef("apiextensions.k8s.io/v1", "CustomResourceDefinition", "gateways.x", None),
+        ),
+    )
+    state.save()
+    state.kubeconfig.write_text("apiVersion: v1\n")
+    monkeypatch.setattr("harness.tools.ensure_tool", lambda name, version: Path("istioctl"))
+    fakebin.rules([{"tool": "istioctl", "args": ["uninstall", "--purge", "-y"]}])
+    api = StandInClusterApi()
+    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api) == []
+    assert api.calls == [
+        ("list namespaces", "io.egress-harness.run=abc123"),
+        ("delete namespace", "eabc123-http-via-egress-gateway"),
+        ("delete namespace", "egress-abc123"),
+        ("delete", ["gateways.x"]),
+        ("delete namespace", "istio-system"),
+        ("close",),
+    ]
+    assert fakebin.commands() == [
+        f"istioctl uninstall --purge -y --kubeconfig {state.kubeconfig} --context kind-{NAME}"
+    ]
+    assert not state.path.exists()
+    assert state.kubeconfig.exists()  # not ours to remove
+
+
+def test_down_without_a_state_has_nothing_to_do(tmp_path: Path, fakebin: Any) -> None:
+    assert e2e_cli.main(["down", "--run-dir", str(tmp_path / "never-up")]) == 0
+    assert fakebin.commands() == []
+
+
+def test_down_of_an_unreadable_state_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / RUN_STATE_FILE).write_text("[]")
+    assert e2e_cli.main(["down", "--run-dir", str(tmp_path)]) == 2
+    assert f"{tmp_path / RUN_STATE_FILE}: a run state is one JSON object" in capsys.readouterr().err
+
+
+def test_up_and_down_join_the_clis_e2e_group(tmp_path: Path, fakebin: Any) -> None:
+    """harness/tools.py's add_commands puts ``e2e up`` and ``e2e down`` beside preflight and tools."""
+    import argparse
+
+    from harness import tools
+
+    parser = argparse.ArgumentParser(prog="egress-harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    tools.add_commands(sub)
+    e2e_parser = sub.choices["e2e"]
+    (group,) = [a for a in e2e_parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert {"preflight", "tools", "up", "down"} <= set(group.choices)
+    args = parser.parse_args(["e2e", "down", "--run-dir", str(tmp_path)])
+    assert args.handler(args) == 0
+    args = parser.parse_args(["e2e", "up", "--gateway-api", "--access-log-encoding", "json"])
+    assert (args.gateway_api, args.access_log_encoding, args.handler) == (True, "json", e2e_cli._cmd_up)
