@@ -11,6 +11,12 @@ Deployment. ``RelayApps(kube, namespace)`` applies manifests/apps/relay.yaml int
 and the ingress route (a Gateway on the ingress gateway's port 80 and a VirtualService sending the
 path prefix ``/proxy`` to ``proxy:8080``). It waits for both rollouts and checks that each pod got
 its ``istio-proxy`` sidecar. The manifest is checked for those parts before anything is applied.
+
+Trusting the run's CA. With ``ca_pem`` (the run's CA certificate, ``harness.certs``) the relays call
+HTTPS hosts whose certificates that CA signed: the ConfigMap ``egress-harness-ca`` (key ``ca.crt``)
+is applied first, and each relay Deployment mounts it read-only at ``/etc/egress-harness/ca/`` and
+sets ``SSL_CERT_FILE=/etc/egress-harness/ca/ca.crt``, which Python's default TLS context (the relay's
+``urllib``) loads instead of the system's bundle. Without ``ca_pem`` the manifest is applied as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, Literal, Protocol
 
 import yaml
 
+from harness.certs import configmap_manifest
 from harness.images import ImageBuildError, build_local_python_image
 from harness.kube import ObjectRef, split_documents
 from harness.proc import CommandError, progress, run
@@ -39,6 +46,13 @@ RELAY_PORT = 8080
 INGRESS_PREFIX = "/proxy"
 INGRESS_SELECTOR: Mapping[str, str] = {"istio": "ingressgateway"}
 SIDECAR_CONTAINER = "istio-proxy"
+#: the ConfigMap with the run's CA (key ``ca.crt``) that the relays trust when given one
+CA_CONFIGMAP = "egress-harness-ca"
+CA_VOLUME = "egress-harness-ca"
+CA_MOUNT_DIR = "/etc/egress-harness/ca"
+CA_FILE = f"{CA_MOUNT_DIR}/ca.crt"
+#: the variable OpenSSL (and so Python's default TLS context) reads the trusted CAs from
+CA_FILE_ENV = "SSL_CERT_FILE"
 
 BUILD_TIMEOUT_S = 900.0
 TAG_TIMEOUT_S = 60.0
@@ -189,8 +203,11 @@ def check_relay_manifest(docs: Sequence[Mapping[str, Any]]) -> None:
         raise AppsError("the relay manifest is incomplete: " + "; ".join(problems))
 
 
-def relay_documents(image: str = RELAY_IMAGE, manifest: Path = RELAY_MANIFEST) -> list[dict[str, Any]]:
-    """The relay manifest's objects, checked, with each relay container's image set to ``image``."""
+def relay_documents(
+    image: str = RELAY_IMAGE, manifest: Path = RELAY_MANIFEST, *, ca_configmap: str | None = None
+) -> list[dict[str, Any]]:
+    """The relay manifest's objects, checked, with each relay container's image set to ``image``;
+    with ``ca_configmap`` each relay also trusts the CA in that ConfigMap (:func:`trust_ca`)."""
     docs = split_documents(manifest.read_text())
     check_relay_manifest(docs)
     for doc in docs:
@@ -198,7 +215,40 @@ def relay_documents(image: str = RELAY_IMAGE, manifest: Path = RELAY_MANIFEST) -
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 if container.get("name") == "relay":
                     container["image"] = image
+    if ca_configmap is not None:
+        trust_ca(docs, ca_configmap)
     return docs
+
+
+def trust_ca(docs: Sequence[dict[str, Any]], configmap: str = CA_CONFIGMAP) -> None:
+    """Make every relay container of ``docs`` trust the CA of ``configmap`` (key ``ca.crt``): the
+    ConfigMap as a read-only volume at :data:`CA_MOUNT_DIR` and ``SSL_CERT_FILE`` pointing at it."""
+    for doc in docs:
+        if doc.get("kind") != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        volumes = [v for v in pod.get("volumes") or [] if v.get("name") != CA_VOLUME]
+        volumes.append(
+            {
+                "name": CA_VOLUME,
+                "configMap": {"name": configmap, "items": [{"key": "ca.crt", "path": "ca.crt"}]},
+            }
+        )
+        pod["volumes"] = volumes
+        for container in pod.get("containers") or []:
+            if container.get("name") != "relay":
+                continue
+            mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != CA_VOLUME]
+            mounts.append({"name": CA_VOLUME, "mountPath": CA_MOUNT_DIR, "readOnly": True})
+            container["volumeMounts"] = mounts
+            env = [e for e in container.get("env") or [] if e.get("name") != CA_FILE_ENV]
+            env.append({"name": CA_FILE_ENV, "value": CA_FILE})
+            container["env"] = env
+
+
+def ca_configmap_document(namespace: str, ca_pem: bytes, name: str = CA_CONFIGMAP) -> dict[str, Any]:
+    """The ConfigMap ``name`` in ``namespace`` with the CA certificate as ``ca.crt``."""
+    return dict(configmap_manifest(name, namespace, {"ca.crt": ca_pem.decode("ascii")}))
 
 
 # --- deploying ------------------------------------------------------------------------------------
@@ -226,7 +276,10 @@ def has_sidecar(pod: Mapping[str, Any]) -> bool:
 
 
 class RelayApps:
-    """``proxy`` and ``target`` (and the ingress route) in ``namespace``; removed on exit unless ``keep``."""
+    """``proxy`` and ``target`` (and the ingress route) in ``namespace``; removed on exit unless ``keep``.
+
+    With ``ca_pem`` the ConfigMap :data:`CA_CONFIGMAP` comes first and the relays trust that CA.
+    """
 
     def __init__(
         self,
@@ -237,6 +290,7 @@ class RelayApps:
         manifest: Path = RELAY_MANIFEST,
         rollout_timeout_s: float = ROLLOUT_TIMEOUT_S,
         keep: bool = False,
+        ca_pem: bytes | None = None,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
@@ -244,11 +298,19 @@ class RelayApps:
         self.manifest = manifest
         self.rollout_timeout_s = rollout_timeout_s
         self.keep = keep
+        self.ca_pem = ca_pem
         self.refs: list[ObjectRef] = []
         self.text = ""
 
+    def relay_documents(self) -> list[dict[str, Any]]:
+        """The manifest's objects for this namespace: with a CA, its ConfigMap first."""
+        if self.ca_pem is None:
+            return relay_documents(self.image, self.manifest)
+        docs = relay_documents(self.image, self.manifest, ca_configmap=CA_CONFIGMAP)
+        return [ca_configmap_document(self.namespace, self.ca_pem), *docs]
+
     def render(self) -> str:
-        self.text = yaml.safe_dump_all(relay_documents(self.image, self.manifest), sort_keys=False)
+        self.text = yaml.safe_dump_all(self.relay_documents(), sort_keys=False)
         return self.text
 
     def deploy(self) -> list[ObjectRef]:

@@ -6,10 +6,14 @@ left in reverse (also on failure or Ctrl-C; each part removes only what it made)
 1. the cluster: a ``KindCluster`` (manifests/kind/cluster.yaml, own kubeconfig) or, with
    ``kubeconfig``, an ``ExistingCluster`` that is only visited;
 2. Istio with its egress gateway (``IstioInstall``; an Istio already there is used as it is);
-3. the external host: with ``external="container"`` the recorder (apps/recorder) as a container on
-   kind's Docker network ``kind``, under the alias ``external.egress-harness.test`` (and
-   ``unregistered.egress-harness.test`` for the REGISTRY_ONLY scenarios); with ``"internet"`` a
-   real host (``external_host``) and no recorder;
+3. the external host: with ``external="container"`` the run's PKI (``harness.certs``: a CA, a server
+   certificate for every recorder alias and ``*.<domain>``, a client certificate) in
+   ``<run dir>/pki``, and the recorder (apps/recorder) as a container on kind's Docker network
+   ``kind``, under the alias ``external.egress-harness.test`` (and ``unregistered.egress-harness.test``
+   for the REGISTRY_ONLY scenarios), serving HTTP on 80 and HTTPS on 443; beside it a second recorder
+   that requires client certificates of the run's CA (mutual TLS) under ``mtls.egress-harness.test``
+   and ``mtls-<scenario>.egress-harness.test``. With ``"internet"`` a real host (``external_host``),
+   no recorder and no PKI;
 4. the run namespace ``egress-<run id>`` labelled ``istio-injection=enabled``;
 5. the relay apps ``proxy`` and ``target`` and the ingress route ``/proxy`` (``harness.apps``), then a
    wait until the chain answers through the ingress.
@@ -52,6 +56,20 @@ host exported everywhere, a policy in the gateway's namespace) holds the run's s
 ``harness.results.ScenarioResult``; its namespace is removed whatever happened, unless
 keep-on-failure is on and it failed.
 
+TLS and mutual TLS (``requires.external``, ``requires.client_credential``,
+``requires.server_ca_credential``): a scenario whose external host must require client
+certificates renders with the mTLS recorder's name for it and is judged from that recorder's
+records. The relays trust the run's CA (ConfigMap ``egress-harness-ca`` in their namespace,
+``SSL_CERT_FILE``; ``harness.apps``). A scenario that names a credential gets it as a Secret in the
+gateway's namespace (``istio-system``; the egress gateway reads credentials from its own namespace),
+named after the scenario and its namespace so parallel scenarios never share one, created just
+before the scenario is applied and deleted after its objects are gone (also when it failed). The
+run then waits until the egress gateway's Envoy holds the credential as an active SDS secret
+(``istioctl proxy-config secret``; :func:`credential_secrets` says which). A request whose last leg
+is TLS must reach the recorder over TLS with the host as SNI, and for mutual TLS with the run's
+client certificate (:func:`check_tls_record`). The recorders' failed handshakes go into the
+diagnostics.
+
 A run made by ``egress-harness e2e up`` is described by a :class:`RunState` file; ``E2ERun(...,
 state=RunState.load(path))`` attaches to it (nothing is created or deleted but scenario namespaces),
 which is how every pytest-xdist worker shares one cluster.
@@ -69,6 +87,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -89,12 +108,13 @@ from harness.apps import (
     RelayApps,
     build_app_image,
     prepare_relay_image,
-    relay_documents,
 )
+from harness.certs import Issued, PkiError, TestPKI, generate_pki, secret_manifest
 from harness.cluster import ExistingCluster, KindCluster
+from harness.diagnostics import Diagnostics
 from harness.evidence import EGRESS_GATEWAY_SERVICE, EntryLog, RequestRef, Wait
-from harness.evidence.external import Record, expect_external_record
-from harness.external import DEFAULT_ALIAS, RecorderContainer
+from harness.evidence.external import ExternalEvidenceError, Record, expect_external_record
+from harness.external import DEFAULT_ALIAS, DEFAULT_TLS_PORT, RecorderContainer, RecorderTLS
 from harness.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, IstioInstall
 from harness.kube import INJECTION_LABELS, Kube, ObjectRef, RolloutCheck, WaitTimeoutError, wait_until
 from harness.podlogs import PodLogSource
@@ -106,6 +126,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 KIND_NETWORK = "kind"
 EXTERNAL_ALIAS = DEFAULT_ALIAS
 UNREGISTERED_ALIAS = "unregistered.egress-harness.test"
+#: the mutual-TLS recorder's own name (it also answers to ``mtls-<scenario>.<domain>``)
+MTLS_ALIAS = "mtls.egress-harness.test"
+#: where the recorders serve HTTPS (RenderContext.external_tls_port's default)
+EXTERNAL_TLS_PORT = DEFAULT_TLS_PORT
+#: the run's PKI, under the run directory
+PKI_DIR = "pki"
 #: the harness's own test domain: every recorder alias is a name in it
 TEST_DOMAIN = "egress-harness.test"
 DEFAULT_INTERNET_HOST = "httpbin.org"
@@ -132,8 +158,9 @@ CRD_ESTABLISHED_TIMEOUT_S = 120.0
 EXTERNAL_KINDS: tuple[str, ...] = ("http", "tls", "mtls")
 #: What the recorder container serves unless it says otherwise (``RecorderContainer.serves``).
 RECORDER_SERVES_DEFAULT: tuple[str, ...] = ("http",)
-#: What a real internet host serves (no client-certificate checks).
-INTERNET_SERVES: tuple[str, ...] = ("http", "tls")
+#: What a real internet host is used for: plain HTTP only. Its certificates are not the run's, so
+#: neither the relays (they trust the run's CA) nor a credential Secret (the run's CA) verify it.
+INTERNET_SERVES: tuple[str, ...] = ("http",)
 
 CHAIN_READY_TIMEOUT_S = 180.0
 CHAIN_INTERVAL_S = 1.0
@@ -219,6 +246,13 @@ class E2EOptions:
     gateway_api: bool = False
     #: more network aliases of the recorder: the catalog's hosts (:func:`recorder_aliases`)
     recorder_aliases: tuple[str, ...] = ()
+    #: with ``external="container"``: make the run's PKI, serve HTTPS and run the mTLS recorder
+    external_tls: bool = True
+    #: more network aliases of the mutual-TLS recorder (:func:`mtls_recorder_aliases`)
+    mtls_aliases: tuple[str, ...] = ()
+    #: on an existing cluster: let the run create (and delete) credential Secrets in istio-system,
+    #: which is beyond "only the run's namespaces" (``--allow-gateway-secrets``)
+    allow_gateway_secrets: bool = False
 
     @property
     def existing_cluster(self) -> bool:
@@ -356,13 +390,17 @@ class ScenarioHosts:
 
     external: str
     unregistered: str
+    #: the name the mutual-TLS recorder answers to for this scenario (``requires.external: mtls``)
+    mtls: str = ""
 
 
 def scenario_hosts(scenario: str, *, domain: str = TEST_DOMAIN) -> ScenarioHosts:
-    """``<scenario>.<domain>`` and ``unregistered-<scenario>.<domain>`` (each label at most 63)."""
+    """``<scenario>.<domain>``, ``unregistered-<scenario>.<domain>`` and ``mtls-<scenario>.<domain>``
+    (each label at most 63)."""
     return ScenarioHosts(
         external=f"{dns_label(scenario)}.{domain}",
         unregistered=f"{dns_label(f'unregistered-{scenario}')}.{domain}",
+        mtls=f"{dns_label(f'mtls-{scenario}')}.{domain}",
     )
 
 
@@ -376,6 +414,17 @@ def recorder_aliases(scenarios: Iterable[str], *, domain: str = TEST_DOMAIN) -> 
     for scenario in scenarios:
         hosts = scenario_hosts(scenario, domain=domain)
         names += [hosts.external, hosts.unregistered]
+    return list(dict.fromkeys(names))
+
+
+def mtls_recorder_aliases(scenarios: Iterable[Any], *, domain: str = TEST_DOMAIN) -> list[str]:
+    """The names the mutual-TLS recorder answers to: :data:`MTLS_ALIAS`, then ``mtls-<scenario>``
+    of each scenario whose external host must require client certificates (``requires.external:
+    mtls``). Order kept, duplicates dropped."""
+    names = [MTLS_ALIAS]
+    for scenario in scenarios:
+        if external_requirement(scenario) == "mtls":
+            names.append(scenario_hosts(scenario.name, domain=domain).mtls)
     return list(dict.fromkeys(names))
 
 
@@ -433,11 +482,7 @@ class NamespaceRelays(RelayApps):
         self.gateway = gateway
 
     def documents(self) -> list[dict[str, Any]]:
-        docs = [
-            d
-            for d in relay_documents(self.image, self.manifest)
-            if d["kind"] not in ("Gateway", "VirtualService")
-        ]
+        docs = [d for d in self.relay_documents() if d["kind"] not in ("Gateway", "VirtualService")]
         return [*docs, ingress_route(self.namespace, self.gateway)]
 
     def render(self) -> str:
@@ -485,6 +530,227 @@ CREDENTIAL_REQUIREMENTS: Mapping[str, str] = {
     "client_credential": "a client certificate, key and CA for mutual TLS origination",
     "server_ca_credential": "the CA that verifies the external host",
 }
+
+
+# --- TLS: the run's certificates, the credential Secrets, the evidence of a TLS request -----------
+
+
+def pki_server_names(
+    host: str = EXTERNAL_ALIAS, aliases: Iterable[str] = (), mtls_aliases: Iterable[str] = ()
+) -> list[str]:
+    """The names the recorders' server certificate must carry: ``host``, the unregistered alias,
+    the recorder's other aliases (:func:`recorder_aliases`), the mTLS recorder's
+    (:func:`mtls_recorder_aliases`), and ``*.<domain>`` of ``host`` (the domain as
+    ``RenderContext.external_host_domain`` derives it; the wildcard scenario's hosts). Order kept,
+    duplicates dropped."""
+    names = [host, UNREGISTERED_ALIAS, *aliases, MTLS_ALIAS, *mtls_aliases]
+    domain = host.partition(".")[2]
+    if domain:
+        names.append(f"*.{domain}")
+    return list(dict.fromkeys(names))
+
+
+def _cnf_values(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith(("#", "[")):
+            values.setdefault(key.strip(), value.strip())
+    return values
+
+
+def load_pki(directory: Path) -> TestPKI:
+    """The PKI :func:`harness.certs.generate_pki` wrote into ``directory`` (another process's run),
+    read back from its fixed files: PEM bytes from the ``.crt``/``.key`` files, subjects and
+    subjectAltNames from the ``.cnf`` files it was made with. Raises E2EError naming what is missing."""
+
+    def issued(stem: str) -> Issued:
+        try:
+            values = _cnf_values(directory / f"{stem}.cnf")
+            cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
+            cert_pem, key_pem = cert.read_bytes(), key.read_bytes()
+        except OSError as exc:
+            raise E2EError(f"the run's PKI in {directory} cannot be read: {exc.strerror or exc}") from exc
+        if "CN" not in values or "O" not in values:
+            raise E2EError(
+                f"{directory / f'{stem}.cnf'} names no subject (CN and O): not a PKI of harness.certs"
+            )
+        alt = tuple(a.strip() for a in values.get("subjectAltName", "").split(",") if a.strip())
+        return Issued(cert, key, cert_pem, key_pem, f"CN={values['CN']},O={values['O']}", alt)
+
+    return TestPKI(directory, issued("ca"), issued("server"), issued("client"))
+
+
+#: how Istio names the SDS resource of a ``credentialName`` (pilot/pkg/model/credentials:
+#: ``kubernetes://<name>``), and the suffix of its CA part (``SdsCaSuffix``, ``-cacert``)
+SDS_PREFIX = "kubernetes://"
+SDS_CA_SUFFIX = "-cacert"
+
+
+def credential_names(namespace: str, scenario: str) -> dict[str, str]:
+    """The credential Secret names of ``scenario`` in ``namespace`` (RenderContext's
+    ``client_credential_name`` and ``ca_credential_name``): one pair per scenario and namespace, so
+    scenarios running at the same time never share a Secret. DNS labels, never starting with
+    ``istio`` or ending in ``-cacert`` (Istio reserves those)."""
+    return {
+        "client_credential_name": dns_label(f"eh-client-{namespace}-{scenario}"),
+        "ca_credential_name": dns_label(f"eh-ca-{namespace}-{scenario}"),
+    }
+
+
+@dataclass(frozen=True)
+class CredentialSecret:
+    """A Secret a scenario asks the run for, in the gateway's namespace.
+
+    ``sds_resources`` are the SDS resources the egress gateway's Envoy asks istiod for once a
+    DestinationRule names the Secret, as Istio's cluster builder names them: MUTUAL origination
+    takes the certificate and key (``kubernetes://<name>``) and the CA that verifies the server
+    (``kubernetes://<name>-cacert``, which istiod serves from ``<name>-cacert`` or else from the
+    ``ca.crt`` of ``<name>``); SIMPLE origination takes only ``kubernetes://<name>-cacert``.
+    """
+
+    requirement: str
+    name: str
+    namespace: str
+    data: Mapping[str, str]
+    sds_resources: tuple[str, ...]
+
+    def manifest(self, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return dict(secret_manifest(self.name, self.namespace, self.data, labels=labels))
+
+    def __str__(self) -> str:
+        return f"Secret {self.namespace}/{self.name} (requires.{self.requirement})"
+
+
+def credential_secrets(scenario: Any, ctx: Any, pki: TestPKI) -> list[CredentialSecret]:
+    """The Secrets ``scenario`` needs, named and placed as ``ctx`` renders it."""
+    needs = scenario.requires
+    out: list[CredentialSecret] = []
+    if getattr(needs, "client_credential", False):
+        name = str(ctx.client_credential_name)
+        out.append(
+            CredentialSecret(
+                "client_credential",
+                name,
+                str(ctx.gateway_namespace),
+                pki.client_credential_data(),
+                (f"{SDS_PREFIX}{name}", f"{SDS_PREFIX}{name}{SDS_CA_SUFFIX}"),
+            )
+        )
+    if getattr(needs, "server_ca_credential", False):
+        name = str(ctx.ca_credential_name)
+        out.append(
+            CredentialSecret(
+                "server_ca_credential",
+                name,
+                str(ctx.gateway_namespace),
+                pki.server_ca_credential_data(),
+                (f"{SDS_PREFIX}{name}{SDS_CA_SUFFIX}",),
+            )
+        )
+    return out
+
+
+SdsState = Literal["ACTIVE", "WARMING"]
+
+
+def sds_secret_states(text: str) -> dict[str, SdsState]:
+    """The SDS secrets of ``istioctl proxy-config secret <pod> -o json`` (Envoy's SecretsConfigDump,
+    camelCase as istioctl prints it or snake_case as Envoy's admin API does; also inside a whole
+    config dump's ``configs``): name -> ACTIVE (Envoy holds it) or WARMING (asked for, not served).
+    Raises ValueError when the text is not such JSON."""
+    if not text.strip():
+        return {}
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    dumps = [data]
+    for config in data.get("configs") or []:
+        if isinstance(config, dict):
+            dumps.append(config)
+    states: dict[str, SdsState] = {}
+    for dump in dumps:
+        for state, keys in (
+            ("WARMING", ("dynamicWarmingSecrets", "dynamic_warming_secrets")),
+            ("ACTIVE", ("dynamicActiveSecrets", "dynamic_active_secrets")),
+        ):
+            for key in keys:
+                for item in dump.get(key) or []:
+                    name = (item or {}).get("name")
+                    if name and (state == "ACTIVE" or name not in states):
+                        states[str(name)] = "ACTIVE" if state == "ACTIVE" else "WARMING"
+    return states
+
+
+def missing_sds_resources(
+    wanted: Sequence[str], states_by_pod: Mapping[str, Mapping[str, str] | str]
+) -> list[tuple[str, str, str]]:
+    """``(pod, resource, why)`` for each wanted resource a gateway pod does not hold as ACTIVE; a pod
+    whose output could not be read maps to the reason (a string)."""
+    out: list[tuple[str, str, str]] = []
+    for pod, states in sorted(states_by_pod.items()):
+        for resource in wanted:
+            if isinstance(states, str):
+                out.append((pod, resource, states))
+            elif states.get(resource) != "ACTIVE":
+                out.append((pod, resource, "warming" if resource in states else "not requested"))
+    return out
+
+
+EXTERNAL_HOP = "external host"
+
+
+def expects_external_tls(request: Any, tls_port: int = EXTERNAL_TLS_PORT) -> bool:
+    """Whether the external host sees ``request`` over TLS: the workload calls it over HTTPS, or the
+    egress gateway is expected to send it on to the host's TLS port (TLS origination)."""
+    if str(request.scheme) == "https":
+        return True
+    upstream = (request.expect.gateway or {}).get("upstream_cluster")
+    return isinstance(upstream, str) and upstream.startswith(f"outbound|{tls_port}|")
+
+
+def check_tls_record(
+    record: Record, *, host: str, client_subject: str | None = None, hop: str = EXTERNAL_HOP
+) -> Mapping[str, Any]:
+    """The record's ``tls`` when the request reached the external host over TLS with ``host`` as SNI
+    and, with ``client_subject``, with that client certificate; else ExternalEvidenceError naming
+    the external host hop and what it saw."""
+    rid = (record.get("headers") or {}).get("x-request-id", "?")
+    tls = record.get("tls")
+    where = f"hop {hop!r}: the request x-request-id={rid} reached {host}"
+    if not isinstance(tls, Mapping):
+        raise ExternalEvidenceError(
+            f"{where} over plain HTTP, expected TLS with SNI {host!r}", hop=hop, records=[record]
+        )
+    if tls.get("sni") != host:
+        raise ExternalEvidenceError(
+            f"{where} over TLS with SNI {tls.get('sni')!r}, expected {host!r}", hop=hop, records=[record]
+        )
+    if client_subject is not None and tls.get("client_cert_subject") != client_subject:
+        seen = tls.get("client_cert_subject")
+        got = f"client certificate {seen!r}" if seen else "no client certificate"
+        raise ExternalEvidenceError(
+            f"{where} over TLS with {got}, expected the run's client certificate {client_subject!r}",
+            hop=hop,
+            records=[record],
+        )
+    return tls
+
+
+def handshake_hint(recorder: Any, host: str, *, limit: int = 3) -> str:
+    """The recorder's last failed TLS handshakes for ``host`` (SNI) as text to append to a failure,
+    or '' (none, or they cannot be read)."""
+    try:
+        failures = [f for f in recorder.handshake_failures() if f.get("sni") in (host, None)]
+    except Exception:
+        return ""
+    if not failures:
+        return ""
+    shown = "; ".join(
+        f"{f.get('client_ip')}:{f.get('client_port')} (SNI {f.get('sni') or '-'}): {f.get('error')}"
+        for f in failures[-limit:]
+    )
+    return f"\nthe external host saw {len(failures)} failed TLS handshake(s) for {host}, the last: {shown}"
 
 
 def _hosts_of(doc: Mapping[str, Any]) -> list[str]:
@@ -883,6 +1149,9 @@ class AppliedScenario:
     removed: bool = False
     #: the gateway the scenario's egress traffic leaves through
     gateway: ScenarioGateway = DEFAULT_GATEWAY
+    #: the credential Secrets made for it in the gateway's namespace, and their refs until deleted
+    credentials: list[CredentialSecret] = field(default_factory=list)
+    secret_refs: list[ObjectRef] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -1080,6 +1349,9 @@ class _StateReader:
             raise self._fail(name, f"expected an integer, got {value!r}")
         return value
 
+    def optional_integer(self, name: str) -> int | None:
+        return None if self.data.get(name) is None else self.integer(name)
+
     def texts(self, name: str) -> tuple[str, ...]:
         value = self.data.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -1109,6 +1381,8 @@ class RecorderState:
     port: int
     aliases: tuple[str, ...]
     serves: tuple[str, ...] = RECORDER_SERVES_DEFAULT
+    #: where it serves HTTPS (None: plain HTTP only)
+    tls_port: int | None = None
 
     def handle(self) -> RecorderContainer:
         """A handle on the running container (nothing is started; do not enter it)."""
@@ -1117,6 +1391,7 @@ class RecorderState:
             port=self.port, name=self.name,
         )  # fmt: skip
         recorder.aliases = list(self.aliases)
+        recorder.tls_port = self.tls_port
         return recorder
 
     def to_dict(self) -> dict[str, Any]:
@@ -1127,11 +1402,12 @@ class RecorderState:
             "port": self.port,
             "aliases": list(self.aliases),
             "serves": list(self.serves),
+            "tls_port": self.tls_port,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str) -> RecorderState:
-        r = _StateReader(data, f"{where}: recorder")
+    def from_dict(cls, data: Mapping[str, Any], where: str, what: str = "recorder") -> RecorderState:
+        r = _StateReader(data, f"{where}: {what}")
         return cls(
             name=r.text("name"),
             image=r.text("image"),
@@ -1139,7 +1415,66 @@ class RecorderState:
             port=r.integer("port"),
             aliases=r.texts("aliases"),
             serves=r.texts("serves") or RECORDER_SERVES_DEFAULT,
+            tls_port=r.optional_integer("tls_port"),
         )
+
+
+def recorder_container(
+    image: str,
+    *,
+    run_id: str,
+    host: str = EXTERNAL_ALIAS,
+    port: int = 80,
+    aliases: Iterable[str] = (),
+    pki: TestPKI | None = None,
+) -> RecorderContainer:
+    """The recorder as the run's external host on kind's network: HTTP on ``port``, with ``pki`` also
+    HTTPS on :data:`EXTERNAL_TLS_PORT` with the run's server certificate (no client certificates
+    asked). Docker takes a container's aliases when it joins the network: all of them, up front."""
+    return RecorderContainer(
+        image,
+        network=KIND_NETWORK,
+        alias=host,
+        port=port,
+        aliases=list(aliases),
+        tls=RecorderTLS.from_pki(pki) if pki is not None else None,
+        tls_port=EXTERNAL_TLS_PORT,
+        owner=f"e2e-{run_id}",
+        labels={RUN_LABEL: run_id},
+    )
+
+
+def mtls_recorder_container(
+    image: str, pki: TestPKI, *, run_id: str, port: int = 80, aliases: Iterable[str] = ()
+) -> RecorderContainer:
+    """The recorder that requires client certificates of the run's CA on :data:`EXTERNAL_TLS_PORT`
+    (HTTP on ``port`` for its control API), under :data:`MTLS_ALIAS` and ``aliases``
+    (:func:`mtls_recorder_aliases`)."""
+    return RecorderContainer(
+        image,
+        network=KIND_NETWORK,
+        alias=MTLS_ALIAS,
+        port=port,
+        aliases=list(aliases),
+        tls=RecorderTLS.from_pki(pki, mutual=True),
+        tls_port=EXTERNAL_TLS_PORT,
+        name=f"egress-harness-mtls-recorder-{secrets.token_hex(4)}",
+        owner=f"e2e-{run_id}",
+        labels={RUN_LABEL: run_id},
+    )
+
+
+def recorder_state(recorder: RecorderContainer) -> RecorderState:
+    """What another process needs to read ``recorder``'s records (and what it serves)."""
+    return RecorderState(
+        name=recorder.name,
+        image=recorder.image,
+        network=recorder.network_name,
+        port=recorder.port,
+        aliases=tuple(recorder.aliases),
+        serves=recorder_serves(recorder),
+        tls_port=recorder.tls_port,
+    )
 
 
 @dataclass(frozen=True)
@@ -1172,6 +1507,10 @@ class RunState:
     gateway_api_objects: tuple[ObjectRef, ...] = ()
     recorder: RecorderState | None = None
     created: str = ""
+    #: the run's PKI (harness.certs files), which attached workers read for Secrets and evidence
+    pki_dir: Path | None = None
+    #: the recorder that requires client certificates (``requires.external: mtls``)
+    mtls_recorder: RecorderState | None = None
 
     @property
     def path(self) -> Path:
@@ -1229,6 +1568,8 @@ class RunState:
                 for r in self.gateway_api_objects
             ],
             "recorder": self.recorder.to_dict() if self.recorder is not None else None,
+            "mtls_recorder": self.mtls_recorder.to_dict() if self.mtls_recorder is not None else None,
+            "pki_dir": str(self.pki_dir) if self.pki_dir is not None else None,
             "created": self.created,
         }
 
@@ -1259,6 +1600,8 @@ class RunState:
             o = _StateReader(item, f"{where}: gateway_api_objects[{index}]")
             objects.append(ObjectRef(o.text("api_version"), o.text("kind"), o.text("name"), None))
         recorder = r.mapping("recorder")
+        mtls_recorder = r.mapping("mtls_recorder")
+        pki_dir = r.text("pki_dir", optional=True)
         cluster = r.choice("cluster", ("kind", "existing"))
         return cls(
             run_id=r.text("run_id"),
@@ -1284,6 +1627,10 @@ class RunState:
             gateway_api_objects=tuple(objects),
             recorder=RecorderState.from_dict(recorder, where) if recorder is not None else None,
             created=r.text("created", optional=True),
+            pki_dir=Path(pki_dir) if pki_dir else None,
+            mtls_recorder=RecorderState.from_dict(mtls_recorder, where, "mtls_recorder")
+            if mtls_recorder is not None
+            else None,
         )
 
     @classmethod
@@ -1347,6 +1694,10 @@ class E2ERun:
         self.istio: IstioInstall | None = None
         self.kube: Kube | None = None
         self.recorder: RecorderContainer | None = None
+        #: the recorder that requires client certificates (with the PKI, container mode)
+        self.mtls_recorder: RecorderContainer | None = None
+        #: the run's certificates (container mode with external_tls; read back when attached)
+        self.pki: TestPKI | None = None
         self.relays: RelayApps | None = None
         self.gateway_api_crds: GatewayApiCrds | None = None
         self.istioctl: str | None = None
@@ -1359,6 +1710,8 @@ class E2ERun:
         #: the hosts scenarios render with, and where the ingress reaches this namespace's proxy
         self.external_host = options.host
         self.unregistered_host = UNREGISTERED_ALIAS
+        #: the external host of a scenario that needs mutual TLS (a name of the mTLS recorder)
+        self.mtls_host = MTLS_ALIAS
         self.ingress_path = INGRESS_PATH
         self.ingress_gateway = (
             state.ingress_gateway if state is not None else f"{self.namespace}/{INGRESS_GATEWAY_NAME}"
@@ -1371,6 +1724,7 @@ class E2ERun:
         self.parent: E2ERun | None = None
         self._detached = False
         self._traffic: Traffic | None = None
+        self._recorder_image: str | None = None
         self._stack = contextlib.ExitStack()
 
     # lifecycle
@@ -1449,9 +1803,18 @@ class E2ERun:
             )
         self.gateway_api_present = self.gateway_api_crds is not None or self._probe_gateway_api()
         if o.external == "container":
+            if o.external_tls:
+                with self._timed("certificates"):
+                    self._stack.callback(self._remove_pki)
+                    self.pki = self.make_pki()
             with self._timed("external host"):
                 self.recorder = self._stack.enter_context(self._owned_recorder(self.make_recorder()))
                 self.check_alias_resolves(self.recorder.alias)
+                if self.pki is not None:
+                    self.mtls_recorder = self._stack.enter_context(
+                        self._owned_recorder(self.make_mtls_recorder())
+                    )
+                    self.check_alias_resolves(self.mtls_recorder.alias)
         self._stack.enter_context(self.run_namespace())
         with self._timed("relay apps"):
             self.relay_image = o.relay_image or prepare_relay_image(
@@ -1460,7 +1823,9 @@ class E2ERun:
                 mode=o.image_build_mode,
             )
             self.relays = self._stack.enter_context(
-                RelayApps(self.kube, self.namespace, image=self.relay_image, keep=o.keep_cluster)
+                RelayApps(
+                    self.kube, self.namespace, image=self.relay_image, keep=o.keep_cluster, ca_pem=self.ca_pem
+                )
             )
             self.relay_manifest = self.relays.save(self.run_dir / "manifests")
         self._traffic = self._stack.enter_context(Traffic())
@@ -1494,6 +1859,11 @@ class E2ERun:
         if state.recorder is not None:
             self.recorder = state.recorder.handle()
             self._stack.callback(_close_docker_client, self.recorder)
+        if state.mtls_recorder is not None:
+            self.mtls_recorder = state.mtls_recorder.handle()
+            self._stack.callback(_close_docker_client, self.mtls_recorder)
+        if state.pki_dir is not None:
+            self.pki = load_pki(state.pki_dir)
         self._traffic = self._stack.enter_context(Traffic())
         self.ingress_url = state.ingress_url
         self.gateway_api_present = state.gateway_api
@@ -1513,21 +1883,62 @@ class E2ERun:
             keep_on_failure=o.keep_on_failure,
         )
 
+    def make_pki(self) -> TestPKI:
+        """The run's CA, server and client certificates in ``<run dir>/pki``: the server certificate
+        names every alias of both recorders and ``*.<domain>`` (:func:`pki_server_names`)."""
+        o = self.options
+        names = pki_server_names(o.host, o.recorder_aliases, o.mtls_aliases)
+        progress(f"making the run's certificates ({len(names)} server names) in {self.run_dir / PKI_DIR}")
+        try:
+            return generate_pki(self.run_dir / PKI_DIR, names)
+        except PkiError as exc:
+            raise E2EError(
+                f"the run's certificates could not be made: {exc} (without them: `e2e up --no-external-tls`, "
+                "and the TLS scenarios are skipped)"
+            ) from exc
+
+    def _remove_pki(self) -> None:
+        """The run's keys go with the run, unless it is kept or left running (``e2e up``)."""
+        if self._detached or self._keeping():
+            return
+        shutil.rmtree(self.run_dir / PKI_DIR, ignore_errors=True)
+
+    @property
+    def ca_pem(self) -> bytes | None:
+        """The run's CA certificate, which the relays trust (None without a PKI)."""
+        return self.pki.ca.cert_pem if self.pki is not None else None
+
+    def _image(self) -> str:
+        if self._recorder_image is None:
+            self._recorder_image = build_app_image(
+                "recorder", RECORDER_IMAGE, mode=self.options.image_build_mode
+            )
+        return self._recorder_image
+
     def make_recorder(self) -> RecorderContainer:
-        image = build_app_image("recorder", RECORDER_IMAGE, mode=self.options.image_build_mode)
-        recorder = RecorderContainer(
-            image,
-            network=KIND_NETWORK,
-            alias=self.options.host,
-            port=self.options.external_port,
-            owner=f"e2e-{self.run_id}",
-            labels={"io.egress-harness.run": self.run_id},
+        """The external host (:func:`recorder_container`) under the host's alias, the unregistered
+        alias and the catalog's; with the PKI it also serves HTTPS."""
+        o = self.options
+        return recorder_container(
+            self._image(),
+            run_id=self.run_id,
+            host=o.host,
+            port=o.external_port,
+            aliases=[UNREGISTERED_ALIAS, *o.recorder_aliases],
+            pki=self.pki,
         )
-        # Docker takes a container's aliases when it joins the network: all of them, up front
-        for alias in [UNREGISTERED_ALIAS, *self.options.recorder_aliases]:
-            if alias not in recorder.aliases:
-                recorder.aliases.append(alias)
-        return recorder
+
+    def make_mtls_recorder(self) -> RecorderContainer:
+        """The external host that requires client certificates (:func:`mtls_recorder_container`)."""
+        if self.pki is None:
+            raise E2EError("the mutual-TLS recorder needs the run's PKI")
+        return mtls_recorder_container(
+            self._image(),
+            self.pki,
+            run_id=self.run_id,
+            port=self.options.external_port,
+            aliases=self.options.mtls_aliases,
+        )
 
     @contextlib.contextmanager
     def _owned_recorder(self, recorder: RecorderContainer) -> Iterator[RecorderContainer]:
@@ -1604,16 +2015,8 @@ class E2ERun:
         if self.cluster is None:
             raise E2EError("the run has not started")
         cluster = self.cluster
-        recorder = None
-        if self.recorder is not None:
-            recorder = RecorderState(
-                name=self.recorder.name,
-                image=self.recorder.image,
-                network=self.recorder.network_name,
-                port=self.recorder.port,
-                aliases=tuple(self.recorder.aliases),
-                serves=recorder_serves(self.recorder),
-            )
+        recorder = recorder_state(self.recorder) if self.recorder is not None else None
+        mtls = recorder_state(self.mtls_recorder) if self.mtls_recorder is not None else None
         return RunState(
             run_id=self.run_id,
             run_dir=self.run_dir.resolve(),
@@ -1638,6 +2041,8 @@ class E2ERun:
             gateway_api_objects=tuple(self.gateway_api_crds.refs) if self.gateway_api_crds else (),
             recorder=recorder,
             created=utc_now(),
+            pki_dir=self.pki.directory.resolve() if self.pki is not None else None,
+            mtls_recorder=mtls,
         )
 
     # views: one scenario namespace of the run
@@ -1652,15 +2057,18 @@ class E2ERun:
         *,
         external_host: str,
         unregistered_host: str,
+        mtls_host: str | None = None,
         ingress_path: str | None = None,
     ) -> E2ERun:
-        """A view of this run for another namespace of it: same cluster, recorder and client, its own
-        namespace, hosts and ingress path, and its own list of applied scenarios. It owns nothing."""
+        """A view of this run for another namespace of it: same cluster, recorders, PKI and client,
+        its own namespace, hosts and ingress path, and its own list of applied scenarios. It owns
+        nothing."""
         view = copy.copy(self.root)
         view.parent = self.root
         view.namespace = namespace
         view.external_host = external_host
         view.unregistered_host = unregistered_host
+        view.mtls_host = mtls_host or self.root.mtls_host
         view.ingress_path = ingress_path or ingress_prefix(namespace)
         view.applied = []
         view.relays = None
@@ -1769,12 +2177,18 @@ class E2ERun:
         return self.recorder.records(request_id)
 
     def expect_external_from_gateway(
-        self, request_id: str, *, timeout: float = 5.0, gateway: ScenarioGateway | None = None
+        self,
+        request_id: str,
+        *,
+        timeout: float = 5.0,
+        gateway: ScenarioGateway | None = None,
+        recorder: RecorderContainer | None = None,
     ) -> Record:
-        """The recorder's record of ``request_id``, whose caller is an egress gateway address."""
-        if self.recorder is None:
+        """The record of ``request_id`` at the external host (``recorder``, default the run's
+        recorder), whose caller is an egress gateway address."""
+        recorder = recorder or self.recorder
+        if recorder is None:
             raise E2EError("no recorder in this run (--external internet): the external host keeps no record")
-        recorder = self.recorder
         return expect_external_record(
             lambda: recorder.records(request_id),
             request_id,
@@ -1799,28 +2213,50 @@ class E2ERun:
 
     # scenarios
 
-    def render_context(self) -> Any:
+    def render_context(self, scenario: Any | None = None) -> Any:
+        """What templates render with in this namespace; for ``scenario``, its own credential names
+        and, when its external host must require client certificates, the mTLS recorder's host."""
         from harness.scenarios import RenderContext
 
+        mutual = scenario is not None and external_requirement(scenario) == "mtls"
+        names = credential_names(self.namespace, scenario.name) if scenario is not None else {}
         return RenderContext(
             istio_version=self.options.istio_version,
             namespace=self.namespace,
-            external_host=self.external_host,
+            external_host=self.mtls_host if mutual else self.external_host,
             external_port=self.options.external_port,
+            external_tls_port=EXTERNAL_TLS_PORT,
             unregistered_host=self.unregistered_host,
             run_id=self.run_id,
+            **names,
         )
 
+    def recorder_for(self, scenario: Any) -> RecorderContainer | None:
+        """The recorder that plays ``scenario``'s external host: the mTLS one for ``mtls``."""
+        if external_requirement(scenario) == "mtls":
+            return self.mtls_recorder
+        return self.recorder
+
     def external_serves(self) -> tuple[str, ...]:
-        """What this run's external host serves (http, tls, mtls)."""
+        """What this run's external hosts serve (http, tls, mtls), both recorders together."""
         root = self.root
         if root.state is not None:
-            if root.state.recorder is not None:
-                return root.state.recorder.serves
-            return INTERNET_SERVES if root.state.external == "internet" else RECORDER_SERVES_DEFAULT
-        if root.recorder is not None:
-            return recorder_serves(root.recorder)
+            recorders = [r for r in (root.state.recorder, root.state.mtls_recorder) if r is not None]
+            if not recorders:
+                return INTERNET_SERVES if root.state.external == "internet" else RECORDER_SERVES_DEFAULT
+            return tuple(dict.fromkeys(kind for r in recorders for kind in r.serves))
+        made = [r for r in (root.recorder, root.mtls_recorder) if r is not None]
+        if made:
+            return tuple(dict.fromkeys(kind for r in made for kind in recorder_serves(r)))
         return INTERNET_SERVES if self.options.external == "internet" else RECORDER_SERVES_DEFAULT
+
+    @property
+    def on_existing_cluster(self) -> bool:
+        """The run visits a cluster it did not make (``--kubeconfig``): only its namespaces are its own."""
+        root = self.root
+        if root.state is not None and root.state.cluster == "existing":
+            return True
+        return self.options.existing_cluster
 
     def skip_reason(self, scenario: Any) -> str | None:
         """Why ``scenario`` cannot run in this run, or None: its Istio range, the outbound policy and
@@ -1847,22 +2283,40 @@ class E2ERun:
         kind = external_requirement(scenario)
         serves = self.external_serves()
         if kind not in serves:
-            return (
-                f"needs an external host that serves {kind.upper()}; this run's external host serves "
-                f"{'/'.join(s.upper() for s in serves)} only"
-                + (
-                    " (this run's recorder was started without TLS)"
-                    if self.options.external == "container"
-                    else ""
-                )
-            )
+            return f"needs an external host that serves {kind.upper()}; " + self._serves_why(serves)
         for key, what in CREDENTIAL_REQUIREMENTS.items():
-            if getattr(needs, key, False):
+            if not getattr(needs, key, False):
+                continue
+            if self.root.pki is None:
                 return (
                     f"needs the run to create a Secret with {what} in the gateway's namespace "
-                    f"(requires.{key}); this run makes no certificates for it yet"
+                    f"(requires.{key}); this run has no certificates (its external host serves no TLS)"
+                )
+            if self.on_existing_cluster and not self.options.allow_gateway_secrets:
+                return (
+                    f"needs the run to create a Secret with {what} in {ISTIO_NAMESPACE} (requires.{key}); "
+                    "on an existing cluster the run creates and deletes only its own namespaces: pass "
+                    "--allow-gateway-secrets to let it create and delete that Secret"
                 )
         return None
+
+    def _serves_why(self, serves: Sequence[str]) -> str:
+        have = "/".join(s.upper() for s in serves)
+        if self.options.external == "internet":
+            return (
+                f"with --external internet the external host is {self.options.host}, a real host whose "
+                f"certificates are not the run's (the relays and the gateway trust only the run's CA), so "
+                f"only its {have} is used"
+            )
+        root = self.root
+        if root.recorder is None and (root.state is None or root.state.recorder is None):
+            return f"this run has no recorder; it serves {have} only"
+        if "tls" not in serves and "mtls" not in serves:
+            return (
+                f"this run's external host serves {have} only (this run's recorder was started without "
+                "TLS: no certificates were made for it)"
+            )
+        return f"this run's external hosts serve {have} only (no recorder that requires client certificates)"
 
     def apply_scenario(self, scenario: Any, *, wait_s: float = CONVERGE_TIMEOUT_S) -> AppliedScenario:
         """Render, preflight, apply, and wait until the proxies have the scenario's configuration."""
@@ -1871,7 +2325,8 @@ class E2ERun:
         reason = self.skip_reason(scenario)
         if reason:
             raise ScenarioNotApplicable(f"scenario {scenario.name}: {reason}")
-        rendered = render_scenario(scenario, self.render_context())
+        ctx = self.render_context(scenario)
+        rendered = render_scenario(scenario, ctx)
         directory = self.run_dir / "scenarios" / scenario.name
         directory.mkdir(parents=True, exist_ok=True)
         manifest = directory / "manifests.yaml"
@@ -1890,11 +2345,27 @@ class E2ERun:
             f"applying scenario {scenario.name} ({len(rendered.documents)} objects) into {self.namespace}"
         )
         kube = self._kube()
-        refs = kube.apply(rendered.text, namespace=self.namespace)
+        credentials = credential_secrets(scenario, ctx, self.pki) if self.pki is not None else []
+        secret_refs = self.create_credentials(credentials, scenario)
+        try:
+            refs = kube.apply(rendered.text, namespace=self.namespace)
+        except BaseException:
+            self.delete_credentials(secret_refs)
+            raise
         documents = [d.body for d in rendered.documents]
         gateway = scenario_gateway(documents, self.namespace)
         markers = convergence_markers(documents, self.namespace, gateway_labels=gateway.labels)
-        applied = AppliedScenario(scenario, rendered, manifest, refs, markers, findings, gateway=gateway)
+        applied = AppliedScenario(
+            scenario,
+            rendered,
+            manifest,
+            refs,
+            markers,
+            findings,
+            gateway=gateway,
+            credentials=credentials,
+            secret_refs=secret_refs,
+        )
         self.applied.append(applied)
         started = time.monotonic()
         if gateway.deployment:
@@ -1904,26 +2375,125 @@ class E2ERun:
         waited = self.wait_config(
             markers, present=True, deadline_s=remaining, what=scenario.name, gateway=gateway
         )
-        applied.converged_s = round(time.monotonic() - started, 3) if gateway.deployment else waited
+        if credentials:
+            # the gateway asks for a credential once a cluster of the applied rules names it
+            remaining = max(1.0, wait_s - (time.monotonic() - started))
+            waited += self.wait_gateway_secrets(credentials, deadline_s=remaining, gateway=gateway)
+        applied.converged_s = round(time.monotonic() - started, 3) if gateway.deployment else round(waited, 3)
         self.timings[f"converge:{self.namespace}:{scenario.name}"] = applied.converged_s
         if self.parent is None:
             self.timings[f"converge:{scenario.name}"] = applied.converged_s
         return applied
 
     def delete_scenario(self, applied: AppliedScenario, *, wait_s: float = CONVERGE_TIMEOUT_S) -> None:
-        """Delete the scenario's objects and wait until the proxies dropped them."""
+        """Delete the scenario's objects and wait until the proxies dropped them; then its credential
+        Secrets (also when that failed)."""
         if applied.removed:
             return
-        self._kube().delete_objects(applied.refs)
-        applied.removed = True
-        name = applied.scenario.name
-        markers = applied.markers
-        if applied.gateway.deployment:
-            # the scenario's own gateway goes with its objects: only the sidecar is left to drop them
-            markers = [m for m in markers if m.proxy == "sidecar"]
-        self.timings[f"removed:{self.namespace}:{name}"] = self.wait_config(
-            markers, present=False, deadline_s=wait_s, what=f"{name} removal", gateway=applied.gateway
-        )
+        try:
+            self._kube().delete_objects(applied.refs)
+            applied.removed = True
+            name = applied.scenario.name
+            markers = applied.markers
+            if applied.gateway.deployment:
+                # the scenario's own gateway goes with its objects: only the sidecar is left to drop them
+                markers = [m for m in markers if m.proxy == "sidecar"]
+            self.timings[f"removed:{self.namespace}:{name}"] = self.wait_config(
+                markers, present=False, deadline_s=wait_s, what=f"{name} removal", gateway=applied.gateway
+            )
+        finally:
+            refs, applied.secret_refs = applied.secret_refs, []
+            self.delete_credentials(refs)
+
+    # credential Secrets in the gateway's namespace
+
+    def create_credentials(self, credentials: Sequence[CredentialSecret], scenario: Any) -> list[ObjectRef]:
+        """Server-side apply each Secret (labelled with the run and the scenario); on a failure the
+        ones made are deleted again. Their content is never written to the run directory."""
+        if not credentials:
+            return []
+        kube = self._kube()
+        labels = {RUN_LABEL: self.run_id, SCENARIO_LABEL: dns_label(scenario.name)}
+        refs: list[ObjectRef] = []
+        try:
+            for credential in credentials:
+                progress(f"creating {credential} for scenario {scenario.name}")
+                refs += kube.apply(json.dumps(credential.manifest(labels)), namespace=credential.namespace)
+        except BaseException:
+            self.delete_credentials(refs)
+            raise
+        return refs
+
+    def delete_credentials(self, refs: Sequence[ObjectRef]) -> None:
+        if refs:
+            progress("deleting " + ", ".join(f"Secret {r.namespace}/{r.name}" for r in refs))
+            self._kube().delete_objects(list(refs))
+
+    def secret_dump(self, pod: str, namespace: str) -> str:
+        """``istioctl proxy-config secret <pod>.<ns> -o json``: the proxy's SDS secrets."""
+        if not self.istioctl:
+            raise E2EError("istioctl is needed to read a proxy's secrets")
+        argv = [self.istioctl, "proxy-config", "secret", f"{pod}.{namespace}", "-o", "json"]
+        argv += ["--kubeconfig", str(self.kubeconfig)]
+        if self.context:
+            argv += ["--context", self.context]
+        return run(argv, timeout=ISTIOCTL_TIMEOUT_S).stdout
+
+    def wait_gateway_secrets(
+        self,
+        credentials: Sequence[CredentialSecret],
+        *,
+        deadline_s: float = CONVERGE_TIMEOUT_S,
+        interval_s: float | None = None,
+        gateway: ScenarioGateway | None = None,
+    ) -> float:
+        """Poll every gateway pod's SDS secrets until each credential's resources are ACTIVE there;
+        the seconds it took. ConvergenceError naming the Secret(s) at the deadline."""
+        if not credentials:
+            return 0.0
+        gw = gateway or DEFAULT_GATEWAY
+        wanted = [r for c in credentials for r in c.sds_resources]
+        owner = {r: c for c in credentials for r in c.sds_resources}
+        started = time.monotonic()
+
+        def fetch() -> dict[str, dict[str, SdsState] | str]:
+            out: dict[str, dict[str, SdsState] | str] = {}
+            for listed in self._kube().list_pods(gw.namespace, gw.selector):
+                pod = f"{listed['metadata']['name']}.{gw.namespace}"
+                try:
+                    out[pod] = sds_secret_states(self.secret_dump(listed["metadata"]["name"], gw.namespace))
+                except ValueError as exc:
+                    out[pod] = f"unreadable `istioctl proxy-config secret` output ({exc})"
+            return out
+
+        def decide(states: dict[str, dict[str, SdsState] | str]) -> RolloutCheck:
+            if not states:
+                return RolloutCheck(False, f"no gateway pod matches {gw.selector} in {gw.namespace}")
+            missing = missing_sds_resources(wanted, states)
+            if not missing:
+                return RolloutCheck(True, "active")
+            return RolloutCheck(
+                False, "; ".join(f"{pod}: {res} {why} ({owner[res]})" for pod, res, why in missing)
+            )
+
+        names = ", ".join(str(c) for c in credentials)
+        try:
+            wait_until(
+                fetch,
+                decide,
+                what=f"the gateway taking the credential {names}",
+                deadline_s=deadline_s,
+                interval_s=self.converge_interval_s if interval_s is None else interval_s,
+            )
+        except WaitTimeoutError as exc:
+            raise ConvergenceError(
+                f"{exc} (is the Secret complete, and in the namespace of the gateway's pods?)"
+            ) from exc
+        except CommandError as exc:
+            raise ConvergenceError(f"could not read the gateway's secrets for {names}: {exc}") from exc
+        took = round(time.monotonic() - started, 3)
+        progress(f"the gateway holds {names} after {took:.1f}s")
+        return took
 
     @contextlib.contextmanager
     def scenario(self, scenario: Any) -> Iterator[AppliedScenario]:
@@ -2047,13 +2617,16 @@ class E2ERun:
     # diagnostics
 
     def diagnostics(self, gateway: ScenarioGateway | None = None) -> Any:
-        from harness.diagnostics import Diagnostics
-
         gw = gateway or DEFAULT_GATEWAY
         manifests = [a.manifest for a in self.applied]
         if self.relay_manifest is not None and self.relay_manifest.exists():
             manifests.insert(0, self.relay_manifest)
-        return Diagnostics(
+        tls_recorders = {
+            label: recorder
+            for label, recorder in (("recorder", self.recorder), ("mtls-recorder", self.mtls_recorder))
+            if recorder is not None and getattr(recorder, "tls_port", None) is not None
+        }
+        return RunDiagnostics(
             self.options.artifacts_dir,
             kube=self.kube,
             istioctl=self.istioctl,
@@ -2066,12 +2639,56 @@ class E2ERun:
             kind_cluster=self.cluster if isinstance(self.cluster, KindCluster) else None,
             gateway_namespace=gw.namespace,
             gateway_selector=gw.selector,
+            tls_recorders=tls_recorders,
         )
 
     def write_timings(self) -> Path:
         path = self.run_dir / "timings.json"
         path.write_text(json.dumps(self.timings, indent=1, sort_keys=True) + "\n")
         return path
+
+
+class RunDiagnostics(Diagnostics):
+    """``harness.diagnostics.Diagnostics`` and what the run's TLS recorders know: each one's failed
+    TLS handshakes (``<label>-handshake-failures.json``: a client without a certificate, an unknown
+    CA, a wrong name), and the mTLS recorder's records and log (``mtls-recorder-records.json``,
+    ``mtls-recorder.log``; the run's recorder has its own step)."""
+
+    def __init__(self, *args: Any, tls_recorders: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.tls_recorders = dict(tls_recorders or {})
+
+    def recorder_tls(self, directory: Path) -> list[Path]:
+        files: list[Path] = []
+        problems: list[str] = []
+        for label, recorder in self.tls_recorders.items():
+            try:
+                failures = recorder.handshake_failures()
+            except Exception as exc:
+                problems.append(f"{label} handshake failures: {type(exc).__name__}: {exc}")
+            else:
+                path = directory / f"{label}-handshake-failures.json"
+                path.write_text(json.dumps(failures, indent=1) + "\n")
+                files.append(path)
+            if recorder is self.recorder:
+                continue
+            try:
+                records = directory / f"{label}-records.json"
+                records.write_text(json.dumps(recorder.records(), indent=1) + "\n")
+                log = directory / f"{label}.log"
+                log.write_text(recorder.logs())
+                files += [records, log]
+            except Exception as exc:
+                problems.append(f"{label} records: {type(exc).__name__}: {exc}")
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        return files
+
+    def steps(self) -> list[tuple[str, Callable[[Path], list[Path]]]]:
+        steps = super().steps()
+        if self.tls_recorders:
+            steps.append(("recorder TLS handshakes", self.recorder_tls))
+        return steps
 
 
 # --- the catalog, one scenario namespace each -----------------------------------------------------
@@ -2141,7 +2758,10 @@ class ScenarioRunner:
     def view(self, scenario: Any) -> E2ERun:
         hosts = scenario_hosts(scenario.name)
         return self.run.scoped(
-            self.namespace_for(scenario), external_host=hosts.external, unregistered_host=hosts.unregistered
+            self.namespace_for(scenario),
+            external_host=hosts.external,
+            unregistered_host=hosts.unregistered,
+            mtls_host=hosts.mtls,
         )
 
     def skip_reason(self, scenario: Any) -> str | None:
@@ -2155,12 +2775,20 @@ class ScenarioRunner:
                 "(--external internet)"
             )
         hosts = scenario_hosts(scenario.name)
-        missing = [h for h in (hosts.external, hosts.unregistered) if h not in set(recorder.aliases)]
-        if missing:
-            return (
-                f"the recorder does not answer to {missing[0]}: the catalog changed after the run's recorder "
-                "started (`egress-harness e2e down`, then `up` again)"
-            )
+        mutual = external_requirement(scenario) == "mtls"
+        wanted = [
+            ("recorder", recorder, h) for h in ([] if mutual else [hosts.external]) + [hosts.unregistered]
+        ]
+        if mutual:
+            if self.run.mtls_recorder is None:
+                return "needs the recorder that requires client certificates; this run has none"
+            wanted.append(("mTLS recorder", self.run.mtls_recorder, hosts.mtls))
+        for what, holder, host in wanted:
+            if host not in set(holder.aliases):
+                return (
+                    f"the {what} does not answer to {host}: the catalog changed after the run's recorders "
+                    "started (`egress-harness e2e down`, then `up` again)"
+                )
         return None
 
     def run_all(self, scenarios: Iterable[Any]) -> list[ScenarioResult]:
@@ -2226,7 +2854,9 @@ class ScenarioRunner:
                 )
                 # only a namespace made here is deleted (one that was there is not this scenario's)
                 stack.callback(kube.delete_namespace, ns)
-                relays = NamespaceRelays(kube, ns, gateway=view.ingress_gateway, image=view.relay_image)
+                relays = NamespaceRelays(
+                    kube, ns, gateway=view.ingress_gateway, image=view.relay_image, ca_pem=view.ca_pem
+                )
                 relays.deploy()
                 view.relay_manifest = relays.save(view.run_dir / "manifests" / ns)
                 view.wait_chain_ready(deadline_s=self.chain_deadline_s)
@@ -2261,6 +2891,11 @@ class ScenarioRunner:
                     f"keeping namespace {ns} of the failed scenario {scenario.name} (keep-on-failure); "
                     f"remove it with `kubectl delete namespace {ns}`"
                 )
+                for ref in (r for a in view.applied for r in a.secret_refs):
+                    progress(
+                        f"keeping its Secret {ref.namespace}/{ref.name} too; remove it with "
+                        f"`kubectl delete secret -n {ref.namespace} {ref.name}`"
+                    )
             else:
                 try:
                     stack.close()
@@ -2277,19 +2912,41 @@ class ScenarioRunner:
         return dataclasses.replace(outcome, result=result, kept=kept)
 
     def _exercise(self, view: E2ERun, scenario: Any, gateway: ScenarioGateway) -> str:
-        """Send and judge every request of the scenario; one line per request of what was seen."""
+        """Send and judge every request of the scenario; one line per request of what was seen.
+
+        A request that must leave through the gateway is also judged by the external host's record:
+        its caller is a gateway address and, when its last leg is TLS (:func:`expects_external_tls`),
+        it came with the host as SNI and, for mutual TLS, with the run's client certificate.
+        """
         from harness.scenarios import render_request
 
+        ctx = view.render_context(scenario)
+        recorder = view.recorder_for(scenario)
+        mutual = external_requirement(scenario) == "mtls"
         lines = []
         for spec in scenario.requests:
-            request = render_request(spec, view.render_context(), source=scenario.file)
+            request = render_request(spec, ctx, source=scenario.file)
             done = view.run_request(request, wait=self.wait, gateway=gateway)
             line = f"{request.name}: HTTP {done.result.response.status}, " + " -> ".join(
                 e.hop for e in done.evidence
             )
-            if request.expect.via_gateway and not request.expect.blocked and view.recorder is not None:
-                record = view.expect_external_from_gateway(done.result.request_id, gateway=gateway)
+            if request.expect.via_gateway and not request.expect.blocked and recorder is not None:
+                tls = expects_external_tls(request, ctx.external_tls_port)
+                try:
+                    record = view.expect_external_from_gateway(
+                        done.result.request_id, gateway=gateway, recorder=recorder
+                    )
+                except ExternalEvidenceError as exc:
+                    if tls:
+                        exc.args = (f"{exc}{handshake_hint(recorder, request.host)}",)
+                    raise
                 line += f" -> external host (called from {record.get('client_ip')})"
+                if tls:
+                    subject = view.pki.client.subject if mutual and view.pki is not None else None
+                    seen = check_tls_record(record, host=request.host, client_subject=subject)
+                    line += f" over {seen.get('version') or 'TLS'}, SNI {seen.get('sni')}"
+                    if subject is not None:
+                        line += f", client certificate {subject}"
             lines.append(line)
         return "; ".join(lines)
 
@@ -2420,7 +3077,7 @@ class UpgradeCatalog:
         """The relays, the shared ingress Gateway and the mission in the upgrade namespace; the probe URL."""
         from harness.scenarios import render_request
 
-        relays = RelayApps(run._kube(), run.namespace, image=run.relay_image, keep=True)
+        relays = RelayApps(run._kube(), run.namespace, image=run.relay_image, keep=True, ca_pem=run.ca_pem)
         relays.deploy()
         run.relay_manifest = relays.save(run.run_dir / "manifests")
         run.wait_chain_ready()

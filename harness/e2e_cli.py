@@ -1,21 +1,24 @@
 """``egress-harness e2e up`` and ``e2e down``: one cluster run shared by many test processes.
 
 ``up`` makes what a session of the cluster tier needs -- the kind cluster (its own kubeconfig in the
-run directory), Istio with its egress gateway, optionally the Gateway API CRDs, the recorder on
-kind's network under an alias for every host of the catalog, the run namespace with the relays and
-the shared ingress Gateway -- and leaves it running. It writes ``<run dir>/run-state.json`` (a
-:class:`harness.e2e.RunState`: kubeconfig, context, ingress URL, recorder container, run id, and
-what it created) and prints it on stdout. A failed or interrupted ``up`` removes what it made and
-writes no state.
+run directory), Istio with its egress gateway, optionally the Gateway API CRDs, the run's PKI
+(``<run dir>/pki``), the recorder on kind's network under an alias for every host of the catalog
+(HTTP and HTTPS) and the mutual-TLS recorder under the names of the catalog's mTLS scenarios, the
+run namespace with the relays and the shared ingress Gateway -- and leaves it running. It writes
+``<run dir>/run-state.json`` (a :class:`harness.e2e.RunState`: kubeconfig, context, ingress URL,
+recorder containers, PKI directory, run id, and what it created) and prints it on stdout. A failed
+or interrupted ``up`` removes what it made and writes no state. ``--no-external-tls`` makes no
+certificates and serves plain HTTP only (the TLS scenarios are then skipped).
 
 Tests attach to it with ``pytest --run-state <run dir>/run-state.json`` (each pytest-xdist worker
 does), creating and deleting nothing but their scenario namespaces.
 
-``down`` removes what the state says ``up`` created: the recorder container, then the kind cluster
+``down`` removes what the state says ``up`` created: the recorder containers, then the kind cluster
 (which takes everything in it along); on a cluster ``up`` did not create, the namespaces of the run,
-the Gateway API CRDs it installed and the Istio it installed. It is idempotent: what is gone already
-counts as removed, and without a state file there is nothing to do. The state file is deleted only
-when everything is gone, so a failed ``down`` can be run again.
+credential Secrets of its scenarios left in istio-system, the Gateway API CRDs it installed and the
+Istio it installed. It is idempotent: what is gone already counts as removed, and without a state
+file there is nothing to do. The state file and the run's PKI are deleted only when everything is
+gone, so a failed ``down`` can be run again.
 
     egress-harness e2e up [--istio-version V] [--access-log-encoding text|json]
                           [--outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY] [--gateway-api] [--run-dir DIR]
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -60,9 +64,13 @@ def state_path(run_dir: Path) -> Path:
 # --- up ---------------------------------------------------------------------------------------------
 
 
-def options_for_up(args: argparse.Namespace, scenario_names: Iterable[str]) -> E2EOptions:
-    from harness.e2e import E2EOptions, recorder_aliases
+def options_for_up(args: argparse.Namespace, scenarios: Iterable[Any]) -> E2EOptions:
+    """The run's options from the command line; the recorders' aliases from ``scenarios`` (the
+    catalog's scenarios, or their names when no scenario needs mutual TLS)."""
+    from harness.e2e import E2EOptions, mtls_recorder_aliases, recorder_aliases
 
+    listed = list(scenarios)
+    names = [s if isinstance(s, str) else s.name for s in listed]
     return E2EOptions(
         istio_version=versions.istio_version(args.istio_version),
         cluster_name=args.cluster_name,
@@ -71,7 +79,9 @@ def options_for_up(args: argparse.Namespace, scenario_names: Iterable[str]) -> E
         access_log_encoding=args.access_log_encoding.upper(),
         outbound_traffic_policy=args.outbound_traffic_policy,
         gateway_api=args.gateway_api,
-        recorder_aliases=tuple(recorder_aliases(scenario_names)),
+        recorder_aliases=tuple(recorder_aliases(names)),
+        mtls_aliases=tuple(mtls_recorder_aliases([s for s in listed if not isinstance(s, str)])),
+        external_tls=not getattr(args, "no_external_tls", False),
         artifacts_dir=Path(args.artifacts_dir),
     )
 
@@ -107,9 +117,14 @@ def bring_up(
 
 def load_catalog_names(scenarios_dir: Path = REPO_ROOT / "scenarios") -> tuple[str, ...]:
     """The scenario names of the catalog (the recorder answers to each one's hosts)."""
+    return tuple(s.name for s in load_catalog_scenarios(scenarios_dir))
+
+
+def load_catalog_scenarios(scenarios_dir: Path = REPO_ROOT / "scenarios") -> tuple[Any, ...]:
+    """The catalog's scenarios (their names and what their external hosts must serve)."""
     from harness.scenarios import load_catalog
 
-    return load_catalog(scenarios_dir).names()
+    return load_catalog(scenarios_dir).scenarios
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -118,14 +133,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
     try:
-        names = load_catalog_names(Path(args.scenarios_dir))
+        scenarios = load_catalog_scenarios(Path(args.scenarios_dir))
     except (ScenarioError, OSError) as exc:
         print(
             f"egress-harness e2e up: the catalog {args.scenarios_dir} does not load: {exc}", file=sys.stderr
         )
         return 2
     try:
-        options = options_for_up(args, names)
+        options = options_for_up(args, scenarios)
         state = bring_up(options, run_dir)
     except (E2EError, ValueError) as exc:
         print(f"egress-harness e2e up: {exc}", file=sys.stderr)
@@ -175,14 +190,45 @@ def run_namespaces(kube: Any, run_id: str) -> list[str]:
     return sorted(str(item["metadata"]["name"]) for item in items)
 
 
+def run_secrets(kube: Any, run_id: str, namespace: str) -> list[str]:
+    """The Secrets in ``namespace`` labelled with the run's id (credentials scenarios left behind)."""
+    from harness.e2e import RUN_LABEL
+    from harness.kube import REQUEST_TIMEOUT_S
+
+    listing = kube.core.list_namespaced_secret(
+        namespace, label_selector=f"{RUN_LABEL}={run_id}", _request_timeout=REQUEST_TIMEOUT_S
+    )
+    items = kube.api_client.sanitize_for_serialization(listing).get("items") or []
+    return sorted(str(item["metadata"]["name"]) for item in items)
+
+
+def delete_run_secrets(kube: Any, run_id: str, namespace: str) -> None:
+    """Delete the run's Secrets in ``namespace``; one gone already is fine."""
+    from harness.kube import REQUEST_TIMEOUT_S
+
+    for name in run_secrets(kube, run_id, namespace):
+        progress(f"deleting Secret {namespace}/{name} left by a scenario of run {run_id}")
+        try:
+            kube.core.delete_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+
+
 def clean_existing_cluster(state: RunState, kube: Any) -> None:
-    """On a cluster ``up`` did not create: the run's namespaces, its Gateway API CRDs, its Istio."""
+    """On a cluster ``up`` did not create: the run's namespaces, the credential Secrets its scenarios
+    left in istio-system, its Gateway API CRDs, its Istio."""
+    from harness.istio import ISTIO_NAMESPACE
+
     names = set(run_namespaces(kube, state.run_id))
     if state.namespace_created:
         names.add(state.namespace)
     for name in sorted(names):
         progress(f"deleting namespace {name}")
         kube.delete_namespace(name, deadline_s=NAMESPACE_DELETE_S)
+    if state.pki_dir is not None:
+        # only a run with certificates made credential Secrets
+        delete_run_secrets(kube, state.run_id, ISTIO_NAMESPACE)
     if state.gateway_api_objects:
         progress("removing the Gateway API CRDs the run installed")
         kube.delete_objects(list(state.gateway_api_objects))
@@ -215,9 +261,12 @@ def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None
             problems.append(f"{what}: {exc}")
             progress(f"{what} failed: {exc}")
 
-    if state.recorder is not None:
-        recorder = state.recorder
-        step(f"removing the recorder container {recorder.name}", lambda: remove_container(recorder.name))
+    def remover(name: str) -> Callable[[], None]:
+        return lambda: remove_container(name)
+
+    for recorder in (state.recorder, state.mtls_recorder):
+        if recorder is not None:
+            step(f"removing the recorder container {recorder.name}", remover(recorder.name))
     if state.cluster == "kind" and state.cluster_created:
         step(f"deleting kind cluster {state.cluster_name}", lambda: delete_kind_cluster(state))
         return problems
@@ -258,6 +307,9 @@ def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None 
     kubeconfig = state.kubeconfig
     if state.cluster_created and kubeconfig.parent == run_dir.resolve():
         kubeconfig.unlink(missing_ok=True)
+    if state.pki_dir is not None and state.pki_dir.resolve().parent == run_dir.resolve():
+        # the run's keys: only a PKI directory of this run directory (never one elsewhere)
+        shutil.rmtree(state.pki_dir, ignore_errors=True)
     progress(f"run {state.run_id} is down")
     return []
 
@@ -306,6 +358,11 @@ def add_e2e_subcommands(e2e_subparsers: Any) -> None:
         "--reuse-cluster", action="store_true", help="use a kind cluster of that name if it exists"
     )
     up.add_argument("--keep-on-failure", action="store_true", help="keep what a failed up made, for a look")
+    up.add_argument(
+        "--no-external-tls",
+        action="store_true",
+        help="make no certificates: the recorder serves plain HTTP only and the TLS scenarios are skipped",
+    )
     up.add_argument("--scenarios-dir", default=str(REPO_ROOT / "scenarios"), metavar="DIR")
     up.add_argument("--artifacts-dir", default=str(REPO_ROOT / "artifacts"), metavar="DIR")
     up.set_defaults(handler=_cmd_up)

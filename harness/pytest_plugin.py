@@ -99,6 +99,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="install the Gateway API CRDs (pinned release)",
     )
     group.addoption(
+        "--allow-gateway-secrets",
+        action="store_true",
+        default=None,
+        help="on an existing cluster, let TLS scenarios create and delete their credential Secrets in istio-system",
+    )
+    group.addoption(
         "--run-state",
         default=None,
         metavar="FILE",
@@ -152,6 +158,10 @@ def options_from(config: pytest.Config, artifacts_dir: Path | None = None) -> E2
         artifacts_dir=artifacts_dir or root / "artifacts",
         gateway_api=_flag(config, "--gateway-api", "EGRESS_HARNESS_GATEWAY_API"),
         recorder_aliases=tuple(catalog_aliases(root / "scenarios")),
+        mtls_aliases=tuple(catalog_mtls_aliases(root / "scenarios")),
+        allow_gateway_secrets=_flag(
+            config, "--allow-gateway-secrets", "EGRESS_HARNESS_ALLOW_GATEWAY_SECRETS"
+        ),
     )
 
 
@@ -166,6 +176,18 @@ def catalog_aliases(scenarios_dir: Path) -> list[str]:
     except (ScenarioError, OSError):
         return recorder_aliases([])
     return recorder_aliases(names)
+
+
+def catalog_mtls_aliases(scenarios_dir: Path) -> list[str]:
+    """The mTLS recorder's aliases for the catalog's scenarios that need a client certificate."""
+    from harness.e2e import mtls_recorder_aliases
+    from harness.scenarios import ScenarioError, load_catalog
+
+    try:
+        scenarios = load_catalog(scenarios_dir).scenarios
+    except (ScenarioError, OSError):
+        return mtls_recorder_aliases([])
+    return mtls_recorder_aliases(scenarios)
 
 
 def run_state_path(config: pytest.Config) -> Path | None:

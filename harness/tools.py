@@ -404,6 +404,11 @@ def missing_prerequisites(
                 f"memory: {available:.1f} GiB available; kind + Istio need about {min_memory_gib:g} GiB "
                 "(close other programs or use a bigger machine)"
             )
+    from harness.certs import openssl_unavailable_reason
+
+    openssl = openssl_unavailable_reason()
+    if openssl is not None:
+        missing.append(f"openssl (the run makes its TLS test certificates with it): {openssl}")
     if tools:
         for name in versions.TOOLS:
             version = versions.pinned_version(name, istio)

@@ -7,9 +7,16 @@ recorder), its manifests applied and awaited in the proxies, each request judged
 sidecar log, the gateway's log and the recorder's record of the caller. Test ids carry the run's
 access-log encoding (``http-via-egress-gateway-text``).
 
+The TLS scenarios run against the recorders of ``e2e up``: HTTPS with a certificate of the run's CA
+(which the relays trust), and for ``requires.external: mtls`` the recorder that requires client
+certificates; the credential Secrets a scenario names are created in istio-system around it and
+awaited in the egress gateway, and the external host's record must show the host as SNI (and the
+run's client certificate for mutual TLS).
+
 A scenario outside the run's Istio range, or needing what the run does not have (the other outbound
-traffic policy, the Gateway API CRDs, another access-log encoding, an external host serving TLS), is
-skipped with that reason. Each test records its ``ScenarioResult`` (see ``e2e_results``). Runs in
+traffic policy, the Gateway API CRDs, another access-log encoding, an external host serving TLS or
+mutual TLS, the right to create Secrets in istio-system on an existing cluster), is skipped with
+that reason. Each test records its ``ScenarioResult`` (see ``e2e_results``). Runs in
 parallel under pytest-xdist against one cluster made by ``egress-harness e2e up`` (``make e2e``).
 """
 

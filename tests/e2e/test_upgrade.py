@@ -5,7 +5,8 @@ catalog again.
 Runs only when an upgrade is asked for (``--upgrade-from V --upgrade-to V [--upgrade-mode M]``, or
 ``make e2e UPGRADE_FROM=... UPGRADE_TO=... UPGRADE_MODE=...``); otherwise it is skipped and says how
 to ask. It makes its own kind cluster (name ``egress-upgrade-<id>``, ingress on host port
-``UPGRADE_INGRESS_PORT`` so it can sit beside a cluster of ``e2e up``) and its own recorder, and no
+``UPGRADE_INGRESS_PORT`` so it can sit beside a cluster of ``e2e up``), its own PKI and recorders
+(HTTP and HTTPS, and the one that requires client certificates, as ``e2e up`` makes them), and no
 Istio: ``harness.upgrade.UpgradeRun`` installs and upgrades Istio itself, and calls
 ``harness.e2e.UpgradeCatalog`` for each phase, which runs every applicable scenario through the
 same per-scenario runner as tests/e2e/test_catalog.py.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -28,23 +30,26 @@ import pytest
 
 from harness import tools, versions
 from harness.apps import RECORDER_IMAGE, build_app_image, prepare_relay_image
+from harness.certs import generate_pki
 from harness.cluster import KindCluster
 from harness.e2e import (
     EXTERNAL_ALIAS,
     INGRESS_GATEWAY_NAME,
-    KIND_NETWORK,
     MISSION,
+    PKI_DIR,
     E2EOptions,
     GatewayApiCrds,
-    RecorderState,
     RunState,
     UpgradeCatalog,
+    mtls_recorder_aliases,
+    mtls_recorder_container,
     new_run_id,
+    pki_server_names,
     recorder_aliases,
-    recorder_serves,
+    recorder_container,
+    recorder_state,
     upgrade_problems,
 )
-from harness.external import RecorderContainer
 from harness.pytest_plugin import RESULTS_DIR_ENV
 from harness.report import render_markdown
 from harness.results import RunResult
@@ -99,15 +104,13 @@ def upgrade_cluster(
             )
         )
         relay_image = prepare_relay_image(cluster)
-        recorder = RecorderContainer(
-            build_app_image("recorder", RECORDER_IMAGE),
-            network=KIND_NETWORK,
-            alias=EXTERNAL_ALIAS,
-            owner=f"e2e-{run_id}",
-            labels={"io.egress-harness.run": run_id},
-        )
-        recorder.aliases = recorder_aliases(catalog.names())
-        stack.enter_context(recorder)
+        aliases = recorder_aliases(catalog.names())
+        mtls_aliases = mtls_recorder_aliases(catalog.scenarios)
+        stack.callback(shutil.rmtree, run_dir / PKI_DIR, ignore_errors=True)  # the keys go with the test
+        pki = generate_pki(run_dir / PKI_DIR, pki_server_names(EXTERNAL_ALIAS, aliases, mtls_aliases))
+        image = build_app_image("recorder", RECORDER_IMAGE)
+        recorder = stack.enter_context(recorder_container(image, run_id=run_id, aliases=aliases, pki=pki))
+        mtls = stack.enter_context(mtls_recorder_container(image, pki, run_id=run_id, aliases=mtls_aliases))
         gateway_api = False
         if options.gateway_api:
             from harness.kube import Kube
@@ -138,14 +141,9 @@ def upgrade_cluster(
             external_host=EXTERNAL_ALIAS,
             pod_source_nat=True,
             gateway_api=gateway_api,
-            recorder=RecorderState(
-                name=recorder.name,
-                image=recorder.image,
-                network=KIND_NETWORK,
-                port=recorder.port,
-                aliases=tuple(recorder.aliases),
-                serves=recorder_serves(recorder),
-            ),
+            recorder=recorder_state(recorder),
+            mtls_recorder=recorder_state(mtls),
+            pki_dir=pki.directory,
         )
         yield plan, base, options
 

@@ -150,6 +150,67 @@ def test_relay_documents_set_the_image() -> None:
     assert images == {"proxy": "registry.example/relay:1", "target": "registry.example/relay:1"}
 
 
+def _relay_containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: next(
+            c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "relay"
+        )
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+
+
+def test_without_a_ca_the_relays_keep_the_images_trust_store() -> None:
+    docs = apps.relay_documents("registry.example/relay:1")
+    assert [d["kind"] for d in docs].count("ConfigMap") == 0
+    for name, container in _relay_containers(docs).items():
+        assert "volumeMounts" not in container, name
+        assert "SSL_CERT_FILE" not in {e["name"] for e in container.get("env") or []}
+    assert not any(d["spec"]["template"]["spec"].get("volumes") for d in docs if d["kind"] == "Deployment")
+    # a RelayApps without a CA renders the manifest's objects, nothing else
+    assert [d["kind"] for d in split_documents(RelayApps(object(), "ns-1").render())] == [  # type: ignore[arg-type]
+        d["kind"] for d in docs
+    ]
+
+
+def test_with_a_ca_both_relays_mount_it_and_point_ssl_cert_file_at_it() -> None:
+    docs = apps.relay_documents("registry.example/relay:1", ca_configmap="egress-harness-ca")
+    containers = _relay_containers(docs)
+    assert set(containers) == {"proxy", "target"}
+    for name, container in containers.items():
+        assert container["volumeMounts"] == [
+            {"name": "egress-harness-ca", "mountPath": "/etc/egress-harness/ca", "readOnly": True}
+        ], name
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["SSL_CERT_FILE"] == "/etc/egress-harness/ca/ca.crt"
+        assert env["SERVICE_NAME"] == name  # the manifest's own variables stay
+    for doc in (d for d in docs if d["kind"] == "Deployment"):
+        assert doc["spec"]["template"]["spec"]["volumes"] == [
+            {
+                "name": "egress-harness-ca",
+                "configMap": {"name": "egress-harness-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]},
+            }
+        ]
+    # patching twice does not add a second volume, mount or variable
+    apps.trust_ca(docs)
+    for container in _relay_containers(docs).values():
+        assert len(container["volumeMounts"]) == 1
+        assert [e["name"] for e in container["env"]].count("SSL_CERT_FILE") == 1
+
+
+def test_relay_apps_with_a_ca_apply_its_configmap_first() -> None:
+    kube = StandInKube()
+    pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    with RelayApps(kube, "egress-r1", ca_pem=pem) as relays:
+        assert [r.kind for r in relays.refs][:2] == ["ConfigMap", "Deployment"]
+        configmap = kube.applied[0]
+        assert configmap["metadata"] == {"name": "egress-harness-ca", "namespace": "egress-r1"}
+        assert configmap["data"] == {"ca.crt": pem.decode()}
+        env = {e["name"]: e["value"] for e in _relay_containers(kube.applied)["target"]["env"]}
+        assert env["SSL_CERT_FILE"] == "/etc/egress-harness/ca/ca.crt"
+    assert kube.calls[-1] == ("delete", 7)  # the ConfigMap goes with the relays
+
+
 # --- deploying against a stand-in Kube ------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from harness.e2e import (
     external_requirement,
     ingress_route,
     missing_markers,
+    mtls_recorder_aliases,
     recorder_aliases,
     recorder_serves,
     scenario_gateway,
@@ -53,7 +55,7 @@ from harness.scenarios import RenderContext, load_catalog, render_scenario
 from harness.traffic import ChainResponse, unwrap_chain
 from harness.upgrade import UpgradePlan
 from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY
-from tests.unit.test_e2e_run import StandInKube, pod, response
+from tests.unit.test_e2e_run import CLIENT_SUBJECT, StandInKube, fake_pki, pod, response, sds_dump
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(REPO / "scenarios")
@@ -362,16 +364,24 @@ class CatalogKube(StandInKube):
 class StandInRecorder:
     aliases: list[str]
     seen: dict[str, str] = field(default_factory=dict)  # request id -> caller
+    #: what it serves (recorder_serves), where it serves TLS, and the TLS it saw per request id
+    serves: tuple[str, ...] = ()
+    tls_port: int | None = None
+    tls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def records(self, request_id: str | None = None) -> list[dict[str, Any]]:
         return [
-            {"client_ip": ip, "headers": {"x-request-id": rid}}
+            {"client_ip": ip, "headers": {"x-request-id": rid}, "tls": self.tls.get(rid)}
             for rid, ip in self.seen.items()
             if request_id in (None, rid)
         ]
 
     def logs(self) -> str:
         return ""
+
+    def handshake_failures(self) -> list[dict[str, Any]]:
+        return self.failures
 
 
 class Cluster:
@@ -395,6 +405,16 @@ class Cluster:
         #: the egress gateway subset the sidecar's entry names, and the host the gateway forwards to
         self.subset = "external"
         self.upstream: str | None = None
+        #: the port the sidecar sends to the gateway on, and the one the gateway sends on to
+        self.sidecar_port = 80
+        self.gateway_port = 80
+        #: the gateway logs the host as the downstream SNI (requested_server_name)
+        self.gateway_sni = False
+        #: what the external host's record says of TLS: None (plain HTTP) or a callable of the host
+        self.tls: Any = None
+        self.mtls_recorder: StandInRecorder | None = None
+        #: the address the external host sees the request from (an egress gateway node's)
+        self.caller = "172.18.0.2"
         self.fakebin = fakebin
         self.run._send = self.send  # type: ignore[method-assign]
 
@@ -413,24 +433,35 @@ class Cluster:
         def mine(line: str) -> str:
             line = line.replace('"rid-1"', f'"{rid}"').replace('"rid-2"', f'"{rid}"')
             line = line.replace(
-                "outbound|80||external.egress-harness.test", f"outbound|80||{self.upstream or host}"
+                "outbound|80||external.egress-harness.test",
+                f"outbound|{self.gateway_port}||{self.upstream or host}",
             )
             return line.replace("external.egress-harness.test", host)
 
         if self.mode == "passthrough":
             self.kube.logs["target-1"].append(mine(SIDECAR_PASSTHROUGH))
         else:
-            sidecar = SIDECAR_TO_GATEWAY.replace("outbound|80|external|", f"outbound|80|{self.subset}|")
+            sidecar = SIDECAR_TO_GATEWAY.replace(
+                "outbound|80|external|", f"outbound|{self.sidecar_port}|{self.subset}|"
+            )
             self.kube.logs["target-1"].append(mine(sidecar))
-            self.kube.logs["gw-1"].append(mine(GATEWAY_TO_EXTERNAL))
-            self.recorder.seen[rid] = "172.18.0.2"
+            gateway = mine(GATEWAY_TO_EXTERNAL)
+            if self.gateway_sni:
+                gateway = gateway.removesuffix(" - -") + f" {host} -"
+            self.kube.logs["gw-1"].append(gateway)
+            recorder = self.mtls_recorder if host.startswith("mtls") and self.mtls_recorder else self.recorder
+            recorder.seen[rid] = self.caller
+            if self.tls is not None:
+                recorder.tls[rid] = self.tls(host)
         return response(200, rid=rid)
 
-    def proxy_config(self, namespace: str, name: str = MISSION) -> None:
-        """analyze is clean; the proxies hold the scenario on the first poll, then let it go."""
+    def proxy_config(self, namespace: str, name: str = MISSION, *, secrets: Any = None) -> None:
+        """analyze is clean; the proxies hold the scenario on the first poll, then let it go; the
+        gateway's SDS secrets are ``secrets`` (``istioctl proxy-config secret -o json`` output)."""
         hosts = scenario_hosts(name)
+        external = hosts.mtls if external_requirement(CATALOG.get(name)) == "mtls" else hosts.external
         needles = convergence_markers(
-            docs_of(name, namespace, external_host=hosts.external, unregistered_host=hosts.unregistered),
+            docs_of(name, namespace, external_host=external, unregistered_host=hosts.unregistered),
             namespace,
         )
         full = " ".join(m.needle for m in needles)
@@ -441,6 +472,7 @@ class Cluster:
                 {"tool": "istioctl", "args": ["analyze"], "stdout": "✔ No validation issues found.\n"},
                 {"tool": "istioctl", "args": pc, "times": 2, "stdout": full},
                 {"tool": "istioctl", "args": pc, "stdout": "{}"},
+                {"tool": "istioctl", "args": ["proxy-config", "secret"], "stdout": secrets or "{}"},
             ]
         )
 
@@ -448,6 +480,7 @@ class Cluster:
         kw.setdefault("wait", e2e.Wait(timeout=0.5, interval=0.02, settle=0.05))
         kw.setdefault("collect_diagnostics", False)
         kw.setdefault("lock", ScenarioLock(self.run.run_dir, timeout_s=1))
+        kw.setdefault("converge_s", 10.0)  # the stand-ins converge on the first poll, or never
         return ScenarioRunner(self.run, **kw)
 
 
@@ -614,6 +647,190 @@ def test_the_wildcard_scenario_holds_the_lock_alone(cluster: Cluster) -> None:
         (True, "scenario wildcard-host-via-egress-gateway"),
         (False, f"scenario {MISSION}"),
     ]
+
+
+# --- TLS and mutual TLS scenarios through the runner ------------------------------------------------
+
+TLS_ORIGINATION = "tls-origination-at-egress-gateway"
+MTLS_ORIGINATION = "mtls-origination-at-egress-gateway"
+TLS_NS = f"eabc123-{TLS_ORIGINATION}"
+MTLS_NS = f"eabc123-{MTLS_ORIGINATION}"
+
+
+@pytest.fixture
+def tls_cluster(cluster: Cluster, tmp_path: Path) -> Cluster:
+    """The stand-in run with the run's PKI and both TLS recorders."""
+    cluster.run.pki = fake_pki(tmp_path / "pki")
+    cluster.recorder.serves, cluster.recorder.tls_port = ("http", "tls"), 443
+    mtls = StandInRecorder(mtls_recorder_aliases(CATALOG.scenarios), serves=("http", "mtls"), tls_port=443)
+    cluster.run.mtls_recorder = mtls  # type: ignore[assignment]
+    cluster.mtls_recorder = mtls
+    return cluster
+
+
+def originating(
+    cluster: Cluster, scenario: str, *, subject: str | None = None, sni: str | None = None
+) -> None:
+    """The proxies' entries and the external host's record of TLS originated at the egress gateway."""
+    cluster.subset = (
+        "external-mtls-origination" if scenario == MTLS_ORIGINATION else "external-tls-origination"
+    )
+    cluster.sidecar_port, cluster.gateway_port, cluster.gateway_sni = 443, 443, True
+    cluster.tls = lambda host: {
+        "sni": sni or host,
+        "version": "TLSv1.3",
+        "cipher": "TLS_AES_256_GCM_SHA384",
+        "client_cert_subject": subject,
+    }
+
+
+def active(namespace: str, scenario: str) -> str:
+    """The gateway's SDS secrets once it holds the scenario's credential (see credential_secrets)."""
+    names = e2e.credential_names(namespace, scenario)
+    if scenario == MTLS_ORIGINATION:
+        name = names["client_credential_name"]
+        return sds_dump([f"kubernetes://{name}", f"kubernetes://{name}-cacert"])
+    return sds_dump([f"kubernetes://{names['ca_credential_name']}-cacert"])
+
+
+def test_tls_origination_runs_with_its_ca_secret_and_is_judged_at_the_external_host(
+    tls_cluster: Cluster,
+) -> None:
+    cluster = tls_cluster
+    cluster.proxy_config(TLS_NS, TLS_ORIGINATION, secrets=active(TLS_NS, TLS_ORIGINATION))
+    originating(cluster, TLS_ORIGINATION)
+    result = cluster.runner().run_scenario(CATALOG.get(TLS_ORIGINATION)).result
+    assert result.outcome == "passed", result.message
+    host = scenario_hosts(TLS_ORIGINATION).external
+    assert result.message.endswith(f"-> external host (called from 172.18.0.2) over TLSv1.3, SNI {host}")
+    calls = cluster.kube.calls
+    # the relays trust the run's CA: its ConfigMap comes first in their namespace
+    assert calls[1] == (
+        "apply",
+        TLS_NS,
+        ["ConfigMap", "Deployment", "Service", "Deployment", "Service", "VirtualService"],
+    )
+    # the Secret right before the scenario, and deleted after the scenario's objects, before the namespace
+    assert calls[4] == ("apply", "istio-system", ["Secret"])
+    assert calls[5] == (
+        "apply",
+        TLS_NS,
+        ["ServiceEntry", "Gateway", "DestinationRule", "DestinationRule", "VirtualService"],
+    )
+    assert calls[-3:] == [
+        ("delete", ["ServiceEntry", "Gateway", "DestinationRule", "DestinationRule", "VirtualService"]),
+        ("delete", ["Secret"]),
+        ("delete namespace", TLS_NS),
+    ]
+    secret_reads = [c for c in cluster.fakebin.commands() if " proxy-config secret " in c]
+    assert secret_reads and secret_reads[0].startswith(
+        "istioctl proxy-config secret gw-1.istio-system -o json"
+    )
+
+
+def test_mtls_origination_is_judged_at_the_mtls_recorder_by_its_client_certificate(
+    tls_cluster: Cluster,
+) -> None:
+    cluster = tls_cluster
+    cluster.proxy_config(MTLS_NS, MTLS_ORIGINATION, secrets=active(MTLS_NS, MTLS_ORIGINATION))
+    originating(cluster, MTLS_ORIGINATION, subject=CLIENT_SUBJECT)
+    result = cluster.runner().run_scenario(CATALOG.get(MTLS_ORIGINATION)).result
+    assert result.outcome == "passed", result.message
+    host = scenario_hosts(MTLS_ORIGINATION).mtls
+    assert result.message.endswith(f"over TLSv1.3, SNI {host}, client certificate {CLIENT_SUBJECT}")
+    # to the mTLS recorder's name for the scenario, judged from its records, not the other recorder's
+    assert unwrap_chain(cluster.sent[-1], levels=2)[-1] == f"http://{host}:80/get"
+    assert cluster.mtls_recorder is not None and len(cluster.mtls_recorder.seen) == 1
+    assert cluster.recorder.seen == {}
+    applied = [c for c in cluster.kube.calls if c[0] == "apply"]
+    assert applied[1] == ("apply", "istio-system", ["Secret"])
+    assert cluster.kube.calls[-3:-1] == [
+        ("delete", ["ServiceEntry", "Gateway", "DestinationRule", "DestinationRule", "VirtualService"]),
+        ("delete", ["Secret"]),
+    ]
+    rendered = (cluster.run.run_dir / "scenarios" / MTLS_ORIGINATION / "manifests.yaml").read_text()
+    name = e2e.credential_names(MTLS_NS, MTLS_ORIGINATION)["client_credential_name"]
+    assert f"credentialName: {name}" in rendered and f"host: {host}" in rendered
+
+
+@pytest.mark.parametrize(
+    ("scenario", "subject", "sni", "expected"),
+    [
+        (
+            TLS_ORIGINATION,
+            None,
+            "wrong.egress-harness.test",
+            r"with SNI 'wrong\.egress-harness\.test', expected",
+        ),
+        (MTLS_ORIGINATION, None, None, "with no client certificate, expected the run's client certificate"),
+        (MTLS_ORIGINATION, "CN=intruder,O=x", None, "with client certificate 'CN=intruder,O=x'"),
+    ],
+)
+def test_tls_evidence_that_does_not_hold_fails_at_the_external_host_and_cleans_up(
+    tls_cluster: Cluster, scenario: str, subject: str | None, sni: str | None, expected: str
+) -> None:
+    cluster = tls_cluster
+    ns = scenario_namespace_name("eabc123", scenario)
+    cluster.proxy_config(ns, scenario, secrets=active(ns, scenario))
+    originating(cluster, scenario, subject=subject, sni=sni)
+    result = cluster.runner().run_scenario(CATALOG.get(scenario)).result
+    assert (result.outcome, result.hop) == ("failed", "external host")
+    assert result.message.startswith("hop 'external host': the request x-request-id=rid-")
+    assert re.search(expected, result.message), result.message
+    assert cluster.kube.calls[-2:] == [("delete", ["Secret"]), ("delete namespace", ns)]
+
+
+def test_a_tls_request_from_elsewhere_says_what_handshakes_failed(tls_cluster: Cluster) -> None:
+    cluster = tls_cluster
+    cluster.proxy_config(MTLS_NS, MTLS_ORIGINATION, secrets=active(MTLS_NS, MTLS_ORIGINATION))
+    originating(cluster, MTLS_ORIGINATION, subject=CLIENT_SUBJECT)
+    cluster.caller = "172.18.0.9"  # not the gateway's node
+    host = scenario_hosts(MTLS_ORIGINATION).mtls
+    assert cluster.mtls_recorder is not None
+    cluster.mtls_recorder.failures = [
+        {
+            "client_ip": "172.18.0.3",
+            "client_port": 40000,
+            "sni": host,
+            "error": "peer did not return a certificate",
+        }
+    ]
+    result = cluster.runner().run_scenario(CATALOG.get(MTLS_ORIGINATION)).result
+    assert (result.outcome, result.hop) == ("failed", "external host")
+    assert "not from the egress gateway (172.18.0.2)" in result.message
+    assert f"1 failed TLS handshake(s) for {host}" in result.message
+    assert "peer did not return a certificate" in result.message
+
+
+def test_a_credential_the_gateway_never_loads_fails_naming_the_secret(tls_cluster: Cluster) -> None:
+    cluster = tls_cluster
+    name = e2e.credential_names(TLS_NS, TLS_ORIGINATION)["ca_credential_name"]
+    cluster.proxy_config(TLS_NS, TLS_ORIGINATION, secrets=sds_dump([], [f"kubernetes://{name}-cacert"]))
+    originating(cluster, TLS_ORIGINATION)
+    result = cluster.runner(converge_s=1.0).run_scenario(CATALOG.get(TLS_ORIGINATION)).result
+    assert result.outcome == "failed"
+    assert f"Secret istio-system/{name} (requires.server_ca_credential)" in result.message
+    assert f"kubernetes://{name}-cacert warming" in result.message
+    assert cluster.kube.calls[-2:] == [("delete", ["Secret"]), ("delete namespace", TLS_NS)]
+    assert cluster.sent and all(
+        u.endswith("%2Fhealthz") or "healthz" in u for u in cluster.sent
+    )  # no request sent
+
+
+def test_tls_scenarios_without_the_recorder_they_need_are_skipped(tls_cluster: Cluster) -> None:
+    cluster = tls_cluster
+    runner = cluster.runner()
+    assert cluster.mtls_recorder is not None
+    cluster.mtls_recorder.aliases.remove(scenario_hosts(MTLS_ORIGINATION).mtls)
+    stale = runner.run_scenario(CATALOG.get(MTLS_ORIGINATION)).result
+    assert stale.outcome == "skipped"
+    assert f"the mTLS recorder does not answer to {scenario_hosts(MTLS_ORIGINATION).mtls}" in stale.message
+    cluster.run.mtls_recorder = None
+    none = runner.run_scenario(CATALOG.get(MTLS_ORIGINATION)).result
+    assert none.outcome == "skipped"
+    assert "needs an external host that serves MTLS" in none.message
+    assert "no recorder that requires client certificates" in none.message
+    assert cluster.kube.calls == [] and cluster.sent == []
 
 
 def test_catalog_results_turn_a_crash_into_an_error_and_go_on() -> None:

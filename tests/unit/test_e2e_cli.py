@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from harness import e2e, e2e_cli
+from harness.certs import generate_pki, openssl_unavailable_reason
 from harness.cluster import KindCluster
 from harness.e2e import (
     RUN_STATE_FILE,
@@ -22,6 +23,7 @@ from harness.e2e import (
     RecorderState,
     RunState,
     RunStateError,
+    pki_server_names,
     recorder_aliases,
 )
 from harness.kube import ObjectRef
@@ -57,10 +59,14 @@ def test_up_writes_the_state_and_leaves_everything_running(tmp_path: Path) -> No
     )
     assert state.ingress_gateway == "egress-abc123/relay-gateway"
     assert state.recorder is not None and state.recorder.name == "egress-harness-recorder-1"
+    assert (state.recorder.serves, state.recorder.tls_port) == (("http", "tls"), 443)
+    assert state.mtls_recorder is not None and state.mtls_recorder.name == "egress-harness-mtls-recorder-1"
+    assert state.mtls_recorder.serves == ("http", "mtls")
+    assert state.pki_dir == (run_dir / "pki").resolve() and (run_dir / "pki" / "client.key").is_file()
     assert state.pod_source_nat and not state.gateway_api
-    # connections closed, everything else kept: no namespace deletion, the recorder never exited
+    # connections closed, everything else kept: no namespace deletion, the recorders never exited
     assert "delete egress-abc123" not in Part.events
-    assert not any(p.startswith("exit recorder") for p in Part.events)
+    assert not any(p.startswith(("exit recorder", "exit mtls recorder")) for p in Part.events)
     assert {
         "exit relays (kept)",
         "exit istio (kept)",
@@ -86,13 +92,15 @@ def test_a_failed_up_removes_what_it_made_and_writes_no_state(tmp_path: Path) ->
     with pytest.raises(RuntimeError, match="relays failed"):
         e2e_cli.bring_up(E2EOptions(istio_version="1.30.3"), tmp_path / "run", make_run=make_run)
     assert not (tmp_path / "run" / RUN_STATE_FILE).exists()
-    assert Part.events[-5:] == [
+    assert Part.events[-6:] == [
         "delete egress-abc123",
+        "exit mtls recorder",
         "exit recorder",
         "exit istio",
         "exit kube",
         "exit cluster",
     ]
+    assert not (tmp_path / "run" / "pki").exists()
 
 
 @pytest.mark.usefixtures("parts")
@@ -141,7 +149,15 @@ def test_the_up_command_builds_its_options_and_prints_the_state(
     assert options.gateway_api and not options.keep_on_failure
     names = e2e_cli.load_catalog_names()
     assert list(options.recorder_aliases) == recorder_aliases(names)
+    # the mTLS recorder answers for the catalog's mTLS scenarios, and only for them
+    assert options.external_tls
+    assert list(options.mtls_aliases) == [
+        "mtls.egress-harness.test",
+        "mtls-mtls-origination-at-egress-gateway.egress-harness.test",
+    ]
     assert json.loads(capsys.readouterr().out)["run_id"] == "abc123"
+    assert e2e_cli.main(["up", "--no-external-tls", "--run-dir", str(tmp_path / "r")]) == 0
+    assert not seen[-1][0].external_tls
 
 
 def test_the_up_command_reports_a_failure_as_exit_1(
@@ -191,6 +207,26 @@ def state_of(tmp_path: Path, **changes: Any) -> RunState:
     return dataclasses.replace(state, **changes)
 
 
+def tls_state(tmp_path: Path, **changes: Any) -> RunState:
+    """A state of a run with certificates: the PKI directory and both recorders serving TLS."""
+    base = state_of(tmp_path)
+    assert base.recorder is not None
+    tls: dict[str, Any] = {
+        "recorder": dataclasses.replace(base.recorder, serves=("http", "tls"), tls_port=443),
+        "mtls_recorder": RecorderState(
+            "egress-harness-mtls-recorder-1",
+            "istio-egress-harness/recorder:dev",
+            "kind",
+            80,
+            ("mtls.egress-harness.test", "mtls-mtls-origination-at-egress-gateway.egress-harness.test"),
+            ("http", "mtls"),
+            443,
+        ),
+        "pki_dir": tmp_path / "pki",
+    }
+    return dataclasses.replace(base, **{**tls, **changes})
+
+
 def test_a_state_reads_back_as_written(tmp_path: Path) -> None:
     state = state_of(tmp_path)
     path = state.save()
@@ -198,6 +234,31 @@ def test_a_state_reads_back_as_written(tmp_path: Path) -> None:
     assert RunState.load(path) == state
     text = json.loads(path.read_text())
     assert text["schema"] == "istio-egress-harness/run-state" and text["schema_version"] == 1
+    assert (text["pki_dir"], text["mtls_recorder"]) == (None, None)
+
+
+def test_a_state_with_certificates_and_the_mtls_recorder_reads_back(tmp_path: Path) -> None:
+    state = tls_state(tmp_path)
+    loaded = RunState.load(state.save())
+    assert loaded == state
+    assert loaded.pki_dir == tmp_path / "pki"
+    assert loaded.mtls_recorder is not None and loaded.mtls_recorder.tls_port == 443
+    assert loaded.mtls_recorder.serves == ("http", "mtls")
+    handle = loaded.mtls_recorder.handle()
+    assert (handle.name, handle.alias, handle.tls_port) == (
+        "egress-harness-mtls-recorder-1",
+        "mtls.egress-harness.test",
+        443,
+    )
+    assert (
+        handle.network_url("mtls.egress-harness.test", scheme="https") == "https://mtls.egress-harness.test"
+    )
+    # a state written before TLS existed reads as a run without it
+    old = {k: v for k, v in state_of(tmp_path).to_dict().items() if k not in ("pki_dir", "mtls_recorder")}
+    del old["recorder"]["tls_port"]
+    legacy = RunState.from_dict(old)
+    assert legacy.pki_dir is None and legacy.mtls_recorder is None
+    assert legacy.recorder is not None and legacy.recorder.tls_port is None
 
 
 @pytest.mark.parametrize(
@@ -216,6 +277,11 @@ def test_a_state_reads_back_as_written(tmp_path: Path) -> None:
             {"gateway_api_objects": [{"kind": "CustomResourceDefinition"}]},
             r"gateway_api_objects\[0\]: field 'api_version'",
         ),
+        (
+            {"mtls_recorder": {"name": "r", "image": "i", "network": "kind", "port": 80, "tls_port": "443"}},
+            r"mtls_recorder: field 'tls_port': expected an integer",
+        ),
+        ({"pki_dir": 7}, r"field 'pki_dir': expected a non-empty string"),
     ],
 )
 def test_a_bad_state_names_the_file_and_the_field(
@@ -281,6 +347,41 @@ def test_an_attached_run_creates_nothing_and_closes_only_its_connections(
     ]
 
 
+@pytest.mark.skipif(openssl_unavailable_reason() is not None, reason="needs the openssl tool")
+def test_an_attached_run_reads_the_runs_certificates_and_both_recorders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = generate_pki(tmp_path / "pki", pki_server_names())
+    state = tls_state(tmp_path)
+
+    class Conn:
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            pass
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(e2e, "Kube", Conn)
+    monkeypatch.setattr(e2e, "Traffic", Conn)
+    monkeypatch.setattr(e2e.tools, "ensure_tool", lambda name, version: Path(f"/bin/{name}"))
+    with E2ERun(E2EOptions(), tmp_path / "worker", state=state) as run:
+        assert run.pki == made  # the same files, subjects and names as `up` made them
+        assert (
+            run.pki is not None
+            and run.pki.client.subject == "CN=egress-harness-client,O=istio-egress-harness"
+        )
+        assert "DNS:*.egress-harness.test" in run.pki.server.alt_names
+        assert run.ca_pem == made.ca.cert_pem
+        assert run.mtls_recorder is not None and run.mtls_recorder.name == "egress-harness-mtls-recorder-1"
+        assert run.external_serves() == ("http", "tls", "mtls")
+    (tmp_path / "pki" / "client.key").unlink()
+    with pytest.raises(E2EError, match=r"the run's PKI in .*pki cannot be read"):
+        E2ERun(E2EOptions(), tmp_path / "worker", state=state).__enter__()
+
+
 # --- down --------------------------------------------------------------------------------------------
 
 
@@ -311,6 +412,35 @@ def test_down_removes_the_recorder_and_the_cluster_then_the_state(tmp_path: Path
     # again: nothing to do
     assert e2e_cli.bring_down(tmp_path) == []
     assert len(fakebin.commands()) == 3
+
+
+def test_down_removes_both_recorders_and_the_runs_keys(tmp_path: Path, fakebin: Any) -> None:
+    state = tls_state(tmp_path)
+    state.save()
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "pki" / "ca.key").write_text("KEY")
+    fakebin.rules(
+        [
+            {"tool": "docker", "args": ["rm"]},
+            *kind_rules()[1:],
+        ]
+    )
+    assert e2e_cli.bring_down(tmp_path) == []
+    assert fakebin.commands()[:2] == [
+        "docker rm -f -v egress-harness-recorder-1",
+        "docker rm -f -v egress-harness-mtls-recorder-1",
+    ]
+    assert not (tmp_path / "pki").exists() and not state.path.exists()
+
+
+def test_a_pki_outside_the_run_dir_is_never_removed(tmp_path: Path, fakebin: Any) -> None:
+    elsewhere = tmp_path / "elsewhere" / "pki"
+    elsewhere.mkdir(parents=True)
+    run_dir = tmp_path / "run"
+    tls_state(run_dir, pki_dir=elsewhere).save()
+    fakebin.rules([{"tool": "docker", "args": ["rm"]}, *kind_rules()[1:]])
+    assert e2e_cli.bring_down(run_dir) == []
+    assert elsewhere.is_dir()
 
 
 def test_down_of_what_is_gone_already_succeeds(tmp_path: Path, fakebin: Any) -> None:
@@ -371,8 +501,21 @@ class StandInClusterApi:
     def delete_objects(self, refs: list[ObjectRef]) -> None:
         self.calls.append(("delete", [r.name for r in refs]))
 
+    def list_namespaced_secret(self, namespace: str, label_selector: str, **kw: Any) -> dict[str, Any]:
+        self.calls.append(("list secrets", namespace, label_selector))
+        return {"items": [{"metadata": {"name": "eh-client-x"}}, {"metadata": {"name": "eh-ca-y"}}]}
+
+    def delete_namespaced_secret(self, name: str, namespace: str, **kw: Any) -> None:
+        self.calls.append(("delete secret", namespace, name))
+        if name == "eh-ca-y":
+            raise NotFound("gone already")
+
     def close(self) -> None:
         self.calls.append(("close",))
+
+
+class NotFound(Exception):
+    status = 404
 
 
 def test_down_on_a_cluster_up_did_not_create_removes_the_runs_namespaces_crds_and_istio(
@@ -406,6 +549,29 @@ def test_down_on_a_cluster_up_did_not_create_removes_the_runs_namespaces_crds_an
     ]
     assert not state.path.exists()
     assert state.kubeconfig.exists()  # not ours to remove
+
+
+def test_down_on_a_cluster_up_did_not_create_removes_credential_secrets_left_in_istio_system(
+    tmp_path: Path,
+) -> None:
+    state = tls_state(
+        tmp_path, cluster_created=False, istio_installed=False, recorder=None, mtls_recorder=None
+    )
+    state.save()
+    state.kubeconfig.write_text("apiVersion: v1\n")
+    api = StandInClusterApi()
+    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api) == []
+    assert api.calls[-4:] == [
+        ("list secrets", "istio-system", "io.egress-harness.run=abc123"),
+        ("delete secret", "istio-system", "eh-ca-y"),  # gone already: fine
+        ("delete secret", "istio-system", "eh-client-x"),
+        ("close",),
+    ]
+    # a run without certificates made no Secrets: istio-system's Secrets are not even listed
+    state_of(tmp_path, cluster_created=False, istio_installed=False, recorder=None).save()
+    api = StandInClusterApi()
+    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api) == []
+    assert not any(c[0] == "list secrets" for c in api.calls)
 
 
 def test_down_without_a_state_has_nothing_to_do(tmp_path: Path, fakebin: Any) -> None:

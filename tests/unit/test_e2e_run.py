@@ -4,7 +4,10 @@ order in which a run sets up and tears down its parts (also when a step fails)."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import httpx
 import pytest
 
 from harness import e2e, tools
+from harness.certs import Issued, PkiError, TestPKI, generate_pki, openssl_unavailable_reason
 from harness.cluster import ExistingCluster
 from harness.e2e import (
     AnalyzeError,
@@ -32,6 +36,8 @@ from harness.e2e import (
     send_until_answered,
 )
 from harness.evidence import EvidenceError, Wait
+from harness.evidence.external import ExternalEvidenceError
+from harness.external import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, RecorderTLS
 from harness.kube import ObjectRef, split_documents
 from harness.scenarios import RenderContext, load_catalog, render_request, render_scenario
 from harness.traffic import ChainResponse, Hop, TrafficError, unwrap_chain
@@ -47,6 +53,29 @@ def response(
 ) -> ChainResponse:
     hops = tuple(Hop(s, "http://x", status, 1.0) for s in services)
     return ChainResponse("http://x", rid, status, httpx.Headers(), "{}", {}, 0.01, hops)
+
+
+CLIENT_SUBJECT = "CN=egress-harness-client,O=istio-egress-harness"
+
+
+def fake_pki(directory: Path) -> TestPKI:
+    """A stand-in for the run's PKI (no openssl): files in ``directory``, bytes that name what they are."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def issued(stem: str, subject: str, alt: tuple[str, ...] = ()) -> Issued:
+        cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
+        cert.write_bytes(f"{stem.upper()} PEM".encode())
+        key.write_bytes(f"{stem.upper()} KEY".encode())
+        return Issued(cert, key, cert.read_bytes(), key.read_bytes(), subject, alt)
+
+    return TestPKI(
+        directory,
+        issued("ca", "CN=egress-harness test CA,O=istio-egress-harness"),
+        issued(
+            "server", "CN=external.egress-harness.test,O=istio-egress-harness", ("DNS:*.egress-harness.test",)
+        ),
+        issued("client", CLIENT_SUBJECT),
+    )
 
 
 # --- options ------------------------------------------------------------------------------------
@@ -498,15 +527,22 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
             Part.events.append(f"delete {name}")
 
     class FakeRecorder(Part):
-        alias = "external.egress-harness.test"
-
-        def __init__(self) -> None:
-            super().__init__("recorder")
-            self.name = "egress-harness-recorder-1"
+        def __init__(self, part: str = "recorder", mutual: bool = False) -> None:
+            super().__init__(part)
+            self.alias = "mtls.egress-harness.test" if mutual else "external.egress-harness.test"
+            self.name = f"egress-harness-{part.replace(' ', '-')}-1"
             self.image = "istio-egress-harness/recorder:dev"
             self.network_name = "kind"
             self.port = 80
-            self.aliases = [self.alias, "unregistered.egress-harness.test"]
+            self.tls_port = 443
+            self.tls = RecorderTLS(b"cert", b"key", b"ca" if mutual else None)
+            self.aliases = [self.alias] if mutual else [self.alias, "unregistered.egress-harness.test"]
+
+    def make_pki(self: E2ERun) -> TestPKI:
+        Part.events.append("pki")
+        if "pki" in Part.fail_on_enter:
+            raise RuntimeError("pki failed")
+        return fake_pki(self.run_dir / "pki")
 
     class FakeTraffic(Part):
         def __init__(self) -> None:
@@ -520,9 +556,11 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
     monkeypatch.setattr(e2e, "KindCluster", FakeKind)
     monkeypatch.setattr(e2e, "IstioInstall", lambda *a, **kw: Part("istio"))
     monkeypatch.setattr(e2e, "Kube", FakeKube)
+    monkeypatch.setattr(E2ERun, "make_pki", make_pki)
     monkeypatch.setattr(E2ERun, "make_recorder", lambda self: FakeRecorder())
+    monkeypatch.setattr(E2ERun, "make_mtls_recorder", lambda self: FakeRecorder("mtls recorder", mutual=True))
     monkeypatch.setattr(e2e, "prepare_relay_image", lambda cluster, **kw: "istio-egress-harness/relay:dev")
-    monkeypatch.setattr(e2e, "RelayApps", lambda kube, ns, **kw: _Relays())
+    monkeypatch.setattr(e2e, "RelayApps", lambda kube, ns, **kw: _Relays(kw.get("ca_pem")))
     monkeypatch.setattr(e2e, "Traffic", FakeTraffic)
     monkeypatch.setattr(e2e, "crd_exists", lambda kube, name: Part.events.append(f"crd? {name}") or False)
     fakebin.rules(
@@ -538,8 +576,9 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
 
 
 class _Relays(Part):
-    def __init__(self) -> None:
+    def __init__(self, ca_pem: bytes | None = None) -> None:
         super().__init__("relays")
+        Part.events.append(f"relays trust {ca_pem.decode() if ca_pem else 'nothing'}")
 
     def save(self, directory: Path) -> Path:
         return directory / "relay.yaml"
@@ -550,8 +589,11 @@ SETUP = [
     "enter kube",
     "enter istio",
     "crd? httproutes.gateway.networking.k8s.io",
+    "pki",
     "enter recorder",
+    "enter mtls recorder",
     "create egress-abc123 {'istio-injection': 'enabled', 'io.egress-harness.run': 'abc123'}",
+    "relays trust CA PEM",
     "enter relays",
     "enter traffic",
     "send",
@@ -560,6 +602,7 @@ TEARDOWN = [
     "exit traffic",
     "exit relays",
     "delete egress-abc123",
+    "exit mtls recorder",
     "exit recorder",
     "exit istio",
     "exit kube",
@@ -573,14 +616,29 @@ def test_a_run_sets_up_in_order_and_tears_down_in_reverse(
     with E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123") as run:
         assert parts == SETUP
         assert run.ingress_url == "http://127.0.0.1:18080"
-        assert {"cluster", "istio", "external host", "relay apps", "chain ready"} <= set(run.timings)
+        assert {"cluster", "istio", "certificates", "external host", "relay apps", "chain ready"} <= set(
+            run.timings
+        )
+        assert run.pki is not None and (tmp_path / "run" / "pki" / "ca.key").is_file()
+        assert run.external_serves() == ("http", "tls", "mtls")
     assert parts == SETUP + TEARDOWN
+    assert not (tmp_path / "run" / "pki").exists()  # the run's keys went with it
     assert fakebin.commands() == [
-        "docker exec egress-harness-control-plane getent ahostsv4 external.egress-harness.test"
+        "docker exec egress-harness-control-plane getent ahostsv4 external.egress-harness.test",
+        "docker exec egress-harness-control-plane getent ahostsv4 mtls.egress-harness.test",
     ]
 
 
-@pytest.mark.parametrize("failing", ["relays", "namespace", "recorder", "istio"])
+def test_a_run_without_tls_makes_no_certificates_and_one_recorder(parts: list[str], tmp_path: Path) -> None:
+    with E2ERun(
+        E2EOptions(istio_version="1.30.3", external_tls=False), tmp_path / "run", run_id="abc123"
+    ) as run:
+        assert run.pki is None and run.mtls_recorder is None
+    assert "pki" not in parts and "enter mtls recorder" not in parts
+    assert "relays trust nothing" in parts
+
+
+@pytest.mark.parametrize("failing", ["relays", "namespace", "mtls recorder", "recorder", "pki", "istio"])
 def test_a_failed_step_leaves_nothing_behind(parts: list[str], tmp_path: Path, failing: str) -> None:
     Part.fail_on_enter = {failing}
     with pytest.raises(RuntimeError, match=f"{failing} failed"):
@@ -591,6 +649,7 @@ def test_a_failed_step_leaves_nothing_behind(parts: list[str], tmp_path: Path, f
     assert exited == [p for p in reversed(entered) if p != failing]
     if failing == "relays":
         assert "delete egress-abc123" in parts
+    assert not (tmp_path / "run" / "pki").exists()
 
 
 def test_an_alias_that_does_not_resolve_on_the_node_stops_the_run(
@@ -608,6 +667,7 @@ def test_keep_on_failure_keeps_everything_of_a_failed_run(parts: list[str], tmp_
         run.mark_failed()  # what the pytest plugin does when a test failed
     assert "delete egress-abc123" not in parts
     assert {"exit relays (kept)", "exit istio (kept)", "exit cluster (kept)"} <= set(parts)
+    assert (tmp_path / "run" / "pki" / "ca.key").is_file()  # the kept cluster's Secrets came from it
 
 
 def test_options_problems_stop_the_run_before_anything_starts(parts: list[str], tmp_path: Path) -> None:
@@ -727,3 +787,637 @@ def test_plugin_skip_reason_for_an_existing_cluster_names_what_is_missing(
     assert reason.startswith("the cluster tier cannot run here; missing: ")
     assert "missing-kubeconfig does not exist" in reason
     assert "istioctl 1.30.3: run `make tools`" in reason
+
+
+# --- TLS: certificates, recorders, credential Secrets, evidence -----------------------------------
+
+TLS_ORIGINATION = "tls-origination-at-egress-gateway"
+MTLS_ORIGINATION = "mtls-origination-at-egress-gateway"
+
+
+def test_the_certificates_name_every_recorder_alias_of_the_catalog_and_the_domain() -> None:
+    aliases = e2e.recorder_aliases(CATALOG.names())
+    mtls = e2e.mtls_recorder_aliases(CATALOG.scenarios)
+    names = e2e.pki_server_names(e2e.EXTERNAL_ALIAS, aliases, mtls)
+    assert names[:2] == ["external.egress-harness.test", "unregistered.egress-harness.test"]
+    assert names[-1] == "*.egress-harness.test"  # RenderContext's external_host_domain of the default host
+    assert set(aliases) | set(mtls) <= set(names) and len(names) == len(set(names))
+    # only the catalog's mTLS scenario has a name at the mTLS recorder
+    assert mtls == ["mtls.egress-harness.test", "mtls-mtls-origination-at-egress-gateway.egress-harness.test"]
+    for scenario in CATALOG.scenarios:
+        hosts = e2e.scenario_hosts(scenario.name)
+        ctx = RenderContext(istio_version="1.30.3", external_host=hosts.external)
+        assert f"*.{ctx.external_host_domain}" in names
+        assert hosts.external in names and hosts.unregistered in names
+    # a host without a domain has no wildcard
+    assert e2e.pki_server_names("localhost")[-1] == "mtls.egress-harness.test"
+
+
+def test_make_pki_writes_the_runs_pki_with_those_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Path, list[str]]] = []
+    monkeypatch.setattr(
+        e2e, "generate_pki", lambda directory, names: calls.append((directory, names)) or "pki"
+    )
+    options = E2EOptions(
+        istio_version="1.30.3",
+        recorder_aliases=("a.egress-harness.test",),
+        mtls_aliases=("mtls-b.egress-harness.test",),
+    )
+    run = E2ERun(options, tmp_path / "run", run_id="abc123")
+    assert run.make_pki() == "pki"
+    assert calls == [
+        (
+            tmp_path / "run" / "pki",
+            [
+                "external.egress-harness.test",
+                "unregistered.egress-harness.test",
+                "a.egress-harness.test",
+                "mtls.egress-harness.test",
+                "mtls-b.egress-harness.test",
+                "*.egress-harness.test",
+            ],
+        )
+    ]
+
+
+@pytest.mark.skipif(openssl_unavailable_reason() is not None, reason="needs the openssl tool")
+def test_openssl_takes_every_name_of_the_catalog_and_load_pki_reads_it_back(tmp_path: Path) -> None:
+    names = e2e.pki_server_names(
+        e2e.EXTERNAL_ALIAS,
+        e2e.recorder_aliases(CATALOG.names()),
+        e2e.mtls_recorder_aliases(CATALOG.scenarios),
+    )
+    made = generate_pki(tmp_path / "pki", names)
+    assert made.server_names == tuple(names)
+    assert e2e.load_pki(tmp_path / "pki") == made
+
+
+def test_load_pki_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(E2EError, match=r"the run's PKI in .* cannot be read"):
+        e2e.load_pki(tmp_path / "nothing")
+    directory = tmp_path / "pki"
+    fake_pki(directory)
+    for stem in ("ca", "server", "client"):
+        (directory / f"{stem}.cnf").write_text("[req]\nprompt = no\n")
+    with pytest.raises(E2EError, match=r"ca\.cnf names no subject"):
+        e2e.load_pki(directory)
+
+
+def test_both_recorders_serve_tls_with_the_runs_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    monkeypatch.setattr(e2e, "build_app_image", lambda app, tag, mode="auto": built.append(app) or tag)
+    options = E2EOptions(
+        istio_version="1.30.3",
+        recorder_aliases=("a.egress-harness.test",),
+        mtls_aliases=("mtls.egress-harness.test", "mtls-b.egress-harness.test"),
+    )
+    run = E2ERun(options, tmp_path / "run", run_id="abc123")
+    with pytest.raises(E2EError, match="needs the run's PKI"):
+        run.make_mtls_recorder()
+    plain = run.make_recorder()
+    assert plain.tls is None and plain.tls_port is None and "--tls-port" not in (plain.command or [])
+    run.pki = fake_pki(tmp_path / "pki")
+    main, mutual = run.make_recorder(), run.make_mtls_recorder()
+    assert built == ["recorder"]  # one image for both
+    assert main.aliases == [
+        "external.egress-harness.test",
+        "unregistered.egress-harness.test",
+        "a.egress-harness.test",
+    ]
+    assert mutual.aliases == ["mtls.egress-harness.test", "mtls-b.egress-harness.test"]
+    assert main.name != mutual.name and mutual.name.startswith("egress-harness-mtls-recorder-")
+    assert (main.network_name, mutual.network_name, main.port, main.tls_port, mutual.tls_port) == (
+        "kind",
+        "kind",
+        80,
+        443,
+        443,
+    )
+    assert main.command is not None and mutual.command is not None
+    assert main.command[-6:] == ["--tls-port", "443", "--cert", TLS_CERT, "--key", TLS_KEY]
+    assert "--client-ca" not in main.command
+    assert mutual.command[-2:] == ["--client-ca", TLS_CLIENT_CA]
+    assert main.files == {TLS_CERT: b"SERVER PEM", TLS_KEY: b"SERVER KEY"}
+    assert mutual.files == {TLS_CERT: b"SERVER PEM", TLS_KEY: b"SERVER KEY", TLS_CLIENT_CA: b"CA PEM"}
+    assert (e2e.recorder_serves(main), e2e.recorder_serves(mutual)) == (("http", "tls"), ("http", "mtls"))
+    assert main.labels["io.egress-harness.run"] == mutual.labels["io.egress-harness.run"] == "abc123"
+    state = e2e.recorder_state(mutual)
+    assert (state.tls_port, state.serves, state.aliases) == (443, ("http", "mtls"), tuple(mutual.aliases))
+
+
+def test_credential_names_are_per_scenario_and_namespace_and_valid_for_istio() -> None:
+    a = e2e.credential_names("eabc123-x", MTLS_ORIGINATION)
+    b = e2e.credential_names("eabc123-y", MTLS_ORIGINATION)
+    c = e2e.credential_names("eabc123-x", TLS_ORIGINATION)
+    assert len({a["client_credential_name"], b["client_credential_name"], c["client_credential_name"]}) == 3
+    assert a["client_credential_name"] != a["ca_credential_name"]
+    long = e2e.credential_names("u" + "a" * 62, MTLS_ORIGINATION)
+    for name in [*a.values(), *long.values()]:
+        assert len(name) <= 63 and not name.startswith("istio") and not name.endswith("-cacert")
+    # RenderContext takes them (it refuses names Istio reserves)
+    RenderContext(istio_version="1.30.3", **long)
+
+
+def test_credential_secrets_follow_the_scenarios_requirements(tmp_path: Path) -> None:
+    pki = fake_pki(tmp_path / "pki")
+    ctx = RenderContext(istio_version="1.30.3", namespace=NS, **e2e.credential_names(NS, MTLS_ORIGINATION))
+    assert e2e.credential_secrets(CATALOG.get("http-via-egress-gateway"), ctx, pki) == []
+    (client,) = e2e.credential_secrets(CATALOG.get(MTLS_ORIGINATION), ctx, pki)
+    name = ctx.client_credential_name
+    assert (client.name, client.namespace, client.requirement) == (name, "istio-system", "client_credential")
+    assert client.sds_resources == (f"kubernetes://{name}", f"kubernetes://{name}-cacert")
+    assert set(client.data) == {"tls.crt", "tls.key", "ca.crt"}
+    manifest = client.manifest({"io.egress-harness.run": "abc123"})
+    assert manifest["kind"] == "Secret" and manifest["metadata"]["namespace"] == "istio-system"
+    assert manifest["metadata"]["labels"] == {"io.egress-harness.run": "abc123"}
+    (ca,) = e2e.credential_secrets(CATALOG.get(TLS_ORIGINATION), ctx, pki)
+    assert ca.sds_resources == (f"kubernetes://{ctx.ca_credential_name}-cacert",)  # SIMPLE: the CA only
+    assert set(ca.data) == {"ca.crt"}
+    assert str(ca) == f"Secret istio-system/{ctx.ca_credential_name} (requires.server_ca_credential)"
+
+
+def sds_dump(active: Sequence[str], warming: Sequence[str] = ()) -> str:
+    """``istioctl proxy-config secret -o json`` as istioctl prints Envoy's SecretsConfigDump."""
+    return json.dumps(
+        {
+            "dynamicActiveSecrets": [
+                {"name": n, "versionInfo": "2026-11-28T07:00:00Z", "secret": {"name": n}}
+                for n in ["default", *active]
+            ],
+            "dynamicWarmingSecrets": [
+                {"name": n, "versionInfo": "uninitialized", "secret": {"name": n}} for n in warming
+            ],
+        }
+    )
+
+
+def test_sds_states_read_istioctl_and_envoy_dumps() -> None:
+    assert e2e.sds_secret_states(sds_dump(["kubernetes://a"], ["kubernetes://a-cacert"])) == {
+        "default": "ACTIVE",
+        "kubernetes://a": "ACTIVE",
+        "kubernetes://a-cacert": "WARMING",
+    }
+    envoy = {
+        "configs": [
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+                "dynamic_active_secrets": [{"name": "ROOTCA"}],
+                "dynamic_warming_secrets": [{"name": "kubernetes://b"}],
+            }
+        ]
+    }
+    assert e2e.sds_secret_states(json.dumps(envoy)) == {"ROOTCA": "ACTIVE", "kubernetes://b": "WARMING"}
+    assert e2e.sds_secret_states("") == {}
+    with pytest.raises(ValueError, match="Expecting value"):
+        e2e.sds_secret_states("No active or warming secrets")
+    missing = e2e.missing_sds_resources(
+        ["kubernetes://a", "kubernetes://a-cacert"],
+        {
+            "gw-1.istio-system": {"kubernetes://a": "ACTIVE", "kubernetes://a-cacert": "WARMING"},
+            "gw-2.istio-system": {},
+        },
+    )
+    assert missing == [
+        ("gw-1.istio-system", "kubernetes://a-cacert", "warming"),
+        ("gw-2.istio-system", "kubernetes://a", "not requested"),
+        ("gw-2.istio-system", "kubernetes://a-cacert", "not requested"),
+    ]
+
+
+def tls_run(standin_run: tuple[E2ERun, StandInKube], tmp_path: Path) -> tuple[E2ERun, StandInKube]:
+    run, kube = standin_run
+    run.pki = fake_pki(tmp_path / "pki")
+    run.recorder = StandInTLSRecorder(("http", "tls"))  # type: ignore[assignment]
+    run.mtls_recorder = StandInTLSRecorder(("http", "mtls"))  # type: ignore[assignment]
+    return run, kube
+
+
+@dataclass
+class StandInTLSRecorder:
+    serves: tuple[str, ...]
+    aliases: list[str] = field(default_factory=list)
+    tls_port: int = 443
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def records(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+    def logs(self) -> str:
+        return "recorder log\n"
+
+    def handshake_failures(self) -> list[dict[str, Any]]:
+        return self.failures
+
+
+def test_the_gateway_secret_wait_polls_until_every_resource_is_active(
+    standin_run: tuple[E2ERun, StandInKube], tmp_path: Path, fakebin: Any
+) -> None:
+    run, _ = tls_run(standin_run, tmp_path)
+    ctx = run.render_context(CATALOG.get(MTLS_ORIGINATION))
+    credentials = e2e.credential_secrets(CATALOG.get(MTLS_ORIGINATION), ctx, fake_pki(tmp_path / "p2"))
+    name = ctx.client_credential_name
+    secret = ["proxy-config", "secret"]
+    fakebin.rules(
+        [
+            {"tool": "istioctl", "args": secret, "times": 1, "stdout": sds_dump([])},
+            {"tool": "istioctl", "args": secret, "times": 1, "stdout": "not json"},
+            {
+                "tool": "istioctl",
+                "args": secret,
+                "times": 1,
+                "stdout": sds_dump([f"kubernetes://{name}"], [f"kubernetes://{name}-cacert"]),
+            },
+            {
+                "tool": "istioctl",
+                "args": secret,
+                "stdout": sds_dump([f"kubernetes://{name}", f"kubernetes://{name}-cacert"]),
+            },
+        ]
+    )
+    took = run.wait_gateway_secrets(credentials, deadline_s=10, interval_s=0.01)
+    assert took >= 0
+    cmds = fakebin.commands()
+    assert len(cmds) == 4
+    assert cmds[0] == (
+        f"istioctl proxy-config secret gw-1.istio-system -o json --kubeconfig {tmp_path / 'kubeconfig'} "
+        "--context kind-egress"
+    )
+
+
+def test_a_secret_the_gateway_never_takes_fails_naming_it(
+    standin_run: tuple[E2ERun, StandInKube], tmp_path: Path, fakebin: Any
+) -> None:
+    run, _ = tls_run(standin_run, tmp_path)
+    ctx = run.render_context(CATALOG.get(TLS_ORIGINATION))
+    credentials = e2e.credential_secrets(CATALOG.get(TLS_ORIGINATION), ctx, run.pki)  # type: ignore[arg-type]
+    name = ctx.ca_credential_name
+    fakebin.rules(
+        [
+            {
+                "tool": "istioctl",
+                "args": ["proxy-config", "secret"],
+                "stdout": sds_dump([], [f"kubernetes://{name}-cacert"]),
+            }
+        ]
+    )
+    with pytest.raises(e2e.ConvergenceError) as err:
+        run.wait_gateway_secrets(credentials, deadline_s=0.2, interval_s=0.05)
+    text = str(err.value)
+    assert f"Secret istio-system/{name} (requires.server_ca_credential)" in text
+    assert f"gw-1.istio-system: kubernetes://{name}-cacert warming" in text
+    assert "not done after 0.2s" in text
+
+
+class ApplyKube(StandInKube):
+    """A StandInKube that names what it applies and deletes, and can fail to apply one kind."""
+
+    def __init__(self, fail_kind: str | None = None) -> None:
+        super().__init__()
+        self.fail_kind = fail_kind
+
+    def apply(self, text: str, namespace: str | None = None) -> list[ObjectRef]:
+        docs = split_documents(text)
+        if self.fail_kind in {d["kind"] for d in docs}:
+            self.calls.append(("apply failed", namespace))
+            raise RuntimeError(f"{self.fail_kind} refused")
+        return super().apply(text, namespace)
+
+    def delete_objects(self, refs: list[ObjectRef]) -> None:
+        self.calls.append(("delete", [f"{r.kind}/{r.namespace}/{r.name}" for r in refs]))
+
+
+def tls_rules(run: E2ERun, scenario: str, *, secrets_active: bool = True) -> list[dict[str, Any]]:
+    ctx = run.render_context(CATALOG.get(scenario))
+    docs = [dict(d.body) for d in render_scenario(CATALOG.get(scenario), ctx).documents]
+    full = " ".join(m.needle for m in convergence_markers(docs, NS))
+    resources = [
+        r for c in e2e.credential_secrets(CATALOG.get(scenario), ctx, run.pki) for r in c.sds_resources
+    ]  # type: ignore[arg-type]
+    pc = ["proxy-config", "all"]
+    return [
+        {"tool": "istioctl", "args": ["analyze"], "stdout": "✔ No validation issues found.\n"},
+        {"tool": "istioctl", "args": pc, "times": 2, "stdout": full},
+        {"tool": "istioctl", "args": pc, "stdout": "{}"},
+        {
+            "tool": "istioctl",
+            "args": ["proxy-config", "secret"],
+            "stdout": sds_dump(resources if secrets_active else [], [] if secrets_active else resources),
+        },
+    ]
+
+
+@pytest.mark.parametrize(("scenario", "key"), [(TLS_ORIGINATION, "ca"), (MTLS_ORIGINATION, "client")])
+def test_credential_secrets_are_created_before_the_scenario_and_deleted_after_it(
+    tmp_path: Path, fakebin: Any, scenario: str, key: str
+) -> None:
+    (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
+    run = E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123")
+    kube = ApplyKube()
+    run.kube, run.istioctl = kube, "istioctl"  # type: ignore[assignment]
+    run.cluster = ExistingCluster(tmp_path / "kubeconfig", "kind-egress")
+    run.converge_interval_s = 0.01
+    run, _ = tls_run((run, kube), tmp_path)
+    fakebin.rules(tls_rules(run, scenario))
+    name = run.render_context(CATALOG.get(scenario)).variables()[
+        "client_credential_name" if key == "client" else "ca_credential_name"
+    ]
+    with run.scenario(CATALOG.get(scenario)) as applied:
+        assert [s.name for s in applied.credentials] == [name]
+        rendered = applied.manifest.read_text()
+        assert f"credentialName: {name}" in rendered and "kind: Secret" not in rendered  # never on disk
+    assert kube.calls[0] == ("apply", "istio-system", ["Secret"])
+    assert kube.calls[1][:2] == ("apply", NS)
+    objects, secret = kube.calls[-2:]
+    assert objects[0] == "delete" and not any(o.startswith("Secret/") for o in objects[1])
+    assert secret == ("delete", [f"Secret/istio-system/{name}"])
+    assert applied.secret_refs == []
+    assert any(c.startswith("istioctl proxy-config secret gw-1.istio-system") for c in fakebin.commands())
+
+
+def test_secrets_go_again_when_the_scenario_cannot_be_applied(tmp_path: Path, fakebin: Any) -> None:
+    (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
+    run = E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123")
+    kube = ApplyKube(fail_kind="ServiceEntry")
+    run.kube, run.istioctl = kube, "istioctl"  # type: ignore[assignment]
+    run.cluster = ExistingCluster(tmp_path / "kubeconfig", "kind-egress")
+    run, _ = tls_run((run, kube), tmp_path)
+    fakebin.rules(tls_rules(run, TLS_ORIGINATION))
+    with pytest.raises(RuntimeError, match="ServiceEntry refused"):
+        run.apply_scenario(CATALOG.get(TLS_ORIGINATION))
+    name = run.render_context(CATALOG.get(TLS_ORIGINATION)).ca_credential_name
+    assert kube.calls == [
+        ("apply", "istio-system", ["Secret"]),
+        ("apply failed", NS),
+        ("delete", [f"Secret/istio-system/{name}"]),
+    ]
+    assert run.applied == []
+
+
+def test_secrets_go_even_when_the_gateway_never_took_them(tmp_path: Path, fakebin: Any) -> None:
+    (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
+    run = E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123")
+    kube = ApplyKube()
+    run.kube, run.istioctl = kube, "istioctl"  # type: ignore[assignment]
+    run.cluster = ExistingCluster(tmp_path / "kubeconfig", "kind-egress")
+    run.converge_interval_s = 0.01
+    run, _ = tls_run((run, kube), tmp_path)
+    fakebin.rules(tls_rules(run, TLS_ORIGINATION, secrets_active=False))
+    with pytest.raises(e2e.ConvergenceError, match=r"requires\.server_ca_credential"):
+        run.apply_scenario(CATALOG.get(TLS_ORIGINATION), wait_s=1.0)
+    (applied,) = run.applied  # the caller removes what was applied ...
+    run.delete_scenario(applied, wait_s=1.0)
+    assert kube.calls[-1] == (
+        "delete",
+        [f"Secret/istio-system/{applied.credentials[0].name}"],
+    )  # ... Secret last
+
+
+def test_an_mtls_scenario_renders_with_the_mtls_recorders_host_and_its_own_credential(
+    standin_run: tuple[E2ERun, StandInKube], tmp_path: Path
+) -> None:
+    run, _ = tls_run(standin_run, tmp_path)
+    ctx = run.render_context(CATALOG.get(MTLS_ORIGINATION))
+    assert ctx.external_host == "mtls.egress-harness.test"
+    assert ctx.client_credential_name == e2e.credential_names(NS, MTLS_ORIGINATION)["client_credential_name"]
+    assert run.recorder_for(CATALOG.get(MTLS_ORIGINATION)) is run.mtls_recorder
+    plain = run.render_context(CATALOG.get(TLS_ORIGINATION))
+    assert plain.external_host == "external.egress-harness.test"
+    assert run.recorder_for(CATALOG.get(TLS_ORIGINATION)) is run.recorder
+    assert run.render_context().external_host == "external.egress-harness.test"
+    view = run.scoped("ns-2", external_host="a.egress-harness.test", unregistered_host="u.egress-harness.test",
+                      mtls_host="mtls-a.egress-harness.test")  # fmt: skip
+    assert view.render_context(CATALOG.get(MTLS_ORIGINATION)).external_host == "mtls-a.egress-harness.test"
+    assert view.pki is run.pki and view.mtls_recorder is run.mtls_recorder
+
+
+def test_which_requests_reach_the_external_host_over_tls(standin_run: tuple[E2ERun, StandInKube]) -> None:
+    run, _ = standin_run
+
+    def requests(name: str) -> list[Any]:
+        scenario = CATALOG.get(name)
+        ctx = run.render_context(scenario)
+        return [render_request(r, ctx, source=scenario.file) for r in scenario.requests]
+
+    assert [e2e.expects_external_tls(r) for r in requests("https-passthrough-via-egress-gateway")] == [True]
+    assert [e2e.expects_external_tls(r) for r in requests(TLS_ORIGINATION)] == [
+        True
+    ]  # originated at the gateway
+    assert [e2e.expects_external_tls(r) for r in requests(MTLS_ORIGINATION)] == [True]
+    assert [e2e.expects_external_tls(r) for r in requests("http-via-egress-gateway")] == [False]
+
+
+def tls_record(sni: str | None, subject: str | None = None, *, plain: bool = False) -> dict[str, Any]:
+    tls = None if plain else {"sni": sni, "version": "TLSv1.3", "cipher": "X", "client_cert_subject": subject}
+    return {"client_ip": "172.18.0.3", "headers": {"x-request-id": "rid-7"}, "tls": tls}
+
+
+def test_tls_records_are_judged_by_sni_and_client_certificate() -> None:
+    host = "tls-origination-at-egress-gateway.egress-harness.test"
+    assert e2e.check_tls_record(tls_record(host), host=host)["version"] == "TLSv1.3"
+    assert e2e.check_tls_record(tls_record(host, CLIENT_SUBJECT), host=host, client_subject=CLIENT_SUBJECT)
+    with pytest.raises(ExternalEvidenceError) as err:
+        e2e.check_tls_record(tls_record("other.egress-harness.test"), host=host)
+    assert err.value.hop == "external host"
+    assert str(err.value) == (
+        f"hop 'external host': the request x-request-id=rid-7 reached {host} over TLS with SNI "
+        f"'other.egress-harness.test', expected '{host}'"
+    )
+    with pytest.raises(
+        ExternalEvidenceError, match=r"^hop 'external host': .* over plain HTTP, expected TLS"
+    ):
+        e2e.check_tls_record(tls_record(None, plain=True), host=host)
+    with pytest.raises(ExternalEvidenceError, match=r"SNI None, expected"):
+        e2e.check_tls_record(tls_record(None), host=host)
+    with pytest.raises(
+        ExternalEvidenceError,
+        match=r"^hop 'external host': .* with no client certificate, expected the run's",
+    ):
+        e2e.check_tls_record(tls_record(host), host=host, client_subject=CLIENT_SUBJECT)
+    with pytest.raises(ExternalEvidenceError, match=r"with client certificate 'CN=someone,O=else'"):
+        e2e.check_tls_record(tls_record(host, "CN=someone,O=else"), host=host, client_subject=CLIENT_SUBJECT)
+
+
+def test_the_handshake_hint_names_the_failures_for_the_host() -> None:
+    recorder = StandInTLSRecorder(
+        ("http", "mtls"),
+        failures=[
+            {
+                "client_ip": "172.18.0.3",
+                "client_port": 4,
+                "sni": "h.test",
+                "error": "peer did not return a certificate",
+            },
+            {"client_ip": "172.18.0.3", "client_port": 5, "sni": "other.test", "error": "x"},
+        ],
+    )
+    hint = e2e.handshake_hint(recorder, "h.test")
+    assert "1 failed TLS handshake(s) for h.test" in hint and "peer did not return a certificate" in hint
+    assert e2e.handshake_hint(recorder, "nobody.test") == ""
+
+    class Broken:
+        def handshake_failures(self) -> list[Any]:
+            raise OSError("recorder gone")
+
+    assert e2e.handshake_hint(Broken(), "h.test") == ""
+
+
+def test_diagnostics_add_the_recorders_handshake_failures(
+    standin_run: tuple[E2ERun, StandInKube], tmp_path: Path
+) -> None:
+    run, _ = tls_run(standin_run, tmp_path)
+    run.mtls_recorder.failures.append({"sni": "mtls.egress-harness.test", "error": "no certificate"})  # type: ignore[union-attr]
+    diagnostics = run.diagnostics()
+    assert isinstance(diagnostics, e2e.RunDiagnostics)
+    assert ("recorder TLS handshakes", diagnostics.recorder_tls) in diagnostics.steps()
+    files = diagnostics.recorder_tls(tmp_path)
+    assert sorted(f.name for f in files) == [
+        "mtls-recorder-handshake-failures.json",
+        "mtls-recorder-records.json",
+        "mtls-recorder.log",
+        "recorder-handshake-failures.json",
+    ]
+    assert (
+        json.loads((tmp_path / "mtls-recorder-handshake-failures.json").read_text())[0]["error"]
+        == "no certificate"
+    )
+    run.recorder, run.mtls_recorder = None, None
+    assert not any(name == "recorder TLS handshakes" for name, _ in run.diagnostics().steps())
+
+
+# --- skip reasons of TLS scenarios ----------------------------------------------------------------
+
+
+def test_tls_scenarios_are_skipped_against_an_internet_host(tmp_path: Path) -> None:
+    run = E2ERun(E2EOptions(istio_version="1.30.3", external="internet"), tmp_path / "run", run_id="abc123")
+    for name in ("https-passthrough-via-egress-gateway", TLS_ORIGINATION, MTLS_ORIGINATION):
+        reason = run.skip_reason(CATALOG.get(name)) or ""
+        assert "with --external internet the external host is httpbin.org" in reason, name
+        assert "certificates are not the run's" in reason
+    assert run.skip_reason(CATALOG.get("http-via-egress-gateway")) is None
+
+
+def test_credential_scenarios_on_an_existing_cluster_need_allow_gateway_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = E2EOptions(
+        istio_version="1.30.3",
+        kubeconfig=tmp_path / "kc",
+        external="internet",
+        relay_image="reg/relay:1",
+        ingress_url="http://127.0.0.1:8080",
+    )
+    run = E2ERun(options, tmp_path / "run", run_id="abc123")
+    run.pki = fake_pki(tmp_path / "pki")
+    # as if the external host served TLS: the credential is the question here
+    monkeypatch.setattr(E2ERun, "external_serves", lambda self: ("http", "tls", "mtls"))
+    reason = run.skip_reason(CATALOG.get(TLS_ORIGINATION)) or ""
+    assert "in istio-system (requires.server_ca_credential)" in reason
+    assert "on an existing cluster the run creates and deletes only its own namespaces" in reason
+    assert "--allow-gateway-secrets" in reason
+    assert "--allow-gateway-secrets" in (run.skip_reason(CATALOG.get(MTLS_ORIGINATION)) or "")
+    assert run.skip_reason(CATALOG.get("https-passthrough-via-egress-gateway")) is None  # no Secret needed
+    run.options = dataclasses.replace(options, allow_gateway_secrets=True)
+    assert run.skip_reason(CATALOG.get(TLS_ORIGINATION)) is None
+    # attached to a run on an existing cluster: the state says so
+    run = E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123")
+    run.state = dataclasses.replace(attached_state(tmp_path), cluster="existing")
+    run.pki = fake_pki(tmp_path / "pki")
+    assert run.on_existing_cluster
+    assert "--allow-gateway-secrets" in (run.skip_reason(CATALOG.get(TLS_ORIGINATION)) or "")
+
+
+def test_without_certificates_tls_and_credential_scenarios_say_why(tmp_path: Path) -> None:
+    run = E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123")
+    run.recorder = StandInTLSRecorder(("http",))  # type: ignore[assignment]
+    reason = run.skip_reason(CATALOG.get("https-passthrough-via-egress-gateway")) or ""
+    assert reason == (
+        "needs an external host that serves TLS; this run's external host serves HTTP only (this run's "
+        "recorder was started without TLS: no certificates were made for it)"
+    )
+    run.recorder = StandInTLSRecorder(("http", "tls"))  # type: ignore[assignment]
+    assert run.skip_reason(CATALOG.get("https-passthrough-via-egress-gateway")) is None
+    assert "no recorder that requires client certificates" in (
+        run.skip_reason(CATALOG.get(MTLS_ORIGINATION)) or ""
+    )
+    assert "this run has no certificates" in (run.skip_reason(CATALOG.get(TLS_ORIGINATION)) or "")
+
+
+def attached_state(tmp_path: Path) -> e2e.RunState:
+    return e2e.RunState(
+        run_id="abc123",
+        run_dir=tmp_path,
+        kubeconfig=tmp_path / "kubeconfig",
+        context=None,
+        cluster="kind",
+        cluster_name="egress-harness",
+        cluster_created=True,
+        istio_version="1.30.3",
+        istio_installed=True,
+        access_log_encoding="TEXT",
+        outbound_traffic_policy="ALLOW_ANY",
+        ingress_url="http://127.0.0.1:18080",
+        namespace=NS,
+        namespace_created=True,
+        ingress_gateway=f"{NS}/relay-gateway",
+        relay_image="istio-egress-harness/relay:dev",
+        external="internet",
+        external_host="httpbin.org",
+        pod_source_nat=True,
+        recorder=e2e.RecorderState(
+            "r", "i", "kind", 80, ("external.egress-harness.test",), ("http", "tls", "mtls")
+        ),
+    )
+
+
+@pytest.mark.skipif(openssl_unavailable_reason() is not None, reason="needs the openssl tool")
+def test_the_real_recorders_records_pass_the_tls_checks_for_the_catalogs_names(tmp_path: Path) -> None:
+    """The contract end to end without a cluster: the run's certificate covers a scenario's mTLS name,
+    the recorder (apps/recorder, in this process) requires the run's client certificate, and its
+    record of the request passes :func:`check_tls_record` with the PKI's own client subject."""
+    import socket
+    import ssl
+
+    from recorder import Recorder
+
+    mtls = e2e.mtls_recorder_aliases(CATALOG.scenarios)
+    pki = generate_pki(tmp_path / "pki", e2e.pki_server_names(e2e.EXTERNAL_ALIAS, (), mtls))
+    host = e2e.scenario_hosts(MTLS_ORIGINATION).mtls
+    assert host in mtls
+    with Recorder(
+        port=0, tls_port=0, cert=pki.server.cert_path, key=pki.server.key_path, client_ca=pki.ca.cert_path
+    ) as rec:
+        assert rec.tls_port is not None
+        context = ssl.create_default_context(cafile=str(pki.ca.cert_path))  # verifies the name too
+        context.load_cert_chain(pki.client.cert_path, pki.client.key_path)
+        with (
+            socket.create_connection(("127.0.0.1", rec.tls_port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=host) as conn,
+        ):
+            conn.sendall(
+                f"GET /get HTTP/1.1\r\nHost: {host}\r\nx-request-id: rid-tls\r\nConnection: close\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        (record,) = rec.records(request_id="rid-tls")
+        seen = e2e.check_tls_record(dict(record), host=host, client_subject=pki.client.subject)
+        assert seen["sni"] == host
+        with pytest.raises(ExternalEvidenceError, match="expected the run's client certificate"):
+            e2e.check_tls_record(dict(record), host=host, client_subject="CN=other,O=x")
+
+
+def test_certificates_that_cannot_be_made_stop_the_run_saying_how_to_go_without(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(directory: Path, names: list[str]) -> TestPKI:
+        raise PkiError("the ca key: `openssl` is not installed")
+
+    monkeypatch.setattr(e2e, "generate_pki", broken)
+    run = E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123")
+    with pytest.raises(E2EError, match=r"certificates could not be made: the ca key: .*--no-external-tls"):
+        run.make_pki()

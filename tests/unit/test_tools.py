@@ -503,9 +503,12 @@ def test_preflight_reports_a_missing_docker_cli(
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     missing = tools.missing_prerequisites(min_disk_gib=0, min_memory_gib=0)
-    assert len(missing) == 1
+    assert len(missing) == 2
     assert "docker: the Docker CLI is not on PATH" in missing[0]
     assert "install Docker Engine" in missing[0]
+    # nothing on PATH: no openssl either, which the run needs for its TLS test certificates
+    assert missing[1].startswith("openssl (the run makes its TLS test certificates with it)")
+    assert "apt-get install -y openssl" in missing[1]
 
 
 def test_preflight_reports_memory_disk_and_tools(fakebin: Any, cache: Path) -> None:
