@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -440,7 +441,17 @@ def _cmd_tools(args: argparse.Namespace) -> int:
     istio = versions.istio_version(args.istio_version)
     cache = Path(args.cache_dir) if args.cache_dir else None
     for name in versions.TOOLS:
-        path = ensure_tool(name, versions.pinned_version(name, istio), cache)
+        version = versions.pinned_version(name, istio)
+        try:
+            path = ensure_tool(name, version, cache)
+        except ToolError as exc:
+            print(f"egress-harness e2e tools: {name} {version}: {exc}", file=sys.stderr)
+            print(
+                ">> the tools download from the project's release pages; on a machine without internet, put "
+                f"{name} {version} on PATH or set {versions.TOOLS[name].base_url_env} to a mirror",
+                file=sys.stderr,
+            )
+            return 1
         print(f"{name}\t{path}")
     return 0
 

@@ -577,3 +577,26 @@ def test_fake_reports_an_unexpected_command(fakebin: Any) -> None:
     assert done.returncode == fake.UNMATCHED_EXIT
     assert "no rule for `kind get nodes`" in done.stderr
     assert sys.executable in (fakebin.bin_dir / "_fake.py").read_text().splitlines()[0]
+
+
+def test_e2e_tools_reports_a_failed_download_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from harness.cli import main
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv(versions.TOOLS["kind"].base_url_env, f"http://127.0.0.1:{closed}")
+    cache = tmp_path / "cache"
+    assert main(["e2e", "tools", "--cache-dir", str(cache)]) == 1
+    err = capsys.readouterr().err
+    assert f"egress-harness e2e tools: kind {versions.KIND_VERSION}: GET http://127.0.0.1:{closed}/" in err
+    assert "Traceback" not in err
+    assert versions.TOOLS["kind"].base_url_env in err
+    assert not [p for p in cache.rglob("*") if p.is_file()]
