@@ -43,6 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("egress-harness: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # The harness's own errors (a failed download, a command that exited non-zero, a part that did
+        # not start) already say what went wrong: one line, no traceback. Anything else is a bug.
+        if not type(exc).__module__.startswith("harness."):
+            raise
+        print(f"egress-harness {args.command}: {exc}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.accesslog import FIELDS
 from tests.unit import accesslog_samples as s
 
@@ -50,3 +52,25 @@ def test_errors_name_the_file_or_the_format(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "nope.log: No such file or directory" in missing.stderr
     bad = run("--format", "%RESPONSE_CODE", stdin="")
     assert bad.returncode == 2 and "--format: format string: unmatched '%'" in bad.stderr
+
+
+def test_a_harness_error_is_one_line_and_exit_1_but_a_bug_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness import cli
+    from harness.accesslog import cli as logs_cli
+    from harness.tools import DownloadError
+
+    def fails(args: object) -> int:
+        raise DownloadError("GET https://example.invalid/x failed: no route")
+
+    monkeypatch.setattr(logs_cli, "run_parse", fails)
+    assert cli.main(["logs", "parse", "-"]) == 1
+    assert capsys.readouterr().err == "egress-harness logs: GET https://example.invalid/x failed: no route\n"
+
+    def bug(args: object) -> int:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(logs_cli, "run_parse", bug)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["logs", "parse", "-"])
