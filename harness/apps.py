@@ -21,7 +21,6 @@ sets ``SSL_CERT_FILE=/etc/egress-harness/ca/ca.crt``, which Python's default TLS
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -362,8 +361,3 @@ class RelayApps:
             progress(f"keeping the relay apps in {self.namespace}")
             return
         self.delete()
-
-
-def relay_image_from_env() -> str | None:
-    """``EGRESS_HARNESS_RELAY_IMAGE``: a relay image the cluster can pull (for an existing cluster)."""
-    return os.environ.get("EGRESS_HARNESS_RELAY_IMAGE") or None

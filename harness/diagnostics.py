@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE
+from harness.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, kube_target_args
 from harness.proc import progress, run
 
 STEP_TIMEOUT_S = 90.0
@@ -175,9 +175,7 @@ class Diagnostics:
     def _istioctl(self, *args: str) -> tuple[int, str]:
         if not self.istioctl or self.kubeconfig is None:
             raise RuntimeError("istioctl or the kubeconfig is not available")
-        argv = [self.istioctl, *args, "--kubeconfig", str(self.kubeconfig)]
-        if self.context:
-            argv += ["--context", self.context]
+        argv = [self.istioctl, *args, *kube_target_args(self.kubeconfig, self.context)]
         done = run(argv, timeout=self.command_timeout_s, check=False)
         text = done.stdout + (f"\n--- stderr ---\n{done.stderr}" if done.stderr.strip() else "")
         return done.returncode, text

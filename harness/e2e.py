@@ -115,7 +115,7 @@ from harness.diagnostics import Diagnostics
 from harness.evidence import EGRESS_GATEWAY_SERVICE, EntryLog, RequestRef, Wait
 from harness.evidence.external import ExternalEvidenceError, Record, expect_external_record
 from harness.external import DEFAULT_ALIAS, DEFAULT_TLS_PORT, RecorderContainer, RecorderTLS
-from harness.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, IstioInstall
+from harness.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, IstioInstall, kube_target_args
 from harness.kube import INJECTION_LABELS, Kube, ObjectRef, RolloutCheck, WaitTimeoutError, wait_until
 from harness.podlogs import PodLogSource
 from harness.proc import CommandError, progress, run
@@ -1117,10 +1117,7 @@ def analyze(
     Raises AnalyzeError for Error-level findings (file-only: except unresolved references); returns
     every finding otherwise.
     """
-    argv = [istioctl, "analyze", "--kubeconfig", str(kubeconfig)]
-    if context:
-        argv += ["--context", context]
-    argv += ["-n", namespace]
+    argv = [istioctl, "analyze", *kube_target_args(kubeconfig, context), "-n", namespace]
     if mode == "files":
         argv.append("--use-kube=false")
     argv += [str(f) for f in files]
@@ -2434,9 +2431,7 @@ class E2ERun:
         if not self.istioctl:
             raise E2EError("istioctl is needed to read a proxy's secrets")
         argv = [self.istioctl, "proxy-config", "secret", f"{pod}.{namespace}", "-o", "json"]
-        argv += ["--kubeconfig", str(self.kubeconfig)]
-        if self.context:
-            argv += ["--context", self.context]
+        argv += kube_target_args(self.kubeconfig, self.context)
         return run(argv, timeout=ISTIOCTL_TIMEOUT_S).stdout
 
     def wait_gateway_secrets(
@@ -2562,11 +2557,8 @@ class E2ERun:
             f"{pod}.{namespace}",
             "-o",
             "json",
-            "--kubeconfig",
-            str(self.kubeconfig),
+            *kube_target_args(self.kubeconfig, self.context),
         ]
-        if self.context:
-            argv += ["--context", self.context]
         return run(argv, timeout=ISTIOCTL_TIMEOUT_S).stdout
 
     def wait_config(

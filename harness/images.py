@@ -367,14 +367,3 @@ def build_local_python_image(
         argv += ["-", full]
         _run(argv, max(1.0, deadline - time.monotonic()), input_path=archive)
     return full
-
-
-def remove_image(tag: str) -> None:
-    """Remove an image by tag (missing is fine)."""
-    subprocess.run(
-        ["docker", "image", "rm", "-f", tag],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=DOCKER_TIMEOUT_S,
-        check=False,
-    )

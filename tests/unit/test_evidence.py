@@ -63,6 +63,9 @@ def test_leaf_predicates() -> None:
     assert p.flags()(gw) and not p.flags("NR")(gw)
     assert p.path("/path?q=1")(gw) and p.path_contains("q=1")(gw)
     assert p.details("via_upstream")(gw)
+    assert p.field_matches("upstream_host", r"172\.18\.0\.\d+:80")(gw)
+    assert not p.field_matches("upstream_host", r"172\.18")(gw)  # the whole value must match
+    assert not p.field_matches("route_name", ".*")(gw)  # an absent field matches nothing
     assert p.http()(gw) and not p.tcp()(gw)
     sc = entry(s.SIDECAR_TO_GATEWAY)
     assert p.outbound_cluster("istio-egressgateway.istio-system.svc.cluster.local", 80, "external")(sc)
