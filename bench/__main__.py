@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             from bench import latency
         except ImportError:
             print(
-                ">> bench: assertion latency needs the local Envoy tier (harness.localmesh); skipped",
+                ">> bench: assertion latency needs the local Envoy tier (harness.localmesh.mesh); skipped",
                 file=sys.stderr,
             )
         else:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import statistics
 import time
 
+from harness.common.traffic import Traffic
 from harness.evidence import RequestRef, Wait, expect_entry, gateway_forwarded
-from harness.localmesh import LocalMesh, Topology
-from harness.traffic import Traffic
+from harness.localmesh.mesh import LocalMesh, Topology
 
 
 def run(repeats: int, requests: int = 20) -> dict[str, float]:

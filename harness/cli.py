@@ -15,10 +15,10 @@ from collections.abc import Sequence
 # module path -> the function in it that adds that concern's sub-commands
 _COMMAND_MODULES: tuple[str, ...] = (
     "harness.accesslog.cli",
-    "harness.localrun",
+    "harness.localmesh.run",
     "harness.scenarios.cli",
-    "harness.tools",
-    "harness.report",
+    "harness.common.tools",
+    "harness.report.render",
 )
 
 

@@ -37,7 +37,7 @@ used it fails, the diagnostics are collected under ``artifacts/<test id>/`` and 
 ends with ``diagnostics: artifacts/<test id>/``; the first failure of a session also exports the kind
 node's logs to ``artifacts/kind-logs``.
 
-``e2e_results`` (session) collects ``harness.results.ScenarioResult`` items; at the end of the
+``e2e_results`` (session) collects ``harness.report.results.ScenarioResult`` items; at the end of the
 session they are written as one ``RunResult`` to ``<results dir>/<run id>.json`` (under xdist one
 file per worker, ``<run id>-<worker>.json``; ``egress-harness report`` merges them).
 """
@@ -55,12 +55,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from harness import tools, versions
+from harness.common import tools, versions
 
 if TYPE_CHECKING:  # imported when used: registering the plugin stays cheap for the other tiers
-    from harness.e2e import E2EOptions, E2ERun, RunState
-    from harness.results import Outcome, RunResult, ScenarioResult
-    from harness.upgrade import UpgradePlan
+    from harness.cluster.e2e import E2EOptions, E2ERun, RunState
+    from harness.report.results import Outcome, RunResult, ScenarioResult
+    from harness.upgrade.runner import UpgradePlan
 
 RUN_KEY = pytest.StashKey["E2ERun | None"]()
 KIND_LOGS_KEY = pytest.StashKey[bool]()
@@ -134,7 +134,7 @@ def _flag(config: pytest.Config, name: str, env: str) -> bool:
 
 def options_from(config: pytest.Config, artifacts_dir: Path | None = None) -> E2EOptions:
     """The run's options: command line first, then the environment, then the defaults."""
-    from harness.e2e import E2EOptions
+    from harness.cluster.e2e import E2EOptions
 
     kubeconfig = _option(config, "--kubeconfig", "EGRESS_HARNESS_KUBECONFIG")
     encoding = str(_option(config, "--access-log-encoding", "EGRESS_HARNESS_ACCESS_LOG_ENCODING") or "text")
@@ -168,7 +168,7 @@ def options_from(config: pytest.Config, artifacts_dir: Path | None = None) -> E2
 def catalog_aliases(scenarios_dir: Path) -> list[str]:
     """The recorder aliases for every scenario of the catalog (none when it does not load: the
     catalog's own tests say why)."""
-    from harness.e2e import recorder_aliases
+    from harness.cluster.e2e import recorder_aliases
     from harness.scenarios import ScenarioError, load_catalog
 
     try:
@@ -180,7 +180,7 @@ def catalog_aliases(scenarios_dir: Path) -> list[str]:
 
 def catalog_mtls_aliases(scenarios_dir: Path) -> list[str]:
     """The mTLS recorder's aliases for the catalog's scenarios that need a client certificate."""
-    from harness.e2e import mtls_recorder_aliases
+    from harness.cluster.e2e import mtls_recorder_aliases
     from harness.scenarios import ScenarioError, load_catalog
 
     try:
@@ -198,7 +198,7 @@ def run_state_path(config: pytest.Config) -> Path | None:
 
 def load_run_state(config: pytest.Config) -> RunState | None:
     """The run state named by the options; a file that cannot be read is a usage error naming it."""
-    from harness.e2e import RunState, RunStateError
+    from harness.cluster.e2e import RunState, RunStateError
 
     path = run_state_path(config)
     if path is None:
@@ -244,7 +244,7 @@ def xdist_worker(config: pytest.Config) -> str | None:
 
 def upgrade_plan_from(config: pytest.Config) -> UpgradePlan | None:
     """The upgrade asked for by --upgrade-from/--upgrade-to/--upgrade-mode (or their variables)."""
-    from harness.upgrade import FROM_ENV, MODE_ENV, TO_ENV, UpgradePlan
+    from harness.upgrade.runner import FROM_ENV, MODE_ENV, TO_ENV, UpgradePlan
 
     env = dict(os.environ)
     for option, var in (("--upgrade-from", FROM_ENV), ("--upgrade-to", TO_ENV), ("--upgrade-mode", MODE_ENV)):
@@ -310,7 +310,7 @@ class E2EResults:
     """The session's ScenarioResults, written as one RunResult when the session ends."""
 
     def __init__(self, directory: Path | None = None, worker: str | None = None) -> None:
-        from harness.results import utc_now
+        from harness.report.results import utc_now
 
         self.directory = directory
         self.worker = worker
@@ -382,7 +382,7 @@ class E2EResults:
         note: Recording,
         started: float,
     ) -> None:
-        from harness.results import ScenarioResult
+        from harness.report.results import ScenarioResult
 
         version = istio_version or self.istio_version
         if version is None:
@@ -402,7 +402,7 @@ class E2EResults:
         )
 
     def run_result(self) -> RunResult | None:
-        from harness.results import RunResult
+        from harness.report.results import RunResult
 
         if not self.results or self.run_id is None:
             return None
@@ -489,7 +489,7 @@ def e2e_run(
     Attached to the run of ``--run-state`` when given; else a run of its own, which a
     pytest-xdist worker must not make.
     """
-    from harness.e2e import E2ERun
+    from harness.cluster.e2e import E2ERun
 
     state = session_state_or_stop(request.config, e2e_options)
     run_dir = tmp_path_factory.mktemp("e2e-run")
@@ -510,7 +510,7 @@ def scenario_namespace(e2e_run: E2ERun) -> Iterator[str]:
     """The run namespace for one test; every scenario the test applied is removed afterwards.
 
     The test holds the run's scenario lock shared, so a scenario that needs the cluster alone (see
-    ``harness.e2e.exclusive_reason``) does not run at the same time.
+    ``harness.cluster.e2e.exclusive_reason``) does not run at the same time.
     """
     before = len(e2e_run.applied)
     with e2e_run.scenario_lock().hold(exclusive=False, what=f"a test in {e2e_run.namespace}"):

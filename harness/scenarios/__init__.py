@@ -1,6 +1,6 @@
 """The scenario catalog: declarative egress scenarios (``scenarios/<name>/scenario.yaml`` plus
 manifest templates), their strict loader and their renderer. Offline schema validation of the
-rendered manifests lives in ``harness.crds``."""
+rendered manifests lives in ``harness.scenarios.crds``."""
 
 from harness.scenarios.loader import ScenarioError, ScenarioIssue, load_catalog, load_scenario
 from harness.scenarios.model import (

@@ -131,8 +131,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from harness.scenarios.local import run_locally
-    from harness.scenarios.localplan import NotEmulable
+    from harness.localmesh.plan import NotEmulable
+    from harness.localmesh.scenarios import run_locally
 
     catalog = _catalog(args)
     if catalog is None:
@@ -210,7 +210,7 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from harness.crds import default_crd_dir, default_gateway_api_dir, validate_catalog
+    from harness.scenarios.crds import default_crd_dir, default_gateway_api_dir, validate_catalog
 
     for version in args.istio_versions or ():
         try:
@@ -229,7 +229,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from harness.crds import CACHE_DIR, ISTIO_RAW_BASE, CrdError, download_istio_crds
+    from harness.scenarios.crds import CACHE_DIR, ISTIO_RAW_BASE, CrdError, download_istio_crds
 
     for version in args.versions:
         try:

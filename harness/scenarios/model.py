@@ -37,7 +37,7 @@ errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderC
 sidecar is that of the last hop of the chain, the workload that calls the external host. ``null``
 means the field is absent (``-``).
 
-The external host and its certificates (``harness.certs`` makes a CA, a server certificate and a
+The external host and its certificates (``harness.common.certs`` makes a CA, a server certificate and a
 client certificate per run):
 
 * ``external: http``: it serves plain HTTP on ``external_port``.

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
-from harness.proc import CommandError, CommandTimeout, format_argv, run, tail
+from harness.common.proc import CommandError, CommandTimeout, format_argv, run, tail
 
 __all__ = [
     "ANALYZE_FILE_SUFFIXES",

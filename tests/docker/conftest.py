@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.external import OWNER_LABEL, docker_unavailable_reason
-from harness.images import build_local_python_image, image_exists
+from harness.cluster.external import OWNER_LABEL, docker_unavailable_reason
+from harness.cluster.images import build_local_python_image, image_exists
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDER = ROOT / "apps" / "recorder" / "recorder.py"

@@ -1,7 +1,7 @@
 """The external host as a real container: the recorder on a named network, reached by its dotted alias.
 
 Needs a running Docker engine (the folder is the `docker` tier); no image is pulled: the image is
-built from this machine's Python (harness.images) and cached by content hash.
+built from this machine's Python (harness.cluster.images) and cached by content hash.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness.external import (
+from harness.cluster.external import (
     DEFAULT_ALIAS,
     Container,
     ContainerStartError,

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.certs import TestPKI, generate_pki, openssl_unavailable_reason
-from harness.external import (
+from harness.cluster.external import (
     DEFAULT_ALIAS,
     TLS_CERT,
     TLS_CLIENT_CA,
@@ -25,6 +24,7 @@ from harness.external import (
     RecorderContainer,
     RecorderTLS,
 )
+from harness.common.certs import TestPKI, generate_pki, openssl_unavailable_reason
 from tests.docker.conftest import _docker, _leftovers, needs_docker
 
 pytestmark = needs_docker

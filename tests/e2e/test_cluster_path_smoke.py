@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from harness import tools, versions
-from harness.cluster import INGRESS_NODE_PORT, KindCluster
-from harness.istio import ISTIO_NAMESPACE, IstioInstall
-from harness.proc import run
+from harness.cluster.istio import ISTIO_NAMESPACE, IstioInstall
+from harness.cluster.providers.kind import INGRESS_NODE_PORT, KindCluster
+from harness.common import tools, versions
+from harness.common.proc import run
 from harness.pytest_plugin import run_state_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def mesh(
 
 
 def test_istio_runs_the_egress_gateway_and_exposes_ingress(mesh: tuple[KindCluster, IstioInstall]) -> None:
-    from harness.kube import Kube
+    from harness.cluster.kube import Kube
 
     cluster, install = mesh
     assert install.installed_by_us
@@ -81,7 +81,7 @@ def test_istio_runs_the_egress_gateway_and_exposes_ingress(mesh: tuple[KindClust
 
 
 def test_relay_apps_roll_out_with_sidecars(mesh: tuple[KindCluster, IstioInstall]) -> None:
-    from harness.kube import Kube
+    from harness.cluster.kube import Kube
 
     cluster, _ = mesh
     if run(["docker", "image", "inspect", RELAY_IMAGE], timeout=30, check=False).returncode != 0:

@@ -7,8 +7,8 @@ Runs only when an upgrade is asked for (``--upgrade-from V --upgrade-to V [--upg
 to ask. It makes its own kind cluster (name ``egress-upgrade-<id>``, ingress on host port
 ``UPGRADE_INGRESS_PORT`` so it can sit beside a cluster of ``e2e up``), its own PKI and recorders
 (HTTP and HTTPS, and the one that requires client certificates, as ``e2e up`` makes them), and no
-Istio: ``harness.upgrade.UpgradeRun`` installs and upgrades Istio itself, and calls
-``harness.e2e.UpgradeCatalog`` for each phase, which runs every applicable scenario through the
+Istio: ``harness.upgrade.runner.UpgradeRun`` installs and upgrades Istio itself, and calls
+``harness.cluster.e2e.UpgradeCatalog`` for each phase, which runs every applicable scenario through the
 same per-scenario runner as tests/e2e/test_catalog.py.
 
 The run's RunResult is written to ``artifacts/upgrade-<id>/results.json`` with its Markdown report
@@ -28,11 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import tools, versions
-from harness.apps import RECORDER_IMAGE, build_app_image, prepare_relay_image
-from harness.certs import generate_pki
-from harness.cluster import KindCluster
-from harness.e2e import (
+from harness.cluster.apps import RECORDER_IMAGE, build_app_image, prepare_relay_image
+from harness.cluster.e2e import (
     EXTERNAL_ALIAS,
     INGRESS_GATEWAY_NAME,
     MISSION,
@@ -50,11 +47,14 @@ from harness.e2e import (
     recorder_state,
     upgrade_problems,
 )
+from harness.cluster.providers.kind import KindCluster
+from harness.common import tools, versions
+from harness.common.certs import generate_pki
 from harness.pytest_plugin import RESULTS_DIR_ENV
-from harness.report import render_markdown
-from harness.results import RunResult
+from harness.report.render import render_markdown
+from harness.report.results import RunResult
 from harness.scenarios import load_catalog
-from harness.upgrade import UpgradePlan, UpgradeRun
+from harness.upgrade.runner import UpgradePlan, UpgradeRun
 
 REPO = Path(__file__).resolve().parents[2]
 #: beside the default 18080 of a cluster made by `e2e up`
@@ -113,7 +113,7 @@ def upgrade_cluster(
         mtls = stack.enter_context(mtls_recorder_container(image, pki, run_id=run_id, aliases=mtls_aliases))
         gateway_api = False
         if options.gateway_api:
-            from harness.kube import Kube
+            from harness.cluster.kube import Kube
 
             kube = stack.enter_context(Kube(cluster.kubeconfig, cluster.context))
             # the cluster goes with the test: the CRDs need no removal of their own

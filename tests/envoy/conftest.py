@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from harness import envoyconfig as ec
 from harness.accesslog import ISTIO_JSON_LABELS, ISTIO_TEXT_FORMAT, ISTIO_TEXT_FORMAT_1_11
-from harness.envoy import EnvoyError, envoy_binary, envoy_version
+from harness.localmesh import envoyconfig as ec
+from harness.localmesh.envoy import EnvoyError, envoy_binary, envoy_version
 
 HTTP_CLUSTER = ec.outbound_cluster("external.test", 80)
 TCP_CLUSTER = ec.outbound_cluster("tcp-echo.test", 9000)

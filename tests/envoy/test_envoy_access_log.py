@@ -16,7 +16,6 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from harness import envoyconfig as ec
 from harness.accesslog import (
     FIELDS,
     ISTIO_JSON_LABELS,
@@ -25,7 +24,8 @@ from harness.accesslog import (
     AccessLogEntry,
     LogParser,
 )
-from harness.envoy import EnvoyProcess
+from harness.localmesh import envoyconfig as ec
+from harness.localmesh.envoy import EnvoyProcess
 
 #: The three files every listener writes: Istio's TEXT formats of 1.23+ and 1.11-1.22, its JSON.
 ACCESS_LOGS: dict[str, str | dict[str, str]] = {

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from harness import envoyconfig as ec
 from harness.accesslog import ISTIO_JSON_LABELS, ISTIO_TEXT_FORMAT
-from harness.envoy import (
+from harness.localmesh import envoyconfig as ec
+from harness.localmesh.envoy import (
     ENVOY_ENV,
     EnvoyError,
     EnvoyNotFoundError,
@@ -25,7 +25,7 @@ from harness.envoy import (
     envoy_version,
     validate_config,
 )
-from harness.envoy_versions import VERSIONS_DIR_ENV, discover_envoy_versions, fetch_envoy_versions
+from harness.localmesh.envoy_versions import VERSIONS_DIR_ENV, discover_envoy_versions, fetch_envoy_versions
 
 
 def pid_exists(pid: int) -> bool:
@@ -270,7 +270,7 @@ def _versions() -> list[Any]:
             f"{VERSIONS_DIR_ENV}={folder} holds no VERSION/envoy binaries"
             if folder
             else f"set {VERSIONS_DIR_ENV} to a folder of VERSION/envoy binaries "
-            "(python -m harness.envoy_versions --cache-dir .cache/envoy 1.36.4 1.40.0)"
+            "(python -m harness.localmesh.envoy_versions --cache-dir .cache/envoy 1.36.4 1.40.0)"
         )
         return [pytest.param(None, id="no-versions-dir", marks=pytest.mark.skip(reason=why))]
     return [pytest.param(binary, id=version) for version, binary in found.items()]

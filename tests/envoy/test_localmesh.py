@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness.evidence import EvidenceError, ExternalEvidenceError
-from harness.localmesh import MODES, AppProcess, LocalMesh, LocalMeshError, Mode, Topology
-from harness.localrun import LOCAL_WAIT, check_through_gateway, run_once
+from harness.localmesh.mesh import MODES, AppProcess, LocalMesh, LocalMeshError, Mode, Topology
+from harness.localmesh.run import LOCAL_WAIT, check_through_gateway, run_once
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Tests flush access logs faster than Istio (1 s) does; every wait scales with the interval.
@@ -79,7 +79,7 @@ def test_the_external_witness_alone_catches_a_wrong_caller() -> None:
     # its log claimed otherwise) must fail at the external host even though both logs look right.
     topo = Topology(gateway_ip="127.0.0.7", flush_interval_ms=FLUSH_MS)
     with LocalMesh(topo) as m:
-        from harness.traffic import send
+        from harness.common.traffic import send
 
         logs = {part: m.entry_log(part) for part in ("proxy-sidecar", "target-sidecar", "egress-gateway")}
         rid = send(m.chain_url("/")).request_id
@@ -94,7 +94,7 @@ def test_the_external_witness_alone_catches_a_wrong_caller() -> None:
 def test_an_envoy_that_rejects_its_config_is_named_and_nothing_is_left(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import harness.localmesh as lm
+    import harness.localmesh.mesh as lm
 
     def broken(topo: Topology, gateway: object, external: object, log: Path) -> dict[str, object]:
         config = lm.proxy_sidecar_config(topo, ("127.0.0.1", 1), log)
@@ -175,7 +175,7 @@ def test_local_run_command(mode: str, code: int) -> None:
 
 def _mode_configs(tmp_path: Path) -> list[tuple[str, dict[str, object]]]:
     """Every distinct bootstrap the local mesh generates: each part in each mode, both encodings."""
-    import harness.localmesh as lm
+    import harness.localmesh.mesh as lm
 
     configs: list[tuple[str, dict[str, object]]] = []
     for mode in MODES:
@@ -201,7 +201,7 @@ def _envoy_versions() -> list[object]:
 
 @pytest.mark.parametrize("binary", _envoy_versions())
 def test_every_generated_config_is_accepted_by_each_envoy_version(tmp_path: Path, binary: Path) -> None:
-    from harness.envoy import validate_config
+    from harness.localmesh.envoy import validate_config
 
     for name, config in _mode_configs(tmp_path):
         validate_config(config, binary, name=f"{name}@{binary.parent.name}")

@@ -1,4 +1,4 @@
-"""harness.prober against real traffic: a loopback HTTP server stopped and started again on its port, and
+"""harness.upgrade.prober against real traffic: a loopback HTTP server stopped and started again on its port, and
 the local mesh's egress gateway Envoy replaced while requests keep going through the whole chain.
 
 Every wait here is bounded and polls what it waits for; nothing sleeps for a fixed time.
@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.localmesh import LocalMesh, Topology
-from harness.prober import (
+from harness.common.traffic import Traffic
+from harness.localmesh.mesh import LocalMesh, Topology
+from harness.upgrade.prober import (
     DEFAULT_THRESHOLD,
     ProbeBelowThresholdError,
     Prober,
@@ -25,7 +26,6 @@ from harness.prober import (
     judge,
     outages,
 )
-from harness.traffic import Traffic
 
 WAIT_S = 20.0
 
@@ -193,7 +193,7 @@ def test_a_result_it_cannot_judge_is_an_error() -> None:
 
 
 def test_outages_group_consecutive_failures() -> None:
-    from harness.prober import Sample
+    from harness.upgrade.prober import Sample
 
     def s(at: float, ok: bool) -> Sample:
         return Sample(at, ok, "", 0.01)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from harness.evidence import EvidenceError
+from harness.localmesh.plan import NotEmulable
+from harness.localmesh.scenarios import run_locally
 from harness.scenarios import load_catalog
-from harness.scenarios.local import run_locally
-from harness.scenarios.localplan import NotEmulable
 from harness.scenarios.model import Scenario
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""harness.apps: image builds against the fake ``docker``/``kind``, the relay manifest, the deployment
+"""harness.cluster.apps: image builds against the fake ``docker``/``kind``, the relay manifest, the deployment
 against a stand-in Kube."""
 
 from __future__ import annotations
@@ -9,10 +9,16 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import apps
-from harness.apps import AppsError, RelayApps, build_app_image, check_relay_manifest, prepare_relay_image
-from harness.cluster import KindCluster
-from harness.kube import ObjectRef, split_documents
+from harness.cluster import apps
+from harness.cluster.apps import (
+    AppsError,
+    RelayApps,
+    build_app_image,
+    check_relay_manifest,
+    prepare_relay_image,
+)
+from harness.cluster.kube import ObjectRef, split_documents
+from harness.cluster.providers.kind import KindCluster
 
 PULL_ERROR = (
     "ERROR: failed to solve: python:3.12-slim: failed to resolve source metadata for "

@@ -1,4 +1,4 @@
-"""The run's PKI (harness.certs): what openssl makes, that it verifies and handshakes as it should,
+"""The run's PKI (harness.common.certs): what openssl makes, that it verifies and handshakes as it should,
 and the Secret data the cluster tier builds from it. Needs the `openssl` command line tool."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.certs import (
+from harness.common.certs import (
     DEFAULT_CLIENT_NAME,
     FILES,
     PkiError,

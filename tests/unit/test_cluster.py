@@ -1,4 +1,4 @@
-"""harness.cluster against the fake ``kind`` of tests/unit/fakebin: which commands run, in which order.
+"""harness.cluster.providers.kind against the fake ``kind`` of tests/unit/fakebin: which commands run, in which order.
 
 Each test writes the scenario the fake answers from and then reads back the calls it logged.
 """
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import versions
-from harness.cluster import ClusterError, ExistingCluster, KindCluster
-from harness.proc import CommandError
+from harness.cluster.providers.kind import ClusterError, ExistingCluster, KindCluster
+from harness.common import versions
+from harness.common.proc import CommandError
 
 NAME = "egress-unit"
 KUBECONFIG_TEXT = "apiVersion: v1\nkind: Config\ncurrent-context: kind-egress-unit\n"

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from harness.crds import (
+from harness.scenarios import IstioVersion, load_catalog
+from harness.scenarios.crds import (
     CrdBundle,
     CrdError,
     IstioCrdDir,
@@ -31,7 +32,6 @@ from harness.crds import (
     validate_catalog,
     validate_document,
 )
-from harness.scenarios import IstioVersion, load_catalog
 from harness.scenarios.loader import DEFAULT_SCENARIOS_DIR
 from harness.scenarios.render import offline_context, render_scenario
 

@@ -1,4 +1,4 @@
-"""harness.diagnostics with the fake ``istioctl``/``kind`` and a stand-in Kube; the pytest hook that
+"""harness.cluster.diagnostics with the fake ``istioctl``/``kind`` and a stand-in Kube; the pytest hook that
 collects them for a failed e2e test (run in a pytester session against a stand-in run)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from harness.diagnostics import Diagnostics, artifact_dir_name, run_bounded
+from harness.cluster.diagnostics import Diagnostics, artifact_dir_name, run_bounded
 
 pytest_plugins = ["pytester"]
 
@@ -205,7 +205,7 @@ def test_without_a_cluster_connection_every_step_says_why(tmp_path: Path) -> Non
 
 
 def test_kind_logs_are_exported_with_kind(tmp_path: Path, fakebin: Any) -> None:
-    from harness.cluster import KindCluster
+    from harness.cluster.providers.kind import KindCluster
 
     fakebin.rules([{"tool": "kind", "args": ["export", "logs"], "stdout": "Exported logs\n"}])
     kind = KindCluster("egress-harness", tmp_path / "run")
@@ -240,7 +240,7 @@ def test_run_bounded_reports_errors_and_results() -> None:
 CONFTEST = """
 import pytest
 from pathlib import Path
-from harness.diagnostics import artifact_dir_name
+from harness.cluster.diagnostics import artifact_dir_name
 from harness.pytest_plugin import RUN_KEY
 
 pytest_plugins = ["harness.pytest_plugin"]

@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from harness import e2e
-from harness.cluster import ExistingCluster
-from harness.e2e import (
+from harness.cluster import e2e
+from harness.cluster.e2e import (
     DEFAULT_GATEWAY,
     E2EOptions,
     E2ERun,
@@ -49,11 +48,12 @@ from harness.e2e import (
     scenario_namespace_name,
     upgrade_problems,
 )
-from harness.kube import ObjectRef, split_documents
-from harness.results import ProberStats, RunResult, ScenarioResult, StepResult
+from harness.cluster.kube import ObjectRef, split_documents
+from harness.cluster.providers.kind import ExistingCluster
+from harness.common.traffic import ChainResponse, unwrap_chain
+from harness.report.results import ProberStats, RunResult, ScenarioResult, StepResult
 from harness.scenarios import RenderContext, load_catalog, render_scenario
-from harness.traffic import ChainResponse, unwrap_chain
-from harness.upgrade import UpgradePlan
+from harness.upgrade.runner import UpgradePlan
 from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY
 from tests.unit.test_e2e_run import CLIENT_SUBJECT, StandInKube, fake_pki, pod, response, sds_dump
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from harness import e2e, e2e_cli
-from harness.certs import generate_pki, openssl_unavailable_reason
-from harness.cluster import KindCluster
-from harness.e2e import (
+from harness.cluster import cli as e2e_cli
+from harness.cluster import e2e
+from harness.cluster.e2e import (
     RUN_STATE_FILE,
     E2EError,
     E2EOptions,
@@ -26,7 +25,9 @@ from harness.e2e import (
     pki_server_names,
     recorder_aliases,
 )
-from harness.kube import ObjectRef
+from harness.cluster.kube import ObjectRef
+from harness.cluster.providers.kind import KindCluster
+from harness.common.certs import generate_pki, openssl_unavailable_reason
 from tests.unit.test_e2e_run import Part, parts  # noqa: F401  (the fixture of the run's stand-in parts)
 
 NAME = "egress-harness"
@@ -532,7 +533,7 @@ def test_down_on_a_cluster_up_did_not_create_removes_the_runs_namespaces_crds_an
     )
     state.save()
     state.kubeconfig.write_text("apiVersion: v1\n")
-    monkeypatch.setattr("harness.tools.ensure_tool", lambda name, version: Path("istioctl"))
+    monkeypatch.setattr("harness.common.tools.ensure_tool", lambda name, version: Path("istioctl"))
     fakebin.rules([{"tool": "istioctl", "args": ["uninstall", "--purge", "-y"]}])
     api = StandInClusterApi()
     assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api) == []
@@ -589,7 +590,7 @@ def test_up_and_down_join_the_clis_e2e_group(tmp_path: Path, fakebin: Any) -> No
     """harness/tools.py's add_commands puts ``e2e up`` and ``e2e down`` beside preflight and tools."""
     import argparse
 
-    from harness import tools
+    from harness.common import tools
 
     parser = argparse.ArgumentParser(prog="egress-harness")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from harness import pytest_plugin
-from harness.e2e import E2EOptions, RunState, recorder_aliases
+from harness.cluster.e2e import E2EOptions, RunState, recorder_aliases
 from harness.pytest_plugin import (
     XDIST_WITHOUT_RUN_STATE,
     E2EResults,
@@ -21,7 +21,7 @@ from harness.pytest_plugin import (
     upgrade_plan_from,
     xdist_worker,
 )
-from harness.results import ScenarioResult, load_results
+from harness.report.results import ScenarioResult, load_results
 from harness.scenarios import load_catalog
 from tests.unit.test_e2e_cli import state_of
 

@@ -1,4 +1,4 @@
-"""harness.e2e without a cluster: the chain, readiness, callers, convergence markers, analyze (fake
+"""harness.cluster.e2e without a cluster: the chain, readiness, callers, convergence markers, analyze (fake
 ``istioctl``), scenario apply/converge/remove and a judged request against stand-in pods, and the
 order in which a run sets up and tears down its parts (also when a step fails)."""
 
@@ -16,10 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from harness import e2e, tools
-from harness.certs import Issued, PkiError, TestPKI, generate_pki, openssl_unavailable_reason
-from harness.cluster import ExistingCluster
-from harness.e2e import (
+from harness.cluster import e2e
+from harness.cluster.e2e import (
     AnalyzeError,
     ChainNotReadyError,
     ConfigMarker,
@@ -35,12 +33,15 @@ from harness.e2e import (
     parse_analyze,
     send_until_answered,
 )
+from harness.cluster.external import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, RecorderTLS
+from harness.cluster.kube import ObjectRef, split_documents
+from harness.cluster.providers.kind import ExistingCluster
+from harness.common import tools
+from harness.common.certs import Issued, PkiError, TestPKI, generate_pki, openssl_unavailable_reason
+from harness.common.traffic import ChainResponse, Hop, TrafficError, unwrap_chain
 from harness.evidence import EvidenceError, Wait
 from harness.evidence.external import ExternalEvidenceError
-from harness.external import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, RecorderTLS
-from harness.kube import ObjectRef, split_documents
 from harness.scenarios import RenderContext, load_catalog, render_request, render_scenario
-from harness.traffic import ChainResponse, Hop, TrafficError, unwrap_chain
 from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY
 
 REPO = Path(__file__).resolve().parents[2]

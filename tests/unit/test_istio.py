@@ -1,4 +1,4 @@
-"""harness.istio with the fake ``istioctl``/``kind``, and whole-run command sequences.
+"""harness.cluster.istio with the fake ``istioctl``/``kind``, and whole-run command sequences.
 
 The cluster reads the install needs (deployments, pods, namespace deletion) go to ``FakeApi``: its
 rollout waits run the real decision (``rollout_status``) and deadline loop (``wait_until``) over
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.cluster import ExistingCluster, KindCluster
-from harness.istio import IstioError, IstioInstall
-from harness.kube import RolloutFailedError, WaitTimeoutError, rollout_status, wait_until
-from harness.proc import CommandError
+from harness.cluster.istio import IstioError, IstioInstall
+from harness.cluster.kube import RolloutFailedError, WaitTimeoutError, rollout_status, wait_until
+from harness.cluster.providers.kind import ExistingCluster, KindCluster
+from harness.common.proc import CommandError
 
 NAME = "egress-unit"
 KUBECONFIG_TEXT = "apiVersion: v1\nkind: Config\n"
@@ -41,7 +41,7 @@ def _starting(name: str) -> dict[str, Any]:
 
 
 class FakeApi:
-    """Stands in for harness.kube.Kube in IstioInstall; logs its calls beside the fake tools."""
+    """Stands in for harness.cluster.kube.Kube in IstioInstall; logs its calls beside the fake tools."""
 
     def __init__(
         self, log: Path, *, istiod_exists: bool = False, egress_pods: list[str] | None = None

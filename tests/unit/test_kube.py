@@ -1,4 +1,4 @@
-"""harness.kube without a cluster: templates, rollout decisions, the deadline loop, log windows, manifests.
+"""harness.cluster.kube without a cluster: templates, rollout decisions, the deadline loop, log windows, manifests.
 
 The Kube client itself is built from a kubeconfig file made here (it connects to nothing until
 asked); where it would talk to the API server, a small stand-in for CoreV1Api answers instead.
@@ -14,10 +14,16 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import kube
-from harness.cluster import INGRESS_NODE_PORT, KIND_CONFIG_TEMPLATE
-from harness.istio import OVERLAY_TEMPLATE, render_overlay
-from harness.kube import RolloutCheck, RolloutFailedError, WaitTimeoutError, rollout_status, wait_until
+from harness.cluster import kube
+from harness.cluster.istio import OVERLAY_TEMPLATE, render_overlay
+from harness.cluster.kube import (
+    RolloutCheck,
+    RolloutFailedError,
+    WaitTimeoutError,
+    rollout_status,
+    wait_until,
+)
+from harness.cluster.providers.kind import INGRESS_NODE_PORT, KIND_CONFIG_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[2]
 RELAY = REPO / "manifests" / "apps" / "relay.yaml"

@@ -59,7 +59,7 @@ def test_a_harness_error_is_one_line_and_exit_1_but_a_bug_keeps_its_traceback(
 ) -> None:
     from harness import cli
     from harness.accesslog import cli as logs_cli
-    from harness.tools import DownloadError
+    from harness.common.tools import DownloadError
 
     def fails(args: object) -> int:
         raise DownloadError("GET https://example.invalid/x failed: no route")

@@ -1,4 +1,4 @@
-"""harness.podlogs: the boundary/dedupe logic, and PodLogSource against a stand-in cluster.
+"""harness.cluster.podlogs: the boundary/dedupe logic, and PodLogSource against a stand-in cluster.
 
 The stand-in keeps each pod's container log as (time, line) pairs and answers
 ``read_namespaced_pod_log`` the way the API server does: the lines of the last ``since_seconds``
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from harness.cluster.podlogs import PodLogSource, PodLogState, Stamp, new_lines, split_stamp, window_seconds
 from harness.evidence import EntryLog
-from harness.podlogs import PodLogSource, PodLogState, Stamp, new_lines, split_stamp, window_seconds
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -20,8 +20,8 @@ import pytest
 import recorder
 from recorder import Recorder
 
-from harness.certs import TestPKI, generate_pki, openssl_unavailable_reason
-from harness.traffic import Traffic, chain_url
+from harness.common.certs import TestPKI, generate_pki, openssl_unavailable_reason
+from harness.common.traffic import Traffic, chain_url
 from tests.unit.test_relay import RelayPool
 
 

@@ -18,7 +18,7 @@ import pytest
 import relay
 from recorder import Recorder
 
-from harness.traffic import ChainResponse, Traffic, chain_url
+from harness.common.traffic import ChainResponse, Traffic, chain_url
 
 RELAY_PY = Path(relay.__file__).resolve()
 
@@ -63,7 +63,7 @@ class AppProcess:
 
     @property
     def proxy_url(self) -> str:
-        """The relay's /proxy endpoint (a hop for harness.traffic.chain_url)."""
+        """The relay's /proxy endpoint (a hop for harness.common.traffic.chain_url)."""
         return f"{self.url}/proxy"
 
     def stderr(self) -> str:

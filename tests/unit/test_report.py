@@ -1,4 +1,4 @@
-"""harness.report: Markdown and JUnit rendered from the recorded result files in data/results."""
+"""harness.report.render: Markdown and JUnit rendered from the recorded result files in data/results."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import report
-from harness.results import RunResult, ScenarioResult, load_results
+from harness.report import render as report
+from harness.report.results import RunResult, ScenarioResult, load_results
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""harness.results: the model, its JSON round trip, and strict loading of recorded result files."""
+"""harness.report.results: the model, its JSON round trip, and strict loading of recorded result files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness.results import (
+from harness.report.results import (
     SCHEMA,
     SCHEMA_VERSION,
     Outage,

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from harness.crds import IstioCrdDir, shared_dir, validate_catalog
 from harness.scenarios import Catalog, RenderContext, Scenario, load_catalog, render_request, render_scenario
+from harness.scenarios.crds import IstioCrdDir, shared_dir, validate_catalog
 from harness.scenarios.loader import DEFAULT_SCENARIOS_DIR
 from harness.scenarios.preflight import (
     AnalyzeError,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.crds import IstioCrdDir, shared_dir, validate_catalog
 from harness.scenarios import RenderContext, load_catalog, render_scenario
 from harness.scenarios import cli as scenarios_cli
+from harness.scenarios.crds import IstioCrdDir, shared_dir, validate_catalog
 from harness.scenarios.loader import DEFAULT_SCENARIOS_DIR, PROJECT_ROOT
 
 BAD = Path(__file__).parent / "data" / "scenarios_bad" / "catalog"

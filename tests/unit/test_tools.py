@@ -1,4 +1,4 @@
-"""harness.proc and harness.tools: commands with timeouts, and pinned tools fetched and verified.
+"""harness.common.proc and harness.common.tools: commands with timeouts, and pinned tools fetched and verified.
 
 Downloads go to a real HTTP server on 127.0.0.1 serving files made here; version probes and
 ``docker info`` go to the fake executables of tests/unit/fakebin.
@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from harness import proc, tools, versions
-from harness.proc import CommandError, CommandTimeout, interrupts_deferred, run
+from harness.common import proc, tools, versions
+from harness.common.proc import CommandError, CommandTimeout, interrupts_deferred, run
 from tests.unit.fakecli import fake
 
 LINUX = ("linux", "amd64")

@@ -1,4 +1,4 @@
-"""harness.traffic: chain URL nesting (with property tests) and the httpx client against loopback servers."""
+"""harness.common.traffic: chain URL nesting (with property tests) and the httpx client against loopback servers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from recorder import Recorder
 
-from harness.traffic import (
+from harness.common.traffic import (
     DEFAULT_TIMEOUT,
     Hop,
     Traffic,

@@ -1,4 +1,4 @@
-"""harness.upgrade against fake istioctl binaries (one per Istio version) and a fake cluster API.
+"""harness.upgrade.runner against fake istioctl binaries (one per Istio version) and a fake cluster API.
 
 Both write into the fakebin call log, together with the catalog runner, so each test reads one
 timeline: which istioctl ran which command, which API call came between, when the catalog ran. The
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from harness.kube import WaitTimeoutError
-from harness.results import Phase, RunResult, ScenarioResult, load_results
-from harness.upgrade import (
+from harness.cluster.kube import WaitTimeoutError
+from harness.report.results import Phase, RunResult, ScenarioResult, load_results
+from harness.upgrade.runner import (
     INJECTION_LABEL,
     RESTARTED_AT,
     REV_LABEL,
@@ -466,7 +466,7 @@ def test_failed_upgrade_step_is_named_and_cleanup_runs(setup: dict[str, Any]) ->
     # The result file says the same, and the report names phase and step.
     [saved] = load_results([results_path])
     assert saved == result
-    from harness.report import render_markdown
+    from harness.report.render import render_markdown
 
     assert "phase **upgrade**, step **istioctl upgrade to 1.30.3** failed" in render_markdown([saved])
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import report, versions
+from harness.common import versions
+from harness.report import render as report
 
 pytestmark = pytest.mark.unit
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import httpx
 
-from harness import versions
-from harness.proc import CommandError, progress, run
+from harness.common import versions
+from harness.common.paths import REPO_ROOT
+from harness.common.proc import CommandError, progress, run
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ENV = "EGRESS_HARNESS_CACHE"
 VERSION_TIMEOUT_S = 30.0
 DOCKER_INFO_TIMEOUT_S = 20.0
@@ -405,7 +405,7 @@ def missing_prerequisites(
                 f"memory: {available:.1f} GiB available; kind + Istio need about {min_memory_gib:g} GiB "
                 "(close other programs or use a bigger machine)"
             )
-    from harness.certs import openssl_unavailable_reason
+    from harness.common.certs import openssl_unavailable_reason
 
     openssl = openssl_unavailable_reason()
     if openssl is not None:
@@ -475,6 +475,6 @@ def add_commands(subparsers: Any) -> None:
     )
     tools.set_defaults(handler=_cmd_tools)
 
-    from harness.e2e_cli import add_e2e_subcommands
+    from harness.cluster.cli import add_e2e_subcommands
 
     add_e2e_subcommands(sub)

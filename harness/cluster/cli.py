@@ -5,7 +5,7 @@ run directory), Istio with its egress gateway, optionally the Gateway API CRDs, 
 (``<run dir>/pki``), the recorder on kind's network under an alias for every host of the catalog
 (HTTP and HTTPS) and the mutual-TLS recorder under the names of the catalog's mTLS scenarios, the
 run namespace with the relays and the shared ingress Gateway -- and leaves it running. It writes
-``<run dir>/run-state.json`` (a :class:`harness.e2e.RunState`: kubeconfig, context, ingress URL,
+``<run dir>/run-state.json`` (a :class:`harness.cluster.e2e.RunState`: kubeconfig, context, ingress URL,
 recorder containers, PKI directory, run id, and what it created) and prints it on stdout. A failed
 or interrupted ``up`` removes what it made and writes no state. ``--no-external-tls`` makes no
 certificates and serves plain HTTP only (the TLS scenarios are then skipped).
@@ -25,7 +25,7 @@ gone, so a failed ``down`` can be run again.
     egress-harness e2e down [--run-dir DIR]
 
 The CLI registers these with :func:`add_e2e_subcommands` on its ``e2e`` group; ``python -m
-harness.e2e_cli up|down ...`` works on its own too.
+harness.cluster.cli up|down ...`` works on its own too.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import versions
-from harness.proc import CommandError, progress, run
+from harness.common import versions
+from harness.common.paths import REPO_ROOT
+from harness.common.proc import CommandError, progress, run
 
-if TYPE_CHECKING:  # harness.e2e is imported when a command runs: building the CLI stays cheap
-    from harness.e2e import E2EOptions, E2ERun, RunState
+if TYPE_CHECKING:  # harness.cluster.e2e is imported when a command runs: building the CLI stays cheap
+    from harness.cluster.e2e import E2EOptions, E2ERun, RunState
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR_ENV = "EGRESS_HARNESS_RUN_DIR"
 DEFAULT_RUN_DIR = REPO_ROOT / ".cache" / "e2e-run"
 NAMESPACE_DELETE_S = 180.0
@@ -56,7 +56,7 @@ def default_run_dir() -> Path:
 
 
 def state_path(run_dir: Path) -> Path:
-    from harness.e2e import RUN_STATE_FILE
+    from harness.cluster.e2e import RUN_STATE_FILE
 
     return run_dir / RUN_STATE_FILE
 
@@ -67,7 +67,7 @@ def state_path(run_dir: Path) -> Path:
 def options_for_up(args: argparse.Namespace, scenarios: Iterable[Any]) -> E2EOptions:
     """The run's options from the command line; the recorders' aliases from ``scenarios`` (the
     catalog's scenarios, or their names when no scenario needs mutual TLS)."""
-    from harness.e2e import E2EOptions, mtls_recorder_aliases, recorder_aliases
+    from harness.cluster.e2e import E2EOptions, mtls_recorder_aliases, recorder_aliases
 
     listed = list(scenarios)
     names = [s if isinstance(s, str) else s.name for s in listed]
@@ -91,7 +91,7 @@ def bring_up(
 ) -> RunState:
     """Start a run, write its state, and leave it running. On any failure (Ctrl-C included) what was
     made is removed again and no state file is left."""
-    from harness.e2e import E2EError, E2ERun
+    from harness.cluster.e2e import E2EError, E2ERun
 
     make_run = make_run or E2ERun
     path = state_path(run_dir)
@@ -128,7 +128,7 @@ def load_catalog_scenarios(scenarios_dir: Path = REPO_ROOT / "scenarios") -> tup
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from harness.e2e import E2EError
+    from harness.cluster.e2e import E2EError
     from harness.scenarios import ScenarioError
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
@@ -154,7 +154,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def remove_container(name: str) -> None:
     """``docker rm -f -v NAME``; a container that is gone already is fine."""
-    from harness.e2e import DOCKER_RM_TIMEOUT_S, E2EError
+    from harness.cluster.e2e import DOCKER_RM_TIMEOUT_S, E2EError
 
     done = run(["docker", "rm", "-f", "-v", name], timeout=DOCKER_RM_TIMEOUT_S, check=False)
     if done.returncode != 0 and "no such container" not in done.stderr.lower():
@@ -180,8 +180,8 @@ def delete_kind_cluster(state: RunState) -> None:
 
 def run_namespaces(kube: Any, run_id: str) -> list[str]:
     """The namespaces labelled with the run's id (the run namespace and scenario leftovers)."""
-    from harness.e2e import RUN_LABEL
-    from harness.kube import REQUEST_TIMEOUT_S
+    from harness.cluster.e2e import RUN_LABEL
+    from harness.cluster.kube import REQUEST_TIMEOUT_S
 
     listing = kube.core.list_namespace(
         label_selector=f"{RUN_LABEL}={run_id}", _request_timeout=REQUEST_TIMEOUT_S
@@ -192,8 +192,8 @@ def run_namespaces(kube: Any, run_id: str) -> list[str]:
 
 def run_secrets(kube: Any, run_id: str, namespace: str) -> list[str]:
     """The Secrets in ``namespace`` labelled with the run's id (credentials scenarios left behind)."""
-    from harness.e2e import RUN_LABEL
-    from harness.kube import REQUEST_TIMEOUT_S
+    from harness.cluster.e2e import RUN_LABEL
+    from harness.cluster.kube import REQUEST_TIMEOUT_S
 
     listing = kube.core.list_namespaced_secret(
         namespace, label_selector=f"{RUN_LABEL}={run_id}", _request_timeout=REQUEST_TIMEOUT_S
@@ -204,7 +204,7 @@ def run_secrets(kube: Any, run_id: str, namespace: str) -> list[str]:
 
 def delete_run_secrets(kube: Any, run_id: str, namespace: str) -> None:
     """Delete the run's Secrets in ``namespace``; one gone already is fine."""
-    from harness.kube import REQUEST_TIMEOUT_S
+    from harness.cluster.kube import REQUEST_TIMEOUT_S
 
     for name in run_secrets(kube, run_id, namespace):
         progress(f"deleting Secret {namespace}/{name} left by a scenario of run {run_id}")
@@ -218,7 +218,7 @@ def delete_run_secrets(kube: Any, run_id: str, namespace: str) -> None:
 def clean_existing_cluster(state: RunState, kube: Any) -> None:
     """On a cluster ``up`` did not create: the run's namespaces, the credential Secrets its scenarios
     left in istio-system, its Gateway API CRDs, its Istio."""
-    from harness.istio import ISTIO_NAMESPACE
+    from harness.cluster.istio import ISTIO_NAMESPACE
 
     names = set(run_namespaces(kube, state.run_id))
     if state.namespace_created:
@@ -233,8 +233,8 @@ def clean_existing_cluster(state: RunState, kube: Any) -> None:
         progress("removing the Gateway API CRDs the run installed")
         kube.delete_objects(list(state.gateway_api_objects))
     if state.istio_installed:
-        from harness.istio import IstioInstall
-        from harness.tools import ensure_tool
+        from harness.cluster.istio import IstioInstall
+        from harness.common.tools import ensure_tool
 
         install = IstioInstall(
             state.kubeconfig,
@@ -250,7 +250,7 @@ def clean_existing_cluster(state: RunState, kube: Any) -> None:
 
 def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None = None) -> list[str]:
     """Remove what ``state`` says ``up`` created; each part on its own. Returns what failed."""
-    from harness.e2e import E2EError
+    from harness.cluster.e2e import E2EError
 
     problems: list[str] = []
 
@@ -275,7 +275,7 @@ def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None
         return problems
 
     def clean() -> None:
-        from harness.kube import Kube
+        from harness.cluster.kube import Kube
 
         kube = kube_factory(state) if kube_factory is not None else Kube(state.kubeconfig, state.context)
         try:
@@ -291,7 +291,7 @@ def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None
 
 def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None = None) -> list[str]:
     """``e2e down``: what failed (empty when the run is gone); the state file goes only then."""
-    from harness.e2e import RunState
+    from harness.cluster.e2e import RunState
 
     path = state_path(run_dir)
     if not path.exists():
@@ -315,7 +315,7 @@ def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None 
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from harness.e2e import RunStateError
+    from harness.cluster.e2e import RunStateError
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
     try:
@@ -378,7 +378,7 @@ def add_e2e_subcommands(e2e_subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m harness.e2e_cli up|down ...`` (the same as ``egress-harness e2e up|down``)."""
+    """``python -m harness.cluster.cli up|down ...`` (the same as ``egress-harness e2e up|down``)."""
     parser = argparse.ArgumentParser(prog="egress-harness e2e")
     add_e2e_subcommands(parser.add_subparsers(dest="e2e_command", metavar="STEP", required=True))
     args = parser.parse_args(argv)

@@ -14,7 +14,7 @@ container and, if this object created it, the network. A failed start removes bo
 The recorder's control API is read from the host through a port published on 127.0.0.1 (a random
 host port), so it works wherever the engine publishes ports to the host.
 
-HTTPS and mutual TLS: with ``tls=RecorderTLS.from_pki(pki)`` (``harness.certs``) the recorder also
+HTTPS and mutual TLS: with ``tls=RecorderTLS.from_pki(pki)`` (``harness.common.certs``) the recorder also
 serves HTTPS on ``tls_port`` (443) with the server certificate; ``from_pki(pki, mutual=True)`` makes
 it require client certificates signed by the run's CA. The files are copied into the container
 (``files=``: ``put_archive`` between create and start, so no bind mount and no host path is
@@ -46,10 +46,10 @@ import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 import httpx
 
-from harness.proc import tail
+from harness.common.proc import tail
 
 if TYPE_CHECKING:
-    from harness.certs import TestPKI
+    from harness.common.certs import TestPKI
 
 DEFAULT_ALIAS = "external.egress-harness.test"
 OWNER_LABEL = "io.egress-harness.owner"

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.proc import tail
+from harness.common.proc import tail
 
 BUILDER_VERSION = "2"
 BUSYBOX = Path("/bin/busybox")

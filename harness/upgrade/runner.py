@@ -46,9 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar, get_args
 
-from harness import versions
-from harness.cluster import INGRESS_NODE_PORT
-from harness.istio import (
+from harness.cluster.istio import (
     ACCESS_LOG_ENCODINGS,
     EGRESS_GATEWAY_SELECTOR,
     ISTIO_NAMESPACE,
@@ -56,10 +54,12 @@ from harness.istio import (
     kube_target_args,
     render_overlay,
 )
-from harness.kube import REQUEST_TIMEOUT_S, RolloutCheck, wait_until
-from harness.proc import interrupts_deferred, progress, run
-from harness.results import Phase, ProberStats, RunResult, ScenarioResult, StepResult, utc_now
-from harness.tools import parse_istioctl_version
+from harness.cluster.kube import REQUEST_TIMEOUT_S, RolloutCheck, wait_until
+from harness.cluster.providers.kind import INGRESS_NODE_PORT
+from harness.common import versions
+from harness.common.proc import interrupts_deferred, progress, run
+from harness.common.tools import parse_istioctl_version
+from harness.report.results import Phase, ProberStats, RunResult, ScenarioResult, StepResult, utc_now
 
 T = TypeVar("T")
 
@@ -209,7 +209,7 @@ class UpgradePlan:
 
 
 class UpgradeApi(Protocol):
-    """Cluster reads and writes of an upgrade (``KubeUpgradeApi`` over ``harness.kube.Kube`` provides them)."""
+    """Cluster reads and writes of an upgrade (``KubeUpgradeApi`` over ``harness.cluster.kube.Kube`` provides them)."""
 
     def deployment_exists(self, namespace: str, name: str) -> bool: ...
 
@@ -245,7 +245,7 @@ def restart_patch(restarted_at: str) -> dict[str, Any]:
 
 
 class KubeUpgradeApi:
-    """``UpgradeApi`` over a ``harness.kube.Kube`` (the helpers it lacks are the two patches above)."""
+    """``UpgradeApi`` over a ``harness.cluster.kube.Kube`` (the helpers it lacks are the two patches above)."""
 
     PATCH_TYPE: Final = "application/strategic-merge-patch+json"
 
@@ -519,7 +519,7 @@ class UpgradeRun:
 
     ``run_catalog`` runs the scenario catalog; ``istioctl_for(version)`` gives the istioctl of a
     version (default: the pinned one, from PATH, the cache, or downloaded and verified); ``probe``, if
-    given, is sent continuously during the upgrade phase by a ``harness.prober.Prober``. ``clock`` and
+    given, is sent continuously during the upgrade phase by a ``harness.upgrade.prober.Prober``. ``clock`` and
     ``sleep`` drive the polling waits (the tests pass fakes).
     """
 
@@ -566,7 +566,7 @@ class UpgradeRun:
     @property
     def api(self) -> UpgradeApi:
         if self._api is None:
-            from harness.kube import Kube
+            from harness.cluster.kube import Kube
 
             self._api = KubeUpgradeApi(Kube(self.kubeconfig, self.context))
         return self._api
@@ -820,7 +820,7 @@ class UpgradeRun:
         if self.probe is None:
             self._upgrade_phase()
             return
-        from harness.prober import Prober
+        from harness.upgrade.prober import Prober
 
         prober = Prober(
             self.probe,
@@ -934,6 +934,6 @@ class UpgradeRun:
 
 
 def _pinned_istioctl(version: str) -> Path:
-    from harness.tools import ensure_tool
+    from harness.common.tools import ensure_tool
 
     return ensure_tool("istioctl", version)

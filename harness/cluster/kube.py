@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
-from harness.proc import progress
+from harness.common.proc import progress
 
 FIELD_MANAGER = "istio-egress-harness"
 INJECTION_LABELS: Mapping[str, str] = {"istio-injection": "enabled"}

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from harness.localmesh import GatewayRoute, RoutingPlan, SidecarRoute
+from harness.localmesh.mesh import GatewayRoute, RoutingPlan, SidecarRoute
 from harness.scenarios.model import RenderContext, Scenario
 
 _EMULATED = {"ServiceEntry", "Gateway", "VirtualService", "DestinationRule"}

@@ -6,7 +6,7 @@ left in reverse (also on failure or Ctrl-C; each part removes only what it made)
 1. the cluster: a ``KindCluster`` (manifests/kind/cluster.yaml, own kubeconfig) or, with
    ``kubeconfig``, an ``ExistingCluster`` that is only visited;
 2. Istio with its egress gateway (``IstioInstall``; an Istio already there is used as it is);
-3. the external host: with ``external="container"`` the run's PKI (``harness.certs``: a CA, a server
+3. the external host: with ``external="container"`` the run's PKI (``harness.common.certs``: a CA, a server
    certificate for every recorder alias and ``*.<domain>``, a client certificate) in
    ``<run dir>/pki``, and the recorder (apps/recorder) as a container on kind's Docker network
    ``kind``, under the alias ``external.egress-harness.test`` (and ``unregistered.egress-harness.test``
@@ -15,7 +15,7 @@ left in reverse (also on failure or Ctrl-C; each part removes only what it made)
    and ``mtls-<scenario>.egress-harness.test``. With ``"internet"`` a real host (``external_host``),
    no recorder and no PKI;
 4. the run namespace ``egress-<run id>`` labelled ``istio-injection=enabled``;
-5. the relay apps ``proxy`` and ``target`` and the ingress route ``/proxy`` (``harness.apps``), then a
+5. the relay apps ``proxy`` and ``target`` and the ingress route ``/proxy`` (``harness.cluster.apps``), then a
    wait until the chain answers through the ingress.
 
 Why pods reach the recorder by its alias: kind's node entrypoint points the node's resolver at
@@ -31,7 +31,7 @@ the gateway shares a node with the workloads, :meth:`E2ERun.caller_witness_discr
 
 Requests go ``client -> ingress -> proxy -> target -> external``: the client sends
 ``GET <ingress>/proxy?url=<target URL>`` where the target URL is
-``http://target.<ns>.svc.cluster.local:8080/proxy?url=<external URL>`` (``harness.traffic.chain_url``).
+``http://target.<ns>.svc.cluster.local:8080/proxy?url=<external URL>`` (``harness.common.traffic.chain_url``).
 :meth:`E2ERun.send_chain` retries, with a deadline, until both relays answer (the ingress route and
 the apps are ready), and records how long that took.
 
@@ -53,14 +53,14 @@ through the shared ingress Gateway of the run namespace: a VirtualService per na
 ``<ingress>/<ns>/proxy?url=...``. A scenario whose objects reach beyond its namespace (a wildcard
 host exported everywhere, a policy in the gateway's namespace) holds the run's scenario lock alone
 (:class:`ScenarioLock`, across pytest-xdist workers), the others share it. Each scenario ends as a
-``harness.results.ScenarioResult``; its namespace is removed whatever happened, unless
+``harness.report.results.ScenarioResult``; its namespace is removed whatever happened, unless
 keep-on-failure is on and it failed.
 
 TLS and mutual TLS (``requires.external``, ``requires.client_credential``,
 ``requires.server_ca_credential``): a scenario whose external host must require client
 certificates renders with the mTLS recorder's name for it and is judged from that recorder's
 records. The relays trust the run's CA (ConfigMap ``egress-harness-ca`` in their namespace,
-``SSL_CERT_FILE``; ``harness.apps``). A scenario that names a credential gets it as a Secret in the
+``SSL_CERT_FILE``; ``harness.cluster.apps``). A scenario that names a credential gets it as a Secret in the
 gateway's namespace (``istio-system``; the egress gateway reads credentials from its own namespace),
 named after the scenario and its namespace so parallel scenarios never share one, created just
 before the scenario is applied and deleted after its objects are gone (also when it failed). The
@@ -100,8 +100,7 @@ from typing import Any, Final, Literal
 import httpx
 import yaml
 
-from harness import tools, versions
-from harness.apps import (
+from harness.cluster.apps import (
     RECORDER_IMAGE,
     RELAY_IMAGE,
     BuildMode,
@@ -109,20 +108,21 @@ from harness.apps import (
     build_app_image,
     prepare_relay_image,
 )
-from harness.certs import Issued, PkiError, TestPKI, generate_pki, secret_manifest
-from harness.cluster import ExistingCluster, KindCluster
-from harness.diagnostics import Diagnostics
+from harness.cluster.diagnostics import Diagnostics
+from harness.cluster.external import DEFAULT_ALIAS, DEFAULT_TLS_PORT, RecorderContainer, RecorderTLS
+from harness.cluster.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, IstioInstall, kube_target_args
+from harness.cluster.kube import INJECTION_LABELS, Kube, ObjectRef, RolloutCheck, WaitTimeoutError, wait_until
+from harness.cluster.podlogs import PodLogSource
+from harness.cluster.providers.kind import ExistingCluster, KindCluster
+from harness.common import tools, versions
+from harness.common.certs import Issued, PkiError, TestPKI, generate_pki, secret_manifest
+from harness.common.paths import REPO_ROOT
+from harness.common.proc import CommandError, progress, run
+from harness.common.traffic import ChainResponse, Traffic, TrafficError, chain_url
 from harness.evidence import EGRESS_GATEWAY_SERVICE, EntryLog, RequestRef, Wait
 from harness.evidence.external import ExternalEvidenceError, Record, expect_external_record
-from harness.external import DEFAULT_ALIAS, DEFAULT_TLS_PORT, RecorderContainer, RecorderTLS
-from harness.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, IstioInstall, kube_target_args
-from harness.kube import INJECTION_LABELS, Kube, ObjectRef, RolloutCheck, WaitTimeoutError, wait_until
-from harness.podlogs import PodLogSource
-from harness.proc import CommandError, progress, run
-from harness.results import Phase, RunResult, ScenarioResult, utc_now
-from harness.traffic import ChainResponse, Traffic, TrafficError, chain_url
+from harness.report.results import Phase, RunResult, ScenarioResult, utc_now
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 KIND_NETWORK = "kind"
 EXTERNAL_ALIAS = DEFAULT_ALIAS
 UNREGISTERED_ALIAS = "unregistered.egress-harness.test"
@@ -560,7 +560,7 @@ def _cnf_values(path: Path) -> dict[str, str]:
 
 
 def load_pki(directory: Path) -> TestPKI:
-    """The PKI :func:`harness.certs.generate_pki` wrote into ``directory`` (another process's run),
+    """The PKI :func:`harness.common.certs.generate_pki` wrote into ``directory`` (another process's run),
     read back from its fixed files: PEM bytes from the ``.crt``/``.key`` files, subjects and
     subjectAltNames from the ``.cnf`` files it was made with. Raises E2EError naming what is missing."""
 
@@ -573,7 +573,7 @@ def load_pki(directory: Path) -> TestPKI:
             raise E2EError(f"the run's PKI in {directory} cannot be read: {exc.strerror or exc}") from exc
         if "CN" not in values or "O" not in values:
             raise E2EError(
-                f"{directory / f'{stem}.cnf'} names no subject (CN and O): not a PKI of harness.certs"
+                f"{directory / f'{stem}.cnf'} names no subject (CN and O): not a PKI of harness.common.certs"
             )
         alt = tuple(a.strip() for a in values.get("subjectAltName", "").split(",") if a.strip())
         return Issued(cert, key, cert_pem, key_pem, f"CN={values['CN']},O={values['O']}", alt)
@@ -1172,7 +1172,7 @@ def _crd_resource(kube: Any) -> Any:
 
 def crd_exists(kube: Any, name: str) -> bool:
     """Whether the CustomResourceDefinition ``name`` is installed."""
-    from harness.kube import REQUEST_TIMEOUT_S
+    from harness.cluster.kube import REQUEST_TIMEOUT_S
 
     try:
         _crd_resource(kube).get(name=name, _request_timeout=REQUEST_TIMEOUT_S)
@@ -1264,7 +1264,7 @@ class GatewayApiCrds:
         return self
 
     def wait_established(self, names: Sequence[str]) -> None:
-        from harness.kube import REQUEST_TIMEOUT_S
+        from harness.cluster.kube import REQUEST_TIMEOUT_S
 
         resource = _crd_resource(self.kube)
 
@@ -1504,7 +1504,7 @@ class RunState:
     gateway_api_objects: tuple[ObjectRef, ...] = ()
     recorder: RecorderState | None = None
     created: str = ""
-    #: the run's PKI (harness.certs files), which attached workers read for Secrets and evidence
+    #: the run's PKI (harness.common.certs files), which attached workers read for Secrets and evidence
     pki_dir: Path | None = None
     #: the recorder that requires client certificates (``requires.external: mtls``)
     mtls_recorder: RecorderState | None = None
@@ -2195,7 +2195,7 @@ class E2ERun:
 
     def proxy_versions(self, gateway: ScenarioGateway | None = None) -> list[str]:
         """The Istio versions of the target's sidecar and the gateway (their istio-proxy image tags)."""
-        from harness.upgrade import PROXY_CONTAINER, image_tag
+        from harness.upgrade.runner import PROXY_CONTAINER, image_tag
 
         gw = gateway or DEFAULT_GATEWAY
         kube = self._kube()
@@ -2641,7 +2641,7 @@ class E2ERun:
 
 
 class RunDiagnostics(Diagnostics):
-    """``harness.diagnostics.Diagnostics`` and what the run's TLS recorders know: each one's failed
+    """``harness.cluster.diagnostics.Diagnostics`` and what the run's TLS recorders know: each one's failed
     TLS handshakes (``<label>-handshake-failures.json``: a client without a certificate, an unknown
     CA, a wrong name), and the mTLS recorder's records and log (``mtls-recorder-records.json``,
     ``mtls-recorder.log``; the run's recorder has its own step)."""
@@ -2998,7 +2998,7 @@ MISSION = "http-via-egress-gateway"
 
 
 class UpgradeCatalog:
-    """``run_catalog`` and ``probe`` for a ``harness.upgrade.UpgradeRun`` on the harness's cluster.
+    """``run_catalog`` and ``probe`` for a ``harness.upgrade.runner.UpgradeRun`` on the harness's cluster.
 
     ``base`` describes the cluster and the recorder (a :class:`RunState` without Istio yet); each
     phase attaches an :class:`E2ERun` to it with that phase's Istio version, runs every scenario
@@ -3086,7 +3086,7 @@ class UpgradeCatalog:
         return self.probe_url
 
     def probe(self) -> ChainResponse:
-        """One request down the mission's chain (for ``harness.prober.Prober``)."""
+        """One request down the mission's chain (for ``harness.upgrade.prober.Prober``)."""
         if self.probe_url is None:
             raise E2EError("the prober started before the catalog's first phase set up its chain")
         if self._traffic is None:

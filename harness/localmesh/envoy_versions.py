@@ -4,7 +4,7 @@
 and ``.cache/envoy/1.40.0/envoy``; versions already there are not fetched again. The Envoy tier's
 multi-version test reads such a folder from ``EGRESS_HARNESS_ENVOY_VERSIONS_DIR``::
 
-    python -m harness.envoy_versions --cache-dir .cache/envoy 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
+    python -m harness.localmesh.envoy_versions --cache-dir .cache/envoy 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Images. ``build_app_image("relay", RELAY_IMAGE)`` runs ``docker build -t TAG apps/relay`` (bounded by
 a timeout, with heartbeat lines). On a machine that cannot reach a registry the Dockerfile's base
 (``python:3.12-slim``) cannot be pulled; then, and only then (the build's error names a pull or a
-registry), the image is made from this machine's Python by :func:`harness.images.build_local_python_image`
+registry), the image is made from this machine's Python by :func:`harness.cluster.images.build_local_python_image`
 and tagged ``TAG`` so the manifests need no change. ``mode="dockerfile"`` or ``"local"`` forces one way.
 
 Deployment. ``RelayApps(kube, namespace)`` applies manifests/apps/relay.yaml into the run namespace
@@ -12,7 +12,7 @@ and the ingress route (a Gateway on the ingress gateway's port 80 and a VirtualS
 path prefix ``/proxy`` to ``proxy:8080``). It waits for both rollouts and checks that each pod got
 its ``istio-proxy`` sidecar. The manifest is checked for those parts before anything is applied.
 
-Trusting the run's CA. With ``ca_pem`` (the run's CA certificate, ``harness.certs``) the relays call
+Trusting the run's CA. With ``ca_pem`` (the run's CA certificate, ``harness.common.certs``) the relays call
 HTTPS hosts whose certificates that CA signed: the ConfigMap ``egress-harness-ca`` (key ``ca.crt``)
 is applied first, and each relay Deployment mounts it read-only at ``/etc/egress-harness/ca/`` and
 sets ``SSL_CERT_FILE=/etc/egress-harness/ca/ca.crt``, which Python's default TLS context (the relay's
@@ -29,12 +29,12 @@ from typing import Any, Literal, Protocol
 
 import yaml
 
-from harness.certs import configmap_manifest
-from harness.images import ImageBuildError, build_local_python_image
-from harness.kube import ObjectRef, split_documents
-from harness.proc import CommandError, progress, run
+from harness.cluster.images import ImageBuildError, build_local_python_image
+from harness.cluster.kube import ObjectRef, split_documents
+from harness.common.certs import configmap_manifest
+from harness.common.paths import REPO_ROOT
+from harness.common.proc import CommandError, progress, run
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 APPS_DIR = REPO_ROOT / "apps"
 RELAY_MANIFEST = REPO_ROOT / "manifests" / "apps" / "relay.yaml"
 RELAY_IMAGE = "istio-egress-harness/relay:dev"
@@ -254,7 +254,7 @@ def ca_configmap_document(namespace: str, ca_pem: bytes, name: str = CA_CONFIGMA
 
 
 class AppsApi(Protocol):
-    """The cluster calls the deployment needs (harness.kube.Kube provides them)."""
+    """The cluster calls the deployment needs (harness.cluster.kube.Kube provides them)."""
 
     def apply(self, text: str, namespace: str | None = None) -> list[ObjectRef]: ...
 

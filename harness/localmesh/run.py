@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.envoy import EnvoyError
+from harness.common.traffic import ChainResponse, send
 from harness.evidence import (
     EgressTarget,
     EntryLog,
@@ -34,8 +34,8 @@ from harness.evidence import (
 from harness.evidence import predicates as p
 from harness.evidence.assertions import expect_entry
 from harness.evidence.egress import sidecar_to_gateway
-from harness.localmesh import GATEWAY_SERVICE, MODES, LocalMesh, LocalMeshError, Mode, Topology
-from harness.traffic import ChainResponse, send
+from harness.localmesh.envoy import EnvoyError
+from harness.localmesh.mesh import GATEWAY_SERVICE, MODES, LocalMesh, LocalMeshError, Mode, Topology
 
 #: The local tier's wait: Istio's one-second flush plus room; a wrong entry fails after half a second.
 LOCAL_WAIT = Wait(timeout=10.0, interval=0.05, settle=0.5)

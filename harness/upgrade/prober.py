@@ -8,7 +8,7 @@ Typical use, around an upgrade::
 
 The probe is any callable. What it returns decides success: a ``bool`` is the answer itself, an
 ``int`` is an HTTP status (2xx and 3xx succeed), an object with an ``int`` ``status`` (a
-``harness.traffic.ChainResponse``) is judged by that status, and ``None`` succeeds. An exception is
+``harness.common.traffic.ChainResponse``) is judged by that status, and ``None`` succeeds. An exception is
 a failure and its text is kept. Give the probe its own timeout (``Traffic(timeout=...)``): a thread
 cannot be interrupted mid-call, so ``stop`` waits at most ``join_timeout_s`` for the last probe and
 then reports a prober that did not stop.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
-from harness.results import Outage, ProberStats, utc_now
+from harness.report.results import Outage, ProberStats, utc_now
 
 DEFAULT_THRESHOLD: Final = 0.95
 DEFAULT_INTERVAL_S: Final = 0.2

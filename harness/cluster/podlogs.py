@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from harness.kube import REQUEST_TIMEOUT_S
+from harness.cluster.kube import REQUEST_TIMEOUT_S
 
 __all__ = [
     "PodLogApi",
@@ -132,7 +132,7 @@ def window_seconds(since: Stamp, now: datetime) -> int:
 
 
 class PodLogApi(Protocol):
-    """What the source needs from the cluster: ``harness.kube.Kube`` provides both."""
+    """What the source needs from the cluster: ``harness.cluster.kube.Kube`` provides both."""
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
 

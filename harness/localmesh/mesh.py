@@ -35,13 +35,14 @@ from typing import Any, Literal, Self, get_args
 
 import httpx
 
-from harness import envoyconfig as ec
 from harness.accesslog import ISTIO_JSON_LABELS, ISTIO_TEXT_FORMAT
-from harness.envoy import EnvoyError, EnvoyProcess
+from harness.common.paths import REPO_ROOT
+from harness.common.traffic import chain_url
 from harness.evidence import EntryLog, FileLogSource
-from harness.traffic import chain_url
+from harness.localmesh import envoyconfig as ec
+from harness.localmesh.envoy import EnvoyError, EnvoyProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 RELAY_APP = ROOT / "apps" / "relay" / "relay.py"
 RECORDER_APP = ROOT / "apps" / "recorder" / "recorder.py"
 

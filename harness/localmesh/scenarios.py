@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.common.traffic import Traffic
 from harness.evidence import HopEvidence, RequestRef, expect_external_record
-from harness.localmesh import LocalMesh, LogEncoding, Topology
-from harness.localrun import LOCAL_WAIT
+from harness.localmesh.mesh import LocalMesh, LogEncoding, Topology
+from harness.localmesh.plan import plan_for
+from harness.localmesh.run import LOCAL_WAIT
 from harness.scenarios.expect import judge
-from harness.scenarios.localplan import plan_for
 from harness.scenarios.model import RenderContext, ResolvedRequest, Scenario
 from harness.scenarios.render import render_request, render_scenario
-from harness.traffic import Traffic
 
 #: The Istio version the local tier stands for when rendering (its CRD schema is not involved).
 LOCAL_ISTIO_VERSION = "1.30.3"

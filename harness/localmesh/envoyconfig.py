@@ -11,7 +11,7 @@ composes them::
         clusters=[static_cluster(outbound_cluster("external.test", 80), [("127.0.0.1", 8080)])],
     )
 
-Listeners and the admin bind port 0 by default: ``harness.envoy.EnvoyProcess`` reads the bound ports
+Listeners and the admin bind port 0 by default: ``harness.localmesh.envoy.EnvoyProcess`` reads the bound ports
 from the admin API, so two configs never race for a port.
 
 The names are Istio's: clusters ``outbound|PORT|SUBSET|HOST``, ``BlackHoleCluster`` (no endpoints:

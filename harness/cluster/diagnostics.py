@@ -32,8 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, kube_target_args
-from harness.proc import progress, run
+from harness.cluster.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, kube_target_args
+from harness.common.proc import progress, run
 
 STEP_TIMEOUT_S = 90.0
 COMMAND_TIMEOUT_S = 60.0
@@ -49,7 +49,7 @@ def artifact_dir_name(test_id: str, limit: int = 160) -> str:
 
 
 class DiagnosticsKube(Protocol):
-    """The cluster reads the collection needs (harness.kube.Kube provides them)."""
+    """The cluster reads the collection needs (harness.cluster.kube.Kube provides them)."""
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
 

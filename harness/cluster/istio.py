@@ -14,13 +14,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
-from harness import versions
-from harness.cluster import INGRESS_NODE_PORT
-from harness.kube import render_file
-from harness.proc import CommandError, interrupts_deferred, progress, run
-from harness.tools import parse_istioctl_version
+from harness.cluster.kube import render_file
+from harness.cluster.providers.kind import INGRESS_NODE_PORT
+from harness.common import versions
+from harness.common.paths import REPO_ROOT
+from harness.common.proc import CommandError, interrupts_deferred, progress, run
+from harness.common.tools import parse_istioctl_version
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 OVERLAY_TEMPLATE = REPO_ROOT / "manifests" / "istio" / "egress.yaml"
 ISTIO_NAMESPACE = "istio-system"
 DEPLOYMENTS = ("istiod", "istio-ingressgateway", "istio-egressgateway")
@@ -44,7 +44,7 @@ class IstioError(RuntimeError):
 
 
 class ClusterApi(Protocol):
-    """The few cluster reads and writes the install needs (harness.kube.Kube provides them)."""
+    """The few cluster reads and writes the install needs (harness.cluster.kube.Kube provides them)."""
 
     def deployment_exists(self, namespace: str, name: str) -> bool: ...
 
@@ -137,7 +137,7 @@ class IstioInstall:
     @property
     def api(self) -> ClusterApi:
         if self._api is None:
-            from harness.kube import Kube
+            from harness.cluster.kube import Kube
 
             self._api = Kube(self.kubeconfig, self.context)
         return self._api

@@ -15,11 +15,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from harness import versions
-from harness.kube import render_file
-from harness.proc import CommandError, format_argv, interrupts_deferred, progress, run
+from harness.cluster.kube import render_file
+from harness.common import versions
+from harness.common.paths import REPO_ROOT
+from harness.common.proc import CommandError, format_argv, interrupts_deferred, progress, run
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 KIND_CONFIG_TEMPLATE = REPO_ROOT / "manifests" / "kind" / "cluster.yaml"
 # The ingress gateway's Service gets this NodePort (manifests/istio/egress.yaml) and kind maps it here.
 INGRESS_NODE_PORT = 30080

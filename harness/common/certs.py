@@ -6,7 +6,7 @@
     pki.server_ca_credential_data()  # {"ca.crt": b64}
 
 Everything is made with the ``openssl`` command line tool (no Python dependency), each call through
-:func:`harness.proc.run` with a timeout, with configuration files written here: the system's
+:func:`harness.common.proc.run` with a timeout, with configuration files written here: the system's
 ``openssl.cnf`` plays no part. Keys are EC P-256 (fast to make; Envoy, Python's ``ssl`` and Go all
 accept them). The file layout in ``directory`` is fixed (:data:`FILES`); the directory is the
 caller's (a run directory) and so is its removal. The private keys are written with mode 0600.
@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.proc import CommandError, run
+from harness.common.proc import CommandError, run
 
 __all__ = [
     "DEFAULT_CA_NAME",
