@@ -11,9 +11,8 @@ The YAML is composed to nodes, not loaded, so each value keeps the line it came 
 from __future__ import annotations
 
 import difflib
-import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +21,7 @@ from typing import Any, Literal, cast
 import yaml
 
 from harness.accesslog import INT_FIELDS
+from harness.scenarios.issues import FieldPath, ScenarioError, ScenarioIssue, display_path, format_field
 from harness.scenarios.model import (
     ACCESS_LOG_ENCODINGS,
     ACCESS_LOG_FIELDS,
@@ -33,7 +33,6 @@ from harness.scenarios.model import (
     LOG_HOPS,
     OUTBOUND_TRAFFIC_POLICIES,
     SCHEMES,
-    TEMPLATE_VARIABLES,
     Catalog,
     Expectation,
     IstioVersion,
@@ -43,6 +42,7 @@ from harness.scenarios.model import (
     Scenario,
     VersionRange,
 )
+from harness.scenarios.placeholders import PLACEHOLDER_RE, fill_placeholders, offline_context, template_issues
 
 __all__ = [
     "DEFAULT_SCENARIOS_DIR",
@@ -65,61 +65,9 @@ SCENARIO_FILE = "scenario.yaml"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCENARIOS_DIR = PROJECT_ROOT / "scenarios"
 
-#: A field's place in a document: mapping keys and list indexes, e.g. ("requests", 0, "expect").
-FieldPath = tuple[str | int, ...]
-
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _METHOD_RE = re.compile(r"^[A-Z]+$")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-#: a well-formed placeholder, and any "{{" that starts one (to catch malformed ones)
-PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_OPEN_RE = re.compile(r"\{\{")
-
-
-def display_path(path: Path) -> str:
-    """``path`` relative to the working directory when it is below it, else absolute."""
-    try:
-        return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
-
-
-def format_field(path: Sequence[str | int]) -> str:
-    """("requests", 0, "expect", "status") -> ``requests[0].expect.status``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _IDENT.match(part):
-            out += f".{part}" if out else part
-        else:
-            out += f"[{part!r}]"
-    return out
-
-
-@dataclass(frozen=True)
-class ScenarioIssue:
-    """One problem in a scenario file or manifest template."""
-
-    path: Path
-    line: int | None
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = display_path(self.path) + (f":{self.line}" if self.line is not None else "")
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-
-
-class ScenarioError(Exception):
-    """Every issue found, in file order."""
-
-    def __init__(self, issues: Iterable[ScenarioIssue]) -> None:
-        self.issues: tuple[ScenarioIssue, ...] = tuple(issues)
-        n = len(self.issues)
-        head = f"{n} problem{'s' if n != 1 else ''} in the scenario catalog:"
-        super().__init__("\n".join([head, *(f"  {i}" for i in self.issues)]))
 
 
 # --------------------------------------------------------------------------------------- YAML nodes
@@ -221,45 +169,6 @@ def parse_yaml_documents(text: str, source: Path) -> tuple[list[YamlDocument], l
             YamlDocument(source, index, node.start_mark.line + 1, value, MappingProxyType(builder.lines))
         )
     return docs, issues
-
-
-# ----------------------------------------------------------------------------------------- templates
-
-
-def template_issues(text: str, source: Path, *, first_line: int = 1, field: str = "") -> list[ScenarioIssue]:
-    """Unknown or malformed ``{{ ... }}`` placeholders in ``text`` (line numbers from ``first_line``)."""
-    issues = []
-    for offset, line_text in enumerate(text.split("\n")):
-        line = first_line + offset
-        good = {m.start(): m for m in PLACEHOLDER_RE.finditer(line_text)}
-        for opening in _OPEN_RE.finditer(line_text):
-            m = good.get(opening.start())
-            if m is None:
-                end = line_text.find("}}", opening.start() + 2)
-                snippet = line_text[
-                    opening.start() : end + 2 if 0 <= end < opening.start() + 40 else opening.start() + 30
-                ]
-                issues.append(
-                    ScenarioIssue(
-                        source,
-                        line,
-                        field,
-                        f"malformed placeholder {snippet!r}: write {{{{ variable_name }}}}",
-                    )
-                )
-                continue
-            name = m.group(1)
-            if name not in TEMPLATE_VARIABLES:
-                issues.append(ScenarioIssue(source, line, field, unknown_variable_message(name)))
-    return issues
-
-
-def unknown_variable_message(name: str) -> str:
-    hint = difflib.get_close_matches(name, sorted(TEMPLATE_VARIABLES), n=1)
-    known = ", ".join(sorted(TEMPLATE_VARIABLES))
-    return f"unknown template variable {name!r}" + (
-        f" (did you mean {hint[0]!r}?)" if hint else f" (known: {known})"
-    )
 
 
 # ------------------------------------------------------------------------------------ strict reader
@@ -627,8 +536,6 @@ def _manifests(r: _Reader, directory: Path, value: object) -> tuple[Path, ...] |
 
 def _manifest_yaml_issues(text: str, path: Path) -> list[ScenarioIssue]:
     """YAML syntax of a template, checked on a render with the offline context."""
-    from harness.scenarios.render import fill_placeholders, offline_context
-
     docs, issues = parse_yaml_documents(fill_placeholders(text, offline_context().variables()), path)
     for doc in docs:
         if doc.value is not None and not isinstance(doc.value, dict):

@@ -1,9 +1,10 @@
-"""Fill ``{{ name }}`` placeholders in manifest templates and request fields.
+"""Render a scenario: its manifest templates filled from a :class:`RenderContext` and parsed, and
+its requests resolved.
 
-Deliberately tiny: plain substitution of :class:`RenderContext` values, nothing else (no
-expressions, filters or loops). An unknown or malformed placeholder is an error naming the file,
-the line and the variable. Values are single lines, so a rendered template keeps the line numbers
-of its source and errors found later (schema validation) point into the template.
+The engine is :mod:`harness.scenarios.placeholders` (plain ``{{ name }}`` substitution, file:line
+errors); :func:`render_template` is the same engine for any template and values, the one the cluster
+tier renders its own manifests with. Values are single lines, so a rendered template keeps the line
+numbers of its source and errors found later (schema validation) point into the template.
 
 The same scenario and context always render to byte-identical text.
 """
@@ -15,15 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.scenarios.loader import (
-    PLACEHOLDER_RE,
-    FieldPath,
-    ScenarioError,
-    ScenarioIssue,
-    YamlDocument,
-    parse_yaml_documents,
-    template_issues,
-)
+from harness.scenarios.issues import FieldPath, ScenarioError, ScenarioIssue
+from harness.scenarios.loader import YamlDocument, parse_yaml_documents
 from harness.scenarios.model import (
     Expectation,
     LogValue,
@@ -32,28 +26,25 @@ from harness.scenarios.model import (
     ResolvedRequest,
     Scenario,
 )
+from harness.scenarios.placeholders import (
+    PLACEHOLDER_RE,
+    TemplateError,
+    fill_placeholders,
+    offline_context,
+    render_template,
+)
 
 __all__ = [
     "RenderedDocument",
     "RenderedScenario",
+    "TemplateError",
     "fill_placeholders",
     "offline_context",
     "render_request",
     "render_scenario",
+    "render_template",
     "render_text",
 ]
-
-
-def offline_context(istio_version: str = "1.0") -> RenderContext:
-    """The placeholder values used without a cluster (rendering for a look, offline validation):
-    the defaults of :class:`RenderContext`, e.g. ``external_host_domain`` ``egress-harness.test`` and
-    ``client_credential_name`` ``egress-harness-client-offline``."""
-    return RenderContext(istio_version=istio_version)
-
-
-def fill_placeholders(text: str, variables: Mapping[str, str]) -> str:
-    """Substitute every well-formed placeholder whose name is in ``variables``; leave others alone."""
-    return PLACEHOLDER_RE.sub(lambda m: variables.get(m.group(1), m.group(0)), text)
 
 
 def render_text(
@@ -61,12 +52,12 @@ def render_text(
 ) -> str:
     """``text`` with its placeholders filled; :class:`ScenarioError` for an unknown or malformed one,
     or one whose value the context leaves empty (``external_host_domain`` of a single-label host)."""
-    issues = template_issues(text, source, first_line=first_line, field=field)
     variables = context.variables()
+    empty: list[ScenarioIssue] = []
     for offset, line_text in enumerate(text.split("\n")):
         for m in PLACEHOLDER_RE.finditer(line_text):
             if variables.get(m.group(1)) == "":
-                issues.append(
+                empty.append(
                     ScenarioIssue(
                         source,
                         first_line + offset,
@@ -75,9 +66,13 @@ def render_text(
                         f"{context.external_host!r} has no domain (one label); set external_host_domain",
                     )
                 )
-    if issues:
-        raise ScenarioError(issues)
-    return fill_placeholders(text, variables)
+    try:
+        rendered = render_template(text, variables, source=source, first_line=first_line, field=field)
+    except TemplateError as exc:
+        raise ScenarioError([*exc.issues, *empty]) from None
+    if empty:
+        raise ScenarioError(empty)
+    return rendered
 
 
 @dataclass(frozen=True)
