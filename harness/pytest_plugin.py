@@ -60,7 +60,7 @@ from harness.common import tools, versions
 if TYPE_CHECKING:  # imported when used: registering the plugin stays cheap for the other tiers
     from harness.cluster.e2e import E2EOptions, E2ERun, RunState
     from harness.report.results import Outcome, RunResult, ScenarioResult
-    from harness.upgrade.runner import UpgradePlan
+    from harness.upgrade import UpgradePlan
 
 RUN_KEY = pytest.StashKey["E2ERun | None"]()
 KIND_LOGS_KEY = pytest.StashKey[bool]()
@@ -244,7 +244,7 @@ def xdist_worker(config: pytest.Config) -> str | None:
 
 def upgrade_plan_from(config: pytest.Config) -> UpgradePlan | None:
     """The upgrade asked for by --upgrade-from/--upgrade-to/--upgrade-mode (or their variables)."""
-    from harness.upgrade.runner import FROM_ENV, MODE_ENV, TO_ENV, UpgradePlan
+    from harness.upgrade import FROM_ENV, MODE_ENV, TO_ENV, UpgradePlan
 
     env = dict(os.environ)
     for option, var in (("--upgrade-from", FROM_ENV), ("--upgrade-to", TO_ENV), ("--upgrade-mode", MODE_ENV)):

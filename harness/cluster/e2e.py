@@ -2195,7 +2195,7 @@ class E2ERun:
 
     def proxy_versions(self, gateway: ScenarioGateway | None = None) -> list[str]:
         """The Istio versions of the target's sidecar and the gateway (their istio-proxy image tags)."""
-        from harness.upgrade.runner import PROXY_CONTAINER, image_tag
+        from harness.upgrade import PROXY_CONTAINER, image_tag
 
         gw = gateway or DEFAULT_GATEWAY
         kube = self._kube()

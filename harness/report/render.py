@@ -324,7 +324,7 @@ def _upgrade_document(runs: Sequence[RunResult]) -> str | None:
             seconds=sum(s.duration_s for s in run.steps),
         )
         for step in run.steps:
-            case = _testcase(suite, f"egress-harness.upgrade.runner.{step.phase}", step.step, step.duration_s)
+            case = _testcase(suite, f"egress-harness.upgrade.{step.phase}", step.step, step.duration_s)
             if step.outcome == "failed":
                 ET.SubElement(
                     case,
@@ -336,7 +336,7 @@ def _upgrade_document(runs: Sequence[RunResult]) -> str | None:
                 ET.SubElement(case, "skipped", message=_first_line(step.message) or "skipped")
         if run.prober is not None:
             stats = run.prober
-            case = _testcase(suite, "egress-harness.upgrade.runner.traffic", "prober", stats.duration_s)
+            case = _testcase(suite, "egress-harness.upgrade.traffic", "prober", stats.duration_s)
             text = "\n".join([stats.verdict(), *stats.failure_samples])
             if stats.passed:
                 ET.SubElement(case, "system-out").text = text
@@ -423,7 +423,7 @@ def add_commands(subparsers: Any) -> None:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m harness.report.render RESULTS...`` (the same as ``egress-harness report``)."""
+    """``python -m harness.report RESULTS...`` (the same as ``egress-harness report``)."""
     parser = argparse.ArgumentParser(prog="egress-harness")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["report", *(argv if argv is not None else sys.argv[1:])])

@@ -31,52 +31,36 @@ of the phases that did not run are recorded as skipped with that reason, and cle
 
 Proxies are checked two ways: ``istioctl proxy-status`` (its table, or ``-o json`` where the
 istioctl has it) and the ``istio-proxy`` container image of every pod, which must carry B's tag.
+
+This module is the run: its steps, the two procedures and the cleanup. The plan and its checks are
+``harness.upgrade.plan``, the cluster reads and writes ``harness.upgrade.api``, and what the proxies
+report ``harness.upgrade.proxies``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, TypeVar, get_args
+from typing import Any, Final, TypeVar
 
-from harness.cluster.istio import (
-    ACCESS_LOG_ENCODINGS,
-    EGRESS_GATEWAY_SELECTOR,
-    ISTIO_NAMESPACE,
-    OUTBOUND_POLICIES,
-    kube_target_args,
-    render_overlay,
-)
-from harness.cluster.kube import REQUEST_TIMEOUT_S, RolloutCheck, wait_until
-from harness.cluster.providers.kind import INGRESS_NODE_PORT
-from harness.common import versions
+from harness.cluster.istio import EGRESS_GATEWAY_SELECTOR, ISTIO_NAMESPACE, kube_target_args, render_overlay
+from harness.cluster.kube import RolloutCheck, wait_until
 from harness.common.proc import interrupts_deferred, progress, run
 from harness.common.tools import parse_istioctl_version
 from harness.report.results import Phase, ProberStats, RunResult, ScenarioResult, StepResult, utc_now
+from harness.upgrade.api import KubeUpgradeApi, UpgradeApi
+from harness.upgrade.plan import UpgradePlan
+from harness.upgrade.proxies import ProxyStatus, parse_proxy_status, pod_image_problems, proxy_problems
 
 T = TypeVar("T")
 
-UpgradeMode = Literal["in-place", "canary"]
-UPGRADE_MODES: tuple[UpgradeMode, ...] = get_args(UpgradeMode)
-
-FROM_ENV: Final = "EGRESS_HARNESS_UPGRADE_FROM"
-TO_ENV: Final = "EGRESS_HARNESS_UPGRADE_TO"
-MODE_ENV: Final = "EGRESS_HARNESS_UPGRADE_MODE"
-
-REV_LABEL: Final = "istio.io/rev"
-INJECTION_LABEL: Final = "istio-injection"
-RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
-PROXY_CONTAINER: Final = "istio-proxy"
 GATEWAY_SELECTORS: Final = (EGRESS_GATEWAY_SELECTOR, "istio=ingressgateway")
 GATEWAY_DEPLOYMENTS: Final = ("istio-ingressgateway", "istio-egressgateway")
-EGRESS_GATEWAY_PREFIX: Final = "istio-egressgateway-"
 
 VERSION_TIMEOUT_S: Final = 30.0
 PRECHECK_TIMEOUT_S: Final = 180.0
@@ -84,9 +68,6 @@ PROXY_STATUS_TIMEOUT_S: Final = 60.0
 UNINSTALL_TIMEOUT_S: Final = 300.0
 NAMESPACE_DELETE_S: Final = 180.0
 HEARTBEAT_S: Final = 30.0
-
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class UpgradeError(RuntimeError):
@@ -99,402 +80,6 @@ class StepFailedError(UpgradeError):
     def __init__(self, phase: str, step: str, cause: BaseException) -> None:
         self.phase, self.step, self.cause = phase, step, cause
         super().__init__(f"phase {phase!r}, step {step!r} failed: {cause}")
-
-
-# --- the plan ---------------------------------------------------------------------------------------
-
-
-def revision_name(version: str) -> str:
-    """The revision name Istio's docs use for a version: ``1.30.3`` -> ``1-30-3``."""
-    if not _VERSION.match(version):
-        raise ValueError(f"not an Istio release version (X.Y.Z): {version!r}")
-    return version.replace(".", "-")
-
-
-def _minor(version: str) -> tuple[int, int, int]:
-    match = _VERSION.match(version)
-    if not match:
-        raise ValueError(f"not an Istio release version (X.Y.Z): {version!r}")
-    major, minor, patch = (int(g) for g in match.groups())
-    return major, minor, patch
-
-
-@dataclass(frozen=True)
-class UpgradePlan:
-    """What to upgrade from and to, how, in which namespaces, and how long each wait may take."""
-
-    from_version: str
-    to_version: str
-    mode: UpgradeMode = "canary"
-    namespaces: tuple[str, ...] = ("egress-harness-upgrade",)
-    access_log_encoding: str = "TEXT"
-    outbound_traffic_policy: str = "ALLOW_ANY"
-    ingress_node_port: int = INGRESS_NODE_PORT
-    install_timeout_s: float = 900.0
-    readiness_timeout_s: float = 600.0
-    rollout_timeout_s: float = 300.0
-    proxy_wait_s: float = 180.0
-    poll_interval_s: float = 5.0
-    prober_threshold: float = 0.95
-    prober_interval_s: float = 0.2
-
-    def __post_init__(self) -> None:
-        for version in (self.from_version, self.to_version):
-            versions.istio_version(version)  # raises for a version this harness does not support
-        if self.mode not in UPGRADE_MODES:
-            raise ValueError(f"mode must be one of {', '.join(UPGRADE_MODES)}, not {self.mode!r}")
-        old, new = _minor(self.from_version), _minor(self.to_version)
-        if new <= old:
-            raise ValueError(f"an upgrade goes to a newer Istio: {self.from_version} -> {self.to_version}")
-        steps = new[1] - old[1] if new[0] == old[0] else 99
-        # In-place: the installed Istio may be at most one minor behind; revisions may skip one minor.
-        limit = 1 if self.mode == "in-place" else 2
-        if steps > limit:
-            raise ValueError(
-                f"{self.mode} upgrades span at most {limit} minor version{'s' if limit > 1 else ''}; "
-                f"{self.from_version} -> {self.to_version} spans {steps}"
-            )
-        if not self.namespaces:
-            raise ValueError("namespaces must name at least one namespace for the workloads")
-        for ns in self.namespaces:
-            if not _NAMESPACE.match(ns) or ns == ISTIO_NAMESPACE:
-                raise ValueError(f"not a usable workload namespace: {ns!r}")
-        if self.access_log_encoding not in ACCESS_LOG_ENCODINGS:
-            raise ValueError(f"access_log_encoding must be one of {ACCESS_LOG_ENCODINGS}")
-        if self.outbound_traffic_policy not in OUTBOUND_POLICIES:
-            raise ValueError(f"outbound_traffic_policy must be one of {OUTBOUND_POLICIES}")
-
-    @property
-    def from_revision(self) -> str | None:
-        return revision_name(self.from_version) if self.mode == "canary" else None
-
-    @property
-    def to_revision(self) -> str | None:
-        return revision_name(self.to_version) if self.mode == "canary" else None
-
-    def revision(self, version: str) -> str | None:
-        return revision_name(version) if self.mode == "canary" else None
-
-    def istiod_deployment(self, version: str) -> str:
-        rev = self.revision(version)
-        return f"istiod-{rev}" if rev else "istiod"
-
-    def namespace_labels(self, version: str) -> tuple[dict[str, str], tuple[str, ...]]:
-        """(labels to set, labels to remove) so that new pods in the namespaces get ``version``'s sidecar."""
-        rev = self.revision(version)
-        if rev is None:
-            return {INJECTION_LABEL: "enabled"}, (REV_LABEL,)
-        # istio-injection takes precedence over istio.io/rev, so it must go.
-        return {REV_LABEL: rev}, (INJECTION_LABEL,)
-
-    def describe(self) -> str:
-        return f"{self.mode} upgrade {self.from_version} -> {self.to_version}"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> UpgradePlan | None:
-        """The plan named by $EGRESS_HARNESS_UPGRADE_FROM/_TO/_MODE, or None when FROM and TO are unset."""
-        env = os.environ if environ is None else environ
-        old, new = env.get(FROM_ENV, "").strip(), env.get(TO_ENV, "").strip()
-        if not old and not new:
-            return None
-        if not old or not new:
-            raise ValueError(
-                f"set both {FROM_ENV} and {TO_ENV} (got {old or 'nothing'} -> {new or 'nothing'})"
-            )
-        mode = env.get(MODE_ENV, "").strip() or "canary"
-        return cls(old, new, mode, **overrides)  # type: ignore[arg-type]
-
-
-# --- the cluster API the upgrade needs -------------------------------------------------------------
-
-
-class UpgradeApi(Protocol):
-    """Cluster reads and writes of an upgrade (``KubeUpgradeApi`` over ``harness.cluster.kube.Kube`` provides them)."""
-
-    def deployment_exists(self, namespace: str, name: str) -> bool: ...
-
-    def wait_rollout(
-        self, namespace: str, name: str, *, deadline_s: float, interval_s: float = ...
-    ) -> Any: ...
-
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
-
-    def namespace_exists(self, name: str) -> bool: ...
-
-    def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None: ...
-
-    def delete_namespace(self, name: str, *, deadline_s: float = ..., interval_s: float = ...) -> None: ...
-
-    def label_namespace(self, name: str, labels: Mapping[str, str], remove: Sequence[str] = ()) -> None: ...
-
-    def list_deployments(self, namespace: str) -> list[str]: ...
-
-    def restart_deployment(self, namespace: str, name: str, restarted_at: str) -> None: ...
-
-
-def label_patch(labels: Mapping[str, str], remove: Sequence[str] = ()) -> dict[str, Any]:
-    """A merge patch of a namespace's labels: set ``labels``, delete ``remove`` (a null deletes a key)."""
-    merged: dict[str, str | None] = {key: None for key in remove}
-    merged.update(labels)
-    return {"metadata": {"labels": merged}}
-
-
-def restart_patch(restarted_at: str) -> dict[str, Any]:
-    """The patch ``kubectl rollout restart`` sends: a new pod-template annotation, so new pods roll out."""
-    return {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: restarted_at}}}}}
-
-
-class KubeUpgradeApi:
-    """``UpgradeApi`` over a ``harness.cluster.kube.Kube`` (the helpers it lacks are the two patches above)."""
-
-    PATCH_TYPE: Final = "application/strategic-merge-patch+json"
-
-    def __init__(self, kube: Any) -> None:
-        self.kube = kube
-
-    def deployment_exists(self, namespace: str, name: str) -> bool:
-        return bool(self.kube.deployment_exists(namespace, name))
-
-    def wait_rollout(self, namespace: str, name: str, *, deadline_s: float, interval_s: float = 2.0) -> Any:
-        return self.kube.wait_rollout(namespace, name, deadline_s=deadline_s, interval_s=interval_s)
-
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        pods: list[dict[str, Any]] = self.kube.list_pods(namespace, selector)
-        return pods
-
-    def namespace_exists(self, name: str) -> bool:
-        return bool(self.kube.namespace_exists(name))
-
-    def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
-        self.kube.create_namespace(name, labels)
-
-    def delete_namespace(self, name: str, *, deadline_s: float = 180.0, interval_s: float = 1.0) -> None:
-        self.kube.delete_namespace(name, deadline_s=deadline_s, interval_s=interval_s)
-
-    def label_namespace(self, name: str, labels: Mapping[str, str], remove: Sequence[str] = ()) -> None:
-        self.kube.core.patch_namespace(
-            name=name,
-            body=label_patch(labels, remove),
-            _content_type=self.PATCH_TYPE,
-            _request_timeout=REQUEST_TIMEOUT_S,
-        )
-
-    def list_deployments(self, namespace: str) -> list[str]:
-        listing = self.kube.apps.list_namespaced_deployment(
-            namespace=namespace, _request_timeout=REQUEST_TIMEOUT_S
-        )
-        items = self.kube.api_client.sanitize_for_serialization(listing).get("items") or []
-        return sorted(str(item["metadata"]["name"]) for item in items)
-
-    def restart_deployment(self, namespace: str, name: str, restarted_at: str) -> None:
-        self.kube.apps.patch_namespaced_deployment(
-            name=name,
-            namespace=namespace,
-            body=restart_patch(restarted_at),
-            _content_type=self.PATCH_TYPE,
-            _request_timeout=REQUEST_TIMEOUT_S,
-        )
-
-    def close(self) -> None:
-        self.kube.close()
-
-
-# --- what the proxies report -----------------------------------------------------------------------
-
-
-class ProxyStatusError(ValueError):
-    """``istioctl proxy-status`` printed something that is neither its table nor its JSON."""
-
-
-@dataclass(frozen=True)
-class ProxyStatus:
-    """One proxy as ``istioctl proxy-status`` lists it: ``pod.namespace``, its istiod, its version."""
-
-    name: str
-    istiod: str
-    version: str
-
-    @property
-    def namespace(self) -> str:
-        return self.name.rpartition(".")[2] if "." in self.name else ""
-
-    @property
-    def pod(self) -> str:
-        return self.name.rpartition(".")[0] if "." in self.name else self.name
-
-
-def parse_proxy_status(text: str) -> list[ProxyStatus]:
-    """The proxies in ``istioctl proxy-status`` output: its table, or its ``-o json`` output."""
-    stripped = text.strip()
-    if stripped.startswith(("{", "[")):
-        return _parse_proxy_status_json(stripped)
-    return _parse_proxy_status_table(text)
-
-
-def _is_header(tokens: list[str]) -> bool:
-    return (
-        tokens[:1] in (["NAME"], ["PROXY"])
-        and "VERSION" in tokens
-        and ("ISTIOD" in tokens or "PILOT" in tokens)
-    )
-
-
-def _parse_proxy_status_table(text: str) -> list[ProxyStatus]:
-    """The table: ``NAME [CLUSTER] CDS LDS EDS RDS [ECDS] ISTIOD VERSION`` (columns vary by release).
-
-    The header's column offsets cut each row (istioctl aligns with a tabwriter), so a status with a
-    space in it (``NOT SENT``, ``SYNCED (2m3s)``) or an empty VERSION cannot shift the columns. The
-    VERSION a pre-1.2 Istio could not tell carries a ``*`` suffix; it is dropped.
-    """
-    lines = text.splitlines()
-    header_at = next(
-        (i for i, line in enumerate(lines) if _is_header(line.split())),
-        None,
-    )
-    if header_at is None:
-        raise ProxyStatusError(
-            "no proxy-status table header (NAME ... ISTIOD VERSION) in the output:\n" + text.strip()[:500]
-        )
-    header = lines[header_at]
-    names = header.split()
-    starts: list[int] = []
-    position = 0
-    for name in names:
-        position = header.index(name, position)
-        starts.append(position)
-        position += len(name)
-    istiod_col = names.index("ISTIOD") if "ISTIOD" in names else names.index("PILOT")
-    version_col = names.index("VERSION")
-
-    def cell(line: str, col: int) -> str:
-        end = starts[col + 1] if col + 1 < len(starts) else len(line)
-        return line[starts[col] : end].strip()
-
-    found: list[ProxyStatus] = []
-    for line in lines[header_at + 1 :]:
-        if not line.strip():
-            continue
-        name = cell(line, 0)
-        if not name or " " in name:
-            raise ProxyStatusError(f"cannot read a proxy name from the proxy-status row {line!r}")
-        found.append(ProxyStatus(name, cell(line, istiod_col), cell(line, version_col).rstrip("*")))
-    return found
-
-
-def _istiod_id(response: Mapping[str, Any]) -> str:
-    identifier = (response.get("controlPlane") or {}).get("identifier")
-    if isinstance(identifier, str):
-        try:
-            parsed = json.loads(identifier)
-        except ValueError:
-            return identifier
-        if isinstance(parsed, Mapping):
-            return str(parsed.get("ID") or "")
-    return ""
-
-
-def _parse_proxy_status_json(text: str) -> list[ProxyStatus]:
-    """``-o json``: istiod's sync DiscoveryResponse(s), each resource a ClientConfig with its node.
-
-    Accepted shapes: one response, a list of them, or an object of istiod id -> response (or its
-    JSON text). A proxy's version is its node metadata ``ISTIO_VERSION`` (what the proxy says it is).
-    """
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ProxyStatusError(f"proxy-status JSON does not parse: {exc}") from exc
-    if isinstance(data, Mapping) and "resources" in data:
-        responses: list[Any] = [data]
-    elif isinstance(data, list):
-        responses = data
-    elif isinstance(data, Mapping):
-        responses = [json.loads(v) if isinstance(v, str) else v for v in data.values()]
-    else:
-        raise ProxyStatusError(f"unexpected proxy-status JSON of type {type(data).__name__}")
-    found: list[ProxyStatus] = []
-    for response in responses:
-        if not isinstance(response, Mapping):
-            raise ProxyStatusError("a proxy-status response is not a JSON object")
-        istiod = _istiod_id(response)
-        for resource in response.get("resources") or []:
-            node = (resource or {}).get("node") or {}
-            name = node.get("id")
-            if not isinstance(name, str) or not name:
-                raise ProxyStatusError("a proxy-status resource has no node id")
-            metadata = node.get("metadata") or {}
-            found.append(ProxyStatus(name, istiod, str(metadata.get("ISTIO_VERSION") or "")))
-    return found
-
-
-def proxy_problems(
-    statuses: Iterable[ProxyStatus],
-    *,
-    version: str,
-    namespaces: Iterable[str],
-    istiod_prefix: str | None = None,
-    expect_proxies_in: Iterable[str] = (),
-) -> list[str]:
-    """What keeps the proxies of the run from being upgraded to ``version``; empty when nothing does.
-
-    In scope: every proxy in ``namespaces`` and the gateways in istio-system. An egress gateway proxy
-    must be listed, and at least one proxy in each namespace of ``expect_proxies_in``. With
-    ``istiod_prefix`` (a canary), each must be connected to an istiod of the new revision.
-    """
-    scope = set(namespaces)
-    problems: list[str] = []
-    seen_namespaces: set[str] = set()
-    gateway_seen = False
-    for proxy in statuses:
-        is_gateway = proxy.namespace == ISTIO_NAMESPACE and proxy.pod.startswith(
-            ("istio-egressgateway-", "istio-ingressgateway-")
-        )
-        if proxy.namespace not in scope and not is_gateway:
-            continue
-        seen_namespaces.add(proxy.namespace)
-        if proxy.pod.startswith(EGRESS_GATEWAY_PREFIX) and proxy.namespace == ISTIO_NAMESPACE:
-            gateway_seen = True
-        if proxy.version != version:
-            problems.append(f"{proxy.name} reports {proxy.version or 'no version'}, not {version}")
-        if istiod_prefix and not proxy.istiod.startswith(istiod_prefix):
-            problems.append(
-                f"{proxy.name} is connected to {proxy.istiod or 'no istiod'}, not {istiod_prefix}*"
-            )
-    if not gateway_seen:
-        problems.append(f"no egress gateway proxy ({EGRESS_GATEWAY_PREFIX}*.{ISTIO_NAMESPACE}) is listed")
-    for ns in expect_proxies_in:
-        if ns not in seen_namespaces:
-            problems.append(f"no proxy of namespace {ns} is listed")
-    return problems
-
-
-def image_tag(image: str) -> str | None:
-    """The tag of an image reference (``docker.io/istio/proxyv2:1.30.3`` -> ``1.30.3``); None for a digest only."""
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    return last.rsplit(":", 1)[1] if ":" in last else None
-
-
-def pod_image_problems(pods: Iterable[Mapping[str, Any]], version: str) -> list[str]:
-    """Pods whose ``istio-proxy`` container (or native-sidecar init container) is not ``version``'s image.
-
-    Pods already being deleted are left out: an old pod still terminating is not a problem.
-    """
-    problems = []
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        if meta.get("deletionTimestamp"):
-            continue
-        spec = pod.get("spec") or {}
-        for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
-            if container.get("name") != PROXY_CONTAINER:
-                continue
-            image = str(container.get("image") or "")
-            tag = image_tag(image)
-            if tag is None or not (tag == version or tag.startswith(version + "-")):
-                problems.append(
-                    f"pod {meta.get('namespace', '?')}/{meta.get('name', '?')} runs {image or 'no image'}"
-                )
-    return problems
 
 
 # --- the run ------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from harness.pytest_plugin import RESULTS_DIR_ENV
 from harness.report.render import render_markdown
 from harness.report.results import RunResult
 from harness.scenarios import load_catalog
-from harness.upgrade.runner import UpgradePlan, UpgradeRun
+from harness.upgrade import UpgradePlan, UpgradeRun
 
 REPO = Path(__file__).resolve().parents[2]
 #: beside the default 18080 of a cluster made by `e2e up`

@@ -53,7 +53,7 @@ from harness.cluster.providers.kind import ExistingCluster
 from harness.common.traffic import ChainResponse, unwrap_chain
 from harness.report.results import ProberStats, RunResult, ScenarioResult, StepResult
 from harness.scenarios import RenderContext, load_catalog, render_scenario
-from harness.upgrade.runner import UpgradePlan
+from harness.upgrade import UpgradePlan
 from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY
 from tests.unit.test_e2e_run import CLIENT_SUBJECT, StandInKube, fake_pki, pod, response, sds_dump
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -160,6 +162,17 @@ def test_junit_per_phase_with_failures_and_skips(tmp_path: Path) -> None:
     assert in_place_steps.get("failures") == "2"  # the step and the prober
     step = in_place_steps.find("testcase[@name='restart workloads']/failure")
     assert step is not None
+    # The classnames are the ones the report has always written (CI dashboards group by them).
+    step_case = in_place_steps.find("testcase[@name='restart workloads']")
+    assert step_case is not None
+    assert step_case.get("classname") == "egress-harness.upgrade.upgrade"
+    assert {case.get("classname") for case in in_place_steps.findall("testcase")} == {
+        "egress-harness.upgrade.install",
+        "egress-harness.upgrade.before",
+        "egress-harness.upgrade.upgrade",
+        "egress-harness.upgrade.cleanup",
+        "egress-harness.upgrade.traffic",
+    }
     assert (step.get("message") or "").startswith("phase upgrade, step restart workloads: rollout of")
     prober = in_place_steps.find("testcase[@name='prober']/failure")
     assert prober is not None
@@ -225,3 +238,35 @@ def test_cli_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert _cli(str(bad)) == 2
     assert f"{bad}: schema is 'x'" in capsys.readouterr().err
     assert _cli(str(tmp_path / "missing.json")) == 2
+
+
+def test_the_package_exports_results_and_reports() -> None:
+    import harness.report as package
+
+    assert sorted(package.__all__) == sorted(set(package.__all__))
+    for name in package.__all__:
+        assert hasattr(package, name), name
+    assert package.render_markdown is report.render_markdown
+    assert package.write_junit is report.write_junit
+    assert package.load_results is load_results
+    assert package.RunResult is RunResult
+
+
+def test_python_dash_m_harness_report(tmp_path: Path) -> None:
+    """``python -m harness.report`` is the ``report`` command (exit codes included)."""
+
+    def report_module(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "harness.report", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            check=False,
+        )
+
+    passed = report_module(str(MATRIX[1]), "--strict")
+    assert passed.returncode == 0, passed.stderr
+    assert passed.stdout.startswith("# Egress harness report")
+    failed = report_module(str(MATRIX[2]), "--strict")
+    assert failed.returncode == 1, failed.stderr

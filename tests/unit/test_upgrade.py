@@ -1,4 +1,4 @@
-"""harness.upgrade.runner against fake istioctl binaries (one per Istio version) and a fake cluster API.
+"""harness.upgrade against fake istioctl binaries (one per Istio version) and a fake cluster API.
 
 Both write into the fakebin call log, together with the catalog runner, so each test reads one
 timeline: which istioctl ran which command, which API call came between, when the catalog ran. The
@@ -7,6 +7,7 @@ polling waits run the real ``wait_until`` on a fake clock, so nothing here sleep
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ import pytest
 
 from harness.cluster.kube import WaitTimeoutError
 from harness.report.results import Phase, RunResult, ScenarioResult, load_results
-from harness.upgrade.runner import (
+from harness.upgrade import (
     INJECTION_LABEL,
     RESTARTED_AT,
     REV_LABEL,
@@ -923,3 +924,34 @@ def test_kube_adapter_sends_the_patches_kubectl_would() -> None:
     assert listing == "list_namespaced_deployment"
     assert label_patch({"a": "1"}, ["b"]) == {"metadata": {"labels": {"b": None, "a": "1"}}}
     assert restart_patch("t")["spec"]["template"]["metadata"]["annotations"] == {RESTARTED_AT: "t"}
+
+
+def _harness_imports(path: Path) -> set[str]:
+    """The ``harness.*`` modules a source file imports, at its top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("harness"))
+    return found
+
+
+def test_the_package_exports_its_api_and_the_parts_below_the_run_know_nothing_of_it() -> None:
+    import harness.upgrade as package
+
+    assert len(package.__all__) == len(set(package.__all__))
+    for name in package.__all__:
+        assert hasattr(package, name), name
+    assert package.UpgradeRun is UpgradeRun
+    assert package.UpgradePlan is UpgradePlan
+    folder = Path(package.__file__).parent
+    for module in ("plan", "api", "proxies", "prober"):
+        imported = _harness_imports(folder / f"{module}.py")
+        assert not {m for m in imported if m.startswith("harness.upgrade")}, (module, imported)
+    assert {m for m in _harness_imports(folder / "runner.py") if m.startswith("harness.upgrade")} == {
+        "harness.upgrade.api",
+        "harness.upgrade.plan",
+        "harness.upgrade.prober",
+        "harness.upgrade.proxies",
+    }
