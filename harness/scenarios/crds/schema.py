@@ -1,221 +1,44 @@
-"""Offline validation of rendered manifests against the exact CRD schemas of each Istio release.
+"""Kubernetes objects checked against structural schemas, offline.
 
-* CRD bundles (multi-document YAML of ``CustomResourceDefinition`` objects) map
-  (group, version, kind) to the ``openAPIV3Schema`` of each *served* version. A directory of Istio
-  bundles named by version (``1.28.10.yaml``, ``1.31-dev.yaml``) picks the bundle of a release.
 * :func:`validate` checks a value against a Kubernetes *structural* schema the way the API server
   does with strict field validation: unknown fields are errors. ``x-kubernetes-validations`` (CEL)
   cannot be evaluated here; each rule a document reaches is reported as *not checked*, never passed.
-* Core kinds (Namespace, Service, Deployment, ...) have no CRD: a small built-in schema checks the
-  fields that matter and leaves the rest alone, and results say so (coverage ``basic``).
-* :func:`validate_catalog` renders every scenario for every Istio version in its range and validates
-  every document.
+* :func:`validate_document` checks one object (its ObjectMeta, then the rest) against the CRD of its
+  kind in every bundle given. Core kinds (Namespace, Service, Deployment, ...) have no CRD: a small
+  built-in schema checks the fields that matter and leaves the rest alone, and results say so
+  (coverage ``basic``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import difflib
 import functools
 import ipaddress
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
-from harness.scenarios.loader import PROJECT_ROOT, FieldPath, ScenarioError, display_path, format_field
-from harness.scenarios.model import Catalog, IstioVersion
-from harness.scenarios.render import RenderedDocument, offline_context, render_scenario
+from harness.scenarios.crds.bundles import GATEWAY_API_GROUP, CrdBundle
+from harness.scenarios.issues import FieldPath, format_field
 
 __all__ = [
-    "CACHE_DIR",
-    "GATEWAY_API_GROUP",
-    "ISTIO_RAW_BASE",
-    "CatalogIssue",
-    "CrdBundle",
-    "CrdError",
-    "CrdVersion",
-    "DocumentCheck",
+    "CORE_SCHEMAS",
+    "OBJECT_META_SCHEMA",
+    "Coverage",
     "DocumentResult",
-    "IstioCrdDir",
     "SchemaResult",
     "SchemaViolation",
     "UncheckedRule",
-    "ValidationReport",
-    "default_crd_dir",
-    "default_gateway_api_dir",
-    "download_istio_crds",
-    "istio_crd_url",
-    "load_bundle",
-    "load_bundle_dir",
-    "shared_dir",
+    "split_api_version",
     "validate",
-    "validate_catalog",
     "validate_document",
 ]
 
-ISTIO_RAW_BASE = "https://raw.githubusercontent.com/istio/istio"
-CACHE_DIR = PROJECT_ROOT / ".cache" / "crds"
-GATEWAY_API_GROUP = "gateway.networking.k8s.io"
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class CrdError(Exception):
-    """A CRD bundle or directory that cannot be used (missing, unreadable, no CRDs in it)."""
-
-
-# ------------------------------------------------------------------------------------------ bundles
-
-
-@dataclass(frozen=True)
-class CrdVersion:
-    """One served version of one CRD."""
-
-    group: str
-    version: str
-    kind: str
-    scope: str
-    schema: Mapping[str, Any]
-    deprecated: bool
-    deprecation_warning: str | None
-    source: Path
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
-
-
-@dataclass(frozen=True)
-class CrdBundle:
-    source: Path
-    crds: Mapping[tuple[str, str, str], CrdVersion]
-
-    @property
-    def label(self) -> str:
-        return self.source.name
-
-    def lookup(self, group: str, version: str, kind: str) -> CrdVersion | None:
-        return self.crds.get((group, version, kind))
-
-    def served_versions(self, group: str, kind: str) -> tuple[str, ...]:
-        return tuple(sorted(v for g, v, k in self.crds if g == group and k == kind))
-
-    def kinds(self) -> tuple[tuple[str, str], ...]:
-        """(group, kind) of every CRD, sorted."""
-        return tuple(sorted({(g, k) for g, _, k in self.crds}))
-
-
-def _parse_bundle(text: str, source: Path) -> CrdBundle:
-    try:
-        docs = list(yaml.load_all(text, Loader=_Loader))
-    except yaml.YAMLError as exc:
-        raise CrdError(f"{display_path(source)}: not valid YAML: {exc}") from exc
-    crds: dict[tuple[str, str, str], CrdVersion] = {}
-    for doc in docs:
-        if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
-            continue
-        try:
-            spec = doc["spec"]
-            group, kind, scope = spec["group"], spec["names"]["kind"], spec.get("scope", "Namespaced")
-            for ver in spec["versions"]:
-                if not ver.get("served", False):
-                    continue
-                schema = (ver.get("schema") or {}).get("openAPIV3Schema")
-                if not isinstance(schema, dict):
-                    schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                crds[(group, ver["name"], kind)] = CrdVersion(
-                    group=group,
-                    version=ver["name"],
-                    kind=kind,
-                    scope=scope,
-                    schema=schema,
-                    deprecated=bool(ver.get("deprecated", False)),
-                    deprecation_warning=ver.get("deprecationWarning"),
-                    source=source,
-                )
-        except (KeyError, TypeError) as exc:
-            name = (doc.get("metadata") or {}).get("name", "?")
-            raise CrdError(
-                f"{display_path(source)}: CRD {name}: malformed ({exc!r} missing or wrong)"
-            ) from exc
-    if not crds:
-        raise CrdError(f"{display_path(source)}: no CustomResourceDefinition with a served version in it")
-    return CrdBundle(source, crds)
-
-
-@functools.lru_cache(maxsize=32)
-def _load_bundle_cached(path: str, _mtime_ns: int, _size: int) -> CrdBundle:
-    source = Path(path)
-    return _parse_bundle(source.read_text(encoding="utf-8"), source)
-
-
-def load_bundle(path: Path) -> CrdBundle:
-    """Parse one bundle file; parsed once per process (re-read only if the file changes)."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise CrdError(f"{display_path(path)}: cannot read CRD bundle: {exc.strerror}") from exc
-    return _load_bundle_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
-
-
-def load_bundle_dir(directory: Path) -> tuple[CrdBundle, ...]:
-    """Every ``*.yaml`` bundle of ``directory``, sorted by file name."""
-    if not directory.is_dir():
-        raise CrdError(f"{display_path(directory)}: CRD folder does not exist")
-    files = sorted(directory.glob("*.yaml"))
-    if not files:
-        raise CrdError(f"{display_path(directory)}: no *.yaml CRD bundle in it")
-    return tuple(load_bundle(f) for f in files)
-
-
-@dataclass(frozen=True)
-class IstioCrdDir:
-    """A folder of Istio CRD bundles named by release: ``1.28.10.yaml``, ``1.31-dev.yaml``."""
-
-    path: Path
-
-    def _files(self) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        if self.path.is_dir():
-            for f in self.path.glob("*.yaml"):
-                with contextlib.suppress(ValueError):
-                    IstioVersion.parse(f.stem)
-                    out[f.stem] = f
-        return out
-
-    def versions(self) -> tuple[str, ...]:
-        """The releases present, oldest first."""
-        return tuple(sorted(self._files(), key=lambda v: IstioVersion.parse(v).sort_key))
-
-    def bundle_path(self, version: str) -> Path:
-        """The bundle of ``version``: its own file, or for a bare minor (``1.30``) its newest build."""
-        files = self._files()
-        if version in files:
-            return files[version]
-        wanted = IstioVersion.parse(version)
-        if wanted.is_bare_minor:
-            same = [v for v in files if IstioVersion.parse(v).minor_key == wanted.minor_key]
-            if same:
-                return files[max(same, key=lambda v: IstioVersion.parse(v).sort_key)]
-        have = ", ".join(self.versions()) or "none"
-        raise CrdError(
-            f"{display_path(self.path)}: no CRD bundle for Istio {version} (have: {have}); "
-            f"fetch it with `egress-harness scenarios fetch-crds {version}` or pass --crd-dir"
-        )
-
-    def bundle(self, version: str) -> CrdBundle:
-        return load_bundle(self.bundle_path(version))
-
-
-# -------------------------------------------------------------------------------------- validation
+# ------------------------------------------------------------------------------ structural schemas
 
 
 @dataclass(frozen=True)
@@ -633,7 +456,7 @@ class DocumentResult:
         return self.result.errors
 
 
-def _split_api_version(api_version: str) -> tuple[str, str]:
+def split_api_version(api_version: str) -> tuple[str, str]:
     group, _, version = api_version.rpartition("/")
     return group, version
 
@@ -693,7 +516,7 @@ def validate_document(body: Mapping[str, Any], bundles: Sequence[CrdBundle]) -> 
         return failure(("apiVersion",), "required: a non-empty string such as networking.istio.io/v1")
     if not isinstance(kind, str) or not kind:
         return failure(("kind",), "required: a non-empty string such as ServiceEntry")
-    group, version = _split_api_version(api_version)
+    group, version = split_api_version(api_version)
 
     core = CORE_SCHEMAS.get((group, version, kind))
     if core is not None:
@@ -721,285 +544,3 @@ def validate_document(body: Mapping[str, Any], bundles: Sequence[CrdBundle]) -> 
     searched = ", ".join(b.label for b in bundles) or "no bundles"
     hint = " (pass the Gateway API CRDs: --gateway-api-crd-dir)" if group == GATEWAY_API_GROUP else ""
     return failure(("kind",), f"no CRD defines {api_version} {kind} (searched: {searched}){hint}")
-
-
-# ------------------------------------------------------------------------------------ the catalog
-
-
-@dataclass(frozen=True)
-class CatalogIssue:
-    """One failure of catalog validation, located as precisely as it can be."""
-
-    message: str
-    scenario: str | None = None
-    istio_version: str | None = None
-    template: Path | None = None
-    line: int | None = None
-    #: 0-based position of the document within its template file
-    document: int | None = None
-    object: str | None = None
-    field: str = ""
-    schema_source: str | None = None
-
-    def __str__(self) -> str:
-        parts = []
-        if self.template is not None:
-            parts.append(display_path(self.template) + (f":{self.line}" if self.line else ""))
-        if self.document is not None:
-            parts.append(f"document {self.document} ({self.object})")
-        if self.field:
-            parts.append(self.field)
-        parts.append(self.message)
-        context = [f"scenario {self.scenario}"] if self.scenario else []
-        if self.istio_version:
-            context.append(f"Istio {self.istio_version}")
-        if self.schema_source:
-            context.append(f"schema {self.schema_source}")
-        return ": ".join(parts) + (f" [{', '.join(context)}]" if context else "")
-
-
-@dataclass(frozen=True)
-class DocumentCheck:
-    scenario: str
-    istio_version: str
-    template: Path
-    document: int
-    object: str
-    schema_source: str
-    coverage: Coverage
-    errors: int
-    unchecked: tuple[UncheckedRule, ...]
-    warnings: tuple[str, ...]
-
-
-@dataclass
-class ValidationReport:
-    crd_dir: Path
-    istio_versions: tuple[str, ...] = ()
-    checks: list[DocumentCheck] = field(default_factory=list)
-    issues: list[CatalogIssue] = field(default_factory=list)
-    #: (scenario, Istio version, reason)
-    skipped: list[tuple[str, str, str]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.issues and bool(self.checks)
-
-    def format(self, *, verbose: bool = False) -> str:
-        lines = [f"error: {i}" for i in self.issues]
-        scenarios = sorted({c.scenario for c in self.checks})
-        basic = [c for c in self.checks if c.coverage == "basic"]
-        lines.append(
-            f"checked {len(self.checks)} documents of {len(scenarios)} scenarios against Istio "
-            f"{', '.join(self.istio_versions) or '(none)'} CRDs from {display_path(self.crd_dir)}"
-            + (f" ({len(basic)} core objects with basic checks only)" if basic else "")
-        )
-        if verbose:
-            lines.extend(
-                f"  {c.scenario} @ {c.istio_version}: {display_path(c.template)} document {c.document} "
-                f"{c.object}: {c.schema_source}" + (" (basic)" if c.coverage == "basic" else "")
-                for c in self.checks
-            )
-        lines.extend(f"skipped: {s} @ Istio {v}: {why}" for s, v, why in self.skipped)
-        warnings = sorted({f"{c.object}: {w}" for c in self.checks for w in c.warnings})
-        lines.extend(f"warning: {w}" for w in warnings)
-        rules = [(c, r) for c in self.checks for r in c.unchecked]
-        if rules:
-            lines.append(
-                f"not checked: {len(rules)} x-kubernetes-validations (CEL) rules reached by "
-                f"{len({id(c) for c, _ in rules})} documents; CEL cannot run offline, the API server "
-                "evaluates them on apply"
-            )
-            if verbose:
-                unique = sorted(
-                    {f"{display_path(c.template)} document {c.document} {c.object}: {r}" for c, r in rules}
-                )
-                lines.extend(f"  {u}" for u in unique)
-        n = len(self.issues)
-        if self.ok:
-            lines.append("OK")
-        else:
-            lines.append(f"FAILED: {n} error{'s' if n != 1 else ''}" if n else "FAILED: nothing checked")
-        return "\n".join(lines)
-
-
-def _record(
-    report: ValidationReport,
-    scenario: str,
-    version: str,
-    doc: RenderedDocument,
-    results: Sequence[DocumentResult],
-) -> None:
-    for res in results:
-        report.checks.append(
-            DocumentCheck(
-                scenario=scenario,
-                istio_version=version,
-                template=doc.template,
-                document=doc.index,
-                object=doc.describe(),
-                schema_source=res.schema_source,
-                coverage=res.coverage,
-                errors=len(res.errors),
-                unchecked=res.result.unchecked,
-                warnings=res.warnings,
-            )
-        )
-        for err in res.errors:
-            report.issues.append(
-                CatalogIssue(
-                    message=err.message,
-                    scenario=scenario,
-                    istio_version=version,
-                    template=doc.template,
-                    line=doc.line_of(err.path),
-                    document=doc.index,
-                    object=doc.describe(),
-                    field=format_field(err.path),
-                    schema_source=res.schema_source,
-                )
-            )
-
-
-def validate_catalog(
-    catalog: Catalog,
-    istio_versions: Sequence[str] | None,
-    crd_dir: Path,
-    gateway_api_dir: Path | None = None,
-) -> ValidationReport:
-    """Render every scenario for each Istio version in its range and validate every document.
-
-    ``istio_versions`` ``None`` or empty: every version ``crd_dir`` has a bundle for. Nothing is
-    skipped silently: a version out of a scenario's range is listed in ``report.skipped``, missing
-    CRDs are issues, and a report that checked nothing is not ``ok``.
-    """
-    crds = IstioCrdDir(crd_dir)
-    versions = tuple(istio_versions) if istio_versions else crds.versions()
-    report = ValidationReport(crd_dir=crd_dir, istio_versions=versions)
-    if not versions:
-        report.issues.append(
-            CatalogIssue(
-                f"no Istio CRD bundles in {display_path(crd_dir)}: nothing to validate against; pass --crd-dir, "
-                "set EGRESS_HARNESS_CRD_DIR, or fetch one: egress-harness scenarios fetch-crds VERSION"
-            )
-        )
-        return report
-    gateway_bundles: tuple[CrdBundle, ...] = ()
-    if gateway_api_dir is not None:
-        try:
-            gateway_bundles = load_bundle_dir(gateway_api_dir)
-        except CrdError as exc:
-            report.issues.append(CatalogIssue(f"Gateway API CRDs: {exc}"))
-    for version in versions:
-        try:
-            parsed = IstioVersion.parse(version)
-            istio_bundle = crds.bundle(version)
-        except (ValueError, CrdError) as exc:
-            report.issues.append(CatalogIssue(str(exc), istio_version=version))
-            continue
-        for scenario in catalog.scenarios:
-            applies, reason = scenario.istio.applies_to(parsed)
-            if not applies:
-                report.skipped.append((scenario.name, version, reason))
-                continue
-            try:
-                rendered = render_scenario(scenario, offline_context(version))
-            except ScenarioError as exc:
-                report.issues.extend(
-                    CatalogIssue(str(i), scenario=scenario.name, istio_version=version) for i in exc.issues
-                )
-                continue
-            for doc in rendered.documents:
-                group, _ = _split_api_version(doc.api_version)
-                if group == GATEWAY_API_GROUP and not scenario.requires.gateway_api:
-                    report.issues.append(
-                        CatalogIssue(
-                            f"a Gateway API object in a scenario without requires.gateway_api: true "
-                            f"(set it in {display_path(scenario.file)})",
-                            scenario=scenario.name,
-                            istio_version=version,
-                            template=doc.template,
-                            line=doc.line,
-                            document=doc.index,
-                            object=doc.describe(),
-                        )
-                    )
-                _record(
-                    report,
-                    scenario.name,
-                    version,
-                    doc,
-                    validate_document(doc.body, [istio_bundle, *gateway_bundles]),
-                )
-    return report
-
-
-# --------------------------------------------------------------------------- locations and download
-
-
-def shared_dir() -> Path | None:
-    """The project's shared data: ``$EGRESS_HARNESS_SHARED``, else ``<repo>/../shared`` if present."""
-    env = os.environ.get("EGRESS_HARNESS_SHARED")
-    if env:
-        return Path(env)
-    candidate = PROJECT_ROOT.parent / "shared"
-    return candidate if candidate.is_dir() else None
-
-
-def default_crd_dir() -> Path:
-    """``$EGRESS_HARNESS_CRD_DIR``, else the shared Istio CRDs, else the download cache ``.cache/crds``."""
-    env = os.environ.get("EGRESS_HARNESS_CRD_DIR")
-    if env:
-        return Path(env)
-    shared = shared_dir()
-    if shared is not None and (shared / "istio" / "crds").is_dir():
-        return shared / "istio" / "crds"
-    return CACHE_DIR
-
-
-def default_gateway_api_dir() -> Path | None:
-    """``$EGRESS_HARNESS_GATEWAY_API_CRD_DIR``, else the shared Gateway API CRDs, else ``None``."""
-    env = os.environ.get("EGRESS_HARNESS_GATEWAY_API_CRD_DIR")
-    if env:
-        return Path(env)
-    shared = shared_dir()
-    if shared is not None and (shared / "gateway-api" / "crds").is_dir():
-        return shared / "gateway-api" / "crds"
-    return None
-
-
-def istio_crd_url(version: str, base_url: str = ISTIO_RAW_BASE) -> str:
-    """Where a release's CRD bundle is published: the tag's ``crd-all.gen.yaml``; a ``-dev`` build
-    reads master. Istio 1.23 and older keep it under ``crds/``, newer releases under ``files/``."""
-    v = IstioVersion.parse(version)
-    ref = "master" if v.prerelease == "dev" else version
-    folder = "crds" if v.minor_key <= (1, 23) else "files"
-    return f"{base_url.rstrip('/')}/{ref}/manifests/charts/base/{folder}/crd-all.gen.yaml"
-
-
-def download_istio_crds(
-    version: str, dest_dir: Path = CACHE_DIR, *, base_url: str = ISTIO_RAW_BASE, timeout: float = 30.0
-) -> Path:
-    """Fetch the CRD bundle of ``version`` into ``dest_dir/<version>.yaml`` (atomically: a temp file
-    renamed into place once it parsed as CRDs). Returns the path."""
-    import httpx
-
-    url = istio_crd_url(version, base_url)
-    try:
-        response = httpx.get(url, timeout=timeout, follow_redirects=True)
-    except httpx.HTTPError as exc:
-        raise CrdError(f"download of {url} failed: {exc}") from exc
-    if response.status_code != 200:
-        raise CrdError(f"download of {url} failed: HTTP {response.status_code}")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    target = dest_dir / f"{version}.yaml"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{version}.", suffix=".tmp", dir=dest_dir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(response.content)
-        _parse_bundle(tmp.read_text(encoding="utf-8"), Path(url))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
