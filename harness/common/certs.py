@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_CLIENT_NAME",
     "DEFAULT_ORGANIZATION",
     "FILES",
+    "CertificateAuthority",
     "Issued",
     "PkiError",
     "TestPKI",
@@ -76,8 +77,8 @@ _DNS_NAME = re.compile(
     r"^(\*\.)?(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 )
 #: characters a subject attribute may hold here (no ',', '=', '/', quotes, newlines: the config
-#: file and the subject string stay unambiguous)
-_SUBJECT_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
+#: file and the subject string stay unambiguous; ':' for Kubernetes groups such as system:masters)
+_SUBJECT_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,63}$")
 
 
 class PkiError(RuntimeError):
@@ -196,7 +197,7 @@ def _alt_name(name: str) -> str:
 def _subject_value(what: str, value: str) -> str:
     if not _SUBJECT_VALUE.match(value):
         raise PkiError(
-            f"{what} {value!r}: use 1-64 letters, digits, spaces and '._@-' (starting with a letter or digit)"
+            f"{what} {value!r}: use 1-64 letters, digits, spaces and '._@:-' (starting with a letter or digit)"
         )
     return value
 
@@ -301,7 +302,8 @@ def generate_pki(
     names = list(dict.fromkeys(server_names))
     if not names:
         raise PkiError("the server certificate needs at least one name")
-    alt_names = tuple(_alt_name(n) for n in names)
+    for name in names:  # every name is checked before anything is written
+        _alt_name(name)
     org = _subject_value("organization", organization)
     ca_cn = _subject_value("CA name", ca_name)
     client_cn = _subject_value("client name", client_name)
@@ -313,55 +315,110 @@ def generate_pki(
     directory.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         (directory / name).unlink(missing_ok=True)
-    ssl = _OpenSSL(directory, openssl, timeout)
-    ssl.write(
-        "ca.cnf",
-        _config(
-            ca_cn,
-            org,
-            {
-                "basicConstraints": "critical, CA:TRUE, pathlen:0",
-                "keyUsage": "critical, keyCertSign, cRLSign",
-                "subjectKeyIdentifier": "hash",
-            },
-        ),
+    authority = CertificateAuthority.create(
+        directory, name=ca_cn, organization=org, days=days, openssl=openssl, timeout=timeout
     )
-    ssl.write(
-        "server.cnf",
-        _config(
-            server_cn,
-            org,
-            {
-                "basicConstraints": "critical, CA:FALSE",
-                "keyUsage": "critical, digitalSignature",
-                "extendedKeyUsage": "serverAuth",
-                "subjectAltName": ", ".join(alt_names),
-                "authorityKeyIdentifier": "keyid",
-            },
-        ),
-    )
-    ssl.write(
-        "client.cnf",
-        _config(
-            client_cn,
-            org,
-            {
-                "basicConstraints": "critical, CA:FALSE",
-                "keyUsage": "critical, digitalSignature",
-                "extendedKeyUsage": "clientAuth",
-                "authorityKeyIdentifier": "keyid",
-            },
-        ),
-    )
-    for stem, issuer in (("ca", "ca"), ("server", "ca"), ("client", "ca")):
-        ssl.new_key_and_request(f"the {stem} key", stem)
-        ssl.sign(f"the {stem} certificate", stem, issuer=issuer, days=days)
-        os.chmod(directory / f"{stem}.key", 0o600)
+    server = authority.issue("server", server_cn, server_names=names)
+    client = authority.issue("client", client_cn, client=True)
+    return TestPKI(directory, authority.ca, server, client)
 
-    def issued(stem: str, cn: str, alt: tuple[str, ...] = ()) -> Issued:
+
+class CertificateAuthority:
+    """A CA in ``directory`` that issues more certificates than :func:`generate_pki`'s fixed three.
+
+    ``CertificateAuthority.create(dir, name=...)`` makes ``ca.key``/``ca.crt``; :meth:`issue` makes
+    ``<stem>.key``/``<stem>.crt`` for a server (``server_names``), a client (``client=True``), or both.
+    """
+
+    def __init__(self, ssl: _OpenSSL, ca: Issued, organization: str, days: int) -> None:
+        self._ssl = ssl
+        self.ca = ca
+        self.organization = organization
+        self.days = days
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        *,
+        name: str = DEFAULT_CA_NAME,
+        organization: str = DEFAULT_ORGANIZATION,
+        days: int = DEFAULT_DAYS,
+        openssl: str = "openssl",
+        timeout: float = OPENSSL_TIMEOUT_S,
+    ) -> CertificateAuthority:
+        if days < 1:
+            raise PkiError(f"days must be at least 1, got {days}")
+        directory.mkdir(parents=True, exist_ok=True)
+        ssl = _OpenSSL(directory, openssl, timeout)
+        cn, org = _subject_value("CA name", name), _subject_value("organization", organization)
+        ssl.write(
+            "ca.cnf",
+            _config(
+                cn,
+                org,
+                {
+                    "basicConstraints": "critical, CA:TRUE, pathlen:0",
+                    "keyUsage": "critical, keyCertSign, cRLSign",
+                    "subjectKeyIdentifier": "hash",
+                },
+            ),
+        )
+        ssl.new_key_and_request("the ca key", "ca")
+        ssl.sign("the ca certificate", "ca", issuer="ca", days=days)
+        os.chmod(directory / "ca.key", 0o600)
+        ca = Issued(directory / "ca.crt", directory / "ca.key", b"", b"", f"CN={cn},O={org}")
+        ca = Issued(
+            ca.cert_path, ca.key_path, ca.cert_path.read_bytes(), ca.key_path.read_bytes(), ca.subject
+        )
+        return cls(ssl, ca, org, days)
+
+    def issue(
+        self,
+        stem: str,
+        common_name: str,
+        *,
+        organization: str | None = None,
+        server_names: Sequence[str] = (),
+        client: bool = False,
+    ) -> Issued:
+        """``<stem>.crt``/``<stem>.key`` signed by this CA: serverAuth for ``server_names``, clientAuth
+        when ``client``."""
+        if not server_names and not client:
+            raise PkiError(f"certificate {stem!r}: give server names, client=True, or both")
+        cn = _subject_value("common name", common_name)
+        org = _subject_value("organization", organization or self.organization)
+        alt = tuple(_alt_name(n) for n in dict.fromkeys(server_names))
+        usages = [u for u, on in (("serverAuth", bool(alt)), ("clientAuth", client)) if on]
+        ext = {
+            "basicConstraints": "critical, CA:FALSE",
+            "keyUsage": "critical, digitalSignature",
+            "extendedKeyUsage": ", ".join(usages),
+            "authorityKeyIdentifier": "keyid",
+        }
+        if alt:
+            ext["subjectAltName"] = ", ".join(alt)
+        self._ssl.write(f"{stem}.cnf", _config(cn, org, ext))
+        self._ssl.new_key_and_request(f"the {stem} key", stem)
+        self._ssl.sign(f"the {stem} certificate", stem, issuer="ca", days=self.days)
+        directory = self._ssl.directory
+        os.chmod(directory / f"{stem}.key", 0o600)
         cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
         return Issued(cert, key, cert.read_bytes(), key.read_bytes(), f"CN={cn},O={org}", alt)
 
-    return TestPKI(
-        directory, issued("ca", ca_cn), issued("server", server_cn, alt_names), issued("client", client_cn)
-    )
+    def key_pair(self, stem: str) -> tuple[Path, Path]:
+        """A bare EC P-256 key pair (``<stem>.key``, ``<stem>.pub``): a service-account signing key."""
+        self._ssl(
+            f"the {stem} key",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            f"{stem}.key",
+        )
+        self._ssl(f"the {stem} public key", "pkey", "-in", f"{stem}.key", "-pubout", "-out", f"{stem}.pub")
+        directory = self._ssl.directory
+        os.chmod(directory / f"{stem}.key", 0o600)
+        return directory / f"{stem}.key", directory / f"{stem}.pub"

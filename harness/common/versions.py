@@ -164,3 +164,34 @@ def pinned_version(tool: str, istio: str | None = None) -> str:
     if tool == ISTIOCTL.name:
         return istio_version(istio)
     return TOOLS[tool].pinned_version
+
+
+# --- the netns node provider: binaries built from the Go module proxy -------------------------------
+# Sources: ../shared/design/netns-cluster.md section 0 (what the module proxy serves and what builds),
+# ../shared/README.md (the release commits' module versions). The wrapper modules are go/kube and
+# go/istio/<label>; their go.mod files pin the same versions as below (a unit test checks).
+
+#: Kubernetes of the netns cluster (k8s.io/kubernetes module version) and its etcd (go.etcd.io/etcd/server/v3).
+NETNS_KUBERNETES_VERSION: Final = "v1.36.3"
+NETNS_ETCD_VERSION: Final = "3.6.8"
+#: what the netns cluster's Nodes report as kubelet version (>= 1.33: Istio injects native sidecars)
+NETNS_KUBELET_VERSION: Final = NETNS_KUBERNETES_VERSION
+#: virtual-kubelet, the framework of the harness kubelet (go/kubelet)
+VIRTUAL_KUBELET_VERSION: Final = "v1.14.1"
+
+#: Istio versions the netns provider builds, by label -> module version of istio.io/istio. The
+#: ``-dev`` labels are served by every Go module proxy; the release labels resolve to their release
+#: commits, which the public proxy serves and some mirrors refuse (the build then says so).
+ISTIO_MODULE_VERSIONS: Final = MappingProxyType(
+    {
+        "1.31-dev": "v0.0.0-20260827124520-eed52ebb66ad",
+        "1.30-dev": "v0.0.0-20260826214018-9739e10eb9d7",
+        "1.30.3": "v0.0.0-20260713165634-56df41f63e51",
+        "1.29.6": "v0.0.0-20260713140233-7019d6d3608e",
+        "1.28.10": "v0.0.0-20260629163924-ff49c1889eba",
+    }
+)
+#: labels whose wrapper module is in go/istio/<label> (the others need one written when their
+#: commit is served: the release-1.30 branch needed pinned dependencies, see the design note)
+ISTIO_BUILDABLE_LABELS: Final = ("1.31-dev", "1.30-dev")
+DEFAULT_NETNS_ISTIO_VERSION: Final = "1.31-dev"
