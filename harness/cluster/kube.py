@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 import yaml
 
 from harness.common.proc import progress
+from harness.scenarios import render_template as _render_template
 
 FIELD_MANAGER = "istio-egress-harness"
 INJECTION_LABELS: Mapping[str, str] = {"istio-injection": "enabled"}
@@ -44,23 +45,19 @@ class RolloutFailedError(KubeError):
 
 # --- templates ------------------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# The catalog's engine renders every template of the project; these keep the names the cluster tier
+# has always used. Errors are TemplateError (a KeyError, as before) naming the file and line.
 
 
-def render_template(text: str, values: Mapping[str, object]) -> str:
-    """Replace every ``{{ name }}`` in ``text``; an unknown or unused name is an error."""
-    missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(values))
-    if missing:
-        raise KeyError(f"template needs values for: {', '.join(missing)}")
-    unused = sorted(set(values) - {m.group(1) for m in _PLACEHOLDER.finditer(text)})
-    if unused:
-        raise KeyError(f"template has no placeholder for: {', '.join(unused)}")
-    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
+def render_template(text: str, values: Mapping[str, object], *, source: Path = Path("<template>")) -> str:
+    """Replace every ``{{ name }}`` in ``text``; an unknown or unused name, or a malformed placeholder,
+    is a :class:`~harness.scenarios.TemplateError` (a ``KeyError``) naming ``source`` and the line."""
+    return _render_template(text, values, source=source, exact=True)
 
 
 def render_file(template: Path, values: Mapping[str, object], dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(render_template(template.read_text(), values))
+    dest.write_text(render_template(template.read_text(), values, source=template))
     return dest
 
 

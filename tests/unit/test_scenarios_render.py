@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,15 +12,20 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.cluster import kube
+from harness.cluster.istio import ACCESS_LOG_ENCODINGS, OUTBOUND_POLICIES, OVERLAY_TEMPLATE, render_overlay
+from harness.cluster.providers.kind import INGRESS_NODE_PORT
 from harness.scenarios import (
     RenderContext,
     RequestSpec,
     ScenarioError,
+    TemplateError,
     load_catalog,
     render_request,
     render_scenario,
+    render_template,
 )
-from harness.scenarios.loader import DEFAULT_SCENARIOS_DIR, parse_yaml_documents
+from harness.scenarios.loader import DEFAULT_SCENARIOS_DIR, PROJECT_ROOT, parse_yaml_documents
 from harness.scenarios.model import TEMPLATE_VARIABLES, Expectation
 from harness.scenarios.render import render_text
 
@@ -271,3 +278,118 @@ def test_render_is_a_function_of_its_context(namespace: str, host_labels: list[s
     assert service_entry["spec"]["hosts"] == [host]
     assert service_entry["spec"]["ports"][0]["number"] == port
     assert service_entry["metadata"]["namespace"] == namespace
+
+
+# --- the one {{ var }} engine: render_template, the cluster tier's manifests too ------------------
+
+_OLD_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def old_cluster_render(text: str, values: Mapping[str, object]) -> str:
+    """The cluster tier's own renderer before it used the catalog's engine (``kube.render_template``
+    as it was), kept here as the reference the engine must match on every manifest."""
+    names = {m.group(1) for m in _OLD_PLACEHOLDER.finditer(text)}
+    assert names == set(values), f"the reference needs exactly the template's names: {sorted(names)}"
+    return _OLD_PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
+
+
+MANIFESTS = PROJECT_ROOT / "manifests"
+#: every template of manifests/, with the values the cluster tier renders it with
+CLUSTER_TEMPLATE_VALUES: dict[str, list[dict[str, object]]] = {
+    "kind/cluster.yaml": [
+        {
+            "cluster_name": "egress-harness",
+            "node_image": "kindest/node:v1.33.1@sha256:0123abcd",
+            "ingress_node_port": INGRESS_NODE_PORT,
+            "ingress_host_port": 18080,
+        }
+    ],
+    "istio/egress.yaml": [
+        {"access_log_encoding": encoding, "outbound_traffic_policy": policy, "ingress_node_port": port}
+        for encoding in ACCESS_LOG_ENCODINGS
+        for policy in OUTBOUND_POLICIES
+        for port in (INGRESS_NODE_PORT, 31000)
+    ],
+    "apps/relay.yaml": [{}],
+}
+
+
+def test_every_manifest_template_is_covered() -> None:
+    found = {p.relative_to(MANIFESTS).as_posix() for p in MANIFESTS.rglob("*.yaml")}
+    assert found == set(CLUSTER_TEMPLATE_VALUES)
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [(name, v) for name, values in CLUSTER_TEMPLATE_VALUES.items() for v in values],
+    ids=lambda x: x if isinstance(x, str) else "-".join(map(str, x.values())) or "none",
+)
+def test_the_cluster_manifests_render_as_before(name: str, values: dict[str, object], tmp_path: Path) -> None:
+    template = MANIFESTS / name
+    expected = old_cluster_render(template.read_text(), values)
+    assert render_template(template.read_text(), values, source=template, exact=True) == expected
+    assert kube.render_file(template, values, tmp_path / "out.yaml").read_text() == expected
+    assert "{{" not in expected
+
+
+@pytest.mark.parametrize("encoding", ACCESS_LOG_ENCODINGS)
+@pytest.mark.parametrize("policy", OUTBOUND_POLICIES)
+def test_the_istio_overlay_renders_as_before(encoding: str, policy: str, tmp_path: Path) -> None:
+    out = render_overlay(
+        tmp_path / "overlay.yaml", access_log_encoding=encoding, outbound_traffic_policy=policy
+    )
+    values = {
+        "access_log_encoding": encoding,
+        "outbound_traffic_policy": policy,
+        "ingress_node_port": INGRESS_NODE_PORT,
+    }
+    assert out.read_text() == old_cluster_render(OVERLAY_TEMPLATE.read_text(), values)
+    mesh_config = yaml.safe_load(out.read_text())["spec"]["meshConfig"]
+    assert mesh_config["accessLogEncoding"] == encoding
+    assert mesh_config["outboundTrafficPolicy"] == {"mode": policy}
+
+
+def test_render_template_fills_any_values_as_text() -> None:
+    out = render_template(
+        "a: {{ one }}\nb: {{two}}\nc: {{  one  }}\n", {"one": 1, "two": "x"}, source=Path("t")
+    )
+    assert out == "a: 1\nb: x\nc: 1\n"
+    # without exact, a value no placeholder uses is fine (a context offers more than a template uses)
+    assert render_template("a: {{ one }}\n", {"one": 1, "three": 3}, source=Path("t")) == "a: 1\n"
+
+
+def test_render_template_names_file_and_line_of_every_missing_value(tmp_path: Path) -> None:
+    template = tmp_path / "cluster.yaml"
+    with pytest.raises(TemplateError) as info:
+        render_template("a: {{ one }}\nb: {{ two }}\n\nc: {{ two }}\n", {"one": 1}, source=template)
+    err = info.value
+    assert isinstance(err, ScenarioError) and isinstance(err, KeyError)
+    assert (err.source, err.missing, err.unused) == (template, ("two",), ())
+    assert [(i.path, i.line) for i in err.issues] == [(template, 2), (template, 4)]
+    assert err.issues[0].message == "unknown template variable 'two' (known: one)"
+    lines = str(err).splitlines()
+    assert lines[0].endswith("cluster.yaml: cannot render the template: template needs values for: two")
+    assert lines[1].strip().endswith("cluster.yaml:2: unknown template variable 'two' (known: one)")
+
+
+def test_render_template_exact_refuses_unused_values_and_suggests_the_name() -> None:
+    with pytest.raises(TemplateError) as info:
+        render_template("image: {{ node_image }}\n", {"node_imag": "x"}, source=Path("kind.yaml"), exact=True)
+    err = info.value
+    assert (err.missing, err.unused) == (("node_image",), ("node_imag",))
+    assert [(i.line, i.message) for i in err.issues] == [
+        (1, "unknown template variable 'node_image' (did you mean 'node_imag'?)"),
+        (None, "no placeholder uses the value of: node_imag"),
+    ]
+    assert "template needs values for: node_image; template has no placeholder for: node_imag" in str(err)
+
+
+def test_render_template_refuses_a_malformed_placeholder_at_its_line() -> None:
+    with pytest.raises(TemplateError) as info:
+        render_template(
+            "a: 1\nb: {{ run-id }}\n", {"run": 1}, source=Path("x.yaml"), first_line=10, field="f"
+        )
+    (issue,) = info.value.issues
+    assert (issue.line, issue.field) == (11, "f")
+    assert issue.message.startswith("malformed placeholder '{{ run-id }}'")
+    assert "cannot render the template: 1 malformed placeholder\n" in str(info.value)
