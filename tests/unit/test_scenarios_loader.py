@@ -3,6 +3,7 @@ file, line and field, all of them at once."""
 
 from __future__ import annotations
 
+import ast
 import textwrap
 from pathlib import Path
 
@@ -698,3 +699,71 @@ def test_a_range_holds_exactly_what_lies_between_its_exact_bounds(a: IstioVersio
     assert vr.applies_to(high)[0]
     above = IstioVersion(high.major, high.minor + 1, 0, None)
     assert not vr.applies_to(above)[0]
+
+
+# --- the package's shape: data flows one way, and the catalog knows no tier ---------------------
+
+PACKAGE = PROJECT_ROOT / "harness" / "scenarios"
+TIERS = ("harness.cluster", "harness.localmesh", "harness.upgrade")
+#: The one tier reference left: ``scenarios local`` runs the local tier's runner. It belongs to the
+#: local tier's package once the tier runner has a command of its own (issue 9).
+KNOWN_TIER_IMPORTS = {
+    ("harness.scenarios.cli", "run_local", "harness.localmesh.plan"),
+    ("harness.scenarios.cli", "run_local", "harness.localmesh.scenarios"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> list[tuple[str, str]]:
+    """(enclosing function or "", imported module) of every import in ``path``, nested ones too."""
+    found: list[tuple[str, str]] = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) else function
+            if isinstance(child, ast.Import):
+                found.extend((function, alias.name) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+                found.append((function, child.module))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), "")
+    return found
+
+
+MODULES = {module_name(p): imports_of(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_the_catalog_imports_no_tier() -> None:
+    tier_imports = {
+        (module, function, imported)
+        for module, imports in MODULES.items()
+        for function, imported in imports
+        if imported.startswith(TIERS)
+    }
+    assert tier_imports == KNOWN_TIER_IMPORTS
+
+
+def test_the_catalog_modules_import_each_other_without_a_circle() -> None:
+    graph = {
+        module: {imported for _, imported in imports if imported in MODULES and imported != module}
+        for module, imports in MODULES.items()
+    }
+    assert graph["harness.scenarios.loader"] >= {"harness.scenarios.placeholders"}
+    assert "harness.scenarios.render" not in graph["harness.scenarios.loader"]
+    done: set[str] = set()
+
+    def walk(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, "import circle: " + " -> ".join([*path, module])
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            walk(imported, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        walk(module, ())
