@@ -14,6 +14,7 @@ JSON to FILE once all listen, and runs until SIGTERM. :class:`Forwarder` starts 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -60,10 +61,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(how)
-            except OSError:
-                pass
 
 
 def _serve_connection(client: socket.socket, netns: str, target: tuple[str, int]) -> None:
@@ -144,10 +143,14 @@ class Forwarder:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not self.ready.exists():
             if self.process.poll() is not None:
-                raise ForwardError(f"the forwarder into {self.netns} exited ({self.process.returncode}); see {self.log}")
+                raise ForwardError(
+                    f"the forwarder into {self.netns} exited ({self.process.returncode}); see {self.log}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
-                raise ForwardError(f"the forwarder into {self.netns} did not listen in {READY_TIMEOUT_S:g} s; see {self.log}")
+                raise ForwardError(
+                    f"the forwarder into {self.netns} did not listen in {READY_TIMEOUT_S:g} s; see {self.log}"
+                )
             time.sleep(0.05)
         self.ports = {k: int(v) for k, v in json.loads(self.ready.read_text(encoding="utf-8")).items()}
         return self
@@ -165,7 +168,9 @@ class Forwarder:
     def __enter__(self) -> Forwarder:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
