@@ -21,7 +21,7 @@ E2E_UP_ARGS ?=
 ENVOY_VERSIONS ?= 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
 ENVOY_CACHE ?= .cache/envoy
 
-.PHONY: help venv envoy-versions test lint bench e2e tools clean
+.PHONY: help venv envoy-versions test lint bench e2e tools kube-bin istio-bin kubelet-bin clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -74,6 +74,17 @@ else
 	EGRESS_HARNESS_RESULTS_DIR=artifacts/results $(PY) -m pytest -m e2e -p no:cacheprovider -n $(E2E_WORKERS) \
 	  --run-state "$$run_dir/run-state.json" $(PYTEST_ARGS)
 endif
+
+NETNS_BIN := $(PY) -m harness.cluster.providers.netns.binaries
+
+kube-bin: $(STAMP) ## netns provider: etcd and Kubernetes binaries (found in $$EGRESS_HARNESS_KUBE_BIN, the cache, or built with Go)
+	$(NETNS_BIN) kube
+
+istio-bin: $(STAMP) ## netns provider: pilot-discovery, pilot-agent, istioctl of ISTIO_VERSION (default 1.31-dev)
+	$(NETNS_BIN) istio $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
+
+kubelet-bin: $(STAMP) ## netns provider: the harness kubelet (go/kubelet), cached by its sources' hash
+	$(NETNS_BIN) kubelet
 
 clean: ## remove .venv, caches and artifacts
 	rm -rf $(VENV) .cache artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis
