@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.evidence import EvidenceError
-from harness.localmesh.plan import NotEmulable
-from harness.localmesh.scenarios import run_locally
+from harness.localmesh import (
+    LOCAL_ISTIO_VERSION,
+    LocalMesh,
+    LocalMeshError,
+    LocalStage,
+    LocalTier,
+    NotEmulable,
+    run_locally,
+)
+from harness.runner import run_catalog, run_scenario
 from harness.scenarios import load_catalog
 from harness.scenarios.model import Scenario
+from harness.tier import Tier
+from tests.envoy.test_localmesh import _alive
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Tests flush access logs faster than Istio (1 s) does; every wait scales with the interval.
@@ -32,13 +44,24 @@ def _cases() -> list[object]:
 
 @pytest.mark.parametrize(("scenario", "encoding"), _cases())
 def test_catalog_scenario_on_the_local_tier(scenario: Scenario, encoding: str) -> None:
-    try:
-        outcomes = run_locally(scenario, encoding=encoding, flush_interval_ms=FLUSH_MS)  # type: ignore[arg-type]
-    except NotEmulable as exc:
-        pytest.skip(f"{scenario.name}: the local tier cannot emulate it: {exc}")
-    assert [o.request.name for o in outcomes] == [r.name for r in scenario.requests]
-    failures = [f"{o.request.name}: {o.error}" for o in outcomes if o.error]
+    # through the one scenario runner, as every tier runs the catalog
+    with LocalTier(encoding=encoding, flush_interval_ms=FLUSH_MS) as tier:  # type: ignore[arg-type]
+        run = run_scenario(tier, scenario)
+    result = run.result
+    if result.outcome == "skipped":
+        assert result.message.startswith("the local tier cannot emulate it: ")
+        pytest.skip(f"{scenario.name}: {result.message}")
+    assert [o.request.name for o in run.requests] == [r.name for r in scenario.requests]
+    failures = [f"{o.request.name}: {o.error}" for o in run.requests if o.error]
     assert not failures, "\n".join(failures)
+    assert result.outcome == "passed", result.message
+    assert (result.scenario, result.phase, result.istio_version) == (
+        scenario.name,
+        "single",
+        LOCAL_ISTIO_VERSION,
+    )
+    assert result.convergence_s is not None and result.convergence_s > 0
+    assert [line.split(":")[0] for line in result.message.split("; ")] == [r.name for r in scenario.requests]
 
 
 def test_the_emulable_core_of_the_catalog_is_really_run() -> None:
@@ -90,6 +113,99 @@ def test_a_scenario_outside_the_local_image_is_refused_with_the_reason(tmp_path:
     [scenario] = load_catalog(tmp_path).scenarios
     with pytest.raises(NotEmulable, match=r"AuthorizationPolicy \(security.istio.io/v1\) has no local image"):
         run_locally(scenario, flush_interval_ms=FLUSH_MS)
+
+
+def test_the_local_tier_is_a_tier_and_says_what_it_runs() -> None:
+    tier: Tier = LocalTier()
+    versions = tier.versions()
+    assert versions.emulated and versions.istio == LOCAL_ISTIO_VERSION and versions.envoy
+    assert versions.header().startswith(f"Istio {LOCAL_ISTIO_VERSION} (emulated), Envoy ")
+
+
+class WatchedTier(LocalTier):
+    """The local tier, keeping each stage's mesh once applied (to check it is gone afterwards)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.meshes: list[LocalMesh] = []
+
+    def stage(self, scenario: Scenario) -> LocalStage:
+        stage = super().stage(scenario)
+        apply = stage.apply
+
+        def watched() -> float:
+            try:
+                return apply()
+            finally:
+                assert stage.mesh is not None
+                self.meshes.append(stage.mesh)
+
+        stage.apply = watched  # type: ignore[method-assign]
+        return stage
+
+
+def test_a_failed_scenario_names_the_hop_and_its_mesh_is_stopped() -> None:
+    via = _flip(CATALOG.get("http-via-egress-gateway"), via_gateway=False, sidecar={}, gateway={})
+    with WatchedTier(flush_interval_ms=FLUSH_MS) as tier:
+        run = run_scenario(tier, via)
+    assert (run.result.outcome, run.result.hop) == ("failed", "target sidecar")
+    assert isinstance(run.error, EvidenceError) and run.diagnostics is None and not run.kept
+    [mesh] = tier.meshes
+    pids = [pid for _, pid in mesh.processes()]
+    assert pids and not any(_alive(pid) for pid in pids), "a local mesh process outlived the failed scenario"
+    assert mesh.workdir is not None and not mesh.workdir.exists()
+    [line, *detail] = run.lines()
+    assert line.startswith("FAIL  http-via-egress-gateway/via-gateway  status 200  id ")
+    assert detail and "target sidecar" in detail[0]
+
+
+def test_a_mesh_that_does_not_start_is_an_error_and_nothing_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.localmesh.mesh as lm
+
+    def broken(topo: lm.Topology, gateway: object, external: object, log: Path) -> dict[str, object]:
+        config = lm.proxy_sidecar_config(topo, ("127.0.0.1", 1), log)
+        config["static_resources"]["clusters"][0]["type"] = "NOT_A_TYPE"  # type: ignore[index]
+        return config
+
+    monkeypatch.setattr(lm, "target_sidecar_config", broken)
+    with WatchedTier(flush_interval_ms=FLUSH_MS) as tier:
+        run = run_scenario(tier, CATALOG.get("sidecar-only-egress"))
+    assert run.result.outcome == "error" and run.requests == ()
+    assert run.result.message.startswith("LocalMeshError: local mesh: target-sidecar: ")
+    assert "NOT_A_TYPE" in run.result.message
+    [mesh] = tier.meshes
+    assert not any(_alive(pid) for _, pid in mesh.processes())
+    assert mesh.workdir is not None and not mesh.workdir.exists()
+    # the wrapper the command uses raises it, as before the runner
+    with pytest.raises(LocalMeshError, match="target-sidecar"):
+        run_locally(CATALOG.get("sidecar-only-egress"), flush_interval_ms=FLUSH_MS)
+
+
+def test_keep_on_failure_keeps_the_meshs_logs_and_names_them() -> None:
+    direct = _flip(CATALOG.get("sidecar-only-egress"), via_gateway=True, sidecar={})
+    with LocalTier(flush_interval_ms=FLUSH_MS, keep_on_failure=True) as tier:
+        failed = run_scenario(tier, direct)
+        passed = run_scenario(tier, CATALOG.get("sidecar-only-egress"))
+    workdir = failed.diagnostics
+    try:
+        assert failed.result.outcome == "failed" and failed.kept and workdir is not None
+        assert failed.result.message.endswith(f"\ndiagnostics: {workdir}")
+        log = (workdir / "logs" / "target-sidecar.log").read_text()
+        assert failed.requests[0].request_id in log
+        assert passed.result.outcome == "passed" and not passed.kept and passed.diagnostics is None
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_run_catalog_on_the_local_tier_runs_and_skips() -> None:
+    names = ["sidecar-only-egress", "tls-origination-at-egress-gateway"]
+    lines: list[str] = []
+    with LocalTier(encoding="json", flush_interval_ms=FLUSH_MS) as tier:
+        runs = run_catalog(tier, [CATALOG.get(n) for n in names], each=lambda r: lines.extend(r.lines()))
+    assert [r.result.outcome for r in runs] == ["passed", "skipped"]
+    assert lines[0].startswith("PASS  sidecar-only-egress/direct-from-sidecar  status 200  id ")
+    assert lines[1].startswith("SKIP  tls-origination-at-egress-gateway: the local tier cannot emulate it: ")
 
 
 def test_the_catalog_runs_in_parallel_with_xdist() -> None:
