@@ -1,8 +1,15 @@
-"""Offline pre-flight of rendered manifests: ``istioctl analyze --use-kube=false FILE...``.
+"""Pre-flight of rendered manifests: ``istioctl analyze``, the one place the harness runs it.
 
-``istioctl analyze`` runs Istio's configuration analyzers over a set of files without a cluster
-(``--use-kube=false``; it adds Istio's default resources, such as the default mesh config, itself).
-This module runs it with a fixed, parseable command line and turns what it prints into
+``istioctl analyze`` runs Istio's configuration analyzers over a set of files, in one of two modes
+(:data:`AnalyzeMode`):
+
+* ``files``: the files alone, without a cluster (``--use-kube=false``; istioctl adds Istio's default
+  resources, such as the default mesh config, itself) -- :func:`analyze_offline`, the catalog's
+  offline check;
+* ``cluster``: the files together with what a live cluster holds (``kube_args`` name it, e.g.
+  ``--kubeconfig FILE --context NAME``) -- the cluster tier's check before it applies a scenario.
+
+:func:`analyze` runs either with a fixed, parseable command line and turns what it prints into
 :class:`AnalyzeMessage` items:
 
 * ``--output=log`` (the default format) prints one line per message on stdout::
@@ -19,22 +26,25 @@ This module runs it with a fixed, parseable command line and turns what it print
   ``79``; ``--output-threshold`` (default ``Info``) only filters what is printed, so it stays at Info.
 * Other exit codes: ``65`` some files could not be parsed (stderr says which), ``64`` a usage error
   (for example a flag this istioctl does not know), ``1`` anything else.
-* ``--all-namespaces``: without it the files are analyzed for the ``default`` namespace only.
+* ``--all-namespaces``: without it (and without ``-n NAMESPACE``) the files are analyzed for the
+  ``default`` namespace only; with ``namespace`` given, for that namespace.
 * ``--color=false``: no ANSI colours around the level, whatever the terminal.
 
-:func:`analyze_offline` raises :class:`AnalyzeError` (with the whole :class:`AnalyzeResult`) when a
-message reaches the failure threshold, and :class:`PreflightError` when istioctl could not run or
-its answer cannot be read; otherwise it returns the result, warnings and infos included.
+:func:`analyze` raises :class:`AnalyzeError` (with the whole :class:`AnalyzeResult`) when a message
+reaches the failure threshold, and :class:`PreflightError` when istioctl could not run or its answer
+cannot be read; otherwise it returns the result, warnings and infos included. istioctl prints the
+messages on stdout; a message line on stderr is read as well.
 
 Analyzed on their own, egress manifests name things that only the cluster has (the egress gateway
 pods a ``Gateway`` selects, the ``istio-egressgateway`` Service a route targets), which analyzers
-report as ``IST0101``: pass stand-ins for those objects among the files, or ``suppress`` the codes.
+report as ``IST0101``: pass stand-ins for those objects among the files, ``suppress`` the codes, or
+``tolerate`` them (:data:`FILE_ONLY_TOLERATED`: reported, but not failures).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -43,15 +53,19 @@ from harness.common.proc import CommandError, CommandTimeout, format_argv, run, 
 
 __all__ = [
     "ANALYZE_FILE_SUFFIXES",
+    "ANALYZE_MODES",
     "EXIT_ANALYZER_FOUND_ISSUES",
     "EXIT_DATA_ERROR",
     "EXIT_INCORRECT_USAGE",
+    "FILE_ONLY_TOLERATED",
     "LEVELS",
     "AnalyzeError",
     "AnalyzeMessage",
+    "AnalyzeMode",
     "AnalyzeResult",
     "Level",
     "PreflightError",
+    "analyze",
     "analyze_command",
     "analyze_offline",
     "parse_analyze_output",
@@ -62,6 +76,12 @@ Level = Literal["Info", "Warning", "Error"]
 LEVELS: tuple[Level, ...] = ("Info", "Warning", "Error")
 #: the file name endings istioctl analyze reads; it skips other files with only a note on stderr.
 ANALYZE_FILE_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
+#: ``files``: the files alone (``--use-kube=false``); ``cluster``: with a live cluster's objects.
+AnalyzeMode = Literal["cluster", "files"]
+ANALYZE_MODES: tuple[AnalyzeMode, ...] = ("cluster", "files")
+#: Without the cluster, references to what lives there (the gateway pods, istio-system services) are
+#: unresolved by design (the docs: a file-only analysis expects a self-contained set of files).
+FILE_ONLY_TOLERATED: frozenset[str] = frozenset({"IST0101"})
 
 #: istioctl's exit codes (istioctl/cmd/root.go).
 EXIT_INCORRECT_USAGE = 64
@@ -115,11 +135,16 @@ class AnalyzeMessage:
             return None
         return f"{self.file}:{self.line}" if self.line is not None else self.file
 
+    @property
+    def origin(self) -> str:
+        """What istioctl printed in parentheses: ``VirtualService ns/name file:line`` ('' for none)."""
+        return " ".join(p for p in (self.resource, self.location) if p)
+
     def at_least(self, level: Level) -> bool:
         return LEVELS.index(self.level) >= LEVELS.index(level)
 
     def __str__(self) -> str:
-        where = " ".join(p for p in (self.resource, self.location) if p)
+        where = self.origin
         return f"{self.level} [{self.code}]" + (f" ({where})" if where else "") + f" {self.text}"
 
 
@@ -132,6 +157,8 @@ class AnalyzeResult:
     #: stdout lines that are not messages (blank lines excluded)
     unparsed: tuple[str, ...]
     stderr: str
+    #: codes reported but not counted as failures (:data:`FILE_ONLY_TOLERATED`)
+    tolerated: frozenset[str] = frozenset()
 
     def at_least(self, level: Level) -> tuple[AnalyzeMessage, ...]:
         return tuple(m for m in self.messages if m.at_least(level))
@@ -150,12 +177,22 @@ class AnalyzeResult:
 
     @property
     def failures(self) -> tuple[AnalyzeMessage, ...]:
-        """The messages at or above the failure threshold."""
-        return self.at_least(self.failure_threshold)
+        """The messages at or above the failure threshold, but for the tolerated codes."""
+        return tuple(m for m in self.at_least(self.failure_threshold) if m.code not in self.tolerated)
+
+    @property
+    def tolerated_failures(self) -> tuple[AnalyzeMessage, ...]:
+        """The messages at or above the failure threshold that are tolerated."""
+        return tuple(m for m in self.at_least(self.failure_threshold) if m.code in self.tolerated)
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.failures
+        """No failure; istioctl exited 0, or 79 for tolerated messages only."""
+        if self.failures:
+            return False
+        return self.exit_code == 0 or (
+            self.exit_code == EXIT_ANALYZER_FOUND_ISSUES and bool(self.tolerated_failures)
+        )
 
     def summary(self) -> str:
         counts = ", ".join(
@@ -180,7 +217,12 @@ class AnalyzeError(PreflightError):
             f"(exit code {result.exit_code}): `{format_argv(result.argv)}`",
             *(f"  {m}" for m in failures),
         ]
-        others = [m for m in result.messages if m not in failures]
+        tolerated = result.tolerated_failures
+        if tolerated:
+            lines.append(
+                f"  (and {len(tolerated)} tolerated: {', '.join(sorted({m.code for m in tolerated}))})"
+            )
+        others = [m for m in result.messages if m not in failures and m not in tolerated]
         if others:
             lines.append(
                 f"  (and {len(others)} below the threshold: {', '.join(sorted({m.code for m in others}))})"
@@ -240,20 +282,24 @@ def _str(value: str | int | None) -> str | None:
 
 
 def analyze_command(
-    istioctl: Path,
+    istioctl: Path | str,
     files: Sequence[Path],
     *,
+    mode: AnalyzeMode = "files",
+    kube_args: Sequence[str] = (),
+    namespace: str | None = None,
     failure_threshold: Level = "Error",
     suppress: Sequence[str] = (),
     istio_namespace: str | None = None,
     mesh_config: Path | None = None,
 ) -> list[str]:
-    """The argv :func:`analyze_offline` runs."""
-    argv = [
-        str(istioctl),
-        "analyze",
-        "--use-kube=false",
-        "--all-namespaces",
+    """The argv :func:`analyze` runs: ``kube_args`` (which cluster) first, then the mode, then the
+    namespace (``-n NAMESPACE``, or ``--all-namespaces`` without one)."""
+    argv = [str(istioctl), "analyze", *kube_args]
+    if mode == "files":
+        argv.append("--use-kube=false")
+    argv += ["-n", namespace] if namespace else ["--all-namespaces"]
+    argv += [
         "--output=log",
         "--color=false",
         f"--failure-threshold={failure_threshold}",
@@ -270,29 +316,31 @@ def analyze_command(
 
 
 def _check_arguments(
-    files: Sequence[Path], failure_threshold: str, suppress: Sequence[str], timeout: float
+    files: Sequence[Path], mode: str, failure_threshold: str, suppress: Sequence[str], timeout: float
 ) -> None:
     if not files:
-        raise ValueError("analyze_offline: no files to analyze")
+        raise ValueError("analyze: no files to analyze")
     for f in files:
         if f.suffix not in ANALYZE_FILE_SUFFIXES:
             raise ValueError(
-                f"analyze_offline: {f}: istioctl analyze reads only {', '.join(ANALYZE_FILE_SUFFIXES)} files "
+                f"analyze: {f}: istioctl analyze reads only {', '.join(ANALYZE_FILE_SUFFIXES)} files "
                 "(it would skip this one silently)"
             )
         if not f.is_file():
-            raise ValueError(f"analyze_offline: {f}: no such file")
+            raise ValueError(f"analyze: {f}: no such file")
+    if mode not in ANALYZE_MODES:
+        raise ValueError(f"analyze: mode must be one of {', '.join(ANALYZE_MODES)}, got {mode!r}")
     if failure_threshold not in LEVELS:
         raise ValueError(
-            f"analyze_offline: failure_threshold must be one of {', '.join(LEVELS)}, got {failure_threshold!r}"
+            f"analyze: failure_threshold must be one of {', '.join(LEVELS)}, got {failure_threshold!r}"
         )
     for item in suppress:
         if not _SUPPRESSION.match(item):
             raise ValueError(
-                f"analyze_offline: suppression {item!r} is not CODE=RESOURCE, e.g. 'IST0101=Gateway egress.ns'"
+                f"analyze: suppression {item!r} is not CODE=RESOURCE, e.g. 'IST0101=Gateway egress.ns'"
             )
     if timeout <= 0:
-        raise ValueError(f"analyze_offline: timeout must be positive, got {timeout}")
+        raise ValueError(f"analyze: timeout must be positive, got {timeout}")
 
 
 def analyze_offline(
@@ -305,21 +353,55 @@ def analyze_offline(
     istio_namespace: str | None = None,
     mesh_config: Path | None = None,
 ) -> AnalyzeResult:
-    """Run ``istioctl analyze --use-kube=false`` over ``rendered_files`` (no cluster is contacted).
+    """:func:`analyze` in ``files`` mode over all namespaces: ``istioctl analyze --use-kube=false``
+    over ``rendered_files`` (no cluster is contacted)."""
+    return analyze(
+        rendered_files,
+        istioctl,
+        timeout=timeout,
+        mode="files",
+        failure_threshold=failure_threshold,
+        suppress=suppress,
+        istio_namespace=istio_namespace,
+        mesh_config=mesh_config,
+    )
 
-    Returns the parsed result when no message reaches ``failure_threshold``; raises
-    :class:`AnalyzeError` when one does, and :class:`PreflightError` when istioctl cannot run, times
-    out after ``timeout`` seconds, cannot parse a file, rejects the command line, or answers with
-    output that does not agree with its exit code. ``suppress`` items are istioctl's
-    ``CODE=RESOURCE`` (``IST0101=Gateway egress-gateway.egress-harness``); ``istio_namespace`` is
-    where it assumes Istio runs (istioctl's default: istio-system); ``mesh_config`` a MeshConfig
-    file to analyze with instead of Istio's defaults.
+
+def analyze(
+    files: Sequence[Path],
+    istioctl: Path | str,
+    *,
+    timeout: float,
+    mode: AnalyzeMode = "files",
+    kube_args: Sequence[str] = (),
+    namespace: str | None = None,
+    failure_threshold: Level = "Error",
+    suppress: Sequence[str] = (),
+    tolerate: Collection[str] = (),
+    istio_namespace: str | None = None,
+    mesh_config: Path | None = None,
+) -> AnalyzeResult:
+    """Run ``istioctl analyze`` over ``files``: on their own (``mode="files"``, no cluster is
+    contacted) or with the live cluster ``kube_args`` name (``mode="cluster"``); for ``namespace``,
+    or all namespaces without one.
+
+    Returns the parsed result when no message reaches ``failure_threshold`` (messages with a code of
+    ``tolerate`` do not count); raises :class:`AnalyzeError` when one does, and
+    :class:`PreflightError` when istioctl cannot run, times out after ``timeout`` seconds, cannot
+    parse a file, rejects the command line, or answers with output that does not agree with its exit
+    code. ``suppress`` items are istioctl's ``CODE=RESOURCE`` (``IST0101=Gateway
+    egress-gateway.egress-harness``); ``istio_namespace`` is where it assumes Istio runs (istioctl's
+    default: istio-system); ``mesh_config`` a MeshConfig file to analyze with instead of Istio's
+    defaults.
     """
-    files = list(rendered_files)
-    _check_arguments(files, failure_threshold, suppress, timeout)
+    files = list(files)
+    _check_arguments(files, mode, failure_threshold, suppress, timeout)
     argv = analyze_command(
         istioctl,
         files,
+        mode=mode,
+        kube_args=kube_args,
+        namespace=namespace,
         failure_threshold=failure_threshold,
         suppress=suppress,
         istio_namespace=istio_namespace,
@@ -337,13 +419,15 @@ def analyze_offline(
         raise PreflightError(f"istioctl analyze could not run: {exc.reason} (`{shown}`)") from exc
 
     messages, unparsed = parse_analyze_output(done.stdout)
+    on_stderr, _ = parse_analyze_output(done.stderr)
     result = AnalyzeResult(
         argv=done.argv,
         exit_code=done.returncode,
         failure_threshold=failure_threshold,
-        messages=tuple(messages),
+        messages=(*messages, *on_stderr),
         unparsed=tuple(unparsed),
         stderr=done.stderr,
+        tolerated=frozenset(tolerate),
     )
 
     def details() -> str:
@@ -356,12 +440,14 @@ def analyze_offline(
 
     code = done.returncode
     if code == EXIT_ANALYZER_FOUND_ISSUES:
-        if not result.failures:
+        if not result.at_least(failure_threshold):
             raise PreflightError(
                 f"`{shown}` exited {code} (analyzers found issues at or above {failure_threshold}), but no such "
                 f"message could be read from its output: is this istioctl's log format?{details()}"
             )
-        raise AnalyzeError(result)
+        if result.failures:
+            raise AnalyzeError(result)
+        return result  # only tolerated messages reached the threshold
     if code == EXIT_DATA_ERROR:
         raise PreflightError(
             f"istioctl analyze could not parse some of the files (exit {code}): `{shown}`{details()}"
