@@ -58,7 +58,7 @@ import pytest
 from harness.common import tools, versions
 
 if TYPE_CHECKING:  # imported when used: registering the plugin stays cheap for the other tiers
-    from harness.cluster.e2e import E2EOptions, E2ERun, RunState
+    from harness.cluster import E2EOptions, E2ERun, RunState
     from harness.report.results import Outcome, RunResult, ScenarioResult
     from harness.upgrade import UpgradePlan
 
@@ -134,7 +134,7 @@ def _flag(config: pytest.Config, name: str, env: str) -> bool:
 
 def options_from(config: pytest.Config, artifacts_dir: Path | None = None) -> E2EOptions:
     """The run's options: command line first, then the environment, then the defaults."""
-    from harness.cluster.e2e import E2EOptions
+    from harness.cluster import E2EOptions
 
     kubeconfig = _option(config, "--kubeconfig", "EGRESS_HARNESS_KUBECONFIG")
     encoding = str(_option(config, "--access-log-encoding", "EGRESS_HARNESS_ACCESS_LOG_ENCODING") or "text")
@@ -168,7 +168,7 @@ def options_from(config: pytest.Config, artifacts_dir: Path | None = None) -> E2
 def catalog_aliases(scenarios_dir: Path) -> list[str]:
     """The recorder aliases for every scenario of the catalog (none when it does not load: the
     catalog's own tests say why)."""
-    from harness.cluster.e2e import recorder_aliases
+    from harness.cluster import recorder_aliases
     from harness.scenarios import ScenarioError, load_catalog
 
     try:
@@ -180,7 +180,7 @@ def catalog_aliases(scenarios_dir: Path) -> list[str]:
 
 def catalog_mtls_aliases(scenarios_dir: Path) -> list[str]:
     """The mTLS recorder's aliases for the catalog's scenarios that need a client certificate."""
-    from harness.cluster.e2e import mtls_recorder_aliases
+    from harness.cluster import mtls_recorder_aliases
     from harness.scenarios import ScenarioError, load_catalog
 
     try:
@@ -198,7 +198,7 @@ def run_state_path(config: pytest.Config) -> Path | None:
 
 def load_run_state(config: pytest.Config) -> RunState | None:
     """The run state named by the options; a file that cannot be read is a usage error naming it."""
-    from harness.cluster.e2e import RunState, RunStateError
+    from harness.cluster import RunState, RunStateError
 
     path = run_state_path(config)
     if path is None:
@@ -489,7 +489,7 @@ def e2e_run(
     Attached to the run of ``--run-state`` when given; else a run of its own, which a
     pytest-xdist worker must not make.
     """
-    from harness.cluster.e2e import E2ERun
+    from harness.cluster import E2ERun
 
     state = session_state_or_stop(request.config, e2e_options)
     run_dir = tmp_path_factory.mktemp("e2e-run")
@@ -510,7 +510,7 @@ def scenario_namespace(e2e_run: E2ERun) -> Iterator[str]:
     """The run namespace for one test; every scenario the test applied is removed afterwards.
 
     The test holds the run's scenario lock shared, so a scenario that needs the cluster alone (see
-    ``harness.cluster.e2e.exclusive_reason``) does not run at the same time.
+    ``harness.cluster.lock.exclusive_reason``) does not run at the same time.
     """
     before = len(e2e_run.applied)
     with e2e_run.scenario_lock().hold(exclusive=False, what=f"a test in {e2e_run.namespace}"):

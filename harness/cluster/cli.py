@@ -5,7 +5,7 @@ run directory), Istio with its egress gateway, optionally the Gateway API CRDs, 
 (``<run dir>/pki``), the recorder on kind's network under an alias for every host of the catalog
 (HTTP and HTTPS) and the mutual-TLS recorder under the names of the catalog's mTLS scenarios, the
 run namespace with the relays and the shared ingress Gateway -- and leaves it running. It writes
-``<run dir>/run-state.json`` (a :class:`harness.cluster.e2e.RunState`: kubeconfig, context, ingress URL,
+``<run dir>/run-state.json`` (a :class:`harness.cluster.state.RunState`: kubeconfig, context, ingress URL,
 recorder containers, PKI directory, run id, and what it created) and prints it on stdout. A failed
 or interrupted ``up`` removes what it made and writes no state. ``--no-external-tls`` makes no
 certificates and serves plain HTTP only (the TLS scenarios are then skipped).
@@ -42,8 +42,10 @@ from harness.common import versions
 from harness.common.paths import REPO_ROOT
 from harness.common.proc import CommandError, progress, run
 
-if TYPE_CHECKING:  # harness.cluster.e2e is imported when a command runs: building the CLI stays cheap
-    from harness.cluster.e2e import E2EOptions, E2ERun, RunState
+if TYPE_CHECKING:  # the run is imported when a command runs: building the CLI stays cheap
+    from harness.cluster.options import E2EOptions
+    from harness.cluster.run import E2ERun
+    from harness.cluster.state import RunState
 
 RUN_DIR_ENV = "EGRESS_HARNESS_RUN_DIR"
 DEFAULT_RUN_DIR = REPO_ROOT / ".cache" / "e2e-run"
@@ -56,7 +58,7 @@ def default_run_dir() -> Path:
 
 
 def state_path(run_dir: Path) -> Path:
-    from harness.cluster.e2e import RUN_STATE_FILE
+    from harness.cluster.state import RUN_STATE_FILE
 
     return run_dir / RUN_STATE_FILE
 
@@ -67,7 +69,8 @@ def state_path(run_dir: Path) -> Path:
 def options_for_up(args: argparse.Namespace, scenarios: Iterable[Any]) -> E2EOptions:
     """The run's options from the command line; the recorders' aliases from ``scenarios`` (the
     catalog's scenarios, or their names when no scenario needs mutual TLS)."""
-    from harness.cluster.e2e import E2EOptions, mtls_recorder_aliases, recorder_aliases
+    from harness.cluster.hosts import mtls_recorder_aliases, recorder_aliases
+    from harness.cluster.options import E2EOptions
 
     listed = list(scenarios)
     names = [s if isinstance(s, str) else s.name for s in listed]
@@ -91,7 +94,8 @@ def bring_up(
 ) -> RunState:
     """Start a run, write its state, and leave it running. On any failure (Ctrl-C included) what was
     made is removed again and no state file is left."""
-    from harness.cluster.e2e import E2EError, E2ERun
+    from harness.cluster.errors import E2EError
+    from harness.cluster.run import E2ERun
 
     make_run = make_run or E2ERun
     path = state_path(run_dir)
@@ -128,7 +132,7 @@ def load_catalog_scenarios(scenarios_dir: Path = REPO_ROOT / "scenarios") -> tup
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from harness.cluster.e2e import E2EError
+    from harness.cluster.errors import E2EError
     from harness.scenarios import ScenarioError
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
@@ -154,7 +158,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def remove_container(name: str) -> None:
     """``docker rm -f -v NAME``; a container that is gone already is fine."""
-    from harness.cluster.e2e import DOCKER_RM_TIMEOUT_S, E2EError
+    from harness.cluster.errors import E2EError
+    from harness.cluster.hosts import DOCKER_RM_TIMEOUT_S
 
     done = run(["docker", "rm", "-f", "-v", name], timeout=DOCKER_RM_TIMEOUT_S, check=False)
     if done.returncode != 0 and "no such container" not in done.stderr.lower():
@@ -180,7 +185,7 @@ def delete_kind_cluster(state: RunState) -> None:
 
 def run_namespaces(kube: Any, run_id: str) -> list[str]:
     """The namespaces labelled with the run's id (the run namespace and scenario leftovers)."""
-    from harness.cluster.e2e import RUN_LABEL
+    from harness.cluster.hosts import RUN_LABEL
     from harness.cluster.kube import REQUEST_TIMEOUT_S
 
     listing = kube.core.list_namespace(
@@ -192,7 +197,7 @@ def run_namespaces(kube: Any, run_id: str) -> list[str]:
 
 def run_secrets(kube: Any, run_id: str, namespace: str) -> list[str]:
     """The Secrets in ``namespace`` labelled with the run's id (credentials scenarios left behind)."""
-    from harness.cluster.e2e import RUN_LABEL
+    from harness.cluster.hosts import RUN_LABEL
     from harness.cluster.kube import REQUEST_TIMEOUT_S
 
     listing = kube.core.list_namespaced_secret(
@@ -250,7 +255,7 @@ def clean_existing_cluster(state: RunState, kube: Any) -> None:
 
 def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None = None) -> list[str]:
     """Remove what ``state`` says ``up`` created; each part on its own. Returns what failed."""
-    from harness.cluster.e2e import E2EError
+    from harness.cluster.errors import E2EError
 
     problems: list[str] = []
 
@@ -291,7 +296,7 @@ def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None
 
 def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None = None) -> list[str]:
     """``e2e down``: what failed (empty when the run is gone); the state file goes only then."""
-    from harness.cluster.e2e import RunState
+    from harness.cluster.state import RunState
 
     path = state_path(run_dir)
     if not path.exists():
@@ -315,7 +320,7 @@ def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None 
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from harness.cluster.e2e import RunStateError
+    from harness.cluster.errors import RunStateError
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
     try:

@@ -1,6 +1,6 @@
 """The whole scenario catalog on the cluster, one test per scenario, each in a namespace of its own.
 
-Every scenario of ``scenarios/`` runs through ``harness.cluster.e2e.ScenarioRunner``: its own namespace with
+Every scenario of ``scenarios/`` runs through ``harness.cluster.runner.ScenarioRunner``: its own namespace with
 its own ``proxy`` and ``target`` (reached through the run's shared ingress Gateway at
 ``/<ns>/proxy``), its own external host names (``<scenario>.egress-harness.test``, answered by the
 recorder), its manifests applied and awaited in the proxies, each request judged by the target's
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cluster.e2e import E2ERun, ScenarioRunner
+from harness.cluster import E2ERun, ScenarioRunner
 from harness.pytest_plugin import E2EResults, mark_diagnosed, run_encoding
 from harness.scenarios import load_catalog
 
@@ -41,7 +41,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("catalog_scenario", names, ids=[f"{name}-{encoding}" for name in names])
 
 
-#: a scenario that needs the cluster alone waits for the others (harness.cluster.e2e.LOCK_TIMEOUT_S), and
+#: a scenario that needs the cluster alone waits for the others (harness.cluster.lock.LOCK_TIMEOUT_S), and
 #: the first test of a session without a run state also waits for its cluster
 @pytest.mark.timeout(3600)
 def test_catalog_scenario(

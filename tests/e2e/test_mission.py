@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cluster.e2e import E2ERun
+from harness.cluster import E2ERun
 from harness.evidence import EgressTarget, RequestRef, Wait, assert_through_gateway
 from harness.pytest_plugin import E2EResults, Recording
 from harness.scenarios import load_catalog, render_request

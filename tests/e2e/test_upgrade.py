@@ -8,7 +8,7 @@ to ask. It makes its own kind cluster (name ``egress-upgrade-<id>``, ingress on 
 ``UPGRADE_INGRESS_PORT`` so it can sit beside a cluster of ``e2e up``), its own PKI and recorders
 (HTTP and HTTPS, and the one that requires client certificates, as ``e2e up`` makes them), and no
 Istio: ``harness.upgrade.runner.UpgradeRun`` installs and upgrades Istio itself, and calls
-``harness.cluster.e2e.UpgradeCatalog`` for each phase, which runs every applicable scenario through the
+``harness.cluster.runner.UpgradeCatalog`` for each phase, which runs every applicable scenario through the
 same per-scenario runner as tests/e2e/test_catalog.py.
 
 The run's RunResult is written to ``artifacts/upgrade-<id>/results.json`` with its Markdown report
@@ -28,8 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cluster.apps import RECORDER_IMAGE, build_app_image, prepare_relay_image
-from harness.cluster.e2e import (
+from harness.cluster import (
     EXTERNAL_ALIAS,
     INGRESS_GATEWAY_NAME,
     MISSION,
@@ -47,6 +46,7 @@ from harness.cluster.e2e import (
     recorder_state,
     upgrade_problems,
 )
+from harness.cluster.apps import RECORDER_IMAGE, build_app_image, prepare_relay_image
 from harness.cluster.providers.kind import KindCluster
 from harness.common import tools, versions
 from harness.common.certs import generate_pki

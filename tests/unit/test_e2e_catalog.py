@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from harness.cluster import e2e
-from harness.cluster.e2e import (
+from harness.cluster import (
     DEFAULT_GATEWAY,
+    GATEWAY_API_CRDS_URL,
+    GATEWAY_API_URL_ENV,
+    ConfigMarker,
+    E2EError,
     E2EOptions,
     E2ERun,
+    GatewayApiCrds,
     LockTimeoutError,
     NamespaceRelays,
     RecorderState,
@@ -35,9 +40,12 @@ from harness.cluster.e2e import (
     catalog_results,
     chain_for,
     convergence_markers,
+    credential_names,
     dns_label,
     exclusive_reason,
     external_requirement,
+    fetch_gateway_api_crds,
+    gateway_api_url,
     ingress_route,
     missing_markers,
     mtls_recorder_aliases,
@@ -48,9 +56,11 @@ from harness.cluster.e2e import (
     scenario_namespace_name,
     upgrade_problems,
 )
+from harness.cluster import runner as cluster_runner
 from harness.cluster.kube import ObjectRef, split_documents
 from harness.cluster.providers.kind import ExistingCluster
 from harness.common.traffic import ChainResponse, unwrap_chain
+from harness.evidence import Wait
 from harness.report.results import ProberStats, RunResult, ScenarioResult, StepResult
 from harness.scenarios import RenderContext, load_catalog, render_scenario
 from harness.upgrade import UpgradePlan
@@ -280,7 +290,7 @@ def test_markers_of_a_gateway_policy_and_of_gateway_api_routes() -> None:
 
 
 def test_a_marker_with_no_proxy_left_to_hold_it_is_dropped() -> None:
-    m = [e2e.ConfigMarker("gateway", "B", "b")]
+    m = [ConfigMarker("gateway", "B", "b")]
     assert missing_markers(m, {"gateway": []}, present=False) == []
     assert missing_markers(m, {"gateway": []}, present=True) == m
 
@@ -477,7 +487,7 @@ class Cluster:
         )
 
     def runner(self, **kw: Any) -> ScenarioRunner:
-        kw.setdefault("wait", e2e.Wait(timeout=0.5, interval=0.02, settle=0.05))
+        kw.setdefault("wait", Wait(timeout=0.5, interval=0.02, settle=0.05))
         kw.setdefault("collect_diagnostics", False)
         kw.setdefault("lock", ScenarioLock(self.run.run_dir, timeout_s=1))
         kw.setdefault("converge_s", 10.0)  # the stand-ins converge on the first poll, or never
@@ -686,7 +696,7 @@ def originating(
 
 def active(namespace: str, scenario: str) -> str:
     """The gateway's SDS secrets once it holds the scenario's credential (see credential_secrets)."""
-    names = e2e.credential_names(namespace, scenario)
+    names = credential_names(namespace, scenario)
     if scenario == MTLS_ORIGINATION:
         name = names["client_credential_name"]
         return sds_dump([f"kubernetes://{name}", f"kubernetes://{name}-cacert"])
@@ -749,7 +759,7 @@ def test_mtls_origination_is_judged_at_the_mtls_recorder_by_its_client_certifica
         ("delete", ["Secret"]),
     ]
     rendered = (cluster.run.run_dir / "scenarios" / MTLS_ORIGINATION / "manifests.yaml").read_text()
-    name = e2e.credential_names(MTLS_NS, MTLS_ORIGINATION)["client_credential_name"]
+    name = credential_names(MTLS_NS, MTLS_ORIGINATION)["client_credential_name"]
     assert f"credentialName: {name}" in rendered and f"host: {host}" in rendered
 
 
@@ -804,7 +814,7 @@ def test_a_tls_request_from_elsewhere_says_what_handshakes_failed(tls_cluster: C
 
 def test_a_credential_the_gateway_never_loads_fails_naming_the_secret(tls_cluster: Cluster) -> None:
     cluster = tls_cluster
-    name = e2e.credential_names(TLS_NS, TLS_ORIGINATION)["ca_credential_name"]
+    name = credential_names(TLS_NS, TLS_ORIGINATION)["ca_credential_name"]
     cluster.proxy_config(TLS_NS, TLS_ORIGINATION, secrets=sds_dump([], [f"kubernetes://{name}-cacert"]))
     originating(cluster, TLS_ORIGINATION)
     result = cluster.runner(converge_s=1.0).run_scenario(CATALOG.get(TLS_ORIGINATION)).result
@@ -955,11 +965,11 @@ def test_the_probe_needs_the_chain_first_then_sends_it(
         def close(self) -> None:
             sent.append("closed")
 
-    monkeypatch.setattr(e2e, "Traffic", FakeTraffic)
+    monkeypatch.setattr(cluster_runner, "Traffic", FakeTraffic)
     adapter = UpgradeCatalog(
         [], UpgradePlan("1.29.6", "1.30.3"), base=base_state(tmp_path), options=E2EOptions(), run_dir=tmp_path
     )
-    with pytest.raises(e2e.E2EError, match="before the catalog's first phase"):
+    with pytest.raises(E2EError, match="before the catalog's first phase"):
         adapter.probe()
     adapter.probe_url = "http://127.0.0.1:18081/proxy?url=x"
     assert adapter.probe().status == 200
@@ -1131,7 +1141,7 @@ def test_gateway_api_crds_are_installed_awaited_and_removed_only_when_asked(tmp_
     cache = tmp_path / "standard-install.yaml"
     cache.write_text(GATEWAY_API_YAML)
     kube = CrdKube(polls=2)
-    crds = e2e.GatewayApiCrds(kube, cache=cache, remove=lambda: False)
+    crds = GatewayApiCrds(kube, cache=cache, remove=lambda: False)
     with crds:
         assert crds.installed and kube.calls == [
             (
@@ -1145,7 +1155,7 @@ def test_gateway_api_crds_are_installed_awaited_and_removed_only_when_asked(tmp_
         ]
     assert kube.calls[-1][0] == "apply"  # the cluster goes anyway: nothing removed one by one
     kube = CrdKube()
-    with e2e.GatewayApiCrds(kube, cache=cache, remove=lambda: True):
+    with GatewayApiCrds(kube, cache=cache, remove=lambda: True):
         pass
     assert kube.calls[-1] == (
         "delete",
@@ -1159,7 +1169,7 @@ def test_gateway_api_crds_are_installed_awaited_and_removed_only_when_asked(tmp_
 
 def test_gateway_api_crds_already_there_are_used_and_never_removed(tmp_path: Path) -> None:
     kube = CrdKube(present={"httproutes.gateway.networking.k8s.io"})
-    with e2e.GatewayApiCrds(kube, cache=tmp_path / "absent.yaml", remove=lambda: True) as crds:
+    with GatewayApiCrds(kube, cache=tmp_path / "absent.yaml", remove=lambda: True) as crds:
         assert not crds.installed
     assert kube.calls == []  # nothing downloaded, applied or deleted
 
@@ -1169,9 +1179,9 @@ def test_crds_that_never_get_established_are_removed_again(tmp_path: Path) -> No
     cache.write_text(GATEWAY_API_YAML)
     kube = CrdKube(polls=10_000)
     with pytest.raises(
-        e2e.E2EError, match=r"Gateway API CRDs: not done after 0\.05s; last state: not established"
+        E2EError, match=r"Gateway API CRDs: not done after 0\.05s; last state: not established"
     ):
-        e2e.GatewayApiCrds(kube, cache=cache, timeout_s=0.05).install()
+        GatewayApiCrds(kube, cache=cache, timeout_s=0.05).install()
     assert kube.calls[-1][0] == "delete"
 
 
@@ -1187,14 +1197,14 @@ def test_the_gateway_api_manifest_is_downloaded_once_and_checked(
         body = GATEWAY_API_YAML if "standard" in url else "<html>not found</html>"
         return httpx.Response(200, text=body, request=httpx.Request("GET", url))
 
-    monkeypatch.setattr(e2e.httpx, "get", get)
+    monkeypatch.setattr(httpx, "get", get)
     cache = tmp_path / "cache" / "standard-install.yaml"
-    url = e2e.GATEWAY_API_CRDS_URL
+    url = GATEWAY_API_CRDS_URL
     assert url.endswith("/v1.5.1/standard-install.yaml")
-    assert e2e.fetch_gateway_api_crds(url, cache) == GATEWAY_API_YAML
-    assert e2e.fetch_gateway_api_crds(url, cache) == GATEWAY_API_YAML
+    assert fetch_gateway_api_crds(url, cache) == GATEWAY_API_YAML
+    assert fetch_gateway_api_crds(url, cache) == GATEWAY_API_YAML
     assert fetched == [url] and cache.read_text() == GATEWAY_API_YAML
-    with pytest.raises(e2e.E2EError, match="holds no CustomResourceDefinition"):
-        e2e.fetch_gateway_api_crds("https://mirror.example/other.yaml", tmp_path / "other.yaml")
-    monkeypatch.setenv(e2e.GATEWAY_API_URL_ENV, "https://mirror.example/standard-install.yaml")
-    assert e2e.gateway_api_url() == "https://mirror.example/standard-install.yaml"
+    with pytest.raises(E2EError, match="holds no CustomResourceDefinition"):
+        fetch_gateway_api_crds("https://mirror.example/other.yaml", tmp_path / "other.yaml")
+    monkeypatch.setenv(GATEWAY_API_URL_ENV, "https://mirror.example/standard-install.yaml")
+    assert gateway_api_url() == "https://mirror.example/standard-install.yaml"

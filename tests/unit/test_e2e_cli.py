@@ -12,9 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness.cluster import cli as e2e_cli
-from harness.cluster import e2e
-from harness.cluster.e2e import (
+from harness.cluster import (
     RUN_STATE_FILE,
     E2EError,
     E2EOptions,
@@ -25,8 +23,12 @@ from harness.cluster.e2e import (
     pki_server_names,
     recorder_aliases,
 )
+from harness.cluster import cli as e2e_cli
+from harness.cluster import namespace as cluster_namespace
+from harness.cluster import run as cluster_run
 from harness.cluster.kube import ObjectRef
 from harness.cluster.providers.kind import KindCluster
+from harness.common import tools
 from harness.common.certs import generate_pki, openssl_unavailable_reason
 from tests.unit.test_e2e_run import Part, parts  # noqa: F401  (the fixture of the run's stand-in parts)
 
@@ -325,9 +327,10 @@ def test_an_attached_run_creates_nothing_and_closes_only_its_connections(
     class Traffic(Conn):
         pass
 
-    monkeypatch.setattr(e2e, "Kube", Kube)
-    monkeypatch.setattr(e2e, "Traffic", Traffic)
-    monkeypatch.setattr(e2e.tools, "ensure_tool", lambda name, version: Path(f"/bin/{name}-{version}"))
+    monkeypatch.setattr(cluster_run, "Kube", Kube)
+    for module in (cluster_run, cluster_namespace):  # the attach, and a view's client made on demand
+        monkeypatch.setattr(module, "Traffic", Traffic)
+    monkeypatch.setattr(tools, "ensure_tool", lambda name, version: Path(f"/bin/{name}-{version}"))
     options = E2EOptions(istio_version="1.29.6", keep_on_failure=True)
     with E2ERun(options, tmp_path / "worker", state=state) as run:
         assert (run.run_id, run.namespace, run.ingress_url) == ("abc123", "egress-abc123", state.ingress_url)
@@ -365,9 +368,10 @@ def test_an_attached_run_reads_the_runs_certificates_and_both_recorders(
         def __exit__(self, *exc: object) -> None:
             pass
 
-    monkeypatch.setattr(e2e, "Kube", Conn)
-    monkeypatch.setattr(e2e, "Traffic", Conn)
-    monkeypatch.setattr(e2e.tools, "ensure_tool", lambda name, version: Path(f"/bin/{name}"))
+    monkeypatch.setattr(cluster_run, "Kube", Conn)
+    for module in (cluster_run, cluster_namespace):
+        monkeypatch.setattr(module, "Traffic", Conn)
+    monkeypatch.setattr(tools, "ensure_tool", lambda name, version: Path(f"/bin/{name}"))
     with E2ERun(E2EOptions(), tmp_path / "worker", state=state) as run:
         assert run.pki == made  # the same files, subjects and names as `up` made them
         assert (

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from harness import pytest_plugin
-from harness.cluster.e2e import E2EOptions, RunState, recorder_aliases
+from harness.cluster import E2EOptions, RunState, recorder_aliases
 from harness.pytest_plugin import (
     XDIST_WITHOUT_RUN_STATE,
     E2EResults,

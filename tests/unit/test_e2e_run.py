@@ -1,6 +1,8 @@
-"""harness.cluster.e2e without a cluster: the chain, readiness, callers, convergence markers, analyze (fake
-``istioctl``), scenario apply/converge/remove and a judged request against stand-in pods, and the
-order in which a run sets up and tears down its parts (also when a step fails)."""
+"""The cluster tier's run without a cluster (harness.cluster: run, namespace, chain, convergence,
+credentials, witness): the chain, readiness, callers, convergence markers, scenario
+analyze/apply/converge/remove (fake ``istioctl``) and a judged request against stand-in pods, TLS
+credentials and evidence, and the order in which a run sets up and tears down its parts (also when a
+step fails)."""
 
 from __future__ import annotations
 
@@ -16,23 +18,41 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from harness.cluster import e2e
-from harness.cluster.e2e import (
-    AnalyzeError,
+from harness.cluster import (
+    EXTERNAL_ALIAS,
     ChainNotReadyError,
     ConfigMarker,
+    ConvergenceError,
     E2EError,
     E2EOptions,
     E2ERun,
+    RecorderState,
+    RunDiagnostics,
+    RunState,
     ScenarioNotApplicable,
-    analyze,
     caller_addresses,
     chain_for,
+    check_tls_record,
     convergence_markers,
+    credential_names,
+    credential_secrets,
+    expects_external_tls,
+    gatewayapi,
+    handshake_hint,
+    load_pki,
     missing_markers,
-    parse_analyze,
+    missing_sds_resources,
+    mtls_recorder_aliases,
+    pki_server_names,
+    recorder_aliases,
+    recorder_serves,
+    recorder_state,
+    scenario_hosts,
+    sds_secret_states,
     send_until_answered,
 )
+from harness.cluster import namespace as cluster_namespace
+from harness.cluster import run as cluster_run
 from harness.cluster.external import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, RecorderTLS
 from harness.cluster.kube import ObjectRef, split_documents
 from harness.cluster.providers.kind import ExistingCluster
@@ -42,7 +62,9 @@ from harness.common.traffic import ChainResponse, Hop, TrafficError, unwrap_chai
 from harness.evidence import EvidenceError, Wait
 from harness.evidence.external import ExternalEvidenceError
 from harness.scenarios import RenderContext, load_catalog, render_request, render_scenario
+from harness.scenarios.preflight import AnalyzeError
 from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY
+from tests.unit.test_preflight import ANALYZE_ERRORS
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(REPO / "scenarios")
@@ -243,59 +265,6 @@ def test_missing_markers_in_both_directions() -> None:
     assert missing_markers(m, {"sidecar": ["-"], "gateway": ["B"]}, present=False) == [m[1]]
 
 
-# --- istioctl analyze -----------------------------------------------------------------------------
-
-ANALYZE_ERRORS = (
-    "Error [IST0101] (Gateway egress-abc123/egress-gateway manifests.yaml:23) Referenced selector not "
-    'found: "istio=egressgateway"\n'
-    "Warning [IST0117] (Deployment egress-abc123/x) No service associated with this deployment.\n"
-    "Error: Analyzers found issues when analyzing namespace: egress-abc123.\n"
-)
-
-
-def test_parse_analyze_reads_levels_codes_and_origins() -> None:
-    found = parse_analyze(ANALYZE_ERRORS + "Info [IST0102] (Namespace default) not injected\n")
-    assert [(f.level, f.code) for f in found] == [
-        ("Error", "IST0101"),
-        ("Warning", "IST0117"),
-        ("Info", "IST0102"),
-    ]
-    assert found[0].origin == "Gateway egress-abc123/egress-gateway manifests.yaml:23"
-
-
-def test_analyze_against_the_cluster_fails_on_errors(fakebin: Any, tmp_path: Path) -> None:
-    fakebin.rules([{"tool": "istioctl", "args": ["analyze"], "stderr": ANALYZE_ERRORS, "exit": 79}])
-    files = [tmp_path / "m.yaml"]
-    with pytest.raises(AnalyzeError, match="IST0101") as err:
-        analyze("istioctl", files, kubeconfig=tmp_path / "kc", context="kind-x", namespace=NS)
-    assert [f.code for f in err.value.findings] == ["IST0101"]
-    assert fakebin.commands() == [
-        f"istioctl analyze --kubeconfig {tmp_path / 'kc'} --context kind-x -n {NS} {files[0]}"
-    ]
-
-
-def test_file_only_analysis_tolerates_references_to_the_cluster(fakebin: Any, tmp_path: Path) -> None:
-    fakebin.rules([{"tool": "istioctl", "args": ["analyze"], "stderr": ANALYZE_ERRORS, "exit": 79}])
-    found = analyze(
-        "istioctl",
-        [tmp_path / "m.yaml"],
-        kubeconfig=tmp_path / "kc",
-        context=None,
-        namespace=NS,
-        mode="files",
-    )
-    assert [f.code for f in found] == ["IST0101", "IST0117"]
-    assert "--use-kube=false" in fakebin.calls()[0]["args"]
-
-
-def test_analyze_that_fails_without_findings_is_an_error(fakebin: Any, tmp_path: Path) -> None:
-    fakebin.rules(
-        [{"tool": "istioctl", "args": ["analyze"], "stderr": "Error: failed to parse m.yaml\n", "exit": 1}]
-    )
-    with pytest.raises(AnalyzeError, match="failed to parse"):
-        analyze("istioctl", [tmp_path / "m.yaml"], kubeconfig=tmp_path / "kc", context=None, namespace=NS)
-
-
 # --- a run against stand-ins ----------------------------------------------------------------------
 
 
@@ -379,7 +348,7 @@ def test_apply_scenario_renders_analyzes_applies_and_waits_for_the_proxies(
     assert applied.removed
     cmds = fakebin.commands()
     assert cmds[0].startswith("istioctl analyze --kubeconfig")
-    assert f"-n {NS} {applied.manifest}" in cmds[0]
+    assert f" -n {NS} " in cmds[0] and cmds[0].endswith(f" {applied.manifest}")
     # two polls of both proxies to converge, one to see everything gone
     polled = [c.split()[3] for c in cmds[1:]]
     assert polled == [f"target-1.{NS}", "gw-1.istio-system"] * 3
@@ -391,9 +360,7 @@ def test_a_scenario_the_proxies_never_take_times_out_naming_what_is_missing(
 ) -> None:
     run, _ = standin_run
     fakebin.rules(converging_rules(full_dump(), empty_polls=10_000))
-    with pytest.raises(
-        e2e.ConvergenceError, match=r"VirtualService egress-abc123/external-via-egress-gateway"
-    ):
+    with pytest.raises(ConvergenceError, match=r"VirtualService egress-abc123/external-via-egress-gateway"):
         run.apply_scenario(CATALOG.get("http-via-egress-gateway"), wait_s=0.3)
 
 
@@ -554,16 +521,25 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
             return response()
 
     monkeypatch.setattr(tools, "ensure_tool", lambda name, version: Path(f"/bin/{name}"))
-    monkeypatch.setattr(e2e, "KindCluster", FakeKind)
-    monkeypatch.setattr(e2e, "IstioInstall", lambda *a, **kw: Part("istio"))
-    monkeypatch.setattr(e2e, "Kube", FakeKube)
+    # every module of the run that names them: the run sets up its parts, its namespace side reads
+    # the cluster's kind (source NAT, diagnostics) and opens a client of its own when it has none
+    for module in (cluster_run, cluster_namespace):
+        monkeypatch.setattr(module, "KindCluster", FakeKind)
+        monkeypatch.setattr(module, "Traffic", FakeTraffic)
+    monkeypatch.setattr(cluster_run, "IstioInstall", lambda *a, **kw: Part("istio"))
+    monkeypatch.setattr(cluster_run, "Kube", FakeKube)
     monkeypatch.setattr(E2ERun, "make_pki", make_pki)
     monkeypatch.setattr(E2ERun, "make_recorder", lambda self: FakeRecorder())
     monkeypatch.setattr(E2ERun, "make_mtls_recorder", lambda self: FakeRecorder("mtls recorder", mutual=True))
-    monkeypatch.setattr(e2e, "prepare_relay_image", lambda cluster, **kw: "istio-egress-harness/relay:dev")
-    monkeypatch.setattr(e2e, "RelayApps", lambda kube, ns, **kw: _Relays(kw.get("ca_pem")))
-    monkeypatch.setattr(e2e, "Traffic", FakeTraffic)
-    monkeypatch.setattr(e2e, "crd_exists", lambda kube, name: Part.events.append(f"crd? {name}") or False)
+    monkeypatch.setattr(
+        cluster_run, "prepare_relay_image", lambda cluster, **kw: "istio-egress-harness/relay:dev"
+    )
+    monkeypatch.setattr(cluster_run, "RelayApps", lambda kube, ns, **kw: _Relays(kw.get("ca_pem")))
+    # the run asks whether the CRDs are there; GatewayApiCrds asks before it installs them
+    for module in (cluster_run, gatewayapi):
+        monkeypatch.setattr(
+            module, "crd_exists", lambda kube, name: Part.events.append(f"crd? {name}") or False
+        )
     fakebin.rules(
         [
             {
@@ -797,21 +773,21 @@ MTLS_ORIGINATION = "mtls-origination-at-egress-gateway"
 
 
 def test_the_certificates_name_every_recorder_alias_of_the_catalog_and_the_domain() -> None:
-    aliases = e2e.recorder_aliases(CATALOG.names())
-    mtls = e2e.mtls_recorder_aliases(CATALOG.scenarios)
-    names = e2e.pki_server_names(e2e.EXTERNAL_ALIAS, aliases, mtls)
+    aliases = recorder_aliases(CATALOG.names())
+    mtls = mtls_recorder_aliases(CATALOG.scenarios)
+    names = pki_server_names(EXTERNAL_ALIAS, aliases, mtls)
     assert names[:2] == ["external.egress-harness.test", "unregistered.egress-harness.test"]
     assert names[-1] == "*.egress-harness.test"  # RenderContext's external_host_domain of the default host
     assert set(aliases) | set(mtls) <= set(names) and len(names) == len(set(names))
     # only the catalog's mTLS scenario has a name at the mTLS recorder
     assert mtls == ["mtls.egress-harness.test", "mtls-mtls-origination-at-egress-gateway.egress-harness.test"]
     for scenario in CATALOG.scenarios:
-        hosts = e2e.scenario_hosts(scenario.name)
+        hosts = scenario_hosts(scenario.name)
         ctx = RenderContext(istio_version="1.30.3", external_host=hosts.external)
         assert f"*.{ctx.external_host_domain}" in names
         assert hosts.external in names and hosts.unregistered in names
     # a host without a domain has no wildcard
-    assert e2e.pki_server_names("localhost")[-1] == "mtls.egress-harness.test"
+    assert pki_server_names("localhost")[-1] == "mtls.egress-harness.test"
 
 
 def test_make_pki_writes_the_runs_pki_with_those_names(
@@ -819,7 +795,7 @@ def test_make_pki_writes_the_runs_pki_with_those_names(
 ) -> None:
     calls: list[tuple[Path, list[str]]] = []
     monkeypatch.setattr(
-        e2e, "generate_pki", lambda directory, names: calls.append((directory, names)) or "pki"
+        cluster_run, "generate_pki", lambda directory, names: calls.append((directory, names)) or "pki"
     )
     options = E2EOptions(
         istio_version="1.30.3",
@@ -845,32 +821,34 @@ def test_make_pki_writes_the_runs_pki_with_those_names(
 
 @pytest.mark.skipif(openssl_unavailable_reason() is not None, reason="needs the openssl tool")
 def test_openssl_takes_every_name_of_the_catalog_and_load_pki_reads_it_back(tmp_path: Path) -> None:
-    names = e2e.pki_server_names(
-        e2e.EXTERNAL_ALIAS,
-        e2e.recorder_aliases(CATALOG.names()),
-        e2e.mtls_recorder_aliases(CATALOG.scenarios),
+    names = pki_server_names(
+        EXTERNAL_ALIAS,
+        recorder_aliases(CATALOG.names()),
+        mtls_recorder_aliases(CATALOG.scenarios),
     )
     made = generate_pki(tmp_path / "pki", names)
     assert made.server_names == tuple(names)
-    assert e2e.load_pki(tmp_path / "pki") == made
+    assert load_pki(tmp_path / "pki") == made
 
 
 def test_load_pki_names_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(E2EError, match=r"the run's PKI in .* cannot be read"):
-        e2e.load_pki(tmp_path / "nothing")
+        load_pki(tmp_path / "nothing")
     directory = tmp_path / "pki"
     fake_pki(directory)
     for stem in ("ca", "server", "client"):
         (directory / f"{stem}.cnf").write_text("[req]\nprompt = no\n")
     with pytest.raises(E2EError, match=r"ca\.cnf names no subject"):
-        e2e.load_pki(directory)
+        load_pki(directory)
 
 
 def test_both_recorders_serve_tls_with_the_runs_certificate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[str] = []
-    monkeypatch.setattr(e2e, "build_app_image", lambda app, tag, mode="auto": built.append(app) or tag)
+    monkeypatch.setattr(
+        cluster_run, "build_app_image", lambda app, tag, mode="auto": built.append(app) or tag
+    )
     options = E2EOptions(
         istio_version="1.30.3",
         recorder_aliases=("a.egress-harness.test",),
@@ -904,19 +882,19 @@ def test_both_recorders_serve_tls_with_the_runs_certificate(
     assert mutual.command[-2:] == ["--client-ca", TLS_CLIENT_CA]
     assert main.files == {TLS_CERT: b"SERVER PEM", TLS_KEY: b"SERVER KEY"}
     assert mutual.files == {TLS_CERT: b"SERVER PEM", TLS_KEY: b"SERVER KEY", TLS_CLIENT_CA: b"CA PEM"}
-    assert (e2e.recorder_serves(main), e2e.recorder_serves(mutual)) == (("http", "tls"), ("http", "mtls"))
+    assert (recorder_serves(main), recorder_serves(mutual)) == (("http", "tls"), ("http", "mtls"))
     assert main.labels["io.egress-harness.run"] == mutual.labels["io.egress-harness.run"] == "abc123"
-    state = e2e.recorder_state(mutual)
+    state = recorder_state(mutual)
     assert (state.tls_port, state.serves, state.aliases) == (443, ("http", "mtls"), tuple(mutual.aliases))
 
 
 def test_credential_names_are_per_scenario_and_namespace_and_valid_for_istio() -> None:
-    a = e2e.credential_names("eabc123-x", MTLS_ORIGINATION)
-    b = e2e.credential_names("eabc123-y", MTLS_ORIGINATION)
-    c = e2e.credential_names("eabc123-x", TLS_ORIGINATION)
+    a = credential_names("eabc123-x", MTLS_ORIGINATION)
+    b = credential_names("eabc123-y", MTLS_ORIGINATION)
+    c = credential_names("eabc123-x", TLS_ORIGINATION)
     assert len({a["client_credential_name"], b["client_credential_name"], c["client_credential_name"]}) == 3
     assert a["client_credential_name"] != a["ca_credential_name"]
-    long = e2e.credential_names("u" + "a" * 62, MTLS_ORIGINATION)
+    long = credential_names("u" + "a" * 62, MTLS_ORIGINATION)
     for name in [*a.values(), *long.values()]:
         assert len(name) <= 63 and not name.startswith("istio") and not name.endswith("-cacert")
     # RenderContext takes them (it refuses names Istio reserves)
@@ -925,9 +903,9 @@ def test_credential_names_are_per_scenario_and_namespace_and_valid_for_istio() -
 
 def test_credential_secrets_follow_the_scenarios_requirements(tmp_path: Path) -> None:
     pki = fake_pki(tmp_path / "pki")
-    ctx = RenderContext(istio_version="1.30.3", namespace=NS, **e2e.credential_names(NS, MTLS_ORIGINATION))
-    assert e2e.credential_secrets(CATALOG.get("http-via-egress-gateway"), ctx, pki) == []
-    (client,) = e2e.credential_secrets(CATALOG.get(MTLS_ORIGINATION), ctx, pki)
+    ctx = RenderContext(istio_version="1.30.3", namespace=NS, **credential_names(NS, MTLS_ORIGINATION))
+    assert credential_secrets(CATALOG.get("http-via-egress-gateway"), ctx, pki) == []
+    (client,) = credential_secrets(CATALOG.get(MTLS_ORIGINATION), ctx, pki)
     name = ctx.client_credential_name
     assert (client.name, client.namespace, client.requirement) == (name, "istio-system", "client_credential")
     assert client.sds_resources == (f"kubernetes://{name}", f"kubernetes://{name}-cacert")
@@ -935,7 +913,7 @@ def test_credential_secrets_follow_the_scenarios_requirements(tmp_path: Path) ->
     manifest = client.manifest({"io.egress-harness.run": "abc123"})
     assert manifest["kind"] == "Secret" and manifest["metadata"]["namespace"] == "istio-system"
     assert manifest["metadata"]["labels"] == {"io.egress-harness.run": "abc123"}
-    (ca,) = e2e.credential_secrets(CATALOG.get(TLS_ORIGINATION), ctx, pki)
+    (ca,) = credential_secrets(CATALOG.get(TLS_ORIGINATION), ctx, pki)
     assert ca.sds_resources == (f"kubernetes://{ctx.ca_credential_name}-cacert",)  # SIMPLE: the CA only
     assert set(ca.data) == {"ca.crt"}
     assert str(ca) == f"Secret istio-system/{ctx.ca_credential_name} (requires.server_ca_credential)"
@@ -957,7 +935,7 @@ def sds_dump(active: Sequence[str], warming: Sequence[str] = ()) -> str:
 
 
 def test_sds_states_read_istioctl_and_envoy_dumps() -> None:
-    assert e2e.sds_secret_states(sds_dump(["kubernetes://a"], ["kubernetes://a-cacert"])) == {
+    assert sds_secret_states(sds_dump(["kubernetes://a"], ["kubernetes://a-cacert"])) == {
         "default": "ACTIVE",
         "kubernetes://a": "ACTIVE",
         "kubernetes://a-cacert": "WARMING",
@@ -971,11 +949,11 @@ def test_sds_states_read_istioctl_and_envoy_dumps() -> None:
             }
         ]
     }
-    assert e2e.sds_secret_states(json.dumps(envoy)) == {"ROOTCA": "ACTIVE", "kubernetes://b": "WARMING"}
-    assert e2e.sds_secret_states("") == {}
+    assert sds_secret_states(json.dumps(envoy)) == {"ROOTCA": "ACTIVE", "kubernetes://b": "WARMING"}
+    assert sds_secret_states("") == {}
     with pytest.raises(ValueError, match="Expecting value"):
-        e2e.sds_secret_states("No active or warming secrets")
-    missing = e2e.missing_sds_resources(
+        sds_secret_states("No active or warming secrets")
+    missing = missing_sds_resources(
         ["kubernetes://a", "kubernetes://a-cacert"],
         {
             "gw-1.istio-system": {"kubernetes://a": "ACTIVE", "kubernetes://a-cacert": "WARMING"},
@@ -1019,7 +997,7 @@ def test_the_gateway_secret_wait_polls_until_every_resource_is_active(
 ) -> None:
     run, _ = tls_run(standin_run, tmp_path)
     ctx = run.render_context(CATALOG.get(MTLS_ORIGINATION))
-    credentials = e2e.credential_secrets(CATALOG.get(MTLS_ORIGINATION), ctx, fake_pki(tmp_path / "p2"))
+    credentials = credential_secrets(CATALOG.get(MTLS_ORIGINATION), ctx, fake_pki(tmp_path / "p2"))
     name = ctx.client_credential_name
     secret = ["proxy-config", "secret"]
     fakebin.rules(
@@ -1054,7 +1032,7 @@ def test_a_secret_the_gateway_never_takes_fails_naming_it(
 ) -> None:
     run, _ = tls_run(standin_run, tmp_path)
     ctx = run.render_context(CATALOG.get(TLS_ORIGINATION))
-    credentials = e2e.credential_secrets(CATALOG.get(TLS_ORIGINATION), ctx, run.pki)  # type: ignore[arg-type]
+    credentials = credential_secrets(CATALOG.get(TLS_ORIGINATION), ctx, run.pki)  # type: ignore[arg-type]
     name = ctx.ca_credential_name
     fakebin.rules(
         [
@@ -1065,7 +1043,7 @@ def test_a_secret_the_gateway_never_takes_fails_naming_it(
             }
         ]
     )
-    with pytest.raises(e2e.ConvergenceError) as err:
+    with pytest.raises(ConvergenceError) as err:
         run.wait_gateway_secrets(credentials, deadline_s=0.2, interval_s=0.05)
     text = str(err.value)
     assert f"Secret istio-system/{name} (requires.server_ca_credential)" in text
@@ -1095,9 +1073,7 @@ def tls_rules(run: E2ERun, scenario: str, *, secrets_active: bool = True) -> lis
     ctx = run.render_context(CATALOG.get(scenario))
     docs = [dict(d.body) for d in render_scenario(CATALOG.get(scenario), ctx).documents]
     full = " ".join(m.needle for m in convergence_markers(docs, NS))
-    resources = [
-        r for c in e2e.credential_secrets(CATALOG.get(scenario), ctx, run.pki) for r in c.sds_resources
-    ]  # type: ignore[arg-type]
+    resources = [r for c in credential_secrets(CATALOG.get(scenario), ctx, run.pki) for r in c.sds_resources]  # type: ignore[arg-type]
     pc = ["proxy-config", "all"]
     return [
         {"tool": "istioctl", "args": ["analyze"], "stdout": "✔ No validation issues found.\n"},
@@ -1167,7 +1143,7 @@ def test_secrets_go_even_when_the_gateway_never_took_them(tmp_path: Path, fakebi
     run.converge_interval_s = 0.01
     run, _ = tls_run((run, kube), tmp_path)
     fakebin.rules(tls_rules(run, TLS_ORIGINATION, secrets_active=False))
-    with pytest.raises(e2e.ConvergenceError, match=r"requires\.server_ca_credential"):
+    with pytest.raises(ConvergenceError, match=r"requires\.server_ca_credential"):
         run.apply_scenario(CATALOG.get(TLS_ORIGINATION), wait_s=1.0)
     (applied,) = run.applied  # the caller removes what was applied ...
     run.delete_scenario(applied, wait_s=1.0)
@@ -1183,7 +1159,7 @@ def test_an_mtls_scenario_renders_with_the_mtls_recorders_host_and_its_own_crede
     run, _ = tls_run(standin_run, tmp_path)
     ctx = run.render_context(CATALOG.get(MTLS_ORIGINATION))
     assert ctx.external_host == "mtls.egress-harness.test"
-    assert ctx.client_credential_name == e2e.credential_names(NS, MTLS_ORIGINATION)["client_credential_name"]
+    assert ctx.client_credential_name == credential_names(NS, MTLS_ORIGINATION)["client_credential_name"]
     assert run.recorder_for(CATALOG.get(MTLS_ORIGINATION)) is run.mtls_recorder
     plain = run.render_context(CATALOG.get(TLS_ORIGINATION))
     assert plain.external_host == "external.egress-harness.test"
@@ -1203,12 +1179,10 @@ def test_which_requests_reach_the_external_host_over_tls(standin_run: tuple[E2ER
         ctx = run.render_context(scenario)
         return [render_request(r, ctx, source=scenario.file) for r in scenario.requests]
 
-    assert [e2e.expects_external_tls(r) for r in requests("https-passthrough-via-egress-gateway")] == [True]
-    assert [e2e.expects_external_tls(r) for r in requests(TLS_ORIGINATION)] == [
-        True
-    ]  # originated at the gateway
-    assert [e2e.expects_external_tls(r) for r in requests(MTLS_ORIGINATION)] == [True]
-    assert [e2e.expects_external_tls(r) for r in requests("http-via-egress-gateway")] == [False]
+    assert [expects_external_tls(r) for r in requests("https-passthrough-via-egress-gateway")] == [True]
+    assert [expects_external_tls(r) for r in requests(TLS_ORIGINATION)] == [True]  # originated at the gateway
+    assert [expects_external_tls(r) for r in requests(MTLS_ORIGINATION)] == [True]
+    assert [expects_external_tls(r) for r in requests("http-via-egress-gateway")] == [False]
 
 
 def tls_record(sni: str | None, subject: str | None = None, *, plain: bool = False) -> dict[str, Any]:
@@ -1218,10 +1192,10 @@ def tls_record(sni: str | None, subject: str | None = None, *, plain: bool = Fal
 
 def test_tls_records_are_judged_by_sni_and_client_certificate() -> None:
     host = "tls-origination-at-egress-gateway.egress-harness.test"
-    assert e2e.check_tls_record(tls_record(host), host=host)["version"] == "TLSv1.3"
-    assert e2e.check_tls_record(tls_record(host, CLIENT_SUBJECT), host=host, client_subject=CLIENT_SUBJECT)
+    assert check_tls_record(tls_record(host), host=host)["version"] == "TLSv1.3"
+    assert check_tls_record(tls_record(host, CLIENT_SUBJECT), host=host, client_subject=CLIENT_SUBJECT)
     with pytest.raises(ExternalEvidenceError) as err:
-        e2e.check_tls_record(tls_record("other.egress-harness.test"), host=host)
+        check_tls_record(tls_record("other.egress-harness.test"), host=host)
     assert err.value.hop == "external host"
     assert str(err.value) == (
         f"hop 'external host': the request x-request-id=rid-7 reached {host} over TLS with SNI "
@@ -1230,16 +1204,16 @@ def test_tls_records_are_judged_by_sni_and_client_certificate() -> None:
     with pytest.raises(
         ExternalEvidenceError, match=r"^hop 'external host': .* over plain HTTP, expected TLS"
     ):
-        e2e.check_tls_record(tls_record(None, plain=True), host=host)
+        check_tls_record(tls_record(None, plain=True), host=host)
     with pytest.raises(ExternalEvidenceError, match=r"SNI None, expected"):
-        e2e.check_tls_record(tls_record(None), host=host)
+        check_tls_record(tls_record(None), host=host)
     with pytest.raises(
         ExternalEvidenceError,
         match=r"^hop 'external host': .* with no client certificate, expected the run's",
     ):
-        e2e.check_tls_record(tls_record(host), host=host, client_subject=CLIENT_SUBJECT)
+        check_tls_record(tls_record(host), host=host, client_subject=CLIENT_SUBJECT)
     with pytest.raises(ExternalEvidenceError, match=r"with client certificate 'CN=someone,O=else'"):
-        e2e.check_tls_record(tls_record(host, "CN=someone,O=else"), host=host, client_subject=CLIENT_SUBJECT)
+        check_tls_record(tls_record(host, "CN=someone,O=else"), host=host, client_subject=CLIENT_SUBJECT)
 
 
 def test_the_handshake_hint_names_the_failures_for_the_host() -> None:
@@ -1255,15 +1229,15 @@ def test_the_handshake_hint_names_the_failures_for_the_host() -> None:
             {"client_ip": "172.18.0.3", "client_port": 5, "sni": "other.test", "error": "x"},
         ],
     )
-    hint = e2e.handshake_hint(recorder, "h.test")
+    hint = handshake_hint(recorder, "h.test")
     assert "1 failed TLS handshake(s) for h.test" in hint and "peer did not return a certificate" in hint
-    assert e2e.handshake_hint(recorder, "nobody.test") == ""
+    assert handshake_hint(recorder, "nobody.test") == ""
 
     class Broken:
         def handshake_failures(self) -> list[Any]:
             raise OSError("recorder gone")
 
-    assert e2e.handshake_hint(Broken(), "h.test") == ""
+    assert handshake_hint(Broken(), "h.test") == ""
 
 
 def test_diagnostics_add_the_recorders_handshake_failures(
@@ -1272,7 +1246,7 @@ def test_diagnostics_add_the_recorders_handshake_failures(
     run, _ = tls_run(standin_run, tmp_path)
     run.mtls_recorder.failures.append({"sni": "mtls.egress-harness.test", "error": "no certificate"})  # type: ignore[union-attr]
     diagnostics = run.diagnostics()
-    assert isinstance(diagnostics, e2e.RunDiagnostics)
+    assert isinstance(diagnostics, RunDiagnostics)
     assert ("recorder TLS handshakes", diagnostics.recorder_tls) in diagnostics.steps()
     files = diagnostics.recorder_tls(tmp_path)
     assert sorted(f.name for f in files) == [
@@ -1347,8 +1321,8 @@ def test_without_certificates_tls_and_credential_scenarios_say_why(tmp_path: Pat
     assert "this run has no certificates" in (run.skip_reason(CATALOG.get(TLS_ORIGINATION)) or "")
 
 
-def attached_state(tmp_path: Path) -> e2e.RunState:
-    return e2e.RunState(
+def attached_state(tmp_path: Path) -> RunState:
+    return RunState(
         run_id="abc123",
         run_dir=tmp_path,
         kubeconfig=tmp_path / "kubeconfig",
@@ -1368,7 +1342,7 @@ def attached_state(tmp_path: Path) -> e2e.RunState:
         external="internet",
         external_host="httpbin.org",
         pod_source_nat=True,
-        recorder=e2e.RecorderState(
+        recorder=RecorderState(
             "r", "i", "kind", 80, ("external.egress-harness.test",), ("http", "tls", "mtls")
         ),
     )
@@ -1384,9 +1358,9 @@ def test_the_real_recorders_records_pass_the_tls_checks_for_the_catalogs_names(t
 
     from recorder import Recorder
 
-    mtls = e2e.mtls_recorder_aliases(CATALOG.scenarios)
-    pki = generate_pki(tmp_path / "pki", e2e.pki_server_names(e2e.EXTERNAL_ALIAS, (), mtls))
-    host = e2e.scenario_hosts(MTLS_ORIGINATION).mtls
+    mtls = mtls_recorder_aliases(CATALOG.scenarios)
+    pki = generate_pki(tmp_path / "pki", pki_server_names(EXTERNAL_ALIAS, (), mtls))
+    host = scenario_hosts(MTLS_ORIGINATION).mtls
     assert host in mtls
     with Recorder(
         port=0, tls_port=0, cert=pki.server.cert_path, key=pki.server.key_path, client_ca=pki.ca.cert_path
@@ -1406,10 +1380,10 @@ def test_the_real_recorders_records_pass_the_tls_checks_for_the_catalogs_names(t
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         (record,) = rec.records(request_id="rid-tls")
-        seen = e2e.check_tls_record(dict(record), host=host, client_subject=pki.client.subject)
+        seen = check_tls_record(dict(record), host=host, client_subject=pki.client.subject)
         assert seen["sni"] == host
         with pytest.raises(ExternalEvidenceError, match="expected the run's client certificate"):
-            e2e.check_tls_record(dict(record), host=host, client_subject="CN=other,O=x")
+            check_tls_record(dict(record), host=host, client_subject="CN=other,O=x")
 
 
 def test_certificates_that_cannot_be_made_stop_the_run_saying_how_to_go_without(
@@ -1418,7 +1392,7 @@ def test_certificates_that_cannot_be_made_stop_the_run_saying_how_to_go_without(
     def broken(directory: Path, names: list[str]) -> TestPKI:
         raise PkiError("the ca key: `openssl` is not installed")
 
-    monkeypatch.setattr(e2e, "generate_pki", broken)
+    monkeypatch.setattr(cluster_run, "generate_pki", broken)
     run = E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123")
     with pytest.raises(E2EError, match=r"certificates could not be made: the ca key: .*--no-external-tls"):
         run.make_pki()

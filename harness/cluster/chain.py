@@ -1,0 +1,164 @@
+"""The chain a cluster run's requests take: ``client -> ingress -> proxy -> target -> external``.
+
+The client sends ``GET <ingress>/proxy?url=<target URL>`` where the target URL is
+``http://target.<ns>.svc.cluster.local:8080/proxy?url=<external URL>``
+(``harness.common.traffic.chain_url``). :func:`send_until_answered` retries, with a deadline, until
+both relays answer (the ingress route and the apps are ready), and says how long that took.
+
+A scenario namespace of the catalog is reached through the shared ingress Gateway of the run
+namespace: a VirtualService per namespace matches ``/<ns>/proxy`` and rewrites it to ``/proxy``
+(:func:`ingress_route`), so the chain URL is ``<ingress>/<ns>/proxy?url=...``;
+:class:`NamespaceRelays` are the relays of such a namespace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from harness.cluster.apps import RELAY_IMAGE, RelayApps
+from harness.cluster.errors import ChainNotReadyError
+from harness.common.proc import progress
+from harness.common.traffic import ChainResponse, TrafficError, chain_url
+
+TARGET_APP = "target"
+RELAY_PORT = 8080
+#: the path prefix the run namespace's ingress route sends to its ``proxy``
+INGRESS_PATH = "/proxy"
+#: the ingress Gateway of manifests/apps/relay.yaml; every scenario namespace's route binds to it
+INGRESS_GATEWAY_NAME = "relay-gateway"
+CHAIN_READY_TIMEOUT_S = 180.0
+CHAIN_INTERVAL_S = 1.0
+
+
+def target_url(namespace: str) -> str:
+    """The ``target`` relay's /proxy endpoint as ``proxy`` calls it (in-mesh, by service name)."""
+    return f"http://{TARGET_APP}.{namespace}.svc.cluster.local:{RELAY_PORT}/proxy"
+
+
+def chain_for(ingress_url: str, namespace: str, destination: str, *, ingress_path: str = INGRESS_PATH) -> str:
+    """``client -> ingress -> proxy -> target -> destination`` as one nested URL.
+
+    ``ingress_path`` is where the ingress routes to the namespace's ``proxy``: ``/proxy`` for the run
+    namespace, ``/<ns>/proxy`` for a scenario namespace (:func:`ingress_prefix`).
+    """
+    return chain_url([f"{ingress_url.rstrip('/')}{ingress_path}", target_url(namespace)], destination)
+
+
+def chain_answered(response: ChainResponse) -> bool:
+    """Both relays took part: the ingress route, ``proxy`` and ``target`` are up (whatever came after)."""
+    return {"proxy", TARGET_APP} <= set(response.services)
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """The answer to one request down the chain, after the chain itself was ready."""
+
+    response: ChainResponse
+    #: requests sent until both relays answered (1: ready at once)
+    attempts: int
+    #: seconds from the first attempt to the answer that counted
+    waited_s: float
+    #: when the request that counted was sent (UTC)
+    sent_at: datetime
+
+    @property
+    def request_id(self) -> str:
+        return self.response.request_id
+
+
+def send_until_answered(
+    send: Callable[[], ChainResponse],
+    *,
+    deadline_s: float = CHAIN_READY_TIMEOUT_S,
+    interval_s: float = CHAIN_INTERVAL_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ChainResult:
+    """Call ``send`` (a fresh x-request-id each time) until both relays answer, or the deadline passes."""
+    start = clock()
+    attempts = 0
+    last = "nothing sent yet"
+    while True:
+        attempts += 1
+        sent_at = now()
+        try:
+            response = send()
+        except TrafficError as exc:
+            last = str(exc)
+        else:
+            if chain_answered(response):
+                return ChainResult(response, attempts, clock() - start, sent_at)
+            last = f"HTTP {response.status} without both relays ({response.text[:160]!r})"
+        remaining = start + deadline_s - clock()
+        if remaining <= 0:
+            raise ChainNotReadyError(
+                f"the chain client -> ingress -> proxy -> target did not answer within {deadline_s:g}s "
+                f"({attempts} attempts); last: {last}"
+            )
+        if attempts == 1 or attempts % 10 == 0:
+            progress(f"waiting for the chain to answer (attempt {attempts}): {last}")
+        sleep(min(interval_s, remaining))
+
+
+def ingress_prefix(namespace: str) -> str:
+    """The ingress path of a scenario namespace's ``proxy``: ``/<ns>/proxy``."""
+    return f"/{namespace}{INGRESS_PATH}"
+
+
+def ingress_route(namespace: str, gateway: str) -> dict[str, Any]:
+    """The VirtualService that reaches ``namespace``'s ``proxy`` through the shared ingress ``gateway``.
+
+    ``gateway`` is ``<ns>/<name>`` of the run's ingress Gateway. Istio merges the routes of several
+    VirtualServices bound to one ingress gateway for one host, so every namespace adds its own
+    prefix ``/<ns>/proxy``, rewritten to ``/proxy`` (the query string stays) before ``proxy`` gets it.
+    """
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "relay-ingress", "namespace": namespace},
+        "spec": {
+            "hosts": ["*"],
+            "gateways": [gateway],
+            "http": [
+                {
+                    "name": "to-proxy",
+                    "match": [{"uri": {"prefix": ingress_prefix(namespace)}}],
+                    "rewrite": {"uri": INGRESS_PATH},
+                    "route": [
+                        {
+                            "destination": {
+                                "host": f"proxy.{namespace}.svc.cluster.local",
+                                "port": {"number": RELAY_PORT},
+                            }
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
+class NamespaceRelays(RelayApps):
+    """``proxy`` and ``target`` of manifests/apps/relay.yaml in a scenario namespace, reached through
+    the run's shared ingress Gateway by :func:`ingress_route` instead of a Gateway of their own."""
+
+    def __init__(
+        self, kube: Any, namespace: str, *, gateway: str, image: str = RELAY_IMAGE, **kw: Any
+    ) -> None:
+        super().__init__(kube, namespace, image=image, **kw)
+        self.gateway = gateway
+
+    def documents(self) -> list[dict[str, Any]]:
+        docs = [d for d in self.relay_documents() if d["kind"] not in ("Gateway", "VirtualService")]
+        return [*docs, ingress_route(self.namespace, self.gateway)]
+
+    def render(self) -> str:
+        self.text = yaml.safe_dump_all(self.documents(), sort_keys=False)
+        return self.text
