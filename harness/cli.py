@@ -2,7 +2,8 @@
 
 Each concern registers its own sub-commands through a small ``add_commands(subparsers)`` function,
 so this module stays a table of contents: ``logs`` (access-log parsing), ``local`` (the Envoy mesh
-on loopback), ``scenarios`` (the catalog), ``e2e`` (the cluster path), ``report``.
+on loopback), ``scenarios`` (the catalog), ``e2e`` (the cluster path: ``harness.cluster.cli``, which
+adds the tool commands of ``harness.common.tools``), ``report``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "harness.accesslog.cli",
     "harness.localmesh.run",
     "harness.scenarios.cli",
-    "harness.common.tools",
+    "harness.cluster.cli",
     "harness.report.render",
 )
 

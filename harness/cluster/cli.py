@@ -24,7 +24,8 @@ gone, so a failed ``down`` can be run again.
                           [--outbound-traffic-policy ALLOW_ANY|REGISTRY_ONLY] [--gateway-api] [--run-dir DIR]
     egress-harness e2e down [--run-dir DIR]
 
-The CLI registers these with :func:`add_e2e_subcommands` on its ``e2e`` group; ``python -m
+:func:`add_commands` registers the ``e2e`` group on the CLI: ``preflight`` and ``tools``
+(``harness.common.tools``) and ``up`` and ``down`` (:func:`add_e2e_subcommands`); ``python -m
 harness.cluster.cli up|down ...`` works on its own too.
 """
 
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.common import versions
+from harness.common import tools, versions
 from harness.common.paths import REPO_ROOT
 from harness.common.proc import CommandError, progress, run
 
@@ -334,6 +335,12 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 # --- the command line -------------------------------------------------------------------------------
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register the ``e2e`` group on the CLI: ``preflight`` and ``tools`` (``harness.common.tools``),
+    ``up`` and ``down``."""
+    add_e2e_subcommands(tools.add_commands(subparsers))
 
 
 def add_e2e_subcommands(e2e_subparsers: Any) -> None:

@@ -456,8 +456,9 @@ def _cmd_tools(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: Any) -> None:
-    """Register ``e2e preflight`` and ``e2e tools`` on the CLI."""
+def add_commands(subparsers: Any) -> Any:
+    """Register the ``e2e`` group with ``e2e preflight`` and ``e2e tools`` on the CLI; returns the
+    group's sub-parsers, to which ``harness.cluster.cli.add_commands`` adds ``up`` and ``down``."""
     e2e = subparsers.add_parser(
         "e2e", help="the cluster path: preflight, pinned tools, up/down of a shared run"
     )
@@ -474,7 +475,4 @@ def add_commands(subparsers: Any) -> None:
         "--cache-dir", default=None, help="directory holding <name>-<version>/ (default .cache/bin)"
     )
     tools.set_defaults(handler=_cmd_tools)
-
-    from harness.cluster.cli import add_e2e_subcommands
-
-    add_e2e_subcommands(sub)
+    return sub

@@ -591,18 +591,32 @@ def test_down_of_an_unreadable_state_names_it(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_up_and_down_join_the_clis_e2e_group(tmp_path: Path, fakebin: Any) -> None:
-    """harness/tools.py's add_commands puts ``e2e up`` and ``e2e down`` beside preflight and tools."""
+    """harness/cluster/cli.py's add_commands puts ``e2e up`` and ``e2e down`` beside the preflight and
+    tools of harness/common/tools.py, which alone registers only those two (it knows no cluster)."""
     import argparse
 
-    from harness.common import tools
+    def e2e_steps(register: Any) -> tuple[argparse.ArgumentParser, set[str]]:
+        parser = argparse.ArgumentParser(prog="egress-harness")
+        sub = parser.add_subparsers(dest="command", required=True)
+        register(sub)
+        (group,) = [a for a in sub.choices["e2e"]._actions if isinstance(a, argparse._SubParsersAction)]
+        return parser, set(group.choices)
 
-    parser = argparse.ArgumentParser(prog="egress-harness")
-    sub = parser.add_subparsers(dest="command", required=True)
-    tools.add_commands(sub)
-    e2e_parser = sub.choices["e2e"]
-    (group,) = [a for a in e2e_parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert {"preflight", "tools", "up", "down"} <= set(group.choices)
+    assert e2e_steps(tools.add_commands)[1] == {"preflight", "tools"}
+    parser, steps = e2e_steps(e2e_cli.add_commands)
+    assert {"preflight", "tools", "up", "down"} <= steps
     args = parser.parse_args(["e2e", "down", "--run-dir", str(tmp_path)])
     assert args.handler(args) == 0
     args = parser.parse_args(["e2e", "up", "--gateway-api", "--access-log-encoding", "json"])
     assert (args.gateway_api, args.access_log_encoding, args.handler) == (True, "json", e2e_cli._cmd_up)
+    args = parser.parse_args(["e2e", "preflight"])
+    assert args.handler is tools._cmd_preflight
+
+
+def test_the_clis_e2e_group_comes_from_the_cluster_tier() -> None:
+    from harness.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["e2e", "up"])
+    assert args.handler is e2e_cli._cmd_up
+    assert parser.parse_args(["e2e", "tools"]).handler is tools._cmd_tools
