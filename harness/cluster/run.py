@@ -436,6 +436,8 @@ class E2ERun(RunNamespace):
             mtls_recorder=mtls,
         )
 
+    # views: another namespace of the run
+
     def scoped(
         self,
         namespace: str,
