@@ -32,10 +32,8 @@ from harness.upgrade.prober import (
     outages,
 )
 from harness.upgrade.proxies import (
-    PROXY_CONTAINER,
     ProxyStatus,
     ProxyStatusError,
-    image_tag,
     parse_proxy_status,
     pod_image_problems,
     proxy_problems,
@@ -48,7 +46,6 @@ __all__ = [
     "FROM_ENV",
     "INJECTION_LABEL",
     "MODE_ENV",
-    "PROXY_CONTAINER",
     "RESTARTED_AT",
     "REV_LABEL",
     "TO_ENV",
@@ -67,7 +64,6 @@ __all__ = [
     "UpgradeMode",
     "UpgradePlan",
     "UpgradeRun",
-    "image_tag",
     "judge",
     "label_patch",
     "outages",

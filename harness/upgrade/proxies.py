@@ -3,7 +3,8 @@
 Proxies are checked two ways: ``istioctl proxy-status`` (``parse_proxy_status`` reads its table, whose
 columns vary by release, or its ``-o json`` output; ``proxy_problems`` judges it), and the
 ``istio-proxy`` container image of every pod, which must carry the new version's tag
-(``pod_image_problems``).
+(``pod_image_problems``; the container's name and the tag come from ``harness.cluster.convergence``,
+which reads the same images for a result's proxy versions).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from harness.cluster.convergence import PROXY_CONTAINER, image_tag
 from harness.cluster.istio import ISTIO_NAMESPACE
 
-PROXY_CONTAINER: Final = "istio-proxy"
 EGRESS_GATEWAY_PREFIX: Final = "istio-egressgateway-"
 
 
@@ -182,13 +183,6 @@ def proxy_problems(
         if ns not in seen_namespaces:
             problems.append(f"no proxy of namespace {ns} is listed")
     return problems
-
-
-def image_tag(image: str) -> str | None:
-    """The tag of an image reference (``docker.io/istio/proxyv2:1.30.3`` -> ``1.30.3``); None for a digest only."""
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    return last.rsplit(":", 1)[1] if ":" in last else None
 
 
 def pod_image_problems(pods: Iterable[Mapping[str, Any]], version: str) -> list[str]:

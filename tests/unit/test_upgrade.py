@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from harness.cluster import image_tag
 from harness.cluster.kube import WaitTimeoutError
 from harness.report.results import Phase, RunResult, ScenarioResult, load_results
 from harness.upgrade import (
@@ -27,7 +28,6 @@ from harness.upgrade import (
     ProxyStatusError,
     UpgradePlan,
     UpgradeRun,
-    image_tag,
     label_patch,
     parse_proxy_status,
     pod_image_problems,
