@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 # The cluster tier's options (--istio-version, --keep-cluster, ...), fixtures and failure diagnostics.
+# The installed package already registers this module through its pytest11 entry point of the same
+# name (pyproject.toml), and pytest then skips it here: it is registered once. Naming it here keeps the
+# plugin where entry points are not loaded (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, or no install).
 pytest_plugins = ["harness.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parent
