@@ -1,4 +1,4 @@
-"""The GitHub workflows: they parse, run the Makefile's targets, and pin what harness/versions.py pins."""
+"""The GitHub workflows: they parse, run the Makefile's targets, and pin what harness/common/versions.py pins."""
 
 from __future__ import annotations
 
