@@ -402,7 +402,80 @@ class RecorderTLS:
         return out
 
 
-class RecorderContainer(Container):
+class RecorderClient:
+    """The recorder's control API (apps/recorder), whatever runs it: a container here, a process in
+    a network namespace on the netns provider. Subclasses set ``alias``, ``port``, ``tls_port`` and
+    ``name`` and provide ``url`` (the control API's base URL from the harness)."""
+
+    alias: str
+    port: int
+    tls_port: int | None
+    name: str
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def network_url(self, alias: str | None = None, *, scheme: str = "http") -> str:
+        """The base URL other containers on the network use, e.g. ``https://<alias>`` (the port
+        only when it is not the scheme's default)."""
+        host = alias or self.alias
+        if scheme == "https":
+            if self.tls_port is None:
+                raise ValueError(f"recorder {self.name!r} serves no TLS")
+            port, default = self.tls_port, 443
+        else:
+            port, default = self.port, 80
+        return f"{scheme}://{host}" + ("" if port == default else f":{port}")
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/__recorder/healthz", timeout=1.0).status_code == 200
+        except (httpx.HTTPError, LookupError):
+            return False
+
+    def records(
+        self, request_id: str | None = None, *, path_contains: str | None = None, since: int | None = None
+    ) -> list[dict[str, Any]]:
+        """What the recorder saw, oldest first (filters as in apps/recorder)."""
+        params: dict[str, str] = {}
+        if request_id is not None:
+            params["request_id"] = request_id
+        if path_contains is not None:
+            params["path_contains"] = path_contains
+        if since is not None:
+            params["since"] = str(since)
+        response = httpx.get(f"{self.url}/__recorder/requests", params=params, timeout=10.0)
+        response.raise_for_status()
+        return cast(list[dict[str, Any]], response.json())
+
+    def handshake_failures(self) -> list[dict[str, Any]]:
+        """The TLS handshakes that failed at the recorder (client without certificate, unknown CA...)."""
+        response = httpx.get(f"{self.url}/__recorder/handshake-failures", timeout=10.0)
+        response.raise_for_status()
+        return cast(list[dict[str, Any]], response.json())
+
+    def wait_for_records(
+        self, request_id: str, *, count: int = 1, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Poll until `count` records of `request_id` are there; TimeoutError at the deadline."""
+        found: list[dict[str, Any]] = []
+
+        def enough() -> bool:
+            nonlocal found
+            found = self.records(request_id)
+            return len(found) >= count
+
+        try:
+            _wait_until(enough, timeout, "records")
+        except TimeoutError:
+            raise TimeoutError(
+                f"{len(found)} of {count} records of x-request-id={request_id} at {self.url} after {timeout:g}s"
+            ) from None
+        return found
+
+
+class RecorderContainer(RecorderClient, Container):
     """The recorder (apps/recorder) as the external host, on `network` under `alias` (and `aliases`).
 
     With `tls` it also serves HTTPS (mutual TLS if `tls.mutual`) on `tls_port`; the control API
@@ -454,67 +527,9 @@ class RecorderContainer(Container):
         self.tls_port: int | None = tls_port if tls is not None else None
         self._url: str | None = None
 
-    def network_url(self, alias: str | None = None, *, scheme: str = "http") -> str:
-        """The base URL other containers on the network use, e.g. ``https://<alias>`` (the port
-        only when it is not the scheme's default)."""
-        host = alias or self.alias
-        if scheme == "https":
-            if self.tls_port is None:
-                raise ValueError(f"recorder {self.name!r} serves no TLS")
-            port, default = self.tls_port, 443
-        else:
-            port, default = self.port, 80
-        return f"{scheme}://{host}" + ("" if port == default else f":{port}")
-
     @property
     def url(self) -> str:
         """The recorder's base URL from the host (published port on 127.0.0.1)."""
         if self._url is None:
             self._url = f"http://127.0.0.1:{self.host_port(self.port)}"
         return self._url
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/__recorder/healthz", timeout=1.0).status_code == 200
-        except (httpx.HTTPError, LookupError):
-            return False
-
-    def records(
-        self, request_id: str | None = None, *, path_contains: str | None = None, since: int | None = None
-    ) -> list[dict[str, Any]]:
-        """What the recorder saw, oldest first (filters as in apps/recorder)."""
-        params: dict[str, str] = {}
-        if request_id is not None:
-            params["request_id"] = request_id
-        if path_contains is not None:
-            params["path_contains"] = path_contains
-        if since is not None:
-            params["since"] = str(since)
-        response = httpx.get(f"{self.url}/__recorder/requests", params=params, timeout=10.0)
-        response.raise_for_status()
-        return cast(list[dict[str, Any]], response.json())
-
-    def handshake_failures(self) -> list[dict[str, Any]]:
-        """The TLS handshakes that failed at the recorder (client without certificate, unknown CA...)."""
-        response = httpx.get(f"{self.url}/__recorder/handshake-failures", timeout=10.0)
-        response.raise_for_status()
-        return cast(list[dict[str, Any]], response.json())
-
-    def wait_for_records(
-        self, request_id: str, *, count: int = 1, timeout: float = 10.0
-    ) -> list[dict[str, Any]]:
-        """Poll until `count` records of `request_id` are there; TimeoutError at the deadline."""
-        found: list[dict[str, Any]] = []
-
-        def enough() -> bool:
-            nonlocal found
-            found = self.records(request_id)
-            return len(found) >= count
-
-        try:
-            _wait_until(enough, timeout, "records")
-        except TimeoutError:
-            raise TimeoutError(
-                f"{len(found)} of {count} records of x-request-id={request_id} at {self.url} after {timeout:g}s"
-            ) from None
-        return found

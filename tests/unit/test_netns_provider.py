@@ -266,3 +266,30 @@ def test_forwarder_reaches_a_server_inside_a_namespace_and_stops(tmp_path: Path)
             server.wait()
         network.delete_netns(ns)
     assert not network.netns_exists(ns)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_netns_recorder_records_the_callers_own_address(tmp_path: Path) -> None:
+    import subprocess
+
+    from harness.cluster.providers.netns.external import NetnsRecorder
+
+    ns = f"egh-t{os.getpid() % 100000}-rec"
+    network.add_netns(ns)
+    try:
+        network.anchor_link(ns, "egh0", ["10.250.0.2", "10.250.0.9"])
+        with NetnsRecorder(ns, "10.250.0.2", tmp_path, aliases=["a.egress-harness.test"]) as rec:
+            assert rec.records() == []
+            # a caller inside the namespace, from another of its addresses
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "curl", "-sS", "--interface", "10.250.0.9", "-H", "x-request-id: r-1",
+                 "-H", "Host: a.egress-harness.test", "http://10.250.0.2/hello"],
+                check=True, capture_output=True, timeout=20,
+            )  # fmt: skip
+            (record,) = rec.wait_for_records("r-1")
+            assert record["client_ip"] == "10.250.0.9"
+            assert rec.network_url("a.egress-harness.test") == "http://a.egress-harness.test"
+            daemon = rec.daemon
+        assert daemon is not None and daemon.process is not None and daemon.process.poll() is not None
+    finally:
+        network.delete_netns(ns)

@@ -204,10 +204,7 @@ class NetnsCluster:
             if net.netns_exists(ns):
                 raise NetnsClusterError(f"network namespace {ns} exists already: another run has this run id")
         net.add_netns(node)
-        net.ip("link", "add", "egh0", "type", "dummy", netns=node)
-        for spec in lay.nodes:
-            net.ip("addr", "add", f"{spec.ip}/32", "dev", "egh0", netns=node)
-        net.ip("link", "set", "egh0", "up", netns=node)
+        net.anchor_link(node, "egh0", [spec.ip for spec in lay.nodes])
         # clients in the node namespace (the API server calling webhooks) reach ClusterIPs: the
         # route lets connect() start, kube-proxy's nat OUTPUT rules then rewrite the destination
         net.ip("route", "add", L.SERVICE_CIDR, "dev", "egh0", netns=node)

@@ -74,6 +74,16 @@ def list_netns(prefix: str) -> list[str]:
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
 
 
+def anchor_link(netns: str, name: str, addresses: Sequence[str]) -> None:
+    """A link that only holds addresses (and routes through it) in ``netns``: a veth pair with both
+    ends in the namespace (the ``dummy`` link type is a kernel module some machines lack)."""
+    ip("link", "add", name, "type", "veth", "peer", "name", f"{name}p", netns=netns)
+    for address in addresses:
+        ip("addr", "add", f"{address}/32", "dev", name, netns=netns)
+    ip("link", "set", f"{name}p", "up", netns=netns)
+    ip("link", "set", name, "up", netns=netns)
+
+
 @dataclass(frozen=True)
 class Veth:
     """A veth pair between two namespaces, each end with a /32 and a route to the other's address."""
