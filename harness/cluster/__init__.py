@@ -4,7 +4,10 @@ host, the relay apps, and the catalog's scenarios run on it, one namespace each.
 - ``run``: :class:`E2ERun`, one run (its parts, their lifecycle, attaching to ``e2e up``'s run);
 - ``namespace``: :class:`RunNamespace`, what a test does in a namespace of a run (the chain,
   scenarios applied and awaited, requests judged by the hop logs and the external host's record);
-- ``runner``: :class:`ScenarioRunner` (the catalog, a namespace each) and :class:`UpgradeCatalog`;
+- ``tier``: :class:`ClusterTier`, the run behind the tier interface (``harness.tier``): a scenario
+  in a namespace of its own;
+- ``runner``: :class:`ScenarioRunner` (the catalog on the tier, through ``harness.runner``) and
+  :class:`UpgradeCatalog`;
 - ``options``, ``state``, ``errors``: :class:`E2EOptions`, :class:`RunState`, :class:`E2EError`;
 - ``chain``, ``hosts``, ``requirements``, ``convergence``, ``credentials``, ``witness``, ``lock``,
   ``gatewayapi``: one concern each (their docstrings say which);
@@ -125,7 +128,6 @@ if TYPE_CHECKING:
     from harness.cluster.runner import (
         MISSION,
         SCENARIO_FAILURES,
-        SCENARIO_WAIT,
         ScenarioReport,
         ScenarioRunner,
         UpgradeCatalog,
@@ -133,6 +135,7 @@ if TYPE_CHECKING:
         upgrade_problems,
     )
     from harness.cluster.state import RUN_STATE_ENV, RUN_STATE_FILE, RecorderState, RunState, recorder_state
+    from harness.cluster.tier import SCENARIO_WAIT, ClusterStage, ClusterTier
     from harness.cluster.witness import (
         RunDiagnostics,
         caller_addresses,
@@ -161,8 +164,9 @@ _EXPORTS: dict[str, str] = {
     "harness.cluster.providers.kind": "Cluster ExistingCluster KindCluster",
     "harness.cluster.requirements": "CREDENTIAL_REQUIREMENTS INTERNET_SERVES RECORDER_SERVES_DEFAULT external_requirement recorder_serves",
     "harness.cluster.run": "E2ERun",
-    "harness.cluster.runner": "MISSION SCENARIO_FAILURES SCENARIO_WAIT ScenarioReport ScenarioRunner UpgradeCatalog catalog_results upgrade_problems",
+    "harness.cluster.runner": "MISSION SCENARIO_FAILURES ScenarioReport ScenarioRunner UpgradeCatalog catalog_results upgrade_problems",
     "harness.cluster.state": "RUN_STATE_ENV RUN_STATE_FILE RecorderState RunState recorder_state",
+    "harness.cluster.tier": "SCENARIO_WAIT ClusterStage ClusterTier",
     "harness.cluster.witness": "RunDiagnostics caller_addresses check_tls_record expects_external_tls handshake_hint",
 }
 _WHERE: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names.split()}
@@ -205,6 +209,8 @@ __all__ = [
     "ChainNotReadyError",
     "ChainResult",
     "Cluster",
+    "ClusterStage",
+    "ClusterTier",
     "ConfigMarker",
     "ConvergenceError",
     "CredentialSecret",

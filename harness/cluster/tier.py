@@ -1,0 +1,328 @@
+"""The cluster tier behind the tier interface (``harness.tier``): a catalog scenario in a namespace of
+its own on a started cluster run.
+
+:class:`ClusterTier` is built from a started (or attached) :class:`harness.cluster.run.E2ERun`:
+bringing the run up and tearing it down stay the run's (``with E2ERun(...) as run``, or
+``egress-harness e2e up``/``down``); entering the tier starts nothing. Each scenario gets
+(:meth:`ClusterTier.stage`):
+
+- a namespace ``<prefix>-<scenario>`` (``harness.cluster.hosts.scenario_namespace_name``), labelled
+  with ``namespace_labels`` (sidecar injection, or an upgrade's revision) and the run's labels, and
+  its own external host names (``harness.cluster.hosts.scenario_hosts``);
+- the run's scenario lock (``harness.cluster.lock``): shared, or held alone by a scenario whose
+  objects reach beyond its namespace; taken by ``stage`` and released by ``remove``.
+
+:meth:`ClusterStage.apply` makes the namespace with its relays and ingress route
+(``harness.cluster.chain.NamespaceRelays``), waits until the chain answers through the ingress,
+then applies the scenario and waits until the proxies have it (``RunNamespace.apply_scenario``:
+``harness.cluster.convergence``). Requests go ``client -> ingress -> proxy -> target -> host``;
+the evidence is the target sidecar's and the scenario's egress gateway's pod logs and the
+recorder's record of the caller (with, over TLS, its SNI and client certificate:
+``harness.cluster.witness``). :meth:`ClusterStage.remove` removes the scenario's objects (awaited
+until the proxies dropped them) and deletes the namespace, unless a failed scenario is kept
+(keep-on-failure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from harness.cluster.chain import CHAIN_READY_TIMEOUT_S, TARGET_APP, NamespaceRelays
+from harness.cluster.convergence import CONVERGE_TIMEOUT_S, DEFAULT_GATEWAY, ScenarioGateway
+from harness.cluster.errors import ConvergenceError, E2EError
+from harness.cluster.hosts import (
+    RUN_LABEL,
+    SCENARIO_LABEL,
+    dns_label,
+    scenario_hosts,
+    scenario_namespace_name,
+)
+from harness.cluster.kube import INJECTION_LABELS
+from harness.cluster.lock import ScenarioLock, exclusive_reason
+from harness.cluster.namespace import LOG_SLACK_S
+from harness.cluster.providers.kind import KindCluster
+from harness.cluster.requirements import external_requirement
+from harness.cluster.run import E2ERun
+from harness.cluster.witness import check_tls_record, expects_external_tls, handshake_hint
+from harness.common.proc import progress
+from harness.evidence import Wait
+from harness.evidence.external import ExternalEvidenceError
+from harness.scenarios.model import RenderContext, ResolvedRequest, Scenario
+from harness.scenarios.preflight import AnalyzeError
+from harness.scenarios.render import render_scenario
+from harness.tier import HopLogs, Sent, TierVersions
+
+#: how the catalog's requests are judged: Envoy flushes access logs every second in Istio
+SCENARIO_WAIT = Wait(timeout=20.0, interval=0.25, settle=2.0)
+
+#: how long the gateway's log is watched for an entry that must not appear (Istio flushes every second)
+ABSENCE_WINDOW_S = 2.0
+
+#: the only chain a request runs down on this tier
+CHAIN = ("ingress", "proxy", "target")
+
+
+class ClusterTier:
+    """A started :class:`E2ERun` as a tier: each scenario in a namespace of its own (see the module
+    docstring). ``with ClusterTier(run) as tier: harness.runner.run_scenario(tier, scenario)``.
+
+    ``wait``: how long the hop assertions poll a log; ``lock``: the run's scenario lock (default:
+    the run's); ``keep_on_failure`` (default: the run's option) keeps a failed scenario's namespace
+    and Secrets; ``collect_diagnostics``: a failure's diagnostics are collected before the removal;
+    ``chain_deadline_s``: how long the namespace's chain may take to answer; ``converge_s``: how long
+    the proxies may take to have (or drop) a scenario.
+    """
+
+    name = "cluster"
+    #: besides AssertionError: a configuration the proxies never took, istioctl analyze's findings
+    failures: tuple[type[Exception], ...] = (ConvergenceError, AnalyzeError)
+
+    def __init__(
+        self,
+        run: E2ERun,
+        *,
+        namespace_labels: Mapping[str, str] | None = None,
+        namespace_prefix: str | None = None,
+        wait: Wait = SCENARIO_WAIT,
+        lock: ScenarioLock | None = None,
+        keep_on_failure: bool | None = None,
+        collect_diagnostics: bool = True,
+        chain_deadline_s: float = CHAIN_READY_TIMEOUT_S,
+        converge_s: float = CONVERGE_TIMEOUT_S,
+    ) -> None:
+        self.run = run
+        self.namespace_labels = dict(namespace_labels if namespace_labels is not None else INJECTION_LABELS)
+        self.prefix = namespace_prefix or f"e{run.run_id}"
+        self.wait = wait
+        self.lock = lock if lock is not None else run.scenario_lock()
+        self.keep_on_failure = run.options.keep_on_failure if keep_on_failure is None else keep_on_failure
+        self.collect_diagnostics = collect_diagnostics
+        self.chain_deadline_s = chain_deadline_s
+        self.converge_s = converge_s
+
+    @property
+    def istio_version(self) -> str:
+        return self.run.options.istio_version
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def versions(self) -> TierVersions:
+        """The run's Istio, and the Kubernetes of a kind cluster's node image (None for a cluster
+        that is only visited: its version is not read)."""
+        cluster = self.run.cluster
+        kubernetes = None
+        if isinstance(cluster, KindCluster):
+            tag = re.search(r":(v?\d+\.\d+\.\d+[^@]*)", cluster.image)
+            kubernetes = tag.group(1) if tag else None
+        return TierVersions(istio=self.istio_version, kubernetes=kubernetes)
+
+    def namespace_for(self, scenario: Scenario) -> str:
+        """The namespace ``scenario`` runs in: ``<prefix>-<scenario>``, a DNS label."""
+        return scenario_namespace_name(self.prefix, scenario.name)
+
+    def view(self, scenario: Scenario) -> E2ERun:
+        """The run seen from ``scenario``'s namespace, with the scenario's own external host names."""
+        hosts = scenario_hosts(scenario.name)
+        return self.run.scoped(
+            self.namespace_for(scenario),
+            external_host=hosts.external,
+            unregistered_host=hosts.unregistered,
+            mtls_host=hosts.mtls,
+        )
+
+    def skip_reason(self, scenario: Scenario) -> str | None:
+        """The run's reasons (``RunNamespace.skip_reason``), then the recorders': the catalog needs a
+        recorder (and for ``mtls`` the one requiring client certificates) answering to the scenario's
+        own host names."""
+        reason = self.run.skip_reason(scenario)
+        if reason:
+            return reason
+        recorder = self.run.recorder
+        if recorder is None:
+            return (
+                "the catalog runs against the recorder's per-scenario host names; this run has no recorder "
+                "(--external internet)"
+            )
+        hosts = scenario_hosts(scenario.name)
+        mutual = external_requirement(scenario) == "mtls"
+        wanted = [
+            ("recorder", recorder, h) for h in ([] if mutual else [hosts.external]) + [hosts.unregistered]
+        ]
+        if mutual:
+            if self.run.mtls_recorder is None:
+                return "needs the recorder that requires client certificates; this run has none"
+            wanted.append(("mTLS recorder", self.run.mtls_recorder, hosts.mtls))
+        for what, holder, host in wanted:
+            if host not in set(holder.aliases):
+                return (
+                    f"the {what} does not answer to {host}: the catalog changed after the run's recorders "
+                    "started (`egress-harness e2e down`, then `up` again)"
+                )
+        return None
+
+    def stage(self, scenario: Scenario) -> ClusterStage:
+        """The scenario's stage, holding the run's scenario lock (alone when the scenario's objects
+        reach beyond its namespace: ``harness.cluster.lock.exclusive_reason``)."""
+        view = self.view(scenario)
+        documents = [d.body for d in render_scenario(scenario, view.render_context()).documents]
+        alone = exclusive_reason(documents, view.namespace)
+        if alone:
+            progress(f"scenario {scenario.name} needs the cluster alone: {alone}")
+        stage = ClusterStage(self, scenario, view)
+        stage.locks.enter_context(
+            self.lock.hold(exclusive=alone is not None, what=f"scenario {scenario.name}")
+        )
+        return stage
+
+
+class ClusterStage:
+    """One scenario on the cluster tier: its namespace, relays and objects while it is applied."""
+
+    def __init__(self, tier: ClusterTier, scenario: Scenario, view: E2ERun) -> None:
+        self.tier = tier
+        self.scenario = scenario
+        self.view = view
+        self.kube = view._kube()
+        self.context: RenderContext = view.render_context(scenario)
+        self.wait: Wait | None = tier.wait
+        self.absence_window = ABSENCE_WINDOW_S
+        #: the gateway the scenario's egress traffic leaves through (known once it is applied)
+        self.gateway: ScenarioGateway = DEFAULT_GATEWAY
+        #: what ``stage`` took (the lock), released by ``remove`` whatever happened
+        self.locks = contextlib.ExitStack()
+        #: what ``apply`` made, undone by ``remove`` in reverse (the objects, then the namespace)
+        self.made = contextlib.ExitStack()
+
+    @property
+    def namespace(self) -> str:
+        return self.view.namespace
+
+    def apply(self) -> float:
+        """The namespace with its relays, the chain answering through the ingress, the scenario applied
+        and converged; the seconds the proxies took to have it."""
+        view, ns = self.view, self.namespace
+        self.kube.create_namespace(
+            ns,
+            {
+                **self.tier.namespace_labels,
+                RUN_LABEL: view.run_id,
+                SCENARIO_LABEL: dns_label(self.scenario.name),
+            },
+        )
+        # only a namespace made here is deleted (one that was there is not this scenario's)
+        self.made.callback(self.kube.delete_namespace, ns)
+        relays = NamespaceRelays(
+            self.kube, ns, gateway=view.ingress_gateway, image=view.relay_image, ca_pem=view.ca_pem
+        )
+        relays.deploy()
+        view.relay_manifest = relays.save(view.run_dir / "manifests" / ns)
+        view.wait_chain_ready(deadline_s=self.tier.chain_deadline_s)
+        self.made.callback(self._remove_applied)
+        applied = view.apply_scenario(self.scenario, wait_s=self.tier.converge_s)
+        self.gateway = applied.gateway
+        return applied.converged_s
+
+    def send(self, request: ResolvedRequest) -> Sent:
+        """``client -> ingress -> proxy -> target -> request's URL`` through the namespace's ingress path."""
+        if tuple(request.chain) != CHAIN:
+            raise E2EError(
+                f"request {request.name}: only the full chain ingress -> proxy -> target runs here"
+            )
+        result = self.view.send_chain(request.host, request.port, request.path, scheme=request.scheme)
+        answer = result.response
+        return Sent(result.request_id, answer.status, result.sent_at, answer.failed_hop, answer.error)
+
+    def hop_logs(self, sent: Sent) -> HopLogs:
+        """The target sidecar's and the scenario's gateway's pod logs, from a little before the sending
+        (the clocks of the pods and the client differ)."""
+        since = sent.sent_at - timedelta(seconds=LOG_SLACK_S)
+        return HopLogs(
+            self.view.sidecar_log(TARGET_APP, since=since),
+            self.view.gateway_log(since=since, gateway=self.gateway),
+            self.gateway.service,
+        )
+
+    def witness(self, request: ResolvedRequest, sent: Sent) -> str | None:
+        """The recorder's record of the request: its caller is a gateway address and, when its last leg
+        is TLS (``expects_external_tls``), it came with the host as SNI and, for mutual TLS, with the
+        run's client certificate. None when the run has no recorder for the scenario."""
+        view = self.view
+        recorder = view.recorder_for(self.scenario)
+        if recorder is None:
+            return None
+        tls = expects_external_tls(request, self.context.external_tls_port)
+        try:
+            record = view.expect_external_from_gateway(
+                sent.request_id, gateway=self.gateway, recorder=recorder
+            )
+        except ExternalEvidenceError as exc:
+            if tls:
+                exc.args = (f"{exc}{handshake_hint(recorder, request.host)}",)
+            raise
+        seen = f"external host (called from {record.get('client_ip')})"
+        if tls:
+            mutual = external_requirement(self.scenario) == "mtls"
+            subject = view.pki.client.subject if mutual and view.pki is not None else None
+            tls_seen = check_tls_record(record, host=request.host, client_subject=subject)
+            seen += f" over {tls_seen.get('version') or 'TLS'}, SNI {tls_seen.get('sni')}"
+            if subject is not None:
+                seen += f", client certificate {subject}"
+        return seen
+
+    def proxy_versions(self) -> list[str]:
+        """The Istio versions of the target's sidecar and the scenario's gateway."""
+        return self.view.proxy_versions(self.gateway)
+
+    def diagnose(self, exc: BaseException, *, label: str) -> Path | None:
+        """With ``collect_diagnostics``: the run's diagnostics of the namespace and the gateway."""
+        if not self.tier.collect_diagnostics:
+            return None
+        path: Path = self.view.diagnostics(self.gateway).collect(label)
+        return path
+
+    def remove(self, *, failed: bool) -> bool:
+        """The scenario's objects (awaited until the proxies dropped them), then the namespace; a failed
+        scenario is kept instead with keep-on-failure (True). The lock is released either way."""
+        try:
+            if failed and self.tier.keep_on_failure:
+                self.made.pop_all()
+                self._say_kept()
+                return True
+            self.made.close()
+            return False
+        finally:
+            self.locks.close()
+
+    def _say_kept(self) -> None:
+        ns, name = self.namespace, self.scenario.name
+        progress(
+            f"keeping namespace {ns} of the failed scenario {name} (keep-on-failure); "
+            f"remove it with `kubectl delete namespace {ns}`"
+        )
+        for ref in (r for a in self.view.applied for r in a.secret_refs):
+            progress(
+                f"keeping its Secret {ref.namespace}/{ref.name} too; remove it with "
+                f"`kubectl delete secret -n {ref.namespace} {ref.name}`"
+            )
+
+    def _remove_applied(self) -> None:
+        view, problems = self.view, []
+        for applied in reversed(view.applied):
+            try:
+                view.delete_scenario(applied, wait_s=self.tier.converge_s)
+            except Exception as exc:
+                problems.append(f"{applied.scenario.name}: {exc}")
+        if problems:
+            raise E2EError("; ".join(problems))
