@@ -3,7 +3,9 @@
 Each concern registers its own sub-commands through a small ``add_commands(subparsers)`` function,
 so this module stays a table of contents: ``logs`` (access-log parsing), ``local`` (the Envoy mesh
 on loopback), ``scenarios`` (the catalog), ``e2e`` (the cluster path: ``harness.cluster.cli``, which
-adds the tool commands of ``harness.common.tools``), ``report``.
+adds the tool commands of ``harness.common.tools``), ``report``. The catalog knows no tier: a tier
+adds its own ``scenarios`` commands with ``add_scenario_commands(scenarios_subparsers)`` (``scenarios
+local``: ``harness.localmesh.cli``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "harness.cluster.cli",
     "harness.report.render",
 )
+#: the catalog's module, whose ``add_commands`` returns the ``scenarios`` group's sub-parsers
+_CATALOG_MODULE = "harness.scenarios.cli"
+# module path -> the function in it that adds a tier's commands to the ``scenarios`` group
+_SCENARIO_COMMAND_MODULES: tuple[str, ...] = ("harness.localmesh.cli",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         module = importlib.import_module(name)
-        module.add_commands(sub)
+        group = module.add_commands(sub)
+        if name == _CATALOG_MODULE:
+            for tier in _SCENARIO_COMMAND_MODULES:
+                importlib.import_module(tier).add_scenario_commands(group)
     return parser
 
 

@@ -4,7 +4,8 @@
 ``Topology``; ``run_once`` judges one request down it (``egress-harness local run``); ``LocalTier``
 offers it to the scenario runner (``harness.runner``), a catalog scenario's manifests translated into
 its routing by ``plan_for`` (``NotEmulable`` when it has no image of them); ``run_locally`` runs one
-scenario there (``egress-harness scenarios local``).
+scenario there, and ``harness.localmesh.cli`` adds ``egress-harness scenarios local`` (the catalog
+on this tier) to the catalog's command group.
 """
 
 from harness.localmesh.envoy import EnvoyError, EnvoyProcess, envoy_binary, envoy_version, validate_config

@@ -1,5 +1,10 @@
 """``egress-harness scenarios list|render|validate|fetch-crds``: the catalog from the command line.
 
+The catalog knows no tier: a tier adds its own ``scenarios`` commands (``scenarios local`` is the
+local Envoy tier's, ``harness.localmesh.cli``) to the group :func:`add_commands` returns, with the
+catalog's options (:func:`catalog_options`) and loading (:func:`catalog_of`); ``harness/cli.py``
+wires them.
+
 Exit codes: 0 ok, 1 failures (listed on stderr), 2 usage (an unknown scenario, a bad option value).
 """
 
@@ -16,10 +21,8 @@ from harness.scenarios.model import TEMPLATE_VARIABLES, Catalog, IstioVersion, R
 _PROG = "egress-harness scenarios"
 
 
-def add_commands(sub: Any) -> None:
-    scenarios = sub.add_parser("scenarios", help="the scenario catalog: list, render, validate offline")
-    cmds = scenarios.add_subparsers(dest="scenarios_command", metavar="SUBCOMMAND", required=True)
-
+def catalog_options() -> argparse.ArgumentParser:
+    """The options every ``scenarios`` command has (``--scenarios-dir``), as a parent parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--scenarios-dir",
@@ -28,23 +31,20 @@ def add_commands(sub: Any) -> None:
         metavar="DIR",
         help=f"a catalog folder (repeatable; default: {display_path(DEFAULT_SCENARIOS_DIR)})",
     )
+    return common
+
+
+def add_commands(sub: Any) -> Any:
+    """Register the ``scenarios`` group with the catalog's commands; returns the group's sub-parsers,
+    to which a tier adds its own (``harness.localmesh.cli.add_scenario_commands``)."""
+    scenarios = sub.add_parser("scenarios", help="the scenario catalog: list, render, validate offline")
+    cmds = scenarios.add_subparsers(dest="scenarios_command", metavar="SUBCOMMAND", required=True)
+    common = catalog_options()
 
     listing = cmds.add_parser(
         "list", parents=[common], help="list the scenarios with their Istio range and needs"
     )
     listing.set_defaults(handler=run_list)
-
-    local = cmds.add_parser(
-        "local",
-        parents=[common],
-        help="run scenarios on the local Envoy tier (no cluster): those it can emulate",
-        description="Translate each scenario's manifests into the local mesh's routing, send its requests "
-        "through real Envoy processes on loopback and judge them by its expectations. Scenarios the "
-        "local tier has no image of (TLS, AuthorizationPolicy, Gateway API...) are skipped with the reason.",
-    )
-    local.add_argument("names", nargs="*", metavar="NAME", help="scenarios to run (default: all)")
-    local.add_argument("--encoding", choices=("text", "json"), default="text", help="access-log encoding")
-    local.set_defaults(handler=run_local)
 
     render = cmds.add_parser(
         "render",
@@ -103,9 +103,12 @@ def add_commands(sub: Any) -> None:
     fetch.add_argument("--base-url", metavar="URL", help="default: raw.githubusercontent.com/istio/istio")
     fetch.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     fetch.set_defaults(handler=run_fetch)
+    return cmds
 
 
-def _catalog(args: argparse.Namespace) -> Catalog | None:
+def catalog_of(args: argparse.Namespace) -> Catalog | None:
+    """The catalog of ``--scenarios-dir`` (default: the repository's); None, its problems printed on
+    stderr, when it does not load."""
     try:
         return load_catalog(args.scenarios_dir or [DEFAULT_SCENARIOS_DIR])
     except ScenarioError as exc:
@@ -114,7 +117,7 @@ def _catalog(args: argparse.Namespace) -> Catalog | None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
+    catalog = catalog_of(args)
     if catalog is None:
         return 1
     for s in catalog.scenarios:
@@ -128,36 +131,6 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"    {s.description.splitlines()[0] if s.description else ''}")
     print(f"{len(catalog)} scenarios", file=sys.stderr)
     return 0
-
-
-def run_local(args: argparse.Namespace) -> int:
-    from harness.localmesh.plan import NotEmulable
-    from harness.localmesh.scenarios import run_locally
-
-    catalog = _catalog(args)
-    if catalog is None:
-        return 1
-    unknown = [n for n in args.names if n not in catalog.names()]
-    if unknown:
-        print(f"egress-harness scenarios local: no scenario {', '.join(unknown)}", file=sys.stderr)
-        return 2
-    failed = 0
-    for scenario in catalog.scenarios:
-        if args.names and scenario.name not in args.names:
-            continue
-        try:
-            outcomes = run_locally(scenario, encoding=args.encoding)
-        except NotEmulable as exc:
-            print(f"SKIP  {scenario.name}: the local tier cannot emulate it: {exc}")
-            continue
-        for o in outcomes:
-            failed += not o.passed
-            print(
-                f"{'PASS' if o.passed else 'FAIL'}  {scenario.name}/{o.request.name}  status {o.status}  id {o.request_id}"
-            )
-            if o.error is not None:
-                print("      " + str(o.error).replace("\n", "\n      "))
-    return 1 if failed else 0
 
 
 def _context(args: argparse.Namespace, version: str) -> RenderContext | str:
@@ -179,7 +152,7 @@ def _context(args: argparse.Namespace, version: str) -> RenderContext | str:
 def run_render(args: argparse.Namespace) -> int:
     from harness.scenarios.render import render_scenario
 
-    catalog = _catalog(args)
+    catalog = catalog_of(args)
     if catalog is None:
         return 1
     try:
@@ -218,7 +191,7 @@ def run_validate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"{_PROG} validate: --istio-version: {exc}", file=sys.stderr)
             return 2
-    catalog = _catalog(args)
+    catalog = catalog_of(args)
     if catalog is None:
         return 1
     crd_dir = args.crd_dir or default_crd_dir()
