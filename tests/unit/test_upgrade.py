@@ -955,3 +955,33 @@ def test_the_package_exports_its_api_and_the_parts_below_the_run_know_nothing_of
         "harness.upgrade.prober",
         "harness.upgrade.proxies",
     }
+
+
+def test_the_proxy_container_and_image_tag_are_defined_once_below_the_upgrade() -> None:
+    from harness.cluster import convergence
+    from harness.upgrade import proxies
+
+    root = Path(proxies.__file__).parents[1]
+    defined: dict[str, list[str]] = {"PROXY_CONTAINER": [], "image_tag": []}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names = [node.name] if isinstance(node, ast.FunctionDef) else []
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name)]
+            for name in set(names) & set(defined):
+                defined[name].append(path.relative_to(root.parent).as_posix())
+    assert defined == {
+        "PROXY_CONTAINER": ["harness/cluster/convergence.py"],
+        "image_tag": ["harness/cluster/convergence.py"],
+    }
+    assert proxies.PROXY_CONTAINER is convergence.PROXY_CONTAINER
+    assert proxies.image_tag is convergence.image_tag
+    # the upgrade may import from the cluster, not the reverse
+    cluster = root / "cluster"
+    assert not [
+        (p.relative_to(root).as_posix(), m)
+        for p in sorted(cluster.rglob("*.py"))
+        for m in _harness_imports(p)
+        if m.startswith("harness.upgrade")
+    ]
