@@ -133,6 +133,9 @@ def reported_version(path: Path) -> str:
     if name.startswith("kube-"):
         found = re.search(r"Kubernetes\s+(v\S+)", out)
         return found.group(1) if found else out.strip()
+    found = re.search(r"client version:\s*(\S+)", out)  # istioctl, pilot-discovery, pilot-agent
+    if found:
+        return found.group(1)
     return out.strip().splitlines()[-1].strip() if out.strip() else ""
 
 
@@ -202,9 +205,15 @@ class _Build:
     """Runs ``go build`` in one wrapper module into an output directory."""
 
     def __init__(
-        self, module: Path, steps: Sequence[tuple[Sequence[str], Sequence[str]]], ldflags: str
+        self,
+        module: Path,
+        steps: Sequence[tuple[Sequence[str], Sequence[str]]],
+        ldflags: str,
+        renames: Mapping[str, str] | None = None,
     ) -> None:
         self.module = module
+        #: built name -> name in the set (etcd's main package is go.etcd.io/etcd/server/v3: "server")
+        self.renames = dict(renames or {})
         #: (build tags, packages) per ``go build`` invocation
         self.steps = steps
         self.ldflags = ldflags
@@ -225,6 +234,8 @@ class _Build:
                 )
             except CommandError as exc:
                 raise BinariesError(f"building in {self.module} failed: {exc}") from exc
+        for built, name in self.renames.items():
+            (out / built).rename(out / name)
 
 
 def kube_binaries(*, rebuild: bool = False) -> BinarySet:
@@ -241,7 +252,7 @@ def kube_binaries(*, rebuild: bool = False) -> BinarySet:
         ]
     expected = {b: version for b in KUBE_BINARIES}
     expected["etcd"] = versions.NETNS_ETCD_VERSION
-    build = _Build(GO_ROOT / "kube", [((), ["tool"])], " ".join(flags))
+    build = _Build(GO_ROOT / "kube", [((), ["tool"])], " ".join(flags), renames={"server": "etcd"})
     return _find_or_build(
         _SetSpec(
             "kube",
