@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -17,8 +18,12 @@ import (
 	"github.com/istio-egress-harness/kubelet/internal/provider"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kversion "k8s.io/apimachinery/pkg/version"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 )
 
@@ -45,6 +50,9 @@ func start(ctx context.Context, cfg *config.Config) (*kubelet, error) {
 	checkRootBinds(cfg, tools)
 	warnMountNamespace()
 
+	// nodeutil.NewNode builds a default client from $KUBECONFIG before taking ours; point it at
+	// the same file so it does not log a failure.
+	_ = os.Setenv("KUBECONFIG", cfg.Kubeconfig)
 	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
@@ -59,7 +67,8 @@ func start(ctx context.Context, cfg *config.Config) (*kubelet, error) {
 		return nil, err
 	}
 
-	if err := pods.Cleanup(ctx, cfg, pods.CleanupAll); err != nil {
+	// Leftovers of an earlier kubelet of this run (a crash): their pods are re-created from the API.
+	if err := pods.Cleanup(ctx, cfg, pods.CleanupKeepLogs); err != nil {
 		return nil, fmt.Errorf("removing the leftovers of an earlier run with prefix %q: %w", cfg.NetnsPrefix, err)
 	}
 	enableForwarding()
@@ -88,10 +97,45 @@ func start(ctx context.Context, cfg *config.Config) (*kubelet, error) {
 		if err := n.WaitReady(ctx, readyTimeout); err != nil {
 			return nil, fmt.Errorf("node %s did not become ready within %s: %w", cfg.Nodes[i].Name, readyTimeout, err)
 		}
+		if err := removeNotReadyTaint(ctx, client, cfg.Nodes[i].Name); err != nil {
+			return nil, err
+		}
 		klog.InfoS("Node ready", "node", cfg.Nodes[i].Name, "ip", cfg.Nodes[i].IP,
 			"kubeletAPI", net.JoinHostPort(cfg.Nodes[i].IP, strconv.Itoa(cfg.KubeletPort)))
 	}
 	return k, nil
+}
+
+// notReadyTaint is what the API server's TaintNodesByCondition admission puts on a new Node; the
+// node lifecycle controller, which the netns cluster does not run, would remove it once the node is
+// Ready. The kubelet removes it itself.
+const notReadyTaint = "node.kubernetes.io/not-ready"
+
+func removeNotReadyTaint(ctx context.Context, client kubernetes.Interface, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, apiCheckTimeout)
+	defer cancel()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		var kept []corev1.Taint
+		for _, t := range n.Spec.Taints {
+			if t.Key != notReadyTaint {
+				kept = append(kept, t)
+			}
+		}
+		if len(kept) == len(n.Spec.Taints) {
+			return nil
+		}
+		n.Spec.Taints = kept
+		_, err = client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("removing the %s taint from node %s: %w", notReadyTaint, name, err)
+	}
+	return nil
 }
 
 func newNode(cfg *config.Config, n *config.Node, m *pods.Manager, client kubernetes.Interface) (*nodeutil.Node, error) {
@@ -145,11 +189,13 @@ func (k *kubelet) stop(cancel context.CancelFunc) {
 func checkAPI(ctx context.Context, client kubernetes.Interface, host, kubeconfig string) error {
 	ctx, cancel := context.WithTimeout(ctx, apiCheckTimeout)
 	defer cancel()
-	v, err := client.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Raw()
+	raw, err := client.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Raw()
 	if err != nil {
 		return fmt.Errorf("the API server %s (kubeconfig %s) does not answer: %w", host, kubeconfig, err)
 	}
-	klog.InfoS("API server answers", "server", host, "version", strings.TrimSpace(string(v)))
+	var v kversion.Info
+	_ = json.Unmarshal(raw, &v)
+	klog.InfoS("API server answers", "server", host, "version", v.GitVersion)
 	return nil
 }
 

@@ -19,8 +19,8 @@ import (
 	"github.com/istio-egress-harness/kubelet/internal/config"
 	"github.com/istio-egress-harness/kubelet/internal/pods"
 	"github.com/istio-egress-harness/kubelet/internal/probe"
-	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
-	"github.com/virtual-kubelet/virtual-kubelet/log/klogv2"
+	"github.com/istio-egress-harness/kubelet/internal/vklog"
+	vkl "github.com/virtual-kubelet/virtual-kubelet/log"
 	"k8s.io/klog/v2"
 )
 
@@ -56,7 +56,7 @@ func run(configPath string, cleanup bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("egh-kubelet must run as root (it makes network namespaces and mounts)")
 	}
-	vklog.L = klogv2.New(nil)
+	vkl.L = vklog.New()
 	probe.UserAgent = userAgent(cfg.KubeletVersion)
 
 	if cleanup {

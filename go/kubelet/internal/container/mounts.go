@@ -153,6 +153,9 @@ func Script(p Plan) string {
 		}
 		line("if [ -e %s ]; then %s -a %s %s || fail %s; fi", q(src), q(t.Cp), q(src), q(r(path.Dir("/etc/"+f))+"/"), q("copy "+src))
 	}
+	if p.Hostname != "" {
+		line("echo %s > %s || fail %s", q(p.Hostname), q(r("/etc/hostname")), q("write /etc/hostname"))
+	}
 	bindAt(p.Hosts, "/etc/hosts", true, true)
 	bindAt(p.Resolv, "/etc/resolv.conf", true, true)
 

@@ -43,6 +43,7 @@ func TestScript(t *testing.T) {
 		"'/usr/bin/mount' '--bind' '/cache/proxyv2/usr/local/bin' '" + root + "/usr/local/bin'",
 		"[ -e '" + root + "/etc/istio/config/mesh' ] || '/usr/bin/touch' '" + root + "/etc/istio/config/mesh'",
 		"echo 'gw-1' > /proc/sys/kernel/hostname",
+		"echo 'gw-1' > '" + root + "/etc/hostname'",
 		"printf 'started\\n' >&3; exec 3>&-",
 		"exec '/usr/sbin/chroot' '" + root + "' '/usr/bin/setpriv' '--reuid' '1337' '--regid' '1337' '--groups' '1337' '--' " +
 			"'/usr/bin/env' '--chdir=/var/lib/istio' '--' '/usr/local/bin/pilot-agent' 'proxy' 'router' '--domain' 'it'\\''s $(NOT) expanded; `here`'",

@@ -114,10 +114,10 @@ func (p *Pod) setupVolumes() bool {
 			p.scheduleTokenRefresh(next)
 			return true
 		}
+		msg := "MountVolume.SetUp failed for " + err.Error()
 		var wait *volumes.WaitError
-		msg := err.Error()
-		if errors.As(err, &wait) {
-			msg = "waiting for " + wait.Msg
+		if !errors.As(err, &wait) {
+			klog.ErrorS(err, "Setting up pod volumes", "pod", p.key)
 		}
 		klog.InfoS("Pod volumes not ready", "pod", p.key, "err", msg)
 		p.mu.Lock()

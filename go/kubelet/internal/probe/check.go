@@ -72,7 +72,7 @@ func HTTPGet(ctx context.Context, action *corev1.HTTPGetAction, host string, por
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return false, fmt.Sprintf("Get %q: %v", target, err)
+		return false, err.Error() // a *url.Error names the method and URL
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
