@@ -182,6 +182,9 @@ func (p *Pod) releaseNetwork(ctx context.Context) {
 	if p.sandbox.Name == "" {
 		return
 	}
+	p.mu.Lock()
+	p.hostsPath = "" // its /etc/netns folder goes with the namespace: no more hosts rewrites
+	p.mu.Unlock()
 	if err := netns.Delete(ctx, p.sandbox); err != nil {
 		klog.ErrorS(err, "Removing a pod's network namespace", "pod", p.key, "netns", p.sandbox.Name)
 	}
