@@ -57,7 +57,7 @@ func TestNames(t *testing.T) {
 	if len(veth) > 15 || veth[0] != 'v' {
 		t.Errorf("veth %q", veth)
 	}
-	if want := "egh-r1-istio-system.istiod-5f9c-" + veth[1:]; ns != want {
+	if want := "egh-r1-pod-istio-system.istiod-5f9c-" + veth[1:]; ns != want {
 		t.Errorf("netns %q, want %q", ns, want)
 	}
 }

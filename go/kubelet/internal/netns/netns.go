@@ -32,8 +32,13 @@ type Sandbox struct {
 
 var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_.-]+`)
 
-// Names returns the namespace and host veth names for a pod: "<prefix><ns>.<name>-<8 hex>" (the
-// readable part cut to 60 characters) and "v<8 hex>", the hex derived from the pod UID.
+// PodMarker follows the configured prefix in every pod namespace name: the kubelet owns exactly
+// the namespaces named "<prefix>pod-...", so a run's other namespaces with the same prefix (the
+// node's, the external host's) are never touched by a cleanup.
+const PodMarker = "pod-"
+
+// Names returns the namespace and host veth names for a pod: "<prefix>pod-<ns>.<name>-<8 hex>"
+// (the readable part cut to 60 characters) and "v<8 hex>", the hex derived from the pod UID.
 func Names(prefix, namespace, name, uid string) (nsName, veth string) {
 	sum := sha256.Sum256([]byte(uid))
 	short := hex.EncodeToString(sum[:4])
@@ -41,7 +46,7 @@ func Names(prefix, namespace, name, uid string) (nsName, veth string) {
 	if len(readable) > 60 {
 		readable = readable[:60]
 	}
-	return prefix + readable + "-" + short, "v" + short
+	return prefix + PodMarker + readable + "-" + short, "v" + short
 }
 
 // Create builds the sandbox; on failure it removes whatever it made.

@@ -39,16 +39,29 @@ const killWait = 10 * time.Second
 func Cleanup(ctx context.Context, cfg *config.Config, mode CleanupMode) error {
 	var errs []error
 	podsDir := cfg.PodsDir()
-	nsNames, err := netns.List(cfg.NetnsPrefix)
+	podPrefix := cfg.NetnsPrefix + netns.PodMarker
+	all, err := netns.List(podPrefix)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	nsInodes := map[uint64]string{}
-	for _, n := range nsNames {
+	own := map[uint64]bool{} // never the kubelet's own namespace nor the machine's
+	for _, p := range []string{"/proc/self/ns/net", "/proc/1/ns/net"} {
 		var st unix.Stat_t
-		if err := unix.Stat(filepath.Join(netns.Dir, n), &st); err == nil {
+		if err := unix.Stat(p, &st); err == nil {
+			own[st.Ino] = true
+		}
+	}
+	var nsNames []string
+	nsInodes := map[uint64]string{}
+	for _, n := range all {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(netns.Dir, n), &st); err == nil && own[st.Ino] {
+			klog.InfoS("Not removing a namespace that is the kubelet's own", "netns", n)
+			continue
+		} else if err == nil {
 			nsInodes[st.Ino] = n
 		}
+		nsNames = append(nsNames, n)
 	}
 	pids := leftoverProcesses(podsDir, nsInodes)
 	for _, pid := range pids {
@@ -66,7 +79,7 @@ func Cleanup(ctx context.Context, cfg *config.Config, mode CleanupMode) error {
 	}
 	if entries, err := os.ReadDir(netns.EtcDir); err == nil {
 		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), cfg.NetnsPrefix) {
+			if strings.HasPrefix(e.Name(), podPrefix) {
 				if err := os.RemoveAll(filepath.Join(netns.EtcDir, e.Name())); err != nil {
 					errs = append(errs, err)
 				}
@@ -121,7 +134,7 @@ func leftoverProcesses(podsDir string, nsInodes map[uint64]string) []int {
 	var pids []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self || pid == 1 {
+		if err != nil || pid == self || pid == 1 || !processAlive(pid) {
 			continue
 		}
 		if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid)); err == nil && strings.HasPrefix(root, podsDir+"/") {
@@ -149,7 +162,7 @@ func waitGone(ctx context.Context, pids []int, limit time.Duration) error {
 	for {
 		var alive []int
 		for _, pid := range pids {
-			if err := syscall.Kill(pid, 0); err == nil {
+			if processAlive(pid) {
 				alive = append(alive, pid)
 			}
 		}
@@ -165,6 +178,21 @@ func waitGone(ctx context.Context, pids []int, limit time.Duration) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// processAlive reports whether pid exists and is not a zombie (a killed process whose parent has
+// not reaped it yet is gone for our purposes).
+func processAlive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses, which may itself contain ") ".
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 || i+2 >= len(data) {
+		return false
+	}
+	return data[i+2] != 'Z'
 }
 
 // mountsUnder lists this mount namespace's mount points under dir, deepest first.
