@@ -219,3 +219,24 @@ func RootBindsFor(paths []string) []Bind {
 	}
 	return out
 }
+
+// EtcFilesNotBound drops the /etc entries that a root bind already provides, or that contain one
+// (a root bind of /etc/ssl makes copying /etc/ssl needless, and impossible: the copy would land on
+// the read-only bind).
+func EtcFilesNotBound(etcFiles []string, binds []Bind) []string {
+	var out []string
+	for _, f := range etcFiles {
+		p := path.Join("/etc", f)
+		covered := false
+		for _, b := range binds {
+			d := path.Clean(b.Dst)
+			if p == d || strings.HasPrefix(p, d+"/") || strings.HasPrefix(d, p+"/") {
+				covered = true
+			}
+		}
+		if !covered {
+			out = append(out, f)
+		}
+	}
+	return out
+}

@@ -120,3 +120,11 @@ func TestExecArgv(t *testing.T) {
 		t.Errorf("ExecArgv = %s", got)
 	}
 }
+
+func TestEtcFilesNotBound(t *testing.T) {
+	got := EtcFilesNotBound([]string{"passwd", "ssl", "ssl/certs", "alternatives", "pki"},
+		[]Bind{{Dst: "/usr"}, {Dst: "/etc/ssl"}, {Dst: "/etc/pki/tls"}})
+	if strings.Join(got, " ") != "passwd alternatives" {
+		t.Errorf("got %v", got)
+	}
+}

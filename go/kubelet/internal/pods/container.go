@@ -389,9 +389,15 @@ func (p *Pod) plan(pod *corev1.Pod, c *ctr, img *config.Image, env, argv []strin
 	if !pod.Spec.HostNetwork {
 		hostname = names.Hostname(pod)
 	}
+	p.mu.Lock()
+	hosts, resolv := p.hostsPath, p.resolvPath
+	p.mu.Unlock()
+	if hosts == "" {
+		return container.Plan{}, fmt.Errorf("container %s: the pod's network is gone", c.spec.Name)
+	}
 	return container.Plan{
 		Pod: p.key, Container: c.spec.Name, Root: root, Hostname: hostname,
-		RootBinds: p.m.rootBinds, EtcFiles: p.m.cfg.EtcFiles, Hosts: p.hostsPath, Resolv: p.resolvPath,
+		RootBinds: p.m.rootBinds, EtcFiles: p.m.etcFiles, Hosts: hosts, Resolv: resolv,
 		TerminationLog: termLog, ImageBinds: imageBinds, Volumes: vols, WorkingDir: wd, User: user,
 		Argv: argv, Tools: p.m.tools.Script,
 	}, nil

@@ -94,6 +94,7 @@ type Manager struct {
 	secrets    corev1listers.SecretLister
 	factory    informers.SharedInformerFactory
 	rootBinds  []container.Bind
+	etcFiles   []string
 
 	mu     sync.Mutex
 	byUID  map[types.UID]*Pod
@@ -123,6 +124,7 @@ func NewManager(cfg *config.Config, client kubernetes.Interface, tools Tools) (*
 		m.nodes[n.Name] = &Node{Cfg: n, IPAM: netns.NewIPAM(n.Prefix, n.Addr), Allocatable: alloc}
 	}
 	m.rootBinds = container.RootBindsFor(cfg.RootBinds)
+	m.etcFiles = container.EtcFilesNotBound(cfg.EtcFiles, m.rootBinds)
 	m.factory = informers.NewSharedInformerFactory(client, 10*time.Minute)
 	m.services = m.factory.Core().V1().Services().Lister()
 	m.configMaps = m.factory.Core().V1().ConfigMaps().Lister()
