@@ -28,6 +28,9 @@ type Spec struct {
 	Log    *crilog.Writer
 	Tools  HostTools
 	Sh     string
+	// User owns the stdout and stderr pipes (as runc does), so the program can reopen them as
+	// /dev/stdout (Envoy's access log file is /dev/stdout).
+	User User
 }
 
 // Process is a running container: its main process leads a process group.
@@ -78,6 +81,14 @@ func Start(s Spec) (*Process, error) {
 		errR.Close()
 		errW.Close()
 		return nil, err
+	}
+	for _, w := range []*os.File{outW, errW} {
+		if err := w.Chown(int(s.User.UID), int(s.User.GID)); err != nil {
+			for _, f := range []*os.File{outR, outW, errR, errW, startR, startW} {
+				f.Close()
+			}
+			return nil, fmt.Errorf("giving the output pipes to uid %d: %w", s.User.UID, err)
+		}
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = s.Env

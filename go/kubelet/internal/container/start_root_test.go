@@ -36,7 +36,7 @@ func runContainer(t *testing.T, plan Plan, host HostTools) (*Process, bool, stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	proc, err := Start(Spec{UTS: true, Script: Script(plan), Env: []string{"PATH=/usr/bin:/bin", "FOO=bar"}, Log: logs, Tools: host, Sh: "/bin/sh"})
+	proc, err := Start(Spec{UTS: true, Script: Script(plan), Env: []string{"PATH=/usr/bin:/bin", "FOO=bar"}, Log: logs, Tools: host, Sh: "/bin/sh", User: plan.User})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,8 @@ func TestStartRoot(t *testing.T) {
 		User:       User{UID: 1337, GID: 1337, Groups: []int64{4242}},
 		Argv: []string{"/bin/sh", "-c", `echo "uid=$(id -u) gid=$(id -g) groups=$(id -G) host=$(hostname) cwd=$(pwd) foo=$FOO"; ` +
 			`cat /etc/hosts /etc/cfg/x; echo; echo written > /data/out; ` +
-			`touch /usr/egh-forbidden 2>/dev/null || echo usr-read-only; echo bye > /dev/termination-log; echo to-stderr >&2`},
+			`touch /usr/egh-forbidden 2>/dev/null || echo usr-read-only; echo bye > /dev/termination-log; echo to-stderr >&2; ` +
+			`echo via-dev-stdout > /dev/stdout`},
 		Tools: tools,
 	}
 	proc, started, log := runContainer(t, plan, host)
@@ -99,7 +100,7 @@ func TestStartRoot(t *testing.T) {
 	}
 	for _, want := range []string{
 		"stdout F uid=1337 gid=1337 groups=1337 4242 host=egh-e-test-pod cwd=/work foo=bar",
-		"stdout F 10.1.2.3 svc.test", "stdout F config-value", "stdout F usr-read-only", "stderr F to-stderr",
+		"stdout F 10.1.2.3 svc.test", "stdout F config-value", "stdout F usr-read-only", "stderr F to-stderr", "stdout F via-dev-stdout",
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q:\n%s", want, log)

@@ -147,7 +147,7 @@ func (p *Pod) runOnce(c *ctr) attempt {
 	klog.V(1).InfoS("Starting container", "pod", p.key, "container", c.spec.Name, "argv", quoteArgv(argv), "uid", user.UID)
 	proc, err := container.Start(container.Spec{
 		Netns: p.sandbox.Name, UTS: !pod.Spec.HostNetwork, Script: container.Script(plan), Env: env,
-		Log: logs, Tools: p.m.tools.Host, Sh: p.m.tools.Script.Sh,
+		Log: logs, Tools: p.m.tools.Host, Sh: p.m.tools.Script.Sh, User: user,
 	})
 	if err != nil {
 		logs.Line("stderr", "egh-kubelet: "+err.Error())
