@@ -10,6 +10,7 @@ followed by deleting the istio-system namespace, and happens only for an install
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -116,12 +117,18 @@ class IstioInstall:
         keep: bool = False,
         install_timeout_s: float = INSTALL_TIMEOUT_S,
         readiness_timeout_s: float = READINESS_TIMEOUT_S,
+        extra_overlays: Sequence[Path] = (),
     ) -> None:
         self.kubeconfig = kubeconfig
         self.run_dir = run_dir
         self.context = context
         self.istioctl = str(istioctl)
-        self.version = versions.istio_version(version)
+        # a label the netns provider builds (1.31-dev) is taken as it is; others must be supported
+        self.version = (
+            version if version in versions.ISTIO_MODULE_VERSIONS else versions.istio_version(version)
+        )
+        #: rendered overlays applied after the harness's own (a node provider's, e.g. netns.yaml)
+        self.extra_overlays = tuple(extra_overlays)
         self.access_log_encoding = access_log_encoding
         self.outbound_traffic_policy = outbound_traffic_policy
         self.ingress_node_port = ingress_node_port
@@ -185,7 +192,8 @@ class IstioInstall:
             try:
                 run(
                     [
-                        self.istioctl, "install", "-y", "-f", str(overlay), *self._target(),
+                        self.istioctl, "install", "-y", "-f", str(overlay),
+                        *(a for extra in self.extra_overlays for a in ("-f", str(extra))), *self._target(),
                         "--readiness-timeout", f"{self.readiness_timeout_s:g}s",
                     ],
                     timeout=self.install_timeout_s,

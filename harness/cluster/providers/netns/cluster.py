@@ -185,15 +185,21 @@ class NetnsCluster:
             self._start("kube-controller-manager", cp.controller_manager_argv(self.kube, lay, pki))
             self._start("kube-scheduler", cp.scheduler_argv(self.kube, lay))
             config = self._kubelet_config(pki)
-            self._start("egh-kubelet", [str(self.kubelet.path("egh-kubelet")), f"--config={config}"])
+            # nsenter, not `ip netns exec`: the latter gives the process a mount namespace of its own,
+            # where the pods' `ip netns add` mounts would stay invisible to the root namespace
+            self._start(
+                "egh-kubelet", [str(self.kubelet.path("egh-kubelet")), f"--config={config}"], nsenter=True
+            )
             self.daemons[-1].wait_ready(
                 self._nodes_ready, timeout_s=NODES_READY_TIMEOUT_S, what="both Nodes registered and Ready"
             )
             self._start("kube-proxy", cp.kube_proxy_argv(self.kube, lay))
         return self
 
-    def _start(self, name: str, argv: list[str]) -> None:
-        daemon = Daemon(name, argv, netns=self.layout.node_netns, log_dir=self.layout.log_dir).start()
+    def _start(self, name: str, argv: list[str], *, nsenter: bool = False) -> None:
+        daemon = Daemon(
+            name, argv, netns=self.layout.node_netns, log_dir=self.layout.log_dir, nsenter=nsenter
+        ).start()
         self.daemons.append(daemon)
         self._save_state()
 
@@ -274,7 +280,7 @@ class NetnsCluster:
         config = {
             "kubeconfig": str(lay.internal_kubeconfig),
             "runDir": str(lay.run_dir / "kubelet"),
-            "netnsPrefix": lay.prefix,
+            "netnsPrefix": lay.pod_prefix,
             "kubeletVersion": versions.NETNS_KUBELET_VERSION,
             "tlsCert": str(pki.kubelet.cert_path),
             "tlsKey": str(pki.kubelet.key_path),

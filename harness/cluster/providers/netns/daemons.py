@@ -99,8 +99,12 @@ class Daemon:
         netns: str | None,
         log_dir: Path,
         env: Mapping[str, str] | None = None,
+        nsenter: bool = False,
     ) -> None:
         self.name = name
+        #: enter the namespace with ``nsenter --net`` (network only) rather than ``ip netns exec``
+        #: (which also gives the process a mount namespace of its own)
+        self.nsenter = nsenter
         self.argv = [str(a) for a in argv]
         self.netns = netns
         self.log = log_dir / f"{name}.log"
@@ -115,7 +119,12 @@ class Daemon:
 
     def start(self) -> Daemon:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        argv = ["ip", "netns", "exec", self.netns, *self.argv] if self.netns else self.argv
+        if self.netns is None:
+            argv = self.argv
+        elif self.nsenter:
+            argv = ["nsenter", f"--net=/var/run/netns/{self.netns}", "--", *self.argv]
+        else:
+            argv = ["ip", "netns", "exec", self.netns, *self.argv]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 argv,

@@ -32,8 +32,8 @@ from harness.common.paths import REPO_ROOT
 ISTIO_HUB = "egress-harness.local/istio"
 BOOTSTRAP_TEMPLATE = "tools/packaging/common/envoy_bootstrap.json"
 PYTHON = "/usr/bin/python3"
-#: read-only in every container's root: the system, and nothing of the harness's own checkout
-ROOT_BINDS: tuple[str, ...] = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/alternatives")
+#: read-only in every container's root: the system (the kubelet copies /etc essentials itself)
+ROOT_BINDS: tuple[str, ...] = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
 
 
 def istio_image_root(label: str, bins: BinarySet, envoy: Path) -> Path:

@@ -66,6 +66,11 @@ class Layout:
         return f"egh-{self.run_id}-"
 
     @property
+    def pod_prefix(self) -> str:
+        """The harness kubelet's pod namespaces start with it (and the kubelet removes only those)."""
+        return f"{self.prefix}p-"
+
+    @property
     def node_netns(self) -> str:
         return f"{self.prefix}node"
 
