@@ -32,6 +32,7 @@ harness.cluster.cli up|down ...`` works on its own too.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -44,7 +45,7 @@ from harness.common.paths import REPO_ROOT
 from harness.common.proc import CommandError, progress, run
 
 if TYPE_CHECKING:  # the run is imported when a command runs: building the CLI stays cheap
-    from harness.cluster.options import E2EOptions
+    from harness.cluster.options import E2EOptions, Provider
     from harness.cluster.run import E2ERun
     from harness.cluster.state import RunState
 
@@ -75,11 +76,17 @@ def options_for_up(args: argparse.Namespace, scenarios: Iterable[Any]) -> E2EOpt
 
     listed = list(scenarios)
     names = [s if isinstance(s, str) else s.name for s in listed]
+    provider: Provider = "netns" if getattr(args, "provider", "kind") == "netns" else "kind"
+    if provider == "netns":
+        istio_version = args.istio_version or versions.DEFAULT_NETNS_ISTIO_VERSION
+    else:
+        istio_version = versions.istio_version(args.istio_version)
     return E2EOptions(
-        istio_version=versions.istio_version(args.istio_version),
+        istio_version=istio_version,
+        provider=provider,
         cluster_name=args.cluster_name,
         reuse_cluster=args.reuse_cluster,
-        keep_on_failure=args.keep_on_failure,
+        keep_on_failure=args.keep_on_failure or getattr(args, "keep", False),
         access_log_encoding=args.access_log_encoding.upper(),
         outbound_traffic_policy=args.outbound_traffic_policy,
         gateway_api=args.gateway_api,
@@ -151,6 +158,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"egress-harness e2e up: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(state.to_json())
+    progress(f"kubeconfig: {state.kubeconfig}")
     return 0
 
 
@@ -182,6 +190,23 @@ def delete_kind_cluster(state: RunState) -> None:
         timeout=KIND_TIMEOUT_S,
         heartbeat_s=30.0,
     )
+
+
+def stop_recorder(recorder: Any) -> None:
+    """A netns recorder's processes (the recorder and its forwarder), from the run state."""
+    from harness.cluster.providers.netns.daemons import DaemonRecord, stop_pid
+
+    for pid, binary in recorder.processes:
+        if stop_pid(DaemonRecord(recorder.name, pid, binary, "")):
+            progress(f"stopped {recorder.name} process {pid}")
+
+
+def remove_netns_cluster(state: RunState) -> None:
+    """Everything of a netns run: its daemons, namespaces and tmpfs (its state in <run dir>/netns)."""
+    from harness.cluster.providers.netns.cluster import down
+
+    for line in down(state.run_dir / "netns"):
+        progress(f"removed {line}")
 
 
 def run_namespaces(kube: Any, run_id: str) -> list[str]:
@@ -271,10 +296,15 @@ def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None
         return lambda: remove_container(name)
 
     for recorder in (state.recorder, state.mtls_recorder):
-        if recorder is not None:
+        if recorder is not None and recorder.processes:
+            step(f"stopping the recorder {recorder.name}", functools.partial(stop_recorder, recorder))
+        elif recorder is not None:
             step(f"removing the recorder container {recorder.name}", remover(recorder.name))
     if state.cluster == "kind" and state.cluster_created:
         step(f"deleting kind cluster {state.cluster_name}", lambda: delete_kind_cluster(state))
+        return problems
+    if state.cluster == "netns":
+        step(f"removing netns cluster {state.run_id}", lambda: remove_netns_cluster(state))
         return problems
     if not state.kubeconfig.is_file():
         problems.append(f"the kubeconfig {state.kubeconfig} is gone: cannot reach the cluster to clean it")
@@ -351,7 +381,21 @@ def add_e2e_subcommands(e2e_subparsers: Any) -> None:
         description="Create the kind cluster, Istio with its egress gateway, the recorder and the run "
         "namespace; write <run dir>/run-state.json and print it. A failed up removes what it made.",
     )
-    up.add_argument("--istio-version", default=None, choices=versions.SUPPORTED_ISTIO_VERSIONS)
+    up.add_argument(
+        "--provider",
+        default="kind",
+        choices=("kind", "netns"),
+        help="kind (Docker containers as nodes) or netns (network namespaces as nodes, the harness as "
+        "kubelet, binaries built with Go; needs root)",
+    )
+    up.add_argument(
+        "--istio-version",
+        default=None,
+        choices=(*versions.SUPPORTED_ISTIO_VERSIONS, *versions.ISTIO_BUILDABLE_LABELS),
+        help=f"kind: a release (default {versions.DEFAULT_ISTIO_VERSION}); netns: a label it builds "
+        f"(default {versions.DEFAULT_NETNS_ISTIO_VERSION})",
+    )
+    up.add_argument("--keep", action="store_true", help="keep what up made even when it fails (for a look)")
     up.add_argument("--access-log-encoding", default="text", type=str.lower, choices=("text", "json"))
     up.add_argument(
         "--outbound-traffic-policy",

@@ -408,6 +408,7 @@ class RecorderClient:
     ``name`` and provide ``url`` (the control API's base URL from the harness)."""
 
     alias: str
+    aliases: list[str]
     port: int
     tls_port: int | None
     name: str
@@ -473,6 +474,25 @@ class RecorderClient:
                 f"{len(found)} of {count} records of x-request-id={request_id} at {self.url} after {timeout:g}s"
             ) from None
         return found
+
+
+class AttachedRecorder(RecorderClient):
+    """A recorder another process started, reached at ``url`` (a netns run's loopback forwarder):
+    reads its records, owns nothing."""
+
+    def __init__(
+        self, url: str, *, name: str, alias: str, aliases: Sequence[str], port: int, tls_port: int | None
+    ) -> None:
+        self._url = url
+        self.name = name
+        self.alias = alias
+        self.aliases = list(aliases)
+        self.port = port
+        self.tls_port = tls_port
+
+    @property
+    def url(self) -> str:
+        return self._url
 
 
 class RecorderContainer(RecorderClient, Container):

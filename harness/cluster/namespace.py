@@ -56,7 +56,7 @@ from harness.cluster.credentials import (
     wait_for_gateway_secrets,
 )
 from harness.cluster.errors import E2EError, ScenarioNotApplicable
-from harness.cluster.external import RecorderContainer
+from harness.cluster.external import RecorderClient
 from harness.cluster.gatewayapi import (
     GATEWAY_API_GROUP,
     GATEWAY_API_VERSION,
@@ -73,6 +73,7 @@ from harness.cluster.lock import ScenarioLock
 from harness.cluster.options import E2EOptions
 from harness.cluster.podlogs import PodLogSource
 from harness.cluster.providers.kind import ExistingCluster, KindCluster
+from harness.cluster.providers.netns.cluster import NetnsCluster
 from harness.cluster.requirements import (
     CREDENTIAL_REQUIREMENTS,
     INTERNET_SERVES,
@@ -134,11 +135,11 @@ class RunNamespace:
     run_id: str
     namespace: str
     started_at: datetime
-    cluster: KindCluster | ExistingCluster | None
+    cluster: KindCluster | ExistingCluster | NetnsCluster | None
     kube: Kube | None
-    recorder: RecorderContainer | None
+    recorder: RecorderClient | None
     #: the recorder that requires client certificates (with the PKI, container mode)
-    mtls_recorder: RecorderContainer | None
+    mtls_recorder: RecorderClient | None
     #: the run's certificates (container mode with external_tls; read back when attached)
     pki: TestPKI | None
     istioctl: str | None
@@ -283,7 +284,7 @@ class RunNamespace:
         *,
         timeout: float = 5.0,
         gateway: ScenarioGateway | None = None,
-        recorder: RecorderContainer | None = None,
+        recorder: RecorderClient | None = None,
     ) -> Record:
         """The record of ``request_id`` at the external host (``recorder``, default the run's
         recorder), whose caller is an egress gateway address."""
@@ -325,7 +326,7 @@ class RunNamespace:
             **names,
         )
 
-    def recorder_for(self, scenario: Any) -> RecorderContainer | None:
+    def recorder_for(self, scenario: Any) -> RecorderClient | None:
         """The recorder that plays ``scenario``'s external host: the mTLS one for ``mtls``."""
         if external_requirement(scenario) == "mtls":
             return self.mtls_recorder

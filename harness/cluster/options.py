@@ -14,6 +14,9 @@ from harness.common import versions
 from harness.common.paths import REPO_ROOT
 
 ExternalMode = Literal["container", "internet"]
+#: which node provider makes the harness's own cluster: kind's containers, or network namespaces
+Provider = Literal["kind", "netns"]
+PROVIDERS: tuple[str, ...] = ("kind", "netns")
 #: ``istioctl analyze`` before a scenario is applied: with the live cluster, on the files alone, or not
 AnalyzeMode = Literal["cluster", "files", "off"]
 EXTERNAL_MODES: tuple[str, ...] = ("container", "internet")
@@ -30,6 +33,8 @@ class E2EOptions:
     """How a run is set up (the pytest options map onto these; see harness.pytest_plugin)."""
 
     istio_version: str = field(default_factory=versions.istio_version)
+    #: the node provider of the harness's own cluster (not used with ``kubeconfig``)
+    provider: Provider = "kind"
     cluster_name: str = "egress-harness"
     reuse_cluster: bool = False
     #: keep cluster, Istio, namespace and apps (always)
@@ -84,7 +89,17 @@ class E2EOptions:
             out.append(f"external must be one of {EXTERNAL_MODES}, not {self.external!r}")
         if self.analyze not in ANALYZE_MODES:
             out.append(f"analyze must be one of {ANALYZE_MODES}, not {self.analyze!r}")
-        if self.istio_version not in versions.SUPPORTED_ISTIO_VERSIONS and not self.existing_cluster:
+        if self.provider not in PROVIDERS:
+            out.append(f"provider must be one of {PROVIDERS}, not {self.provider!r}")
+        if self.provider == "netns":
+            if self.existing_cluster:
+                out.append("--provider netns makes a cluster of its own; it does not go with --kubeconfig")
+            if self.istio_version not in versions.ISTIO_MODULE_VERSIONS:
+                out.append(
+                    f"Istio {self.istio_version} is not a version the netns provider builds; it builds "
+                    f"{', '.join(versions.ISTIO_BUILDABLE_LABELS)}"
+                )
+        elif self.istio_version not in versions.SUPPORTED_ISTIO_VERSIONS and not self.existing_cluster:
             out.append(
                 f"Istio {self.istio_version} is not one of the supported {', '.join(versions.SUPPORTED_ISTIO_VERSIONS)}"
             )

@@ -52,7 +52,7 @@ from harness.cluster.credentials import (
     pki_server_names,
 )
 from harness.cluster.errors import E2EError
-from harness.cluster.external import RecorderContainer
+from harness.cluster.external import RecorderContainer, RecorderTLS
 from harness.cluster.gatewayapi import (
     GATEWAY_API_PROBE_CRD,
     GatewayApiCrds,
@@ -70,16 +70,25 @@ from harness.cluster.hosts import (
     recorder_container,
 )
 from harness.cluster.istio import IstioInstall
-from harness.cluster.kube import INJECTION_LABELS, Kube
+from harness.cluster.kube import INJECTION_LABELS, Kube, render_file
 from harness.cluster.namespace import RunNamespace
 from harness.cluster.options import E2EOptions, new_run_id
 from harness.cluster.providers.kind import ExistingCluster, KindCluster
+from harness.cluster.providers.netns.binaries import istio_binaries
+from harness.cluster.providers.netns.cluster import NetnsCluster
+from harness.cluster.providers.netns.external import NetnsRecorder
+from harness.cluster.providers.netns.images import ISTIO_HUB
+from harness.cluster.providers.netns.layout import EXTERNAL_HOST_IP, EXTERNAL_MTLS_IP
 from harness.cluster.state import RunState, recorder_state
 from harness.common import tools, versions
 from harness.common.certs import PkiError, TestPKI, generate_pki
+from harness.common.paths import REPO_ROOT
 from harness.common.proc import progress
 from harness.common.traffic import Traffic
 from harness.report.results import utc_now
+
+#: the netns provider's Istio install overlay, applied after the harness's own
+NETNS_OVERLAY = REPO_ROOT / "manifests" / "istio" / "netns.yaml"
 
 
 class E2ERun(RunNamespace):
@@ -131,6 +140,8 @@ class E2ERun(RunNamespace):
         self._detached = False
         self._traffic = None
         self._recorder_image: str | None = None
+        #: the netns cluster's external names: address -> aliases
+        self._netns_hosts: dict[str, list[str]] = {}
         self._stack = contextlib.ExitStack()
 
     # lifecycle
@@ -174,7 +185,7 @@ class E2ERun(RunNamespace):
         progress(
             f"e2e run {self.run_id}: Istio {o.istio_version}, namespace {self.namespace}, run dir {self.run_dir}"
         )
-        self.istioctl = str(tools.ensure_tool("istioctl", o.istio_version))
+        self.istioctl = self._istioctl(o.istio_version)
         with self._timed("cluster"):
             cluster = self.make_cluster()
             self._stack.enter_context(cluster)
@@ -205,6 +216,7 @@ class E2ERun(RunNamespace):
                     else "ALLOW_ANY",
                     use_existing=o.reuse_cluster or o.existing_cluster,
                     keep=o.keep_cluster,
+                    extra_overlays=self._provider_overlays(),
                 )
             )
         self.gateway_api_present = self.gateway_api_crds is not None or self._probe_gateway_api()
@@ -223,11 +235,15 @@ class E2ERun(RunNamespace):
                     self.check_alias_resolves(self.mtls_recorder.alias)
         self._stack.enter_context(self.run_namespace())
         with self._timed("relay apps"):
-            self.relay_image = o.relay_image or prepare_relay_image(
-                self.cluster if isinstance(self.cluster, KindCluster) else None,
-                tag=RELAY_IMAGE,
-                mode=o.image_build_mode,
-            )
+            if isinstance(self.cluster, NetnsCluster):
+                # no image to build: the harness kubelet maps the relay image to apps/relay
+                self.relay_image = o.relay_image or RELAY_IMAGE
+            else:
+                self.relay_image = o.relay_image or prepare_relay_image(
+                    self.cluster if isinstance(self.cluster, KindCluster) else None,
+                    tag=RELAY_IMAGE,
+                    mode=o.image_build_mode,
+                )
             self.relays = self._stack.enter_context(
                 RelayApps(
                     self.kube, self.namespace, image=self.relay_image, keep=o.keep_cluster, ca_pem=self.ca_pem
@@ -235,9 +251,12 @@ class E2ERun(RunNamespace):
             )
             self.relay_manifest = self.relays.save(self.run_dir / "manifests")
         self._traffic = self._stack.enter_context(Traffic())
-        self.ingress_url = (
-            o.ingress_url or f"http://127.0.0.1:{getattr(self.cluster, 'ingress_host_port', 80)}"
-        )
+        if isinstance(self.cluster, NetnsCluster):
+            self.ingress_url = o.ingress_url or self.cluster.ingress_url
+        else:
+            self.ingress_url = (
+                o.ingress_url or f"http://127.0.0.1:{getattr(self.cluster, 'ingress_host_port', 80)}"
+            )
         with self._timed("chain ready"):
             ready = self.wait_chain_ready()
         progress(f"the chain answers through {self.ingress_url} (after {ready.attempts} attempts)")
@@ -259,7 +278,7 @@ class E2ERun(RunNamespace):
             f"e2e run {self.run_id}: attaching to the run in {state.run_dir} (Istio {state.istio_version}, "
             f"namespace {self.namespace}, ingress {state.ingress_url}); nothing of it is created or deleted here"
         )
-        self.istioctl = str(tools.ensure_tool("istioctl", state.istio_version))
+        self.istioctl = self._istioctl(state.istio_version)
         self.cluster = state.cluster_handle()
         self.kube = self._stack.enter_context(Kube(state.kubeconfig, state.context))
         if state.recorder is not None:
@@ -275,10 +294,35 @@ class E2ERun(RunNamespace):
         self.gateway_api_present = state.gateway_api
         return self
 
-    def make_cluster(self) -> KindCluster | ExistingCluster:
+    def _istioctl(self, version: str) -> str:
+        """istioctl of ``version``: the pinned download, or for a label the netns provider builds,
+        the one built from the same Istio commit as istiod and the proxies."""
+        if self.options.provider == "netns" or (
+            version in versions.ISTIO_BUILDABLE_LABELS and version not in versions.SUPPORTED_ISTIO_VERSIONS
+        ):
+            return str(istio_binaries(version).path("istioctl"))
+        return str(tools.ensure_tool("istioctl", version))
+
+    def _provider_overlays(self) -> list[Path]:
+        """The node provider's own Istio overlay (netns: its image hub and tag, upstream Envoy)."""
+        if not isinstance(self.cluster, NetnsCluster):
+            return []
+        return [
+            render_file(
+                NETNS_OVERLAY,
+                {"hub": ISTIO_HUB, "tag": self.options.istio_version},
+                self.run_dir / "istio-overlay-netns.yaml",
+            )
+        ]
+
+    def make_cluster(self) -> KindCluster | ExistingCluster | NetnsCluster:
         o = self.options
         if o.kubeconfig is not None:
             return ExistingCluster(o.kubeconfig, o.context)
+        if o.provider == "netns":
+            return NetnsCluster(
+                self.run_dir / "netns", keep=o.keep_cluster, istio_versions=(o.istio_version,)
+            )
         kind = tools.ensure_tool("kind", versions.KIND_VERSION)
         return KindCluster(
             o.cluster_name,
@@ -316,10 +360,14 @@ class E2ERun(RunNamespace):
             )
         return self._recorder_image
 
-    def make_recorder(self) -> RecorderContainer:
+    def make_recorder(self) -> RecorderContainer | NetnsRecorder:
         """The external host (:func:`recorder_container`) under the host's alias, the unregistered
         alias and the catalog's; with the PKI it also serves HTTPS."""
         o = self.options
+        if isinstance(self.cluster, NetnsCluster):
+            return self._netns_recorder(
+                "recorder", EXTERNAL_HOST_IP, [o.host, UNREGISTERED_ALIAS, *o.recorder_aliases], mutual=False
+            )
         return recorder_container(
             self._image(),
             run_id=self.run_id,
@@ -329,10 +377,14 @@ class E2ERun(RunNamespace):
             pki=self.pki,
         )
 
-    def make_mtls_recorder(self) -> RecorderContainer:
+    def make_mtls_recorder(self) -> RecorderContainer | NetnsRecorder:
         """The external host that requires client certificates (:func:`mtls_recorder_container`)."""
         if self.pki is None:
             raise E2EError("the mutual-TLS recorder needs the run's PKI")
+        if isinstance(self.cluster, NetnsCluster):
+            return self._netns_recorder(
+                "mtls-recorder", EXTERNAL_MTLS_IP, [MTLS_ALIAS, *self.options.mtls_aliases], mutual=True
+            )
         return mtls_recorder_container(
             self._image(),
             self.pki,
@@ -341,8 +393,27 @@ class E2ERun(RunNamespace):
             aliases=self.options.mtls_aliases,
         )
 
+    def _netns_recorder(self, name: str, address: str, aliases: list[str], *, mutual: bool) -> NetnsRecorder:
+        """A recorder process in the netns cluster's external namespace; its aliases resolve to
+        ``address`` in every pod (the kubelet's hosts file)."""
+        assert isinstance(self.cluster, NetnsCluster)
+        self._netns_hosts[address] = list(dict.fromkeys(aliases))
+        self.cluster.set_external_hosts(self._netns_hosts)
+        return NetnsRecorder(
+            self.cluster.external_netns,
+            address,
+            self.run_dir,
+            name=name,
+            alias=aliases[0],
+            aliases=aliases[1:],
+            port=self.options.external_port,
+            tls=RecorderTLS.from_pki(self.pki, mutual=mutual) if self.pki is not None else None,
+        )
+
     @contextlib.contextmanager
-    def _owned_recorder(self, recorder: RecorderContainer) -> Iterator[RecorderContainer]:
+    def _owned_recorder(
+        self, recorder: RecorderContainer | NetnsRecorder
+    ) -> Iterator[RecorderContainer | NetnsRecorder]:
         """The recorder, removed on exit unless the run was detached (``e2e up`` leaves it running)."""
         with contextlib.ExitStack() as stack:
             stack.enter_context(recorder)
@@ -378,13 +449,15 @@ class E2ERun(RunNamespace):
         and not when the run's own kind cluster is deleted anyway."""
         if self._keeping() or self._detached:
             return False
+        if isinstance(self.cluster, NetnsCluster):
+            return self.cluster.keep
         return not (isinstance(self.cluster, KindCluster) and self.cluster.created and not self.cluster.keep)
 
     def mark_failed(self) -> None:
         """A test of this run failed: with keep-on-failure, keep everything for a look."""
         self.failed = True
         if self.options.keep_on_failure:
-            if isinstance(self.cluster, KindCluster):
+            if isinstance(self.cluster, KindCluster | NetnsCluster):
                 self.cluster.keep = True
             for part in (self.istio, self.relays, self.gateway_api_crds):
                 if part is not None:
@@ -395,7 +468,7 @@ class E2ERun(RunNamespace):
         if self.attached or self.parent is not None:
             raise E2EError("only a run that made its parts can be detached from them")
         self._detached = True
-        if isinstance(self.cluster, KindCluster):
+        if isinstance(self.cluster, KindCluster | NetnsCluster):
             self.cluster.keep = True
         for part in (self.istio, self.relays, self.gateway_api_crds):
             if part is not None:
@@ -413,9 +486,13 @@ class E2ERun(RunNamespace):
             run_dir=self.run_dir.resolve(),
             kubeconfig=cluster.kubeconfig.resolve(),
             context=cluster.context,
-            cluster="kind" if isinstance(cluster, KindCluster) else "existing",
+            cluster="kind"
+            if isinstance(cluster, KindCluster)
+            else "netns"
+            if isinstance(cluster, NetnsCluster)
+            else "existing",
             cluster_name=cluster.name if isinstance(cluster, KindCluster) else None,
-            cluster_created=bool(getattr(cluster, "created", False)),
+            cluster_created=isinstance(cluster, NetnsCluster) or bool(getattr(cluster, "created", False)),
             istio_version=self.options.istio_version,
             istio_installed=bool(self.istio is not None and self.istio.installed_by_us),
             access_log_encoding=self.options.access_log_encoding,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from harness.cluster.errors import RunStateError
-from harness.cluster.external import RecorderContainer
+from harness.cluster.external import AttachedRecorder, RecorderClient, RecorderContainer
 from harness.cluster.hosts import EXTERNAL_ALIAS
 from harness.cluster.kube import ObjectRef
 from harness.cluster.options import EXTERNAL_MODES, E2EOptions
@@ -94,9 +94,22 @@ class RecorderState:
     serves: tuple[str, ...] = RECORDER_SERVES_DEFAULT
     #: where it serves HTTPS (None: plain HTTP only)
     tls_port: int | None = None
+    #: its control API from this machine when it is not a container (the netns provider's recorder)
+    control_url: str | None = None
+    #: the processes of a recorder that is not a container (pid, binary), for ``e2e down``
+    processes: tuple[tuple[int, str], ...] = ()
 
-    def handle(self) -> RecorderContainer:
-        """A handle on the running container (nothing is started; do not enter it)."""
+    def handle(self) -> RecorderClient:
+        """A handle on the running recorder (nothing is started; do not enter it)."""
+        if self.control_url is not None:
+            return AttachedRecorder(
+                self.control_url,
+                name=self.name,
+                alias=self.aliases[0] if self.aliases else EXTERNAL_ALIAS,
+                aliases=self.aliases,
+                port=self.port,
+                tls_port=self.tls_port,
+            )
         recorder = RecorderContainer(
             self.image, network=self.network, alias=self.aliases[0] if self.aliases else EXTERNAL_ALIAS,
             port=self.port, name=self.name,
@@ -114,6 +127,8 @@ class RecorderState:
             "aliases": list(self.aliases),
             "serves": list(self.serves),
             "tls_port": self.tls_port,
+            "control_url": self.control_url,
+            "processes": [list(p) for p in self.processes],
         }
 
     @classmethod
@@ -127,11 +142,27 @@ class RecorderState:
             aliases=r.texts("aliases"),
             serves=r.texts("serves") or RECORDER_SERVES_DEFAULT,
             tls_port=r.optional_integer("tls_port"),
+            control_url=r.text("control_url", optional=True) or None,
+            processes=tuple((int(p[0]), str(p[1])) for p in data.get("processes") or ()),
         )
 
 
-def recorder_state(recorder: RecorderContainer) -> RecorderState:
+def recorder_state(recorder: Any) -> RecorderState:
     """What another process needs to read ``recorder``'s records (and what it serves)."""
+    from harness.cluster.providers.netns.external import NetnsRecorder
+
+    if isinstance(recorder, NetnsRecorder):
+        return RecorderState(
+            name=recorder.name,
+            image="",
+            network=f"netns:{recorder.netns}",
+            port=recorder.port,
+            aliases=tuple(recorder.aliases),
+            serves=recorder_serves(recorder),
+            tls_port=recorder.tls_port,
+            control_url=recorder.url,
+            processes=tuple((r.pid, r.binary) for r in recorder.records_of_processes),
+        )
     return RecorderState(
         name=recorder.name,
         image=recorder.image,
@@ -151,8 +182,9 @@ class RunState:
     run_dir: Path
     kubeconfig: Path
     context: str | None
-    #: ``kind``: the harness's kind cluster (``cluster_name``); ``existing``: a cluster only visited
-    cluster: Literal["kind", "existing"]
+    #: ``kind``: the harness's kind cluster (``cluster_name``); ``netns``: the harness's netns cluster
+    #: (its state in ``<run dir>/netns``); ``existing``: a cluster only visited
+    cluster: Literal["kind", "netns", "existing"]
     cluster_name: str | None
     cluster_created: bool
     istio_version: str
@@ -268,13 +300,13 @@ class RunState:
         recorder = r.mapping("recorder")
         mtls_recorder = r.mapping("mtls_recorder")
         pki_dir = r.text("pki_dir", optional=True)
-        cluster = r.choice("cluster", ("kind", "existing"))
+        cluster = r.choice("cluster", ("kind", "netns", "existing"))
         return cls(
             run_id=r.text("run_id"),
             run_dir=Path(r.text("run_dir")),
             kubeconfig=Path(r.text("kubeconfig")),
             context=r.text("context", optional=True) or None,
-            cluster="kind" if cluster == "kind" else "existing",
+            cluster="kind" if cluster == "kind" else "netns" if cluster == "netns" else "existing",
             cluster_name=r.text("cluster_name", optional=True) or None,
             cluster_created=r.flag("cluster_created"),
             istio_version=r.text("istio_version"),

@@ -24,10 +24,11 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -222,6 +223,8 @@ class NetnsCluster:
         net.ip(
             "route", "add", "default", "via", L.EXTERNAL_NODE_SIDE_IP, "dev", "eth0", netns=lay.external_netns
         )
+        net.ip("addr", "add", f"{L.EXTERNAL_MTLS_IP}/32", "dev", "eth0", netns=lay.external_netns)
+        net.ip("route", "add", f"{L.EXTERNAL_MTLS_IP}/32", "dev", "egh-ext", netns=node)
 
     def _etcd_healthy(self) -> bool:
         return b'"health":"true"' in _in_netns_get(
@@ -300,6 +303,22 @@ class NetnsCluster:
         path = lay.run_dir / "kubelet.json"
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         return path
+
+    # --- the external host's names --------------------------------------------------------------
+
+    @property
+    def external_netns(self) -> str:
+        return self.layout.external_netns
+
+    def set_external_hosts(self, hosts: Mapping[str, Sequence[str]]) -> None:
+        """Make every pod resolve ``names`` to ``address`` (``{address: names}``): the kubelet's hosts
+        file, re-read by the kubelet on SIGHUP (it rewrites the running pods' /etc/hosts)."""
+        text = "".join(f"{address} {' '.join(names)}\n" for address, names in hosts.items() if names)
+        path = self.layout.run_dir / "extra-hosts"
+        path.write_text(text, encoding="utf-8")
+        kubelet = next((d for d in self.daemons if d.name == "egh-kubelet" and d.process is not None), None)
+        if kubelet is not None and kubelet.process is not None and kubelet.process.poll() is None:
+            os.kill(kubelet.process.pid, signal.SIGHUP)
 
     # --- state and teardown ------------------------------------------------------------------------
 

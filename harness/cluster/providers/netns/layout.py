@@ -25,6 +25,8 @@ INGRESS_NODE_PORT = 30080
 #: the link between the node and the external host's namespace
 EXTERNAL_NODE_SIDE_IP = "10.250.0.1"
 EXTERNAL_HOST_IP = "10.250.0.2"
+#: a second address of the external host's namespace: the recorder that requires client certificates
+EXTERNAL_MTLS_IP = "10.250.0.3"
 CLUSTER_DOMAIN = "cluster.local"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
