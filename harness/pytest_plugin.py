@@ -282,7 +282,14 @@ def missing_for_state(state: RunState) -> list[str]:
             f"the run's kubeconfig {state.kubeconfig} does not exist (is the run still up? `egress-harness "
             f"e2e up --run-dir {state.run_dir}`)"
         )
-    if tools.find_tool("istioctl", state.istio_version) is None:
+    if state.cluster == "netns":
+        from harness.cluster.providers.netns.binaries import BinariesError, istio_binaries
+
+        try:
+            istio_binaries(state.istio_version)
+        except BinariesError as exc:
+            missing.append(f"istioctl {state.istio_version} of the netns run: {exc}")
+    elif tools.find_tool("istioctl", state.istio_version) is None:
         missing.append(f"istioctl {state.istio_version}: run `make tools`")
     return missing
 

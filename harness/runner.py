@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness.evidence import HopEvidence, RequestRef
+from harness.evidence import HopEvidence
 from harness.report.results import Outcome, Phase, ScenarioResult
 from harness.scenarios.expect import judge
 from harness.scenarios.model import ResolvedRequest, Scenario
@@ -147,7 +147,7 @@ def exercise(
         logs = stage.hop_logs(sent)
         outcome.proof = judge(
             request,
-            RequestRef(request_id=sent.request_id, host=request.host),
+            sent.ref(request.host),
             sidecar=logs.sidecar,
             gateway=logs.gateway,
             wait=stage.wait,

@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
-from harness.evidence import EGRESS_GATEWAY_SERVICE, EntryLog, Wait
+from harness.evidence import EGRESS_GATEWAY_SERVICE, EntryLog, RequestRef, Wait
 from harness.scenarios.model import RenderContext, ResolvedRequest, Scenario
 
 
@@ -77,6 +77,16 @@ class Sent:
     sent_at: datetime
     failed_hop: str | None = None
     error: str | None = None
+    #: a unique token in the request's path, when the tier put one there: it identifies the request
+    #: at every hop even where a proxy replaces the x-request-id (Istio's gateways do, for callers
+    #: they do not count as internal)
+    path_token: str | None = None
+
+    def ref(self, host: str | None = None) -> RequestRef:
+        """How the evidence engine finds this request's entries."""
+        if self.path_token:
+            return RequestRef(path_token=self.path_token, host=host)
+        return RequestRef(request_id=self.request_id, host=host)
 
 
 @dataclass(frozen=True)

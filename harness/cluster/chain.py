@@ -25,6 +25,7 @@ from harness.cluster.apps import RELAY_IMAGE, RelayApps
 from harness.cluster.errors import ChainNotReadyError
 from harness.common.proc import progress
 from harness.common.traffic import ChainResponse, TrafficError, chain_url
+from harness.evidence import RequestRef
 
 TARGET_APP = "target"
 RELAY_PORT = 8080
@@ -70,6 +71,16 @@ class ChainResult:
     @property
     def request_id(self) -> str:
         return self.response.request_id
+
+    @property
+    def path_token(self) -> str:
+        """The token in the request's path (the id the client sent): it names the request at every
+        hop, also where Istio's gateways replaced its x-request-id."""
+        return self.response.sent_request_id or self.response.request_id
+
+    def ref(self, host: str | None = None) -> RequestRef:
+        """How the evidence engine finds this request's access-log entries."""
+        return RequestRef(path_token=self.path_token, host=host)
 
 
 def send_until_answered(

@@ -85,7 +85,7 @@ from harness.cluster.state import RunState
 from harness.cluster.witness import RunDiagnostics, caller_addresses
 from harness.common.certs import TestPKI
 from harness.common.proc import progress
-from harness.common.traffic import ChainResponse, Traffic
+from harness.common.traffic import ChainResponse, Traffic, new_request_id, with_path_token
 from harness.evidence import EntryLog, RequestRef, Wait
 from harness.evidence.external import Record, expect_external_record
 from harness.scenarios.preflight import FILE_ONLY_TOLERATED, AnalyzeMessage, analyze
@@ -189,12 +189,12 @@ class RunNamespace:
     def _healthz_url(self) -> str:
         return f"http://{TARGET_APP}.{self.namespace}.svc.cluster.local:{RELAY_PORT}/healthz"
 
-    def _send(self, url: str) -> ChainResponse:
+    def _send(self, url: str, request_id: str | None = None) -> ChainResponse:
         if self.parent is not None:
-            return self.parent._send(url)
+            return self.parent._send(url, request_id)
         if self._traffic is None:
             self._traffic = self._stack.enter_context(Traffic())
-        return self._traffic.send(url)
+        return self._traffic.send(url, request_id=request_id)
 
     def _kube_args(self) -> list[str]:
         """istioctl's flags for this run's cluster."""
@@ -237,9 +237,17 @@ class RunNamespace:
         Retried (fresh x-request-id each time) until both relays answer; the result says how long
         that took. Whatever the external hop answered is returned as it came.
         """
-        destination = f"{scheme}://{host}:{port}{path}"
-        url = chain_for(self.ingress_url, self.namespace, destination, ingress_path=self.ingress_path)
-        result = send_until_answered(lambda: self._send(url), deadline_s=deadline_s)
+        base = f"{scheme}://{host}:{port}{path}"
+
+        def attempt() -> ChainResponse:
+            # the request's id is also a token in its path: Istio's gateways give a request from a
+            # caller they do not count as internal a fresh x-request-id, the path stays
+            token = new_request_id()
+            destination = with_path_token(base, token)
+            url = chain_for(self.ingress_url, self.namespace, destination, ingress_path=self.ingress_path)
+            return self._send(url, token)
+
+        result = send_until_answered(attempt, deadline_s=deadline_s)
         key = f"chain:{host}:{port}"
         self.timings[key] = round(result.waited_s, 3)
         return result
@@ -285,6 +293,7 @@ class RunNamespace:
         timeout: float = 5.0,
         gateway: ScenarioGateway | None = None,
         recorder: RecorderClient | None = None,
+        path_token: str | None = None,
     ) -> Record:
         """The record of ``request_id`` at the external host (``recorder``, default the run's
         recorder), whose caller is an egress gateway address."""
@@ -292,10 +301,13 @@ class RunNamespace:
         if recorder is None:
             raise E2EError("no recorder in this run (--external internet): the external host keeps no record")
         return expect_external_record(
-            lambda: recorder.records(request_id),
+            (lambda: recorder.records(path_contains=path_token))
+            if path_token
+            else (lambda: recorder.records(request_id)),
             request_id,
             from_ips=self.gateway_callers(gateway),
             timeout=timeout,
+            path_token=path_token,
         )
 
     def proxy_versions(self, gateway: ScenarioGateway | None = None) -> list[str]:
@@ -567,7 +579,7 @@ class RunNamespace:
         gw = gateway or DEFAULT_GATEWAY
         result = self.send_chain(request.host, request.port, request.path, scheme=request.scheme)
         since = result.sent_at - timedelta(seconds=LOG_SLACK_S)
-        ref = RequestRef(request_id=result.request_id, host=request.host)
+        ref = result.ref(request.host)
         evidence = judge(
             request,
             ref,

@@ -147,6 +147,10 @@ class RecorderState:
         )
 
 
+#: what a netns run's recorder state names as its "image": the program, run as a process
+RECORDER_APP_NAME = "apps/recorder/recorder.py"
+
+
 def recorder_state(recorder: Any) -> RecorderState:
     """What another process needs to read ``recorder``'s records (and what it serves)."""
     from harness.cluster.providers.netns.external import NetnsRecorder
@@ -154,7 +158,7 @@ def recorder_state(recorder: Any) -> RecorderState:
     if isinstance(recorder, NetnsRecorder):
         return RecorderState(
             name=recorder.name,
-            image="",
+            image=f"process:{RECORDER_APP_NAME}",
             network=f"netns:{recorder.netns}",
             port=recorder.port,
             aliases=tuple(recorder.aliases),

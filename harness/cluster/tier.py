@@ -242,7 +242,14 @@ class ClusterStage:
             )
         result = self.view.send_chain(request.host, request.port, request.path, scheme=request.scheme)
         answer = result.response
-        return Sent(result.request_id, answer.status, result.sent_at, answer.failed_hop, answer.error)
+        return Sent(
+            result.request_id,
+            answer.status,
+            result.sent_at,
+            answer.failed_hop,
+            answer.error,
+            path_token=answer.sent_request_id or None,
+        )
 
     def hop_logs(self, sent: Sent) -> HopLogs:
         """The target sidecar's and the scenario's gateway's pod logs, from a little before the sending
@@ -265,7 +272,7 @@ class ClusterStage:
         tls = expects_external_tls(request, self.context.external_tls_port)
         try:
             record = view.expect_external_from_gateway(
-                sent.request_id, gateway=self.gateway, recorder=recorder
+                sent.request_id, gateway=self.gateway, recorder=recorder, path_token=sent.path_token
             )
         except ExternalEvidenceError as exc:
             if tls:

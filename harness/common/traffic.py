@@ -56,6 +56,19 @@ def chain_url(hops: Sequence[str], target: str, *, param: str = URL_PARAM) -> st
     return url
 
 
+#: the query parameter that carries a request's path token to the last hop
+PATH_TOKEN_PARAM = "egh-token"  # noqa: S105 (a query parameter name, not a secret)
+
+
+def with_path_token(url: str, token: str) -> str:
+    """``url`` with ``egh-token=<token>`` added to its query: every hop's access log (which records
+    the path with its query) and the external host's record then name the request, whatever a proxy
+    does to its headers. Route matches on the path ignore the query (Envoy's and Istio's uri rules)."""
+    if "#" in url:
+        raise ValueError(f"{url!r}: a URL with a fragment cannot carry a path token")
+    return f"{url}{'&' if '?' in url else '?'}{PATH_TOKEN_PARAM}={quote(token, safe='')}"
+
+
 def unwrap_chain(url: str, *, levels: int | None = None, param: str = URL_PARAM) -> list[str]:
     """The URLs each hop of a chain URL sees, outermost first, ending with the target.
 
@@ -122,6 +135,9 @@ class ChainResponse:
     """What came back for one request: status, body and the hops the relays reported."""
 
     url: str
+    #: the x-request-id the mesh's hops carried: the first relay's report of what it received, which
+    #: differs from the one sent when an edge proxy replaced it (Istio's ingress gateway treats a
+    #: client outside the mesh as external and gives the request a fresh id); else the one sent
     request_id: str
     status: int
     headers: httpx.Headers
@@ -129,6 +145,13 @@ class ChainResponse:
     json: Any  # the parsed JSON body, None when the body is not JSON
     elapsed: float  # seconds, from sending the request to reading the whole body
     hops: tuple[Hop, ...]
+    #: the x-request-id the client sent
+    sent_request_id: str = ""
+
+    @property
+    def replaced_request_id(self) -> bool:
+        """An edge proxy gave the request another x-request-id than the client's."""
+        return bool(self.sent_request_id) and self.sent_request_id != self.request_id
 
     @property
     def ok(self) -> bool:
@@ -241,9 +264,11 @@ class Traffic:
             raise TrafficError(url, rid, err) from err
         elapsed = time.monotonic() - started
         body = _json_or_none(response)
+        reported = body.get("request_id") if isinstance(body, dict) else None
         return ChainResponse(
             url=url,
-            request_id=rid,
+            request_id=reported if isinstance(reported, str) and reported else rid,
+            sent_request_id=rid,
             status=response.status_code,
             headers=response.headers,
             text=response.text,

@@ -24,6 +24,16 @@ class ExternalEvidenceError(AssertionError):
         super().__init__(message)
 
 
+def _is_the_request(record: Record, request_id: str, path_token: str | None) -> bool:
+    if path_token:
+        return path_token in str(record.get("target") or record.get("path") or "")
+    return bool((record.get("headers") or {}).get("x-request-id") == request_id)
+
+
+def _named(request_id: str, path_token: str | None) -> str:
+    return f"with path token {path_token!r}" if path_token else f"x-request-id={request_id}"
+
+
 def expect_external_record(
     fetch: Callable[[], Sequence[Record]],
     request_id: str,
@@ -32,8 +42,10 @@ def expect_external_record(
     hop: str = "external host",
     timeout: float = 5.0,
     interval: float = 0.05,
+    path_token: str | None = None,
 ) -> Record:
-    """The record of ``request_id`` at the external host, whose caller is one of ``from_ips``.
+    """The record of ``request_id`` (or, with ``path_token``, of the request whose path holds that
+    token) at the external host, whose caller is one of ``from_ips``.
 
     ``fetch`` returns the host's records (the recorder's ``/__recorder/requests``). The record of a
     request is written before its response, so the wait is short; it covers a slow fetch.
@@ -41,7 +53,7 @@ def expect_external_record(
     deadline = time.monotonic() + timeout
     mine: list[Record] = []
     while True:
-        mine = [r for r in fetch() if (r.get("headers") or {}).get("x-request-id") == request_id]
+        mine = [r for r in fetch() if _is_the_request(r, request_id, path_token)]
         for record in mine:
             if record.get("client_ip") in from_ips:
                 return record
@@ -51,14 +63,14 @@ def expect_external_record(
     expected = ", ".join(sorted(from_ips))
     if not mine:
         raise ExternalEvidenceError(
-            f"hop {hop!r}: the request x-request-id={request_id} never reached the external host "
+            f"hop {hop!r}: the request {_named(request_id, path_token)} never reached the external host "
             f"(waited {timeout:g}s; expected it from {expected})",
             hop=hop,
             records=[],
         )
     callers = ", ".join(f"{r.get('client_ip')}:{r.get('client_port')}" for r in mine)
     raise ExternalEvidenceError(
-        f"hop {hop!r}: the request x-request-id={request_id} reached the external host from {callers}, "
+        f"hop {hop!r}: the request {_named(request_id, path_token)} reached the external host from {callers}, "
         f"not from the egress gateway ({expected})",
         hop=hop,
         records=mine,

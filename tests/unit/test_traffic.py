@@ -245,3 +245,31 @@ def test_new_request_id_is_a_uuid4() -> None:
     assert uuid.UUID(rid).version == 4
     assert rid != new_request_id()
     assert DEFAULT_TIMEOUT == 30.0
+
+
+def _answering(body: bytes, content_type: str) -> httpx.MockTransport:
+    return httpx.MockTransport(
+        lambda request: httpx.Response(200, content=body, headers={"content-type": content_type})
+    )
+
+
+def test_the_mesh_request_id_is_the_one_the_first_relay_reports() -> None:
+    """Istio's ingress gateway gives a request from outside the mesh a fresh x-request-id (seen on the
+    netns cluster with real istiod 1.31-dev): the hops' access logs carry the relay's, not the client's."""
+    from harness.common.traffic import Traffic
+
+    body = b'{"service": "proxy", "status": 200, "request_id": "from-the-gateway", "hops": []}'
+    with Traffic() as traffic:
+        traffic._client = httpx.Client(transport=_answering(body, "application/json"))
+        answer = traffic.send("http://ingress.test/proxy", request_id="from-the-client")
+    assert answer.request_id == "from-the-gateway"
+    assert answer.sent_request_id == "from-the-client" and answer.replaced_request_id
+
+
+def test_without_a_relay_report_the_sent_request_id_stands() -> None:
+    from harness.common.traffic import Traffic
+
+    with Traffic() as traffic:
+        traffic._client = httpx.Client(transport=_answering(b"no route", "text/plain"))
+        answer = traffic.send("http://ingress.test/proxy", request_id="from-the-client")
+    assert answer.request_id == "from-the-client" and not answer.replaced_request_id
