@@ -1,6 +1,6 @@
 """Root pytest configuration: tiers are markers, and a test's folder decides its tier.
 
-tests/unit -> unit, tests/envoy -> envoy, tests/docker -> docker, tests/e2e -> e2e. A test may add
+tests/unit -> unit, tests/envoy -> envoy, tests/docker -> docker, tests/netns -> netns, tests/e2e -> e2e. A test may add
 more markers itself; the folder's marker is always there so `-m envoy` selects the whole tier.
 """
 
@@ -17,7 +17,7 @@ import pytest
 pytest_plugins = ["harness.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parent
-_TIERS = ("unit", "envoy", "docker", "e2e")
+_TIERS = ("unit", "envoy", "docker", "netns", "e2e")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,98 @@
+"""The issue's end-to-end check on the netns cluster: `e2e up --provider netns` with real istiod
+1.31-dev, the seed's chain client -> ingress -> proxy -> target -> www.baidu.com through the egress
+gateway proven from the real access logs and the external host's record, then `e2e down` leaving
+nothing behind."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from harness.cluster.cli import bring_down, bring_up
+from harness.cluster.options import E2EOptions
+from harness.cluster.providers.netns import binaries
+from harness.cluster.providers.netns.cluster import leftovers
+from harness.cluster.run import E2ERun
+from harness.common import versions
+from harness.evidence import EgressTarget, Wait, assert_through_gateway
+from harness.scenarios import load_catalog, render_request
+
+REPO = Path(__file__).resolve().parents[2]
+SEED_HOST = "www.baidu.com"
+WAIT = Wait(timeout=20.0, interval=0.25, settle=2.0)
+
+
+@pytest.fixture(scope="module")
+def istio_built(netns_ready: None) -> str:
+    label = versions.DEFAULT_NETNS_ISTIO_VERSION
+    try:
+        binaries.istio_binaries(label)
+    except binaries.BinariesError as exc:
+        pytest.skip(f"Istio {label} binaries: {exc} (make istio-bin)")
+    return label
+
+
+@pytest.mark.timeout(900)
+def test_the_seed_chain_leaves_through_the_egress_gateway_and_down_leaves_nothing(
+    istio_built: str, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    options = E2EOptions(
+        provider="netns", istio_version=istio_built, external_host=SEED_HOST, external_tls=False
+    )
+    state = bring_up(options, run_dir)
+    netns_state = json.loads((run_dir / "netns" / "netns-cluster.json").read_text())
+    prefix = f"egh-{netns_state['run_id']}-"
+    try:
+        assert state.cluster == "netns" and state.istio_version == istio_built
+        with E2ERun(options, run_dir, state=state) as run:
+            kube = run._kube()
+            for namespace in ("istio-system", run.namespace):
+                pods = kube.list_pods(namespace, "")
+                assert pods, f"no pods in {namespace}"
+                for pod in pods:
+                    ready = [c for c in pod["status"].get("conditions", []) if c["type"] == "Ready"]
+                    assert ready and ready[0]["status"] == "True", f"{pod['metadata']['name']} is not Ready"
+            relays = kube.list_pods(run.namespace, "app=target")
+            assert "istio-proxy" in {c["name"] for c in relays[0]["spec"].get("initContainers", [])}
+
+            scenario = load_catalog(REPO / "scenarios").get("http-via-egress-gateway")
+            applied = run.apply_scenario(scenario)
+            try:
+                (spec,) = scenario.requests
+                request = render_request(spec, run.render_context(), source=scenario.file)
+                assert request.host == SEED_HOST
+                result = run.send_chain(request.host, request.port, request.path)
+                assert result.response.status == 200, result.response.text[:500]
+                since = result.sent_at - timedelta(seconds=5)
+                evidence = assert_through_gateway(
+                    result.ref(request.host),
+                    EgressTarget(request.host, request.port),
+                    gateway=run.gateway_log(since=since),
+                    sidecar=run.sidecar_log("target", since=since),
+                    wait=WAIT,
+                )
+                assert [e.hop for e in evidence] == ["target sidecar", "egress gateway"]
+                record = run.expect_external_from_gateway(result.request_id, path_token=result.path_token)
+                # no NAT here: the external host sees the egress gateway pod's own address
+                assert record["client_ip"] in run.gateway_callers()
+                assert record["client_ip"] not in run.workload_callers("target")
+                assert record["host"].rsplit(":", 1)[0] == SEED_HOST  # the gateway sends host:port
+            finally:
+                run.delete_scenario(applied)
+    finally:
+        problems = bring_down(run_dir)
+    assert problems == []
+    assert leftovers(prefix) == [], "e2e down left network namespaces or files behind"
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _runs_in(p, prefix)], "processes of the run remain"
+
+
+def _runs_in(proc: Path, prefix: str) -> bool:
+    """Whether a process still runs something of the run (its command line names the run's files)."""
+    try:
+        return prefix in (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
