@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,3 +73,62 @@ def test_a_namespace_gets_its_service_account_and_root_ca_and_is_deleted(netns_c
     )
     kubectl(netns_cluster, "delete", "namespace", "t-basic", "--wait=true", "--timeout=60s")
     assert "t-basic" not in kubectl(netns_cluster, "get", "namespaces", "-o", "name")
+
+
+def test_a_second_run_at_once_does_not_collide(netns_cluster: NetnsCluster, tmp_path: Path) -> None:
+    from harness.cluster.providers.netns.cluster import leftovers
+
+    with NetnsCluster(tmp_path / "second", istio_versions=()) as other:
+        assert other.layout.prefix != netns_cluster.layout.prefix
+        assert other.kubeconfig != netns_cluster.kubeconfig
+        for cluster in (netns_cluster, other):
+            names = {n["metadata"]["name"] for n in get(cluster, "nodes")["items"]}
+            assert names == {"egh-control-plane", "egh-worker"}
+        kubectl(other, "create", "namespace", "only-in-the-second")
+        assert "only-in-the-second" not in kubectl(netns_cluster, "get", "namespaces", "-o", "name")
+    assert leftovers(other.layout.prefix) == []
+    # the first run is untouched by the second's teardown
+    assert (
+        json.loads(kubectl(netns_cluster, "version", "-o", "json"))["serverVersion"]["gitVersion"]
+        == "v1.36.3"
+    )
+
+
+def test_ctrl_c_during_up_leaves_nothing(netns_ready: None, tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    from harness.cluster.providers.netns.cluster import leftovers
+
+    run_dir = tmp_path / "interrupted"
+    script = (
+        "import sys; from pathlib import Path; "
+        "from harness.cluster.providers.netns.cluster import NetnsCluster; "
+        "NetnsCluster(Path(sys.argv[1]), istio_versions=()).__enter__()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(run_dir)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stderr is not None
+    seen = []
+    for line in child.stderr:  # interrupt once the API server is up and the kubelet is starting
+        seen.append(line)
+        if "controller-manager, scheduler, kubelet" in line:
+            break
+    child.send_signal(signal.SIGINT)
+    try:
+        _, rest = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        raise
+    assert child.returncode != 0, "".join(seen) + rest
+    state = json.loads((run_dir / "netns-cluster.json").read_text())
+    left = leftovers(f"egh-{state['run_id']}-")
+    assert left == [], f"left behind after Ctrl-C: {left}\n{''.join(seen)}{rest}"
+    for daemon in state["daemons"]:
+        assert not Path(f"/proc/{daemon['pid']}").exists() or daemon["binary"] not in Path(
+            f"/proc/{daemon['pid']}/cmdline"
+        ).read_bytes().decode(errors="replace"), f"{daemon['name']} still runs"
