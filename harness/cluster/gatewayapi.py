@@ -54,6 +54,35 @@ def crd_established(crd: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
+GATEWAY_API_MODULE: Final = "sigs.k8s.io/gateway-api"
+GO_TIMEOUT_S = 300.0
+
+
+def gateway_api_from_go_module(version: str = GATEWAY_API_VERSION) -> str:
+    """The standard-channel CRDs of ``version`` from the Go module proxy (``sigs.k8s.io/gateway-api``,
+    ``config/crd/standard/*.yaml``: the files the release's standard-install.yaml is made of), for a
+    machine that reaches the module proxy but not the release download."""
+    import json
+    import shutil
+
+    from harness.common.proc import CommandError, run
+
+    go = shutil.which("go")
+    if go is None:
+        raise E2EError("the Gateway API CRDs come from the Go module proxy here, and Go is not on PATH")
+    try:
+        out = run([go, "mod", "download", "-json", f"{GATEWAY_API_MODULE}@{version}"], timeout=GO_TIMEOUT_S)
+    except CommandError as exc:
+        raise E2EError(
+            f"could not fetch {GATEWAY_API_MODULE}@{version} from the Go module proxy: {exc}"
+        ) from exc
+    folder = Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "standard"
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        raise E2EError(f"{folder} holds no CRD files")
+    return "\n---\n".join(p.read_text(encoding="utf-8") for p in files)
+
+
 def gateway_api_url() -> str:
     return os.environ.get(GATEWAY_API_URL_ENV) or GATEWAY_API_CRDS_URL
 
@@ -102,8 +131,11 @@ class GatewayApiCrds:
         keep: bool = False,
         remove: Callable[[], bool] = lambda: True,
         timeout_s: float = CRD_ESTABLISHED_TIMEOUT_S,
+        source: Callable[[], str] | None = None,
     ) -> None:
         self.kube = kube
+        #: where the manifest comes from instead of ``url`` (the netns provider: the Go module)
+        self.source = source
         self.url = url or gateway_api_url()
         self.cache = cache
         self.keep = keep
@@ -119,7 +151,7 @@ class GatewayApiCrds:
         if crd_exists(self.kube, GATEWAY_API_PROBE_CRD):
             progress("the Gateway API CRDs are installed already; used as they are (never removed)")
             return self
-        text = fetch_gateway_api_crds(self.url, self.cache)
+        text = self.source() if self.source is not None else fetch_gateway_api_crds(self.url, self.cache)
         progress(f"installing the Gateway API CRDs {GATEWAY_API_VERSION} (server-side apply)")
         try:
             self.refs = self.kube.apply(text)

@@ -58,6 +58,7 @@ from harness.cluster.gatewayapi import (
     GatewayApiCrds,
     crd_exists,
     gateway_api_cache,
+    gateway_api_from_go_module,
     gateway_api_url,
 )
 from harness.cluster.hosts import (
@@ -200,6 +201,8 @@ class E2ERun(RunNamespace):
                         cache=gateway_api_cache(gateway_api_url()),
                         keep=o.keep_cluster,
                         remove=self._remove_cluster_objects,
+                        # no release download on the netns provider's machines: the Go module's files
+                        source=gateway_api_from_go_module if o.provider == "netns" else None,
                     )
                 )
         with self._timed("istio"):
