@@ -203,10 +203,18 @@ def stop_recorder(recorder: Any) -> None:
 
 def remove_netns_cluster(state: RunState) -> None:
     """Everything of a netns run: its daemons, namespaces and tmpfs (its state in <run dir>/netns)."""
+
+    remove_netns_dir(state.run_dir / "netns")
+
+
+def remove_netns_dir(folder: Path) -> None:
+    """Stop and remove the netns cluster whose state is in ``folder``, then the folder itself (its
+    logs, certificates and kubeconfig belong to a cluster that is gone)."""
     from harness.cluster.providers.netns.cluster import down
 
-    for line in down(state.run_dir / "netns"):
+    for line in down(folder):
         progress(f"removed {line}")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_namespaces(kube: Any, run_id: str) -> list[str]:
@@ -331,6 +339,12 @@ def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None 
 
     path = state_path(run_dir)
     if not path.exists():
+        netns = run_dir / "netns" / "netns-cluster.json"
+        if netns.is_file():
+            # an up that died before it wrote the run state: its netns cluster says what it made
+            progress(f"no run state at {path}, but a netns cluster's state at {netns}: removing that cluster")
+            remove_netns_dir(netns.parent)
+            return []
         progress(f"nothing to tear down: no run state at {path}")
         return []
     state = RunState.load(path)

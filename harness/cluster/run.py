@@ -88,6 +88,8 @@ from harness.common.proc import progress
 from harness.common.traffic import Traffic
 from harness.report.results import utc_now
 
+#: where a run keeps its netns cluster (its state, logs, certificates and kubeconfig)
+NETNS_DIR = "netns"
 #: the netns provider's Istio install overlay, applied after the harness's own
 NETNS_OVERLAY = REPO_ROOT / "manifests" / "istio" / "netns.yaml"
 
@@ -324,7 +326,10 @@ class E2ERun(RunNamespace):
             return ExistingCluster(o.kubeconfig, o.context)
         if o.provider == "netns":
             return NetnsCluster(
-                self.run_dir / "netns", keep=o.keep_cluster, istio_versions=(o.istio_version,)
+                self.run_dir / NETNS_DIR,
+                keep=o.keep_cluster,
+                keep_on_failure=o.keep_on_failure,
+                istio_versions=(o.istio_version,),
             )
         kind = tools.ensure_tool("kind", versions.KIND_VERSION)
         return KindCluster(

@@ -293,3 +293,24 @@ def test_netns_recorder_records_the_callers_own_address(tmp_path: Path) -> None:
         assert daemon is not None and daemon.process is not None and daemon.process.poll() is not None
     finally:
         network.delete_netns(ns)
+
+
+def test_down_without_a_run_state_removes_the_netns_cluster_an_up_left(tmp_path: Path) -> None:
+    """An `e2e up` that died before writing run-state.json: `e2e down` still finds its netns cluster."""
+    from harness.cluster.cli import bring_down
+
+    folder = tmp_path / "netns"
+    folder.mkdir()
+    (folder / "netns-cluster.json").write_text(
+        json.dumps({"run_id": "zz9zz9", "run_dir": str(folder), "daemons": [], "forwarder_pid": None})
+    )
+    (folder / "kubeconfig").write_text("stale")
+    assert bring_down(tmp_path) == []
+    assert not folder.exists()
+
+
+def test_down_with_nothing_there_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cluster.cli import bring_down
+
+    assert bring_down(tmp_path) == []
+    assert "nothing to tear down" in capsys.readouterr().err

@@ -83,10 +83,13 @@ class NetnsCluster:
         *,
         run_id: str | None = None,
         keep: bool = False,
+        keep_on_failure: bool = False,
         istio_versions: Sequence[str] = (versions.DEFAULT_NETNS_ISTIO_VERSION,),
     ) -> None:
         self.layout = Layout(run_id or new_run_id(), run_dir.resolve())
         self.keep = keep
+        #: keep it when the ``with`` body (or ``up``) failed, not on Ctrl-C
+        self.keep_on_failure = keep_on_failure
         #: the Istio labels whose images the kubelet maps (both versions of an upgrade)
         self.istio_versions = tuple(istio_versions)
         self.istio: dict[str, BinarySet] = {}
@@ -122,15 +125,25 @@ class NetnsCluster:
     def __enter__(self) -> NetnsCluster:
         try:
             self.up()
-        except BaseException:
+        except BaseException as exc:
+            if self.keep_on_failure and not isinstance(exc, KeyboardInterrupt):
+                progress(
+                    f"keeping the failed netns cluster {self.layout.run_id} (keep on failure): {self.down_hint}"
+                )
+                raise
             self.down()
             raise
         return self
 
+    @property
+    def down_hint(self) -> str:
+        return f"remove it with `egress-harness e2e down --run-dir {self.layout.run_dir.parent}`"
+
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.keep and et is not KeyboardInterrupt:
+        failed = et is not None and not issubclass(et, KeyboardInterrupt)
+        if self.keep or (failed and self.keep_on_failure):
             progress(f"keeping netns cluster {self.layout.run_id}: KUBECONFIG={self.kubeconfig}")
             return
         self.down()
