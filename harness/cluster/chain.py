@@ -73,14 +73,17 @@ class ChainResult:
         return self.response.request_id
 
     @property
-    def path_token(self) -> str:
-        """The token in the request's path (the id the client sent): it names the request at every
-        hop, also where Istio's gateways replaced its x-request-id."""
-        return self.response.sent_request_id or self.response.request_id
+    def path_token(self) -> str | None:
+        """The token in the request's path: it names the request at every hop, also where Istio's
+        gateways replaced its x-request-id (None when the sender put none there)."""
+        return self.response.path_token or None
 
     def ref(self, host: str | None = None) -> RequestRef:
-        """How the evidence engine finds this request's access-log entries."""
-        return RequestRef(path_token=self.path_token, host=host)
+        """How the evidence engine finds this request's access-log entries: by its path token, else
+        by its x-request-id."""
+        if self.path_token:
+            return RequestRef(path_token=self.path_token, host=host)
+        return RequestRef(request_id=self.request_id, host=host)
 
 
 def send_until_answered(

@@ -18,6 +18,7 @@ evidence. :meth:`RunNamespace.skip_reason` says why a scenario cannot run here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -189,12 +190,12 @@ class RunNamespace:
     def _healthz_url(self) -> str:
         return f"http://{TARGET_APP}.{self.namespace}.svc.cluster.local:{RELAY_PORT}/healthz"
 
-    def _send(self, url: str, request_id: str | None = None) -> ChainResponse:
+    def _send(self, url: str) -> ChainResponse:
         if self.parent is not None:
-            return self.parent._send(url, request_id)
+            return self.parent._send(url)
         if self._traffic is None:
             self._traffic = self._stack.enter_context(Traffic())
-        return self._traffic.send(url, request_id=request_id)
+        return self._traffic.send(url)
 
     def _kube_args(self) -> list[str]:
         """istioctl's flags for this run's cluster."""
@@ -245,7 +246,7 @@ class RunNamespace:
             token = new_request_id()
             destination = with_path_token(base, token)
             url = chain_for(self.ingress_url, self.namespace, destination, ingress_path=self.ingress_path)
-            return self._send(url, token)
+            return dataclasses.replace(self._send(url), path_token=token)
 
         result = send_until_answered(attempt, deadline_s=deadline_s)
         key = f"chain:{host}:{port}"

@@ -248,7 +248,7 @@ class ClusterStage:
             result.sent_at,
             answer.failed_hop,
             answer.error,
-            path_token=answer.sent_request_id or None,
+            path_token=result.path_token,
         )
 
     def hop_logs(self, sent: Sent) -> HopLogs:

@@ -147,6 +147,8 @@ class ChainResponse:
     hops: tuple[Hop, ...]
     #: the x-request-id the client sent
     sent_request_id: str = ""
+    #: the token the sender put in the request's path (:func:`with_path_token`), "" for none
+    path_token: str = ""
 
     @property
     def replaced_request_id(self) -> bool:

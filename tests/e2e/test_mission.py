@@ -87,7 +87,7 @@ def _mission(e2e_run: E2ERun, scenario_namespace: str, note: Recording) -> None:
     assert gateway_callers, "no egress gateway pod address found (label istio=egressgateway)"
     record = e2e_run.expect_external_from_gateway(result.request_id, path_token=result.path_token)
     assert record["client_ip"] in gateway_callers
-    assert result.path_token in record["path"]
+    assert result.path_token and result.path_token in record["path"]
     if e2e_run.options.kubeconfig is None:
         # The harness's own kind cluster puts the egress gateway alone on a worker node
         # (manifests/kind/cluster.yaml), so its source-NATed address is the gateway's own.

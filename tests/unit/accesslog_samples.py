@@ -114,3 +114,17 @@ def render(fmt: str, entry: AccessLogEntry) -> str:
         return "-" if v is None else str(v)
 
     return _OPERATOR.sub(value, fmt).rstrip("\n")
+
+
+def on_path(line: str, url: str) -> str:
+    """``line`` (a TEXT entry above) for a request to the last hop of the chain URL ``url``: its
+    path is that hop's path and query, as Envoy logs it. The cluster tier puts a token in the query
+    (``egh-token``) and finds a request's entries by it (real Istio gateways replace x-request-id)."""
+    from urllib.parse import urlsplit
+
+    from harness.common.traffic import unwrap_chain
+
+    last = urlsplit(unwrap_chain(url, levels=2)[-1])
+    path = last.path + (f"?{last.query}" if last.query else "")
+    method_end = line.index('"GET ') + len('"GET ')
+    return line[:method_end] + path + line[line.index(" HTTP/", method_end) :]

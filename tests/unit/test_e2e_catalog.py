@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -64,7 +65,7 @@ from harness.evidence import Wait
 from harness.report.results import ProberStats, RunResult, ScenarioResult, StepResult
 from harness.scenarios import RenderContext, load_catalog, render_scenario
 from harness.upgrade import UpgradePlan
-from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY
+from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY, on_path
 from tests.unit.test_e2e_run import CLIENT_SUBJECT, StandInKube, fake_pki, pod, response, sds_dump
 
 REPO = Path(__file__).resolve().parents[2]
@@ -374,17 +375,26 @@ class CatalogKube(StandInKube):
 class StandInRecorder:
     aliases: list[str]
     seen: dict[str, str] = field(default_factory=dict)  # request id -> caller
+    paths: dict[str, str] = field(default_factory=dict)  # request id -> path and query
     #: what it serves (recorder_serves), where it serves TLS, and the TLS it saw per request id
     serves: tuple[str, ...] = ()
     tls_port: int | None = None
     tls: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
-    def records(self, request_id: str | None = None) -> list[dict[str, Any]]:
+    def records(
+        self, request_id: str | None = None, *, path_contains: str | None = None
+    ) -> list[dict[str, Any]]:
         return [
-            {"client_ip": ip, "headers": {"x-request-id": rid}, "tls": self.tls.get(rid)}
+            {
+                "client_ip": ip,
+                "headers": {"x-request-id": rid},
+                "path": self.paths.get(rid, ""),
+                "tls": self.tls.get(rid),
+            }
             for rid, ip in self.seen.items()
             if request_id in (None, rid)
+            and (path_contains is None or path_contains in self.paths.get(rid, ""))
         ]
 
     def logs(self) -> str:
@@ -441,6 +451,7 @@ class Cluster:
         host = destination.split("/")[2].split(":")[0]
 
         def mine(line: str) -> str:
+            line = on_path(line, url)
             line = line.replace('"rid-1"', f'"{rid}"').replace('"rid-2"', f'"{rid}"')
             line = line.replace(
                 "outbound|80||external.egress-harness.test",
@@ -461,6 +472,7 @@ class Cluster:
             self.kube.logs["gw-1"].append(gateway)
             recorder = self.mtls_recorder if host.startswith("mtls") and self.mtls_recorder else self.recorder
             recorder.seen[rid] = self.caller
+            recorder.paths[rid] = urlsplit(destination).path + "?" + urlsplit(destination).query
             if self.tls is not None:
                 recorder.tls[rid] = self.tls(host)
         return response(200, rid=rid)
@@ -539,10 +551,9 @@ def test_a_scenario_runs_in_its_own_namespace_and_leaves_nothing_behind(cluster:
     ]
     # through the namespace's own ingress path, to the scenario's own host
     assert unwrap_chain(cluster.sent[0], levels=2)[0] == f"http://127.0.0.1:18080/{NS1}/proxy"
-    assert (
-        unwrap_chain(cluster.sent[-1], levels=2)[-1]
-        == "http://http-via-egress-gateway.egress-harness.test:80/get"
-    )
+    # the request carries its path token to the external host (real gateways replace x-request-id)
+    destination, token = unwrap_chain(cluster.sent[-1], levels=2)[-1].split("?egh-token=")
+    assert destination == "http://http-via-egress-gateway.egress-harness.test:80/get" and token
     manifest = cluster.run.run_dir / "scenarios" / MISSION / "manifests.yaml"
     assert f"namespace: {NS1}" in manifest.read_text()
     assert (cluster.run.run_dir / "manifests" / NS1 / "relay.yaml").is_file()
@@ -749,7 +760,7 @@ def test_mtls_origination_is_judged_at_the_mtls_recorder_by_its_client_certifica
     host = scenario_hosts(MTLS_ORIGINATION).mtls
     assert result.message.endswith(f"over TLSv1.3, SNI {host}, client certificate {CLIENT_SUBJECT}")
     # to the mTLS recorder's name for the scenario, judged from its records, not the other recorder's
-    assert unwrap_chain(cluster.sent[-1], levels=2)[-1] == f"http://{host}:80/get"
+    assert unwrap_chain(cluster.sent[-1], levels=2)[-1].split("?egh-token=")[0] == f"http://{host}:80/get"
     assert cluster.mtls_recorder is not None and len(cluster.mtls_recorder.seen) == 1
     assert cluster.recorder.seen == {}
     applied = [c for c in cluster.kube.calls if c[0] == "apply"]

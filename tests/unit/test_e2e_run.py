@@ -63,7 +63,7 @@ from harness.evidence import EvidenceError, Wait
 from harness.evidence.external import ExternalEvidenceError
 from harness.scenarios import RenderContext, load_catalog, render_request, render_scenario
 from harness.scenarios.preflight import AnalyzeError
-from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY
+from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY, on_path
 from tests.unit.test_preflight import ANALYZE_ERRORS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -398,14 +398,15 @@ def test_run_request_judges_the_request_by_the_hop_logs(
 
     def send(url: str) -> ChainResponse:
         sent.append(url)
-        kube.logs["target-1"].append(SIDECAR_TO_GATEWAY)
-        kube.logs["gw-1"].append(GATEWAY_TO_EXTERNAL)
+        kube.logs["target-1"].append(on_path(SIDECAR_TO_GATEWAY, url))
+        kube.logs["gw-1"].append(on_path(GATEWAY_TO_EXTERNAL, url))
         return response(200, rid="rid-1")
 
     monkeypatch.setattr(run, "_send", send)
     outcome = run.run_request(mission_request(run))
     assert [e.hop for e in outcome.evidence] == ["target sidecar", "egress gateway"]
-    assert unwrap_chain(sent[0], levels=2)[-1] == "http://external.egress-harness.test:80/get"
+    destination = unwrap_chain(sent[0], levels=2)[-1]
+    assert destination.startswith("http://external.egress-harness.test:80/get?egh-token=")
     assert "chain:external.egress-harness.test:80" in run.timings
 
 
@@ -415,7 +416,7 @@ def test_run_request_names_the_hop_where_the_path_went_elsewhere(
     run, kube = standin_run
 
     def send(url: str) -> ChainResponse:
-        kube.logs["target-1"].append(SIDECAR_PASSTHROUGH.replace('"rid-2"', '"rid-9"'))
+        kube.logs["target-1"].append(on_path(SIDECAR_PASSTHROUGH, url).replace('"rid-2"', '"rid-9"'))
         return response(200, rid="rid-9")
 
     monkeypatch.setattr(run, "_send", send)
