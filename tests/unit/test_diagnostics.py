@@ -4,6 +4,7 @@ collects them for a failed e2e test (run in a pytester session against a stand-i
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,6 +188,7 @@ def test_a_hanging_step_is_left_behind_after_its_timeout(tmp_path: Path, fakebin
     fakebin.rules([{"tool": "istioctl", "args": ["analyze"], "sleep": 30}, *ISTIOCTL_OK])
     kube = StandInKube()
     kube.hang_logs_s = 3.0
+    threads_before = set(threading.enumerate())
     started = time.monotonic()
     directory = diagnostics(tmp_path, kube, step_timeout_s=0.5, command_timeout_s=1.0).collect("t::hang")
     assert time.monotonic() - started < 6.0
@@ -194,6 +196,12 @@ def test_a_hanging_step_is_left_behind_after_its_timeout(tmp_path: Path, fakebin
     assert "FAILED egress gateway logs" in summary and "did not finish within 0.5s" in summary
     assert "FAILED istioctl analyze" in summary
     assert (directory / "recorder-records.json").exists()
+    # the steps left behind finish on their own; wait for them, or their late istioctl calls land in
+    # the next test's fake-CLI log (PATH is the whole process's): seen once in a CI-like run
+    deadline = time.monotonic() + 20.0
+    while set(threading.enumerate()) - threads_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(threading.enumerate()) - threads_before, "a diagnostics step never finished"
 
 
 def test_without_a_cluster_connection_every_step_says_why(tmp_path: Path) -> None:
