@@ -192,13 +192,16 @@ def delete_kind_cluster(state: RunState) -> None:
     )
 
 
-def stop_recorder(recorder: Any) -> None:
-    """A netns recorder's processes (the recorder and its forwarder), from the run state."""
+def stop_recorder(recorder: Any, run_dir: Path) -> None:
+    """A netns recorder's processes (the recorder and its forwarder), from the run state; then its
+    TLS files (its private key among them) in ``<run dir>/<recorder name>``."""
     from harness.cluster.providers.netns.daemons import DaemonRecord, stop_pid
+    from harness.cluster.providers.netns.external import remove_keys
 
     for pid, binary in recorder.processes:
         if stop_pid(DaemonRecord(recorder.name, pid, binary, "")):
             progress(f"stopped {recorder.name} process {pid}")
+    remove_keys(run_dir / recorder.name)
 
 
 def remove_netns_cluster(state: RunState) -> None:
@@ -305,7 +308,10 @@ def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None
 
     for recorder in (state.recorder, state.mtls_recorder):
         if recorder is not None and recorder.processes:
-            step(f"stopping the recorder {recorder.name}", functools.partial(stop_recorder, recorder))
+            step(
+                f"stopping the recorder {recorder.name}",
+                functools.partial(stop_recorder, recorder, state.run_dir),
+            )
         elif recorder is not None:
             step(f"removing the recorder container {recorder.name}", remover(recorder.name))
     if state.cluster == "kind" and state.cluster_created:

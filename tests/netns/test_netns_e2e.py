@@ -40,9 +40,7 @@ def test_the_seed_chain_leaves_through_the_egress_gateway_and_down_leaves_nothin
     istio_built: str, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    options = E2EOptions(
-        provider="netns", istio_version=istio_built, external_host=SEED_HOST, external_tls=False
-    )
+    options = E2EOptions(provider="netns", istio_version=istio_built, external_host=SEED_HOST)
     state = bring_up(options, run_dir)
     netns_state = json.loads((run_dir / "netns" / "netns-cluster.json").read_text())
     prefix = f"egh-{netns_state['run_id']}-"
@@ -87,6 +85,8 @@ def test_the_seed_chain_leaves_through_the_egress_gateway_and_down_leaves_nothin
         problems = bring_down(run_dir)
     assert problems == []
     assert leftovers(prefix) == [], "e2e down left network namespaces or files behind"
+    keys = [p for pattern in ("*.key", "*.pem") for p in run_dir.rglob(pattern)]
+    assert keys == [], f"e2e down left private keys behind: {keys}"
     assert not [p for p in Path("/proc").glob("[0-9]*") if _runs_in(p, prefix)], "processes of the run remain"
 
 

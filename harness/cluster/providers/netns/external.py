@@ -98,6 +98,7 @@ class NetnsRecorder(RecorderClient):
             self.forwarder.stop()
         if self.daemon is not None:
             self.daemon.stop()
+        remove_keys(self.dir)
 
     @property
     def records_of_processes(self) -> list[DaemonRecord]:
@@ -133,3 +134,9 @@ def stop_recorder_processes(records: Sequence[DaemonRecord]) -> list[str]:
             if stop_pid(record):
                 removed.append(f"process {record.name} (pid {record.pid})")
     return removed
+
+
+def remove_keys(folder: Path) -> None:
+    """The recorder's TLS files (its private key among them) go with it; its log stays."""
+    for pem in folder.glob("*.pem"):
+        pem.unlink(missing_ok=True)
