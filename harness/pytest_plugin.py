@@ -268,8 +268,7 @@ def missing_for(options: E2EOptions) -> list[str]:
         assert options.kubeconfig is not None
         if not options.kubeconfig.is_file():
             missing.append(f"kubeconfig {options.kubeconfig} does not exist")
-        if tools.find_tool("istioctl", options.istio_version) is None:
-            missing.append(f"istioctl {options.istio_version}: run `make tools`")
+        missing += istioctl_missing(options.istio_version)
         return missing
     return missing + tools.missing_prerequisites(tools=True, istio=options.istio_version)
 
@@ -282,16 +281,26 @@ def missing_for_state(state: RunState) -> list[str]:
             f"the run's kubeconfig {state.kubeconfig} does not exist (is the run still up? `egress-harness "
             f"e2e up --run-dir {state.run_dir}`)"
         )
-    if state.cluster == "netns":
+    missing += istioctl_missing(state.istio_version, built=state.cluster == "netns")
+    return missing
+
+
+def istioctl_missing(version: str, *, built: bool = False) -> list[str]:
+    """What lacks for istioctl ``version``: a download (`make tools`), or for a label the netns
+    provider builds (``built``, or a label no release has), the binaries built with Go."""
+    if built or (
+        version in versions.ISTIO_BUILDABLE_LABELS and version not in versions.SUPPORTED_ISTIO_VERSIONS
+    ):
         from harness.cluster.providers.netns.binaries import BinariesError, istio_binaries
 
         try:
-            istio_binaries(state.istio_version)
+            istio_binaries(version)
         except BinariesError as exc:
-            missing.append(f"istioctl {state.istio_version} of the netns run: {exc}")
-    elif tools.find_tool("istioctl", state.istio_version) is None:
-        missing.append(f"istioctl {state.istio_version}: run `make tools`")
-    return missing
+            return [f"istioctl {version} built with Go: {exc} (make istio-bin ISTIO_VERSION={version})"]
+        return []
+    if tools.find_tool("istioctl", version) is None:
+        return [f"istioctl {version}: run `make tools`"]
+    return []
 
 
 def skip_reason(options: E2EOptions, state: RunState | None = None) -> str | None:

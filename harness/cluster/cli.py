@@ -45,7 +45,7 @@ from harness.common.paths import REPO_ROOT
 from harness.common.proc import CommandError, progress, run
 
 if TYPE_CHECKING:  # the run is imported when a command runs: building the CLI stays cheap
-    from harness.cluster.options import E2EOptions, Provider
+    from harness.cluster.options import E2EOptions, ExternalMode, Provider
     from harness.cluster.run import E2ERun
     from harness.cluster.state import RunState
 
@@ -77,13 +77,26 @@ def options_for_up(args: argparse.Namespace, scenarios: Iterable[Any]) -> E2EOpt
     listed = list(scenarios)
     names = [s if isinstance(s, str) else s.name for s in listed]
     provider: Provider = "netns" if getattr(args, "provider", "kind") == "netns" else "kind"
+    kubeconfig = getattr(args, "kubeconfig", None)
     if provider == "netns":
         istio_version = args.istio_version or versions.DEFAULT_NETNS_ISTIO_VERSION
+    elif kubeconfig and args.istio_version in versions.ISTIO_MODULE_VERSIONS:
+        # an existing cluster runs whatever Istio it runs; a netns label is taken as it is
+        istio_version = args.istio_version
     else:
         istio_version = versions.istio_version(args.istio_version)
+    external: ExternalMode = (
+        "internet" if getattr(args, "external", "container") == "internet" else "container"
+    )
     return E2EOptions(
         istio_version=istio_version,
         provider=provider,
+        kubeconfig=Path(kubeconfig) if kubeconfig else None,
+        context=getattr(args, "context", None),
+        ingress_url=getattr(args, "ingress_url", None),
+        relay_image=getattr(args, "relay_image", None),
+        external=external,
+        external_host=getattr(args, "external_host", None),
         cluster_name=args.cluster_name,
         reuse_cluster=args.reuse_cluster,
         keep_on_failure=args.keep_on_failure or getattr(args, "keep", False),
@@ -416,6 +429,24 @@ def add_e2e_subcommands(e2e_subparsers: Any) -> None:
         f"(default {versions.DEFAULT_NETNS_ISTIO_VERSION})",
     )
     up.add_argument("--keep", action="store_true", help="keep what up made even when it fails (for a look)")
+    existing = up.add_argument_group(
+        "an existing cluster (visited, never created or deleted; e.g. a kept netns cluster)"
+    )
+    existing.add_argument("--kubeconfig", default=None, metavar="PATH", help="run on this cluster instead")
+    existing.add_argument("--context", default=None, metavar="NAME")
+    existing.add_argument(
+        "--ingress-url", default=None, metavar="URL", help="where the client reaches the ingress gateway"
+    )
+    existing.add_argument(
+        "--relay-image", default=None, metavar="IMAGE", help="a relay image the cluster runs"
+    )
+    up.add_argument(
+        "--external",
+        default="container",
+        choices=("container", "internet"),
+        help="the external host: the harness's recorder (default) or a real host (--external-host)",
+    )
+    up.add_argument("--external-host", default=None, metavar="HOST", help="the external host's name")
     up.add_argument("--access-log-encoding", default="text", type=str.lower, choices=("text", "json"))
     up.add_argument(
         "--outbound-traffic-policy",

@@ -620,3 +620,32 @@ def test_the_clis_e2e_group_comes_from_the_cluster_tier() -> None:
     args = parser.parse_args(["e2e", "up"])
     assert args.handler is e2e_cli._cmd_up
     assert parser.parse_args(["e2e", "tools"]).handler is tools._cmd_tools
+
+
+def test_up_options_for_a_netns_run_and_for_an_existing_cluster(tmp_path: Path) -> None:
+    from harness.cli import build_parser
+
+    parser = build_parser()
+    netns = e2e_cli.options_for_up(parser.parse_args(["e2e", "up", "--provider", "netns"]), ["x"])
+    assert (netns.provider, netns.istio_version, netns.kubeconfig) == ("netns", "1.31-dev", None)
+    assert netns.problems() == []
+    existing = e2e_cli.options_for_up(
+        parser.parse_args(
+            ["e2e", "up", "--kubeconfig", str(tmp_path / "kc"), "--istio-version", "1.31-dev",
+             "--ingress-url", "http://127.0.0.1:1", "--relay-image", "r:1", "--external", "internet",
+             "--external-host", "www.baidu.com"]
+        ),
+        ["x"],
+    )  # fmt: skip
+    assert existing.existing_cluster and existing.kubeconfig == tmp_path / "kc"
+    assert (existing.istio_version, existing.external, existing.host) == (
+        "1.31-dev",
+        "internet",
+        "www.baidu.com",
+    )
+    assert existing.problems() == []
+    # a netns cluster is made by the run itself: it does not go with --kubeconfig
+    both = e2e_cli.options_for_up(
+        parser.parse_args(["e2e", "up", "--provider", "netns", "--kubeconfig", str(tmp_path / "kc")]), ["x"]
+    )
+    assert any("does not go with --kubeconfig" in p for p in both.problems())
