@@ -220,7 +220,9 @@ def stop_recorder(recorder: Any, run_dir: Path) -> None:
 def remove_netns_cluster(state: RunState) -> None:
     """Everything of a netns run: its daemons, namespaces and tmpfs (its state in <run dir>/netns)."""
 
-    remove_netns_dir(state.run_dir / "netns")
+    from harness.cluster.providers.netns.layout import RUN_SUBDIR
+
+    remove_netns_dir(state.run_dir / RUN_SUBDIR)
 
 
 def remove_netns_dir(folder: Path) -> None:
@@ -358,7 +360,9 @@ def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None 
 
     path = state_path(run_dir)
     if not path.exists():
-        netns = run_dir / "netns" / "netns-cluster.json"
+        from harness.cluster.providers.netns.layout import RUN_SUBDIR, STATE_FILE
+
+        netns = run_dir / RUN_SUBDIR / STATE_FILE
         if netns.is_file():
             # an up that died before it wrote the run state: its netns cluster says what it made
             progress(f"no run state at {path}, but a netns cluster's state at {netns}: removing that cluster")

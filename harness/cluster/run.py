@@ -79,7 +79,7 @@ from harness.cluster.providers.netns.binaries import istio_binaries
 from harness.cluster.providers.netns.cluster import NetnsCluster
 from harness.cluster.providers.netns.external import NetnsRecorder
 from harness.cluster.providers.netns.images import ISTIO_HUB
-from harness.cluster.providers.netns.layout import EXTERNAL_HOST_IP, EXTERNAL_MTLS_IP
+from harness.cluster.providers.netns.layout import EXTERNAL_HOST_IP, EXTERNAL_MTLS_IP, RUN_SUBDIR
 from harness.cluster.state import RunState, recorder_state
 from harness.common import tools, versions
 from harness.common.certs import PkiError, TestPKI, generate_pki
@@ -88,8 +88,6 @@ from harness.common.proc import progress
 from harness.common.traffic import Traffic
 from harness.report.results import utc_now
 
-#: where a run keeps its netns cluster (its state, logs, certificates and kubeconfig)
-NETNS_DIR = "netns"
 #: the netns provider's Istio install overlay, applied after the harness's own
 NETNS_OVERLAY = REPO_ROOT / "manifests" / "istio" / "netns.yaml"
 
@@ -326,7 +324,7 @@ class E2ERun(RunNamespace):
             return ExistingCluster(o.kubeconfig, o.context)
         if o.provider == "netns":
             return NetnsCluster(
-                self.run_dir / NETNS_DIR,
+                self.run_dir / RUN_SUBDIR,
                 keep=o.keep_cluster,
                 keep_on_failure=o.keep_on_failure,
                 istio_versions=(o.istio_version,),

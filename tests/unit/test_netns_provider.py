@@ -196,9 +196,7 @@ def test_kubeconfig_carries_the_ca_and_the_admin_certificate(tmp_path: Path) -> 
 
 
 def test_image_map_names_each_istio_version_apart(tmp_path: Path) -> None:
-    mapped = images.image_map(
-        Layout("a1", tmp_path), [("1.30-dev", tmp_path / "a"), ("1.31-dev", tmp_path / "b")]
-    )
+    mapped = images.image_map([("1.30-dev", tmp_path / "a"), ("1.31-dev", tmp_path / "b")])
     matches = [i["match"] for i in mapped["images"]]
     assert (
         f"{images.ISTIO_HUB}/proxyv2:1.30-dev" in matches

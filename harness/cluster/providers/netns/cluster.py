@@ -43,6 +43,7 @@ from harness.cluster.providers.netns.binaries import (
     kubelet_binaries,
 )
 from harness.cluster.providers.netns.daemons import Daemon, DaemonRecord, stop_pid
+from harness.cluster.providers.netns.forward import MODULE as FORWARD_MODULE
 from harness.cluster.providers.netns.forward import Forwarder
 from harness.cluster.providers.netns.layout import Layout, new_run_id
 from harness.common import versions
@@ -97,7 +98,6 @@ class NetnsCluster:
         self.forwarder: Forwarder | None = None
         self.kube: BinarySet | None = None
         self.kubelet: BinarySet | None = None
-        self.timings: list[tuple[str, float]] = []
 
     # --- the Cluster interface ---------------------------------------------------------------------
 
@@ -154,7 +154,6 @@ class NetnsCluster:
         progress(f"netns cluster {self.layout.run_id}: {what}")
         yield
         took = time.monotonic() - started
-        self.timings.append((what, took))
         progress(f"netns cluster {self.layout.run_id}: {what}: done in {took:.1f} s")
 
     def up(self) -> NetnsCluster:
@@ -249,12 +248,12 @@ class NetnsCluster:
         context = ssl.create_default_context(cafile=str(pki.ca.cert_path))
         context.load_cert_chain(str(pki.admin.cert_path), str(pki.admin.key_path))
         url = f"https://127.0.0.1:{self.forwarder.ports['api']}/readyz"
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
 
         def ready() -> bool:
             try:
-                opener = urllib.request.build_opener(
-                    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-                )
                 with opener.open(url, timeout=PROBE_TIMEOUT_S) as answer:
                     return bool(answer.status == 200)
             except OSError:
@@ -311,7 +310,7 @@ class NetnsCluster:
                 for n in lay.nodes
             ],
             "hostsFile": str(hosts),
-            **image_map(lay, roots),
+            **image_map(roots),
         }
         path = lay.run_dir / "kubelet.json"
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -393,7 +392,7 @@ def down(run_dir: Path) -> list[str]:
     records = [DaemonRecord(**d) for d in state.get("daemons", [])]
     removed = teardown(layout, records)
     pid = state.get("forwarder_pid")
-    if pid and stop_pid(DaemonRecord("forwarder", int(pid), "-m", "")):
+    if pid and stop_pid(DaemonRecord("forwarder", int(pid), FORWARD_MODULE, "")):
         removed.append(f"the loopback forwarder (pid {pid})")
     return removed
 

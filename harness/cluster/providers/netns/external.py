@@ -106,12 +106,9 @@ class NetnsRecorder(RecorderClient):
         out = []
         if self.daemon is not None and self.daemon.process is not None:
             out.append(self.daemon.record)
-        if self.forwarder is not None and self.forwarder.process is not None:
-            out.append(
-                DaemonRecord(
-                    f"{self.name}-forwarder", self.forwarder.process.pid, "-m", str(self.forwarder.log)
-                )
-            )
+        forwarder = self.forwarder.record if self.forwarder is not None else None
+        if forwarder is not None:
+            out.append(forwarder)
         return out
 
     def __enter__(self) -> NetnsRecorder:

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from harness.cluster.providers.netns.daemons import DaemonRecord
 from harness.cluster.providers.netns.network import NETNS_DIR
 
 CLONE_NEWNET = 0x40000000
@@ -121,6 +122,10 @@ def serve(netns: str, maps: Mapping[str, tuple[str, int]], ready: Path) -> None:
     stop.wait()
 
 
+#: what a forwarder process's command line names (how a later ``down`` recognises its pid)
+MODULE = __name__
+
+
 class Forwarder:
     """The forwarder process of one run: ``with Forwarder(netns, {...}, run_dir) as f: f.ports``."""
 
@@ -135,7 +140,7 @@ class Forwarder:
     def start(self) -> Forwarder:
         self.ready.unlink(missing_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", __name__, "--netns", self.netns, "--ready", str(self.ready)]
+        argv = [sys.executable, "-m", MODULE, "--netns", self.netns, "--ready", str(self.ready)]
         for name, (host, port) in self.maps.items():
             argv += ["--map", f"{name}={host}:{port}"]
         with self.log.open("ab") as log:
@@ -154,6 +159,13 @@ class Forwarder:
             time.sleep(0.05)
         self.ports = {k: int(v) for k, v in json.loads(self.ready.read_text(encoding="utf-8")).items()}
         return self
+
+    @property
+    def record(self) -> DaemonRecord | None:
+        """The process, for a later ``down`` of a kept run (None when not started)."""
+        if self.process is None:
+            return None
+        return DaemonRecord("forwarder", self.process.pid, MODULE, str(self.log))
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

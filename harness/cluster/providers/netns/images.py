@@ -25,7 +25,6 @@ from typing import Any
 
 from harness.cluster.apps import RECORDER_IMAGE, RELAY_IMAGE
 from harness.cluster.providers.netns.binaries import BinarySet, cache_root, istio_module_dir
-from harness.cluster.providers.netns.layout import Layout
 from harness.common.paths import REPO_ROOT
 
 #: the ``hub`` of this provider's Istio install overlay
@@ -108,10 +107,9 @@ def app_images() -> list[dict[str, Any]]:
     ]
 
 
-def image_map(layout: Layout, istio: Sequence[tuple[str, Path]] = ()) -> dict[str, Any]:
+def image_map(istio: Sequence[tuple[str, Path]] = ()) -> dict[str, Any]:
     """The ``images`` and ``rootBinds`` of the kubelet's config; ``istio`` pairs a version label
     with its image root (:func:`istio_image_root`)."""
-    del layout  # the map is the same for every run; the layout is here for later per-run files
     images = app_images()
     for label, root in istio:
         images += istio_images(label, root)

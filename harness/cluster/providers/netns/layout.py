@@ -29,6 +29,9 @@ EXTERNAL_HOST_IP = "10.250.0.2"
 EXTERNAL_MTLS_IP = "10.250.0.3"
 CLUSTER_DOMAIN = "cluster.local"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+#: the folder of an e2e run that holds its netns cluster, and the cluster's state file in it
+RUN_SUBDIR = "netns"
+STATE_FILE = "netns-cluster.json"
 
 #: tmpfs on every Linux machine; etcd's data lives there, one folder per run (named with the run id)
 SHM = Path("/dev/shm")  # noqa: S108
@@ -129,4 +132,4 @@ class Layout:
 
     @property
     def state_file(self) -> Path:
-        return self.run_dir / "netns-cluster.json"
+        return self.run_dir / STATE_FILE
