@@ -43,6 +43,8 @@ RELAY_DEPLOYMENTS: tuple[str, ...] = ("proxy", "target")
 RELAY_PORT = 8080
 #: the path prefix the ingress VirtualService routes to the ``proxy`` service
 INGRESS_PREFIX = "/proxy"
+#: the domain of the runs' ingress hosts (``.test`` is reserved: it never resolves anywhere else)
+INGRESS_DOMAIN = "ingress.egress-harness.test"
 INGRESS_SELECTOR: Mapping[str, str] = {"istio": "ingressgateway"}
 SIDECAR_CONTAINER = "istio-proxy"
 #: the ConfigMap with the run's CA (key ``ca.crt``) that the relays trust when given one
@@ -150,6 +152,31 @@ def _find(docs: Sequence[Mapping[str, Any]], kind: str, name: str | None = None)
     ]
 
 
+def ingress_host(namespace: str) -> str:
+    """The host the run in ``namespace`` is reached by at the ingress gateway, e.g.
+    ``egress-abc123.ingress.egress-harness.test``: the run's ingress Gateway and routes match only it,
+    and the client sends it as ``Host``, so that two runs on one cluster do not claim the same host
+    and port of the shared ingress gateway (``istioctl analyze`` IST0145 when both said ``*``)."""
+    return f"{namespace}.{INGRESS_DOMAIN}"
+
+
+def scope_ingress(docs: Sequence[dict[str, Any]], host: str) -> None:
+    """The ingress Gateway's servers and the VirtualServices bound to it match ``host`` only."""
+    gateways = {
+        g["metadata"]["name"]
+        for g in docs
+        if g.get("kind") == "Gateway"
+        and dict((g.get("spec") or {}).get("selector") or {}) == dict(INGRESS_SELECTOR)
+    }
+    for doc in docs:
+        spec = doc.get("spec") or {}
+        if doc.get("kind") == "Gateway" and doc["metadata"]["name"] in gateways:
+            for server in spec.get("servers") or []:
+                server["hosts"] = [host]
+        elif doc.get("kind") == "VirtualService" and gateways & set(spec.get("gateways") or []):
+            spec["hosts"] = [host]
+
+
 def check_relay_manifest(docs: Sequence[Mapping[str, Any]]) -> None:
     """The manifest has both relays with their Services and the ingress route ``/proxy`` -> proxy:8080."""
     problems: list[str] = []
@@ -203,12 +230,19 @@ def check_relay_manifest(docs: Sequence[Mapping[str, Any]]) -> None:
 
 
 def relay_documents(
-    image: str = RELAY_IMAGE, manifest: Path = RELAY_MANIFEST, *, ca_configmap: str | None = None
+    image: str = RELAY_IMAGE,
+    manifest: Path = RELAY_MANIFEST,
+    *,
+    ca_configmap: str | None = None,
+    ingress: str | None = None,
 ) -> list[dict[str, Any]]:
     """The relay manifest's objects, checked, with each relay container's image set to ``image``;
-    with ``ca_configmap`` each relay also trusts the CA in that ConfigMap (:func:`trust_ca`)."""
+    with ``ca_configmap`` each relay also trusts the CA in that ConfigMap (:func:`trust_ca`); with
+    ``ingress`` the ingress route matches that host only (:func:`scope_ingress`)."""
     docs = split_documents(manifest.read_text())
     check_relay_manifest(docs)
+    if ingress is not None:
+        scope_ingress(docs, ingress)
     for doc in docs:
         if doc["kind"] == "Deployment":
             for container in doc["spec"]["template"]["spec"]["containers"]:
@@ -302,10 +336,12 @@ class RelayApps:
         self.text = ""
 
     def relay_documents(self) -> list[dict[str, Any]]:
-        """The manifest's objects for this namespace: with a CA, its ConfigMap first."""
+        """The manifest's objects for this namespace (the ingress route matching its
+        :func:`ingress_host` only): with a CA, its ConfigMap first."""
+        host = ingress_host(self.namespace)
         if self.ca_pem is None:
-            return relay_documents(self.image, self.manifest)
-        docs = relay_documents(self.image, self.manifest, ca_configmap=CA_CONFIGMAP)
+            return relay_documents(self.image, self.manifest, ingress=host)
+        docs = relay_documents(self.image, self.manifest, ca_configmap=CA_CONFIGMAP, ingress=host)
         return [ca_configmap_document(self.namespace, self.ca_pem), *docs]
 
     def render(self) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from harness.cluster.apps import RELAY_IMAGE, RelayApps
+from harness.cluster.apps import RELAY_IMAGE, RelayApps, ingress_host
 from harness.cluster.errors import ChainNotReadyError
 from harness.common.proc import progress
 from harness.common.traffic import ChainResponse, TrafficError, chain_url
@@ -129,7 +129,8 @@ def ingress_prefix(namespace: str) -> str:
 def ingress_route(namespace: str, gateway: str) -> dict[str, Any]:
     """The VirtualService that reaches ``namespace``'s ``proxy`` through the shared ingress ``gateway``.
 
-    ``gateway`` is ``<ns>/<name>`` of the run's ingress Gateway. Istio merges the routes of several
+    ``gateway`` is ``<ns>/<name>`` of the run's ingress Gateway; the route matches that run's
+    :func:`~harness.cluster.apps.ingress_host` only, as the Gateway does. Istio merges the routes of several
     VirtualServices bound to one ingress gateway for one host, so every namespace adds its own
     prefix ``/<ns>/proxy``, rewritten to ``/proxy`` (the query string stays) before ``proxy`` gets it.
     """
@@ -138,7 +139,7 @@ def ingress_route(namespace: str, gateway: str) -> dict[str, Any]:
         "kind": "VirtualService",
         "metadata": {"name": "relay-ingress", "namespace": namespace},
         "spec": {
-            "hosts": ["*"],
+            "hosts": [ingress_host(gateway.split("/", 1)[0])],
             "gateways": [gateway],
             "http": [
                 {

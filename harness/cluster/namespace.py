@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.cluster.apps import ingress_host
 from harness.cluster.chain import (
     CHAIN_READY_TIMEOUT_S,
     RELAY_PORT,
@@ -194,8 +195,14 @@ class RunNamespace:
         if self.parent is not None:
             return self.parent._send(url)
         if self._traffic is None:
-            self._traffic = self._stack.enter_context(Traffic())
+            self._traffic = self._stack.enter_context(Traffic(headers=self.ingress_headers))
         return self._traffic.send(url)
+
+    @property
+    def ingress_headers(self) -> dict[str, str]:
+        """What the client sends the ingress gateway: the run's own host (its ingress route matches
+        only that one, :func:`harness.cluster.apps.ingress_host`)."""
+        return {"Host": ingress_host(self.root.namespace)}
 
     def _kube_args(self) -> list[str]:
         """istioctl's flags for this run's cluster."""

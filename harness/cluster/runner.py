@@ -178,6 +178,8 @@ class UpgradeCatalog:
         self.run_factory = run_factory or (lambda o, d, s: E2ERun(o, d, state=s))
         self.runner_factory = runner_factory
         self.probe_url: str | None = None
+        #: what the prober sends the ingress besides the URL (the run's ingress host)
+        self.probe_headers: dict[str, str] = {}
         self.phases: list[tuple[str, str]] = []
         self._traffic: Traffic | None = None
 
@@ -228,6 +230,7 @@ class UpgradeCatalog:
             request = render_request(self.mission.requests[0], run.render_context(), source=self.mission.file)
             destination = request.url
         self.probe_url = chain_for(run.ingress_url, run.namespace, destination)
+        self.probe_headers = run.ingress_headers
         progress(f"the prober will send {self.probe_url}")
         return self.probe_url
 
@@ -236,7 +239,7 @@ class UpgradeCatalog:
         if self.probe_url is None:
             raise E2EError("the prober started before the catalog's first phase set up its chain")
         if self._traffic is None:
-            self._traffic = Traffic(timeout=PROBE_TIMEOUT_S)
+            self._traffic = Traffic(timeout=PROBE_TIMEOUT_S, headers=self.probe_headers)
         return self._traffic.send(self.probe_url)
 
     def close(self) -> None:

@@ -58,6 +58,7 @@ from harness.cluster import (
     upgrade_problems,
 )
 from harness.cluster import runner as cluster_runner
+from harness.cluster.apps import RelayApps
 from harness.cluster.kube import ObjectRef, split_documents
 from harness.cluster.providers.kind import ExistingCluster
 from harness.common.traffic import ChainResponse, unwrap_chain
@@ -114,6 +115,7 @@ def test_scenario_namespaces_are_dns_labels() -> None:
 def test_the_ingress_route_of_a_namespace_rewrites_its_prefix_to_proxy() -> None:
     vs = ingress_route("ns-1", f"{RUN_NS}/relay-gateway")
     assert vs["metadata"] == {"name": "relay-ingress", "namespace": "ns-1"}
+    assert vs["spec"]["hosts"] == [f"{RUN_NS}.ingress.egress-harness.test"]  # its run's host, not '*'
     assert vs["spec"]["gateways"] == [f"{RUN_NS}/relay-gateway"]
     (route,) = vs["spec"]["http"]
     assert route["match"] == [{"uri": {"prefix": "/ns-1/proxy"}}]
@@ -203,6 +205,34 @@ def test_what_a_recorder_serves_follows_its_tls_settings() -> None:
     assert recorder_serves(FakeRecorderTLS()) == ("http",)
     assert recorder_serves(FakeRecorderTLS(FakeTLS(False))) == ("http", "tls")
     assert recorder_serves(FakeRecorderTLS(FakeTLS(True))) == ("http", "mtls")
+
+
+def test_two_runs_on_one_cluster_claim_different_ingress_hosts() -> None:
+    """Both runs' ingress Gateways select the one ingress gateway on port 80: with hosts '*' each
+    (as before) istioctl analyze reported IST0145 on a netns cluster and the second run's routes
+    conflicted with the first's; each now matches its own host, which its client sends."""
+
+    def ingress(namespace: str) -> tuple[list[str], list[str]]:
+        docs = RelayApps(object(), namespace).relay_documents()
+        (gateway,) = [d for d in docs if d["kind"] == "Gateway"]
+        (route,) = [d for d in docs if d["kind"] == "VirtualService"]
+        return [h for s in gateway["spec"]["servers"] for h in s["hosts"]], route["spec"]["hosts"]
+
+    first, second = ingress("egress-aaa111"), ingress("egress-bbb222")
+    assert first == (["egress-aaa111.ingress.egress-harness.test"],) * 2
+    assert second == (["egress-bbb222.ingress.egress-harness.test"],) * 2
+
+
+def test_a_run_and_its_scenario_namespaces_send_the_runs_ingress_host(tmp_path: Path) -> None:
+    run = started_run(tmp_path)
+    view = run.scoped(
+        "abc-ns2", external_host="a.egress-harness.test", unregistered_host="u.egress-harness.test"
+    )
+    assert run.ingress_headers == {"Host": f"{run.namespace}.ingress.egress-harness.test"}
+    assert view.ingress_headers == run.ingress_headers
+    assert ingress_route(view.namespace, f"{run.namespace}/relay-gateway")["spec"]["hosts"] == [
+        run.ingress_headers["Host"]
+    ]
 
 
 def started_run(tmp_path: Path, **options: Any) -> E2ERun:
