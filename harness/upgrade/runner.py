@@ -232,6 +232,7 @@ class UpgradeRun:
             access_log_encoding=self.plan.access_log_encoding,
             outbound_traffic_policy=self.plan.outbound_traffic_policy,
             ingress_node_port=self.plan.ingress_node_port,
+            istio_versions=(self.plan.from_version, self.plan.to_version),
         )
 
     def install(self, version: str, verb: str = "install") -> None:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from harness.cluster import kube
-from harness.cluster.istio import OVERLAY_TEMPLATE, render_overlay
+from harness.cluster.istio import OVERLAY_TEMPLATE, flush_interval_s, render_overlay
 from harness.cluster.kube import (
     RolloutCheck,
     RolloutFailedError,
@@ -533,6 +533,29 @@ def test_istio_overlay_renders(tmp_path: Path, encoding: str, policy: str) -> No
     assert http["nodePort"] == INGRESS_NODE_PORT
     assert http["targetPort"] == 8080
     assert OVERLAY_TEMPLATE.is_file()
+
+
+@pytest.mark.parametrize(
+    ("versions", "flush"),
+    [
+        (("1.31-dev",), "100ms"),
+        (("1.29.6",), "100ms"),
+        (("1.28.10",), None),
+        (("1.28.10", "1.29.6"), None),
+        ((), None),
+    ],
+)
+def test_istio_overlay_flushes_access_logs_every_100ms_where_istio_has_the_field(
+    tmp_path: Path, versions: tuple[str, ...], flush: str | None
+) -> None:
+    out = render_overlay(tmp_path / "o.yaml", istio_versions=versions)
+    mesh = yaml.safe_load(out.read_text())["spec"]["meshConfig"]
+    if flush is None:  # Istio 1.28's istioctl rejects the field; an upgrade from it too
+        assert "defaultConfig" not in mesh and "defaultConfig" not in out.read_text()
+        assert flush_interval_s(*versions) == 1.0
+    else:
+        assert mesh["defaultConfig"] == {"fileFlushInterval": flush}
+        assert flush_interval_s(*versions) == 0.1
 
 
 def test_istio_overlay_rejects_unknown_settings(tmp_path: Path) -> None:
