@@ -5,7 +5,7 @@ so this module stays a table of contents: ``logs`` (access-log parsing), ``local
 on loopback), ``scenarios`` (the catalog), ``e2e`` (the cluster path: ``harness.cluster.cli``, which
 adds the tool commands of ``harness.common.tools``), ``report``. The catalog knows no tier: a tier
 adds its own ``scenarios`` commands with ``add_scenario_commands(scenarios_subparsers)`` (``scenarios
-local``: ``harness.localmesh.cli``).
+local``: ``harness.localmesh.cli``; ``scenarios run``: ``harness.cluster.catalog_cli``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
 #: the catalog's module, whose ``add_commands`` returns the ``scenarios`` group's sub-parsers
 _CATALOG_MODULE = "harness.scenarios.cli"
 # module path -> the function in it that adds a tier's commands to the ``scenarios`` group
-_SCENARIO_COMMAND_MODULES: tuple[str, ...] = ("harness.localmesh.cli",)
+_SCENARIO_COMMAND_MODULES: tuple[str, ...] = ("harness.localmesh.cli", "harness.cluster.catalog_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

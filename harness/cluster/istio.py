@@ -199,7 +199,7 @@ class IstioInstall:
             access_log_encoding=self.access_log_encoding,
             outbound_traffic_policy=self.outbound_traffic_policy,
             ingress_node_port=self.ingress_node_port,
-            istio_versions=(self.version,),
+            istio_versions=(self.version,) if self.version else (),
         )
 
     def check_istioctl(self) -> None:

@@ -257,6 +257,13 @@ class Kube:
         self.core.create_namespace(body=body, _request_timeout=REQUEST_TIMEOUT_S)
         progress(f"namespace {name} created (labels {dict(labels or {})})")
 
+    def server_version(self) -> str:
+        """The API server's own version (``/version``'s gitVersion, e.g. ``v1.36.3``)."""
+        from kubernetes import client as k8s_client
+
+        info = cast(Any, k8s_client).VersionApi(self.api_client).get_code(_request_timeout=REQUEST_TIMEOUT_S)
+        return str(info.git_version)
+
     def namespace_exists(self, name: str) -> bool:
         try:
             self.core.read_namespace(name=name, _request_timeout=REQUEST_TIMEOUT_S)
