@@ -75,6 +75,26 @@ def scenario_gateway(documents: Sequence[Mapping[str, Any]], namespace: str) -> 
 
 ProxyKind = Literal["sidecar", "gateway"]
 
+#: the Sidecar that gives a scenario's namespace the outbound traffic policy it needs when the
+#: install has the other one (``requires.outbound_traffic_policy``)
+OUTBOUND_POLICY_SIDECAR = "egress-harness-outbound-policy"
+#: what a sidecar's routes hold under each outbound policy: Istio's catch-all virtual host is
+#: ``block_all`` (502) under REGISTRY_ONLY and ``allow_any`` (PassthroughCluster) under ALLOW_ANY
+CATCH_ALL_ROUTE = {"REGISTRY_ONLY": "block_all", "ALLOW_ANY": "allow_any"}
+
+
+def outbound_policy_sidecar(namespace: str, mode: str) -> dict[str, Any]:
+    """A namespace-wide Sidecar (no workloadSelector) with ``outboundTrafficPolicy`` ``mode``; its
+    egress is the default one (every namespace's services), which a Sidecar must still list."""
+    if mode not in CATCH_ALL_ROUTE:
+        raise ValueError(f"outbound traffic policy must be one of {sorted(CATCH_ALL_ROUTE)}, not {mode!r}")
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": OUTBOUND_POLICY_SIDECAR, "namespace": namespace},
+        "spec": {"egress": [{"hosts": ["*/*"]}], "outboundTrafficPolicy": {"mode": mode}},
+    }
+
 
 @dataclass(frozen=True)
 class ConfigMarker:
@@ -126,7 +146,10 @@ def convergence_markers(
       VirtualService of the namespace, in the sidecar (a ServiceEntry or Service parent) or in the
       gateway (a Gateway parent).
 
-    Other kinds (TLSRoute, Sidecar, other policies) add no marker.
+    * Sidecar of the namespace (without workloadSelector) with an outbound traffic policy: the sidecar's
+      catch-all route of that policy (``block_all`` or ``allow_any``).
+
+    Other kinds (TLSRoute, other policies) add no marker.
     """
     labels = gateway_labels or {"istio": "egressgateway"}
     egress_gateways = _egress_gateway_names(documents, namespace, labels)
@@ -200,6 +223,13 @@ def _markers_of(
         # which proxies take a rule from another namespace (root namespace, exportTo, selectors)
         # depends on rules this does not model: only the run namespace's own rules are awaited
         markers.append(ConfigMarker("sidecar", _config_path(ns, kind, name), f"DestinationRule {ns}/{name}"))
+    elif kind == "Sidecar" and ns == namespace and not spec.get("workloadSelector"):
+        mode = (spec.get("outboundTrafficPolicy") or {}).get("mode")
+        if mode in CATCH_ALL_ROUTE:
+            route = CATCH_ALL_ROUTE[mode]
+            markers.append(
+                ConfigMarker("sidecar", f'"{route}"', f"Sidecar {ns}/{name} (outbound {mode}: {route})")
+            )
     elif kind == "VirtualService" and spec.get("http"):
         # only HTTP routes carry the object's name in their metadata; tls/tcp routes add no marker
         gateways = list(spec.get("gateways") or ["mesh"])

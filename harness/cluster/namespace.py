@@ -26,6 +26,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from harness.cluster.apps import ingress_host
 from harness.cluster.chain import (
     CHAIN_READY_TIMEOUT_S,
@@ -39,10 +41,12 @@ from harness.cluster.convergence import (
     CONVERGE_TIMEOUT_S,
     DEFAULT_GATEWAY,
     ISTIOCTL_TIMEOUT_S,
+    OUTBOUND_POLICY_SIDECAR,
     ConfigMarker,
     ProxyKind,
     ScenarioGateway,
     convergence_markers,
+    outbound_policy_sidecar,
     proxy_config,
     proxy_pods,
     proxy_versions,
@@ -380,14 +384,8 @@ class RunNamespace:
         if not ok:
             return str(why)
         needs = scenario.requires
-        if (
-            needs.outbound_traffic_policy
-            and needs.outbound_traffic_policy != self.options.outbound_traffic_policy
-        ):
-            return (
-                f"needs outboundTrafficPolicy {needs.outbound_traffic_policy}; this run installed "
-                f"{self.options.outbound_traffic_policy}"
-            )
+        # an outbound policy other than the install's is set for the scenario's namespace by a
+        # Sidecar (outbound_policy_sidecar): no scenario is skipped for it
         if self.options.access_log_encoding not in needs.access_log_encoding:
             return f"runs with access-log encoding {'/'.join(needs.access_log_encoding)} only"
         if needs.gateway_api and not self.root.gateway_api_present:
@@ -465,13 +463,24 @@ class RunNamespace:
         )
         kube = self._kube()
         credentials = credential_secrets(scenario, ctx, self.pki) if self.pki is not None else []
+        documents = [d.body for d in rendered.documents]
+        text = rendered.text
+        policy = scenario.requires.outbound_traffic_policy
+        if policy and policy != self.options.outbound_traffic_policy:
+            sidecar = outbound_policy_sidecar(self.namespace, policy)
+            progress(
+                f"scenario {scenario.name} needs outboundTrafficPolicy {policy} (the install has "
+                f"{self.options.outbound_traffic_policy}): Sidecar {OUTBOUND_POLICY_SIDECAR} sets it in {self.namespace}"
+            )
+            documents.append(sidecar)
+            text = f"{text.rstrip()}\n---\n{yaml.safe_dump(sidecar, sort_keys=False)}"
+            manifest.write_text(text)
         secret_refs = self.create_credentials(credentials, scenario)
         try:
-            refs = kube.apply(rendered.text, namespace=self.namespace)
+            refs = kube.apply(text, namespace=self.namespace)
         except BaseException:
             self.delete_credentials(secret_refs)
             raise
-        documents = [d.body for d in rendered.documents]
         gateway = scenario_gateway(documents, self.namespace)
         markers = convergence_markers(documents, self.namespace, gateway_labels=gateway.labels)
         applied = AppliedScenario(

@@ -29,7 +29,6 @@ from harness.cluster import (
     RecorderState,
     RunDiagnostics,
     RunState,
-    ScenarioNotApplicable,
     caller_addresses,
     chain_for,
     check_tls_record,
@@ -53,6 +52,7 @@ from harness.cluster import (
 )
 from harness.cluster import namespace as cluster_namespace
 from harness.cluster import run as cluster_run
+from harness.cluster.convergence import OUTBOUND_POLICY_SIDECAR, outbound_policy_sidecar
 from harness.cluster.external import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, RecorderTLS
 from harness.cluster.kube import ObjectRef, split_documents
 from harness.cluster.providers.kind import ExistingCluster
@@ -374,15 +374,29 @@ def test_analyze_errors_stop_the_scenario_before_it_is_applied(
     assert kube.calls == []
 
 
-def test_a_scenario_for_another_mesh_setting_is_not_applicable(
-    standin_run: tuple[E2ERun, StandInKube],
+def test_a_scenario_for_the_other_outbound_policy_gets_a_namespace_sidecar_with_it(
+    standin_run: tuple[E2ERun, StandInKube], fakebin: Any
 ) -> None:
+    """REGISTRY_ONLY scenarios on an ALLOW_ANY install (the default): before, they were skipped in
+    every default run; now the scenario's namespace gets a Sidecar with that policy, applied and
+    removed with the scenario's objects, and the run waits until the sidecar routes by it."""
     run, kube = standin_run
     scenario = CATALOG.get("registry-only-blocked")
-    assert "REGISTRY_ONLY" in (run.skip_reason(scenario) or "")
-    with pytest.raises(ScenarioNotApplicable):
-        run.apply_scenario(scenario)
-    assert kube.calls == []
+    assert run.skip_reason(scenario) is None
+    docs = [*rendered_docs("registry-only-blocked"), outbound_policy_sidecar(NS, "REGISTRY_ONLY")]
+    fakebin.rules(converging_rules(" ".join(m.needle for m in convergence_markers(docs, NS))))
+    with run.scenario(scenario) as applied:
+        assert kube.calls == [("apply", NS, ["ServiceEntry", "Sidecar"])]
+        sidecar = split_documents(applied.manifest.read_text())[-1]
+        assert sidecar["metadata"]["name"] == OUTBOUND_POLICY_SIDECAR
+        assert sidecar["spec"]["outboundTrafficPolicy"] == {"mode": "REGISTRY_ONLY"}
+        assert any(m.needle == '"block_all"' for m in applied.markers)
+    assert kube.calls[-1] == ("delete", ["ServiceEntry", "Sidecar"])
+    # a scenario of the install's own policy gets none
+    assert all(
+        m.proxy != "sidecar" or "block_all" not in m.needle
+        for m in convergence_markers(rendered_docs("http-via-egress-gateway"), NS)
+    )
 
 
 def mission_request(run: E2ERun) -> Any:
