@@ -17,6 +17,9 @@ UPGRADE_MODE ?= canary
 E2E_RUN_DIR ?= .cache/e2e-run
 E2E_WORKERS ?= auto
 E2E_UP_ARGS ?=
+# make e2e TIER=kind (default): a kind cluster (Docker, kind, image pulls); TIER=istiod: the netns
+# cluster with real istiod (root and Go; no Docker, registry or internet)
+TIER ?= kind
 # The Envoy lines of current Istio releases: the local mesh's configs are validated with each.
 ENVOY_VERSIONS ?= 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
 ENVOY_CACHE ?= .cache/envoy
@@ -63,9 +66,23 @@ bench: $(STAMP) ## benchmarks; results are ratios, printed and written to artifa
 tools: $(STAMP) ## download the pinned kind, kubectl and istioctl into .cache/bin (sha256-verified)
 	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
 
-e2e: $(STAMP) ## the cluster tier: e2e up, the tests in parallel against that one cluster, e2e down (also on failure)
+ifeq ($(TIER),istiod)
+E2E_PROVIDER_ARGS := --provider netns --gateway-api
+else ifeq ($(TIER),kind)
+E2E_PROVIDER_ARGS :=
+else
+$(error TIER must be kind or istiod, not $(TIER))
+endif
+
+e2e: $(STAMP) ## the cluster tier (TIER=kind|istiod): e2e up, the tests in parallel against that one cluster, e2e down (also on failure)
+ifeq ($(TIER),istiod)
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo ">> make e2e TIER=istiod needs root (the cluster's nodes and pods are network namespaces)" >&2; exit 1; fi
+	$(MAKE) --no-print-directory netns-bins $(if $(ISTIO_VERSION),ISTIO_VERSION=$(ISTIO_VERSION))
+else
 	$(PY) -m harness.cli e2e preflight
 	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
+endif
 ifneq ($(UPGRADE_FROM)$(UPGRADE_TO),)
 	$(PY) -m harness.cli e2e tools --istio-version $(UPGRADE_FROM)
 	$(PY) -m harness.cli e2e tools --istio-version $(UPGRADE_TO)
@@ -80,7 +97,7 @@ else
 	  else $(PY) -m harness.cli e2e down --run-dir "$$run_dir" || status=1; fi; \
 	  exit $$status; }; \
 	trap down EXIT; trap 'exit 130' INT TERM; \
-	$(PY) -m harness.cli e2e up --run-dir "$$run_dir" $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION)) $(E2E_UP_ARGS) >/dev/null && \
+	$(PY) -m harness.cli e2e up --run-dir "$$run_dir" $(E2E_PROVIDER_ARGS) $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION)) $(E2E_UP_ARGS) >/dev/null && \
 	EGRESS_HARNESS_RESULTS_DIR=artifacts/results $(PY) -m pytest -m e2e -p no:cacheprovider -n $(E2E_WORKERS) \
 	  --run-state "$$run_dir/run-state.json" $(PYTEST_ARGS)
 endif
@@ -91,7 +108,7 @@ NETNS_BIN := $(PY) -m harness.cluster.providers.netns.binaries
 # tier can run at all (root and Go); elsewhere its tests skip naming what is missing.
 netns-bins: $(STAMP)
 	@if [ "$$(id -u)" = 0 ] && command -v go >/dev/null 2>&1; then \
-	  $(NETNS_BIN) kube && $(NETNS_BIN) kubelet && $(NETNS_BIN) istio; \
+	  $(NETNS_BIN) kube && $(NETNS_BIN) kubelet && $(NETNS_BIN) istio $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION)); \
 	else echo ">> netns-bins: skipped (the netns tier needs root and Go; its tests will skip)"; fi
 
 kube-bin: $(STAMP) ## netns provider: etcd and Kubernetes binaries (found in $$EGRESS_HARNESS_KUBE_BIN, the cache, or built with Go)

@@ -421,15 +421,80 @@ def missing_prerequisites(
     return missing
 
 
+#: where a registry's images are pulled from (Docker Hub's short name is not its host)
+REGISTRY_HOSTS: dict[str, str] = {"docker.io": "registry-1.docker.io"}
+REACH_TIMEOUT_S = 3.0
+IMAGE_INSPECT_TIMEOUT_S = 30.0
+#: what the kind tier says when it cannot run here, and what runs instead
+NETNS_HINT = (
+    "on a machine without Docker, kind or a registry, run the harness's main job on the netns cluster "
+    "with real istiod instead: `make e2e TIER=istiod` (needs root and Go)"
+)
+
+
+def reachable(host: str, port: int = 443, timeout: float = REACH_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def image_present(image: str) -> bool:
+    """Whether the Docker engine has ``image`` locally (``docker image inspect``)."""
+    try:
+        done = run(["docker", "image", "inspect", image], timeout=IMAGE_INSPECT_TIMEOUT_S, check=False)
+    except CommandError:
+        return False
+    return done.returncode == 0
+
+
+def registry_of(image: str) -> str:
+    """The registry an image reference pulls from: its first part when that names a host, else Docker Hub."""
+    first = image.split("/", 1)[0]
+    return first if "/" in image and ("." in first or ":" in first or first == "localhost") else "docker.io"
+
+
+def kind_images(istio: str | None = None) -> list[str]:
+    """The images a kind run pulls: the node image and Istio's (the chart's default hub)."""
+    version = versions.istio_version(istio)
+    return [versions.KIND_NODE_IMAGE, f"docker.io/istio/pilot:{version}", f"docker.io/istio/proxyv2:{version}"]
+
+
+def pull_problems(
+    istio: str | None = None,
+    *,
+    present: Callable[[str], bool] = image_present,
+    can_reach: Callable[[str], bool] = reachable,
+) -> list[str]:
+    """Why the kind tier's images cannot be had here (not local, and their registry does not answer
+    within a few seconds), naming them; empty when they are local or can be pulled."""
+    absent = [image for image in kind_images(istio) if not present(image)]
+    down = sorted(r for r in set(map(registry_of, absent)) if not can_reach(REGISTRY_HOSTS.get(r, r)))
+    if not down:
+        return []
+    names = ", ".join(i for i in absent if registry_of(i) in down)
+    return [
+        f"images: {names} are not on this machine and {', '.join(down)} cannot be reached "
+        f"(no answer within {REACH_TIMEOUT_S:g}s), so kind cannot start the cluster or Istio; {NETNS_HINT}"
+    ]
+
+
 # --- command line: `egress-harness e2e preflight|tools` ---------------------------------------------
 
 
 def _cmd_preflight(args: argparse.Namespace) -> int:
     missing = missing_prerequisites(tools=args.with_tools, istio=args.istio_version)
+    if not any(m.startswith(("docker:", "docker engine:")) for m in missing):
+        missing += pull_problems(args.istio_version)
     if missing:
-        progress("the cluster tier cannot run here yet; missing:")
+        progress("the kind tier cannot run here yet; missing:")
         for item in missing:
             progress(f"  - {item}")
+        progress(NETNS_HINT)
         return 1
     progress(
         "preflight: Docker, disk and memory are ready" + (" and so are the tools" if args.with_tools else "")

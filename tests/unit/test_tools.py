@@ -600,3 +600,36 @@ def test_e2e_tools_reports_a_failed_download_without_a_traceback(
     assert "Traceback" not in err
     assert versions.TOOLS["kind"].base_url_env in err
     assert not [p for p in cache.rglob("*") if p.is_file()]
+
+
+def test_images_that_cannot_be_pulled_are_named_before_any_work_with_the_netns_way_out() -> None:
+    """No registry here (issue 10 item 15): the kind tier says so in seconds, naming the images."""
+    reached: list[str] = []
+
+    def can_reach(host: str) -> bool:
+        reached.append(host)
+        return False
+
+    problems = tools.pull_problems("1.30.3", present=lambda image: False, can_reach=can_reach)
+    (problem,) = problems
+    assert versions.KIND_NODE_IMAGE in problem and "docker.io/istio/proxyv2:1.30.3" in problem
+    assert "docker.io cannot be reached" in problem and "make e2e TIER=istiod" in problem
+    assert reached == ["registry-1.docker.io"]
+    # images already on the machine need no registry; a registry that answers is fine too
+    assert tools.pull_problems("1.30.3", present=lambda image: True, can_reach=can_reach) == []
+    assert tools.pull_problems("1.30.3", present=lambda image: False, can_reach=lambda host: True) == []
+    assert tools.registry_of("gcr.io/istio-release/pilot:1.30.3") == "gcr.io"
+    assert tools.registry_of("kindest/node:v1") == tools.registry_of("busybox") == "docker.io"
+
+
+def test_reachable_is_false_for_a_closed_port_within_its_timeout() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: refused at once
+    assert tools.reachable("127.0.0.1", port, timeout=1.0) is False
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert tools.reachable("127.0.0.1", listening.getsockname()[1], timeout=1.0) is True
