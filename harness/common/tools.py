@@ -461,7 +461,11 @@ def registry_of(image: str) -> str:
 def kind_images(istio: str | None = None) -> list[str]:
     """The images a kind run pulls: the node image and Istio's (the chart's default hub)."""
     version = versions.istio_version(istio)
-    return [versions.KIND_NODE_IMAGE, f"docker.io/istio/pilot:{version}", f"docker.io/istio/proxyv2:{version}"]
+    return [
+        versions.KIND_NODE_IMAGE,
+        f"docker.io/istio/pilot:{version}",
+        f"docker.io/istio/proxyv2:{version}",
+    ]
 
 
 def pull_problems(
