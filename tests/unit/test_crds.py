@@ -25,6 +25,7 @@ from harness.scenarios.crds import (
     IstioCrdDir,
     download_istio_crds,
     istio_crd_url,
+    json_key,
     load_bundle,
     load_bundle_dir,
     shared_dir,
@@ -52,6 +53,8 @@ GATEWAY_API_FILES = (
     else ("absent",)
 )
 CATALOG = load_catalog(DEFAULT_SCENARIOS_DIR)
+#: real configurations from Istio's documentation and repository (each file names its source)
+DOCS = Path(__file__).parent / "data" / "crd_docs"
 
 
 def errors(schema: dict[str, Any], value: object) -> list[str]:
@@ -93,7 +96,100 @@ def test_nullable() -> None:
         "properties": {"a": {"type": "string", "nullable": True}, "b": {"type": "string"}},
     }
     assert errors(schema, {"a": None}) == []
-    assert errors(schema, {"b": None}) == ["b: expected string, got null"]
+    assert errors(schema, {"a": 1}) == ["a: expected string, got integer"]
+    # a null at the root is not a field the API server could drop
+    assert errors({"type": "object"}, None) == ["(root): expected object, got null"]
+
+
+NULLS = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "match": {"type": "object", "properties": {"context": {"type": "string"}}},
+        "kept": {"type": "string", "nullable": True},
+        "weight": {"type": "integer", "maximum": 3, "default": 5},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "hosts": {"type": "array", "items": {"type": "string"}},
+        "anything": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    },
+}
+
+
+def test_nulls_on_non_nullable_fields_are_dropped_as_the_api_server_does() -> None:
+    # `match:` with no value: dropped before validation, as if it were not written
+    assert errors(NULLS, {"name": "x", "match": None}) == []
+    # a dropped required field is missing
+    assert errors(NULLS, {"name": None}) == ["name: required field is missing"]
+    # a nullable field keeps its null, and a null with a default becomes the default (checked)
+    assert errors(NULLS, {"name": "x", "kept": None}) == []
+    assert errors(NULLS, {"name": "x", "weight": None}) == ["weight: 5 is more than the maximum 3"]
+    # map values are dropped like fields; list items are not
+    assert errors(NULLS, {"name": "x", "labels": {"app": None}}) == []
+    assert errors(NULLS, {"name": "x", "hosts": ["a", None]}) == ["hosts[1]: expected string, got null"]
+    # a field no schema declares is not dropped: kept where unknown fields are kept, unknown elsewhere
+    assert errors(NULLS, {"name": "x", "anything": {"free": None}}) == []
+    assert errors(NULLS, {"name": "x", "match": {"contxt": None}}) == [
+        "match.contxt: unknown field (did you mean 'context'?)"
+    ]
+
+
+def test_a_dropped_null_counts_as_absent_in_combinators() -> None:
+    assert errors(AT_MOST_ONE, {"wasm": None, "lua": "b"}) == []
+    assert errors(AT_MOST_ONE, {"wasm": None, "lua": None}) == []
+
+
+def test_integer_map_keys_are_sent_as_json_strings() -> None:
+    ports = {
+        "type": "object",
+        "properties": {
+            "portLevelMtls": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {"mode": {"type": "string", "enum": ["DISABLE", "STRICT"]}},
+                },
+            }
+        },
+    }
+    assert errors(ports, {"portLevelMtls": {8080: {"mode": "DISABLE"}}}) == []
+    # the key is the string "8080" (a map key), not a list index
+    assert errors(ports, {"portLevelMtls": {8080: {"mode": "OFF"}}}) == [
+        'portLevelMtls[\'8080\'].mode: "OFF" is not one of "DISABLE", "STRICT"'
+    ]
+    # sigs.k8s.io/yaml's conversion: int, bool and float keys (floats as Go formats a float32)
+    numbers = {"type": "object", "additionalProperties": {"type": "integer"}}
+    assert errors(numbers, {8080: "a", True: "b", False: "c", 1.5: "d", 1.0e6: "e", 100000.0: "f"}) == [
+        "['8080']: expected integer, got string",
+        "true: expected integer, got string",
+        "false: expected integer, got string",
+        "['1.5']: expected integer, got string",
+        "['1e+06']: expected integer, got string",
+        "['100000']: expected integer, got string",
+    ]
+    # two YAML keys that become one JSON key; a key JSON has no string for
+    assert errors(numbers, {8080: 1, "8080": 2}) == [
+        '[\'8080\']: duplicate key: 8080 and "8080" are both the JSON key "8080"'
+    ]
+    assert errors(numbers, {None: 1}) == ["(root): mapping key null: kubectl cannot send it as JSON"]
+    assert [json_key(k) for k in ("a", 8080, True, 0.5, None)] == ["a", "8080", "true", "0.5", None]
+    assert [json_key(k) for k in (-2.5, 0.00001, 123456789.0, 1e39, float("-inf"), float("nan"))] == [
+        "-2.5",
+        "1e-05",
+        "1.2345679e+08",  # float32 precision, as Go formats it
+        ".inf",
+        "-.inf",
+        ".nan",
+    ]
+    # the keys of fields are converted too: an integer key is no field's name
+    assert errors(ports, {80: {}}) == ["['80']: unknown field (known fields: portLevelMtls)"]
+
+
+def test_the_checked_value_is_not_modified() -> None:
+    value: dict[str, Any] = {"name": None, "match": None, "labels": {1: None}}
+    before = copy.deepcopy(value)
+    errors(NULLS, value)
+    assert value == before
 
 
 def test_unknown_fields_are_errors_unless_preserved() -> None:
@@ -510,6 +606,54 @@ def test_the_shared_folder_has_the_releases_the_readme_lists() -> None:
 def _doc(text: str) -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(text)
     return loaded
+
+
+def _docs(name: str) -> list[dict[str, Any]]:
+    """The documents of a data file, parsed as kubectl's YAML parser would: integer keys stay integers,
+    an empty value is null."""
+    return [d for d in yaml.safe_load_all((DOCS / name).read_text()) if d is not None]
+
+
+@needs_shared
+@pytest.mark.parametrize("version", ISTIO_VERSIONS)
+def test_istio_docs_port_level_mtls_with_an_integer_port_key(version: str) -> None:
+    assert ISTIO_CRDS is not None
+    bundle = IstioCrdDir(ISTIO_CRDS).bundle(version)
+    docs = _docs("peer-authentication-port-level-mtls.yaml")
+    assert [list(d["spec"]["portLevelMtls"]) for d in docs] == [[8080], [8080]]
+    for doc in docs:
+        (res,) = validate_document(doc, [bundle])
+        assert res.errors == (), [str(e) for e in res.errors]
+    typo = copy.deepcopy(docs[0])
+    typo["spec"]["portLevelMtls"][8080]["mode"] = "DISABLED"
+    (bad,) = validate_document(typo, [bundle])
+    assert [str(e) for e in bad.errors] == [
+        'spec.portLevelMtls[\'8080\'].mode: "DISABLED" is not one of "UNSET", "DISABLE", "PERMISSIVE", '
+        '"STRICT"'
+    ]
+    assert list(typo["spec"]["portLevelMtls"]) == [8080]  # the caller's document is left as it was
+
+
+@needs_shared
+@pytest.mark.parametrize("version", ISTIO_VERSIONS)
+def test_istio_envoy_filters_with_an_empty_match(version: str) -> None:
+    assert ISTIO_CRDS is not None
+    bundle = IstioCrdDir(ISTIO_CRDS).bundle(version)
+    docs = _docs("envoy-filter-empty-match.yaml")
+    patches = [d["spec"]["configPatches"][0] for d in docs]
+    assert [(p["match"], p["patch"]) for p in patches] == [(None, None), (None, {"operation": "REMOVE"})]
+    for doc in docs:
+        (res,) = validate_document(doc, [bundle])
+        assert res.errors == (), [str(e) for e in res.errors]
+    # a null where a value is required is dropped too, and then the field is missing (as on apply)
+    entry = _doc(ISTIO_BROKEN["ServiceEntry"][0])
+    entry["spec"]["hosts"] = None
+    (missing,) = validate_document(entry, [bundle])
+    assert [str(e) for e in missing.errors] == ["spec.hosts: required field is missing"]
+    # a null list item stays: the API server rejects it
+    entry["spec"]["hosts"] = ["external.test", None]
+    (item,) = validate_document(entry, [bundle])
+    assert [str(e) for e in item.errors] == ["spec.hosts[1]: expected string, got null"]
 
 
 def _set(doc: dict[str, Any], path: tuple[str | int, ...], value: object) -> dict[str, Any]:

@@ -6,7 +6,8 @@
   picks the bundle of a release. Where bundles are found, and their download.
 * :mod:`~harness.scenarios.crds.schema`: :func:`validate` checks a value against a Kubernetes
   *structural* schema the way the API server does with strict field validation: unknown fields are
-  errors. ``x-kubernetes-validations`` (CEL) cannot be evaluated here; each rule a document reaches
+  errors; what the API server accepts before it validates is accepted (YAML integer keys sent as
+  JSON strings, nulls on non-nullable fields dropped). ``x-kubernetes-validations`` (CEL) cannot be evaluated here; each rule a document reaches
   is reported as *not checked*, never passed. Core kinds (Namespace, Service, Deployment, ...) have
   no CRD: a small built-in schema checks the fields that matter and leaves the rest alone, and
   results say so (coverage ``basic``).
@@ -38,6 +39,7 @@ from harness.scenarios.crds.schema import (
     SchemaResult,
     SchemaViolation,
     UncheckedRule,
+    json_key,
     validate,
     validate_document,
 )
@@ -63,6 +65,7 @@ __all__ = [
     "default_gateway_api_dir",
     "download_istio_crds",
     "istio_crd_url",
+    "json_key",
     "load_bundle",
     "load_bundle_dir",
     "shared_dir",

@@ -3,6 +3,9 @@
 * :func:`validate` checks a value against a Kubernetes *structural* schema the way the API server
   does with strict field validation: unknown fields are errors. ``x-kubernetes-validations`` (CEL)
   cannot be evaluated here; each rule a document reaches is reported as *not checked*, never passed.
+  It checks what the API server checks, not the YAML as written: mapping keys as kubectl sends them
+  (``8080:`` is the JSON key ``"8080"``) and without the nulls the API server drops before it
+  validates (``match:`` written with no value).
 * :func:`validate_document` checks one object (its ObjectMeta, then the rest) against the CRD of its
   kind in every bundle given. Core kinds (Namespace, Service, Deployment, ...) have no CRD: a small
   built-in schema checks the fields that matter and leaves the rest alone, and results say so
@@ -13,11 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import difflib
 import functools
 import ipaddress
 import json
+import math
 import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,6 +39,7 @@ __all__ = [
     "SchemaResult",
     "SchemaViolation",
     "UncheckedRule",
+    "json_key",
     "split_api_version",
     "validate",
     "validate_document",
@@ -305,10 +312,152 @@ class _Validator:
             self.error(path, f"must not be {_describe(schema['not'])}")
 
 
+# ------------------------------------------------------ what reaches the API server's validation
+
+
+def _key_text(key: object) -> str:
+    return json.dumps(key) if key is None or isinstance(key, str | int | float) else repr(key)
+
+
+def _float32_key(value: float) -> str:
+    """A float mapping key as sigs.k8s.io/yaml makes it a string: Go's shortest ``'g'`` format of the
+    value as a float32 (``1.5``, ``100000``, ``1e+06``), ``.inf``/``-.inf``/``.nan`` as YAML writes them."""
+    if math.isnan(value):
+        return ".nan"
+    try:
+        as32 = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # beyond float32: Go's conversion gives an infinity
+        as32 = math.copysign(math.inf, value)
+    if math.isinf(as32):
+        return ".inf" if as32 > 0 else "-.inf"
+    for precision in range(9):  # the fewest digits that read back as the same float32
+        text = f"{as32:.{precision}e}"
+        if struct.unpack("<f", struct.pack("<f", float(text)))[0] == as32:
+            break
+    mantissa, exponent_text = text.split("e")
+    sign = "-" if mantissa.startswith("-") else ""
+    digits = mantissa.lstrip("-").replace(".", "").rstrip("0") or "0"
+    exponent = int(exponent_text)
+    if exponent < -4 or exponent >= 6:  # Go's %g switch point when the precision is the shortest
+        fraction = f".{digits[1:]}" if len(digits) > 1 else ""
+        return f"{sign}{digits[0]}{fraction}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+    point = exponent + 1
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    whole = digits[:point].ljust(point, "0")
+    return f"{sign}{whole}{'.' + digits[point:] if len(digits) > point else ''}"
+
+
+def json_key(key: object) -> str | None:
+    """A YAML mapping key as kubectl sends it in JSON, ``None`` if kubectl cannot send it.
+
+    kubectl turns YAML into JSON with sigs.k8s.io/yaml (``convertToJSONableObject``), which makes every
+    mapping key a string: an int key its decimal digits, a bool key ``true``/``false``, a float key
+    Go's shortest float32 form; any other key (null) fails the conversion. So
+    ``portLevelMtls: {8080: {mode: DISABLE}}`` reaches the API server as ``{"8080": {...}}``, whatever
+    the schema of the map.
+    """
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, int):
+        return str(key)
+    if isinstance(key, float):
+        return _float32_key(key)
+    return None
+
+
+def _json_keys(value: Any, path: FieldPath, errors: list[SchemaViolation]) -> Any:
+    """``value`` with its mapping keys as kubectl sends them (:func:`json_key`). Two keys that become
+    one JSON key are an error here: which one survives the conversion is undefined. Returns a copy;
+    the caller's value is not changed."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        written: dict[str, object] = {}
+        for key, item in value.items():
+            name = json_key(key)
+            if name is None:
+                errors.append(
+                    SchemaViolation(path, f"mapping key {_key_text(key)}: kubectl cannot send it as JSON")
+                )
+                continue
+            if name in out:
+                errors.append(
+                    SchemaViolation(
+                        (*path, name),
+                        f"duplicate key: {_key_text(written[name])} and {_key_text(key)} are both the JSON key "
+                        f"{json.dumps(name)}",
+                    )
+                )
+                continue
+            written[name] = key
+            out[name] = _json_keys(item, (*path, name), errors)
+        return out
+    if isinstance(value, list):
+        return [_json_keys(item, (*path, i), errors) for i, item in enumerate(value)]
+    return value
+
+
+def _entry_schema(schema: Mapping[str, Any] | None, key: str) -> Mapping[str, Any] | None:
+    if schema is None:
+        return None
+    properties = schema.get("properties") or {}
+    if key in properties:
+        return properties[key]  # type: ignore[no-any-return]
+    extra = schema.get("additionalProperties")
+    return extra if isinstance(extra, Mapping) else None
+
+
+def _is_dropped_null(item: object, schema: Mapping[str, Any] | None) -> bool:
+    return item is None and schema is not None and not schema.get("nullable", False)
+
+
+def _drop_nulls(schema: Mapping[str, Any] | None, value: Any) -> Any:
+    """``value`` as the API server validates it: without the nulls it drops first.
+
+    What Kubernetes does, read in its source (k8s.io/apiextensions-apiserver): decoding a custom
+    resource (``unstructuredSchemaCoercer.apply`` in ``pkg/apiserver/customresource_handler.go``,
+    "removal of non-defaulted non-nullable null map values") prunes the unknown fields, then calls
+    ``PruneNonNullableNullsWithoutDefaults`` (``pkg/apiserver/schema/defaulting/prunenulls.go``): in
+    every object it deletes each entry whose value is null when the schema of that entry (the
+    property's, else ``additionalProperties``') is not ``nullable`` and has no ``default``, and walks
+    on into the other entries and into list items. A list item is never deleted, and an entry no schema
+    describes (kept by ``x-kubernetes-preserve-unknown-fields``) keeps its null. Defaulting
+    (``Default`` in ``defaulting/algorithm.go``) then replaces a non-nullable null that has a default
+    by the default, for entries and for list items alike. Validation runs on the result: so
+    ``match:`` written with no value is as if it were not written, a required field written as null
+    is missing, and ``hosts: [a, null]`` is still an error. Returns a copy.
+    """
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            sub = _entry_schema(schema, key)
+            if _is_dropped_null(item, sub):
+                assert sub is not None
+                if sub.get("default") is not None:
+                    out[key] = copy.deepcopy(sub["default"])
+                continue
+            out[key] = _drop_nulls(sub, item)
+        return out
+    if isinstance(value, list):
+        items = schema.get("items") if schema is not None else None
+        items = items if isinstance(items, Mapping) else None
+        return [
+            copy.deepcopy(items["default"])
+            if items is not None and _is_dropped_null(item, items) and items.get("default") is not None
+            else _drop_nulls(items, item)
+            for item in value
+        ]
+    return value
+
+
 def validate(schema: Mapping[str, Any], value: object, path: FieldPath = ()) -> SchemaResult:
-    """Check ``value`` against a Kubernetes structural schema (strict: unknown fields are errors)."""
+    """Check ``value`` against a Kubernetes structural schema (strict: unknown fields are errors), as
+    the API server receives it: keys as JSON strings, nulls it drops dropped."""
     v = _Validator()
-    v.check(schema, value, path, structural=True)
+    received = _drop_nulls(schema, _json_keys(value, path, v.errors))
+    v.check(schema, received, path, structural=True)
     return SchemaResult(tuple(v.errors), tuple(v.unchecked.values()))
 
 
@@ -478,17 +627,23 @@ def _check_object(
     source: str,
     coverage: Coverage,
     warnings: Iterable[str],
+    key_errors: Iterable[SchemaViolation] = (),
 ) -> DocumentResult:
+    """``body``: with its keys as JSON strings already (``key_errors`` say what could not be)."""
     v = _Validator()
+    v.errors.extend(key_errors)
     meta = body.get("metadata")
     if meta is None:
         v.error(("metadata",), "required field is missing")
     else:
+        # ObjectMeta is decoded into its Go struct, where a null is the empty value: as good as absent
+        meta = _drop_nulls(OBJECT_META_SCHEMA, meta)
         v.check(OBJECT_META_SCHEMA, meta, ("metadata",), structural=True)
         if isinstance(meta, dict) and not meta.get("name") and not meta.get("generateName"):
             v.error(("metadata", "name"), "required field is missing")
     rest = {k: val for k, val in body.items() if k not in ("apiVersion", "kind", "metadata")}
-    v.check(_strip_envelope(schema), rest, (), structural=True)
+    root = _strip_envelope(schema)
+    v.check(root, _drop_nulls(root, rest), (), structural=True)
     name = meta.get("name", "") if isinstance(meta, dict) else ""
     return DocumentResult(
         api_version=str(body.get("apiVersion", "")),
@@ -503,7 +658,12 @@ def _check_object(
 
 def validate_document(body: Mapping[str, Any], bundles: Sequence[CrdBundle]) -> list[DocumentResult]:
     """Check one Kubernetes object against every bundle that defines its kind (one result each), or
-    against the built-in core schema. An object no bundle and no core schema knows is one error."""
+    against the built-in core schema. An object no bundle and no core schema knows is one error.
+
+    ``body`` is checked as the API server would receive it from ``kubectl apply`` (keys as JSON
+    strings, the nulls it drops dropped); ``body`` itself is left as it is."""
+    key_errors: list[SchemaViolation] = []
+    body = _json_keys(body, (), key_errors)
     api_version, kind = body.get("apiVersion"), body.get("kind")
     meta = body.get("metadata")
     name = meta.get("name", "") if isinstance(meta, dict) else ""
@@ -520,7 +680,16 @@ def validate_document(body: Mapping[str, Any], bundles: Sequence[CrdBundle]) -> 
 
     core = CORE_SCHEMAS.get((group, version, kind))
     if core is not None:
-        return [_check_object(body, core, source="built-in core schema", coverage="basic", warnings=())]
+        return [
+            _check_object(
+                body,
+                core,
+                source="built-in core schema",
+                coverage="basic",
+                warnings=(),
+                key_errors=key_errors,
+            )
+        ]
 
     results: list[DocumentResult] = []
     served_elsewhere: list[str] = []
@@ -535,7 +704,14 @@ def validate_document(body: Mapping[str, Any], bundles: Sequence[CrdBundle]) -> 
         if crd.deprecated:
             warnings.append(crd.deprecation_warning or f"{api_version} {kind} is deprecated")
         results.append(
-            _check_object(body, crd.schema, source=bundle.label, coverage="crd", warnings=warnings)
+            _check_object(
+                body,
+                crd.schema,
+                source=bundle.label,
+                coverage="crd",
+                warnings=warnings,
+                key_errors=key_errors,
+            )
         )
     if results:
         return results
