@@ -23,7 +23,9 @@ from harness.scenarios.crds import (
     CrdBundle,
     CrdError,
     IstioCrdDir,
+    choose_gateway_api_bundles,
     download_istio_crds,
+    gateway_api_pin,
     istio_crd_url,
     json_key,
     load_bundle,
@@ -575,6 +577,103 @@ def test_an_istio_crd_dir_picks_bundles_by_version(tmp_path: Path) -> None:
     assert IstioCrdDir(tmp_path / "nowhere").versions() == ()
 
 
+# ------------------------------------------------- Gateway API bundles by the release Istio pins
+
+
+def test_the_gateway_api_release_each_istio_release_pins() -> None:
+    # sigs.k8s.io/gateway-api in istio/istio's go.mod at each release tag (and at the 1.31-dev commit)
+    assert gateway_api_pin("1.30.3") == gateway_api_pin("1.30.0") == "v1.5.1"
+    assert gateway_api_pin("1.31-dev") == "v1.6.0"
+    assert gateway_api_pin("1.29.6") == gateway_api_pin("1.28.10") == "v1.4.1"
+    assert gateway_api_pin("1.28.6") == gateway_api_pin("1.29.2") == "v1.4.0"
+    assert gateway_api_pin("1.23.0") == "v1.1.0"
+    # a bare minor is its newest release
+    assert gateway_api_pin("1.28") == "v1.4.1"
+    # nobody looked: no guess
+    assert gateway_api_pin("1.22.8") is None
+    assert gateway_api_pin("1.32.0") is None
+
+
+def _gateway_api_crd(version: str | None, max_port: int) -> str:
+    annotations = f"annotations: {{gateway.networking.k8s.io/bundle-version: {version}}}" if version else ""
+    return f"""\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: httproutes.gateway.networking.k8s.io
+  {annotations}
+spec:
+  group: gateway.networking.k8s.io
+  names: {{kind: HTTPRoute, plural: httproutes}}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                port: {{type: integer, maximum: {max_port}}}
+"""
+
+
+@pytest.fixture
+def gateway_api_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "gateway-api"
+    folder.mkdir()
+    # the release is read from the CRDs' bundle-version annotation, else from a vX.Y.Z file name
+    (folder / "one.yaml").write_text(_gateway_api_crd("v1.5.1", 100))
+    (folder / "two.yaml").write_text(_gateway_api_crd("v1.6.1", 200))
+    (folder / "v1.3.0-standard.yaml").write_text(_gateway_api_crd(None, 300))
+    return folder
+
+
+def test_a_gateway_api_bundle_knows_its_release(gateway_api_dir: Path, widget_bundle: CrdBundle) -> None:
+    bundles = load_bundle_dir(gateway_api_dir)
+    assert [(b.label, b.gateway_api_version) for b in bundles] == [
+        ("one.yaml", "v1.5.1"),
+        ("two.yaml", "v1.6.1"),
+        ("v1.3.0-standard.yaml", "v1.3.0"),
+    ]
+    assert widget_bundle.gateway_api_version is None
+
+
+def test_gateway_api_bundles_are_chosen_by_the_release_istio_pins(gateway_api_dir: Path) -> None:
+    bundles = load_bundle_dir(gateway_api_dir)
+
+    def chosen(istio: str) -> tuple[list[str], str | None]:
+        choice = choose_gateway_api_bundles(bundles, istio)
+        return [b.label for b in choice.bundles], choice.warning
+
+    # the pinned release
+    assert chosen("1.30.3") == (["one.yaml"], None)
+    assert chosen("1.27.9") == (["v1.3.0-standard.yaml"], None)
+    # another patch of the pinned minor: the same API, no warning (the note says which)
+    assert chosen("1.31-dev") == (["two.yaml"], None)
+    assert choose_gateway_api_bundles(bundles, "1.31-dev").note == "1.31-dev: two.yaml (pins v1.6.0)"
+    # no bundle of the pinned minor: the nearest newer release, and a warning that says so
+    labels, warning = chosen("1.28.10")
+    assert labels == ["one.yaml"]
+    assert warning is not None
+    assert warning.startswith(
+        "Istio 1.28.10 pins Gateway API v1.4.1 and no bundle is of v1.4 (have v1.3.0, v1.5.1, v1.6.1): "
+        "its Gateway API objects were checked against one.yaml (v1.5.1), the nearest newer release"
+    )
+    # a release the harness knows no pin for: every bundle, and a warning
+    labels, warning = chosen("1.40.0")
+    assert labels == ["one.yaml", "two.yaml", "v1.3.0-standard.yaml"]
+    assert warning is not None and "no Gateway API pin is known for Istio 1.40.0" in warning
+    # the choice decides the outcome: port 150 is over v1.5.1's maximum, not v1.6.1's
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"}}
+    route["spec"] = {"port": 150}
+    for istio, expected in (("1.30.3", ["spec.port: 150 is more than the maximum 100"]), ("1.31-dev", [])):
+        (res,) = validate_document(route, choose_gateway_api_bundles(bundles, istio).bundles)
+        assert [str(e) for e in res.errors] == expected
+
+
 # ------------------------------------------------------------------------ the real Istio bundles
 
 USED_KINDS = {
@@ -821,6 +920,38 @@ def test_a_broken_gateway_api_manifest_is_rejected_at_its_path(kind: str, bundle
 
 
 @needs_shared
+def test_the_shared_gateway_api_bundles_know_their_releases() -> None:
+    assert GATEWAY_API_CRDS is not None
+    assert {b.label: b.gateway_api_version for b in load_bundle_dir(GATEWAY_API_CRDS)} == {
+        "v1.5.1-experimental.yaml": "v1.5.1",
+        "v1.6.1-experimental.yaml": "v1.6.1",
+    }
+
+
+@needs_shared
+def test_istio_docs_routes_against_the_gateway_api_their_istio_pins() -> None:
+    assert ISTIO_CRDS is not None and GATEWAY_API_CRDS is not None
+    bundles = load_bundle_dir(GATEWAY_API_CRDS)
+    plain, persistent = _docs("egress-gateway-httproutes-session-persistence.yaml")
+    for istio, source, idle_timeout in (
+        ("1.30.3", "v1.5.1-experimental.yaml", []),
+        (
+            "1.31-dev",
+            "v1.6.1-experimental.yaml",
+            ["spec.rules[0].sessionPersistence.idleTimeout: unknown field (did you mean 'absoluteTimeout'?)"],
+        ),
+    ):
+        choice = choose_gateway_api_bundles(bundles, istio)
+        assert [b.label for b in choice.bundles] == [source]
+        assert choice.warning is None
+        istio_bundle = IstioCrdDir(ISTIO_CRDS).bundle(istio)
+        (res,) = validate_document(plain, [istio_bundle, *choice.bundles])
+        assert (res.schema_source, res.errors) == (source, ())
+        (res,) = validate_document(persistent, [istio_bundle, *choice.bundles])
+        assert [str(e) for e in res.errors] == idle_timeout
+
+
+@needs_shared
 def test_a_gateway_api_object_is_checked_against_every_gateway_api_bundle() -> None:
     assert ISTIO_CRDS is not None and GATEWAY_API_CRDS is not None
     bundles = [IstioCrdDir(ISTIO_CRDS).bundle("1.30.3"), *load_bundle_dir(GATEWAY_API_CRDS)]
@@ -846,7 +977,8 @@ def test_the_catalog_is_valid_for_every_istio_release_in_shared() -> None:
         (s.name, v) for s in CATALOG.scenarios for v in ISTIO_VERSIONS if not s.istio.applies_to(v)[0]
     ]
     assert sorted((name, v) for name, v, _ in report.skipped) == sorted(out_of_range)
-    # Each document of an in-range pair is checked (a Gateway API one once per Gateway API bundle).
+    # Each document of an in-range pair is checked (a Gateway API one against the bundle of the release
+    # its Istio pins, the nearest when the folder has none of that minor).
     covered = Counter((c.scenario, c.istio_version) for c in report.checks)
     for scenario in CATALOG.scenarios:
         documents = len(render_scenario(scenario, offline_context()).documents)
@@ -934,7 +1066,45 @@ def test_gateway_api_objects_need_the_requirement_and_the_crds(tmp_path: Path) -
     spec.write_text(spec.read_text().replace('min: "1.23"', 'min: "1.23"\nrequires: {gateway_api: true}'))
     report = validate_catalog(load_catalog(tmp_path / "catalog"), ["1.30.3"], ISTIO_CRDS, GATEWAY_API_CRDS)
     assert report.ok, report.format()
-    assert {c.schema_source for c in report.checks if c.object == "HTTPRoute/r"} == set(GATEWAY_API_FILES)
+    # Istio 1.30 pins Gateway API v1.5.1
+    assert {c.schema_source for c in report.checks if c.object == "HTTPRoute/r"} == {
+        "v1.5.1-experimental.yaml"
+    }
+
+
+@needs_shared
+def test_a_gateway_api_manifest_is_checked_against_the_release_its_istio_pins(tmp_path: Path) -> None:
+    assert ISTIO_CRDS is not None and GATEWAY_API_CRDS is not None
+    folder = _copy_scenario(tmp_path, "gateway-api-http-via-egress-gateway")
+    routes = folder / "http-routes.yaml"
+    # GEP-1619 session persistence with an idleTimeout: Gateway API v1.5.1 has it, v1.6.0 removed it
+    routes.write_text(
+        routes.read_text()
+        + "      sessionPersistence:\n        sessionName: egress\n        type: Cookie\n        idleTimeout: 30m\n"
+    )
+    line = routes.read_text().splitlines().index("        idleTimeout: 30m") + 1
+    catalog = load_catalog(tmp_path / "catalog")
+    report = validate_catalog(catalog, ["1.28.10", "1.30.3", "1.31-dev"], ISTIO_CRDS, GATEWAY_API_CRDS)
+    assert [str(i) for i in report.issues] == [
+        f"{routes}:{line}: document 1 (HTTPRoute/egress-gw-to-external): spec.rules[0].sessionPersistence."
+        "idleTimeout: unknown field (did you mean 'absoluteTimeout'?) [scenario gateway-api-http-via-egress-gateway, "
+        "Istio 1.31-dev, schema v1.6.1-experimental.yaml]"
+    ]
+    routes_checked = {
+        (c.istio_version, c.schema_source) for c in report.checks if c.object.startswith("HTTPRoute/")
+    }
+    assert routes_checked == {
+        ("1.28.10", "v1.5.1-experimental.yaml"),
+        ("1.30.3", "v1.5.1-experimental.yaml"),
+        ("1.31-dev", "v1.6.1-experimental.yaml"),
+    }
+    summary = report.format()
+    assert (
+        "Gateway API CRDs by Istio release: 1.28.10: v1.5.1-experimental.yaml (pins v1.4.1); "
+        "1.30.3: v1.5.1-experimental.yaml (pins v1.5.1); 1.31-dev: v1.6.1-experimental.yaml (pins v1.6.0)"
+    ) in summary
+    # Istio 1.28 pins v1.4.1, which the shared folder does not have: said, not hidden
+    assert "warning: Istio 1.28.10 pins Gateway API v1.4.1 and no bundle is of v1.4" in summary
 
 
 def test_no_crds_is_an_error_not_a_pass(tmp_path: Path) -> None:

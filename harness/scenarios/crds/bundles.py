@@ -3,9 +3,10 @@
 A bundle is a multi-document YAML file of ``CustomResourceDefinition`` objects; it maps
 (group, version, kind) to the ``openAPIV3Schema`` of each *served* version. A folder of Istio
 bundles named by release (``1.28.10.yaml``, ``1.31-dev.yaml``) picks the bundle of a release
-(:class:`IstioCrdDir`); the Gateway API CRDs are a folder of bundles used as they are. This module
-also knows where the bundles are found (``$EGRESS_HARNESS_CRD_DIR``, the shared data, the download
-cache) and downloads a release's bundle from Istio's repository.
+(:class:`IstioCrdDir`). A folder of Gateway API bundles holds releases of the Gateway API; each
+Istio release is checked against the one its ``go.mod`` pins (:func:`choose_gateway_api_bundles`).
+This module also knows where the bundles are found (``$EGRESS_HARNESS_CRD_DIR``, the shared data,
+the download cache) and downloads a release's bundle from Istio's repository.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +30,18 @@ from harness.scenarios.model import IstioVersion
 __all__ = [
     "CACHE_DIR",
     "GATEWAY_API_GROUP",
+    "GATEWAY_API_PINS",
     "ISTIO_RAW_BASE",
     "CrdBundle",
     "CrdError",
     "CrdVersion",
+    "GatewayApiChoice",
     "IstioCrdDir",
+    "choose_gateway_api_bundles",
     "default_crd_dir",
     "default_gateway_api_dir",
     "download_istio_crds",
+    "gateway_api_pin",
     "istio_crd_url",
     "load_bundle",
     "load_bundle_dir",
@@ -45,6 +51,8 @@ __all__ = [
 ISTIO_RAW_BASE = "https://raw.githubusercontent.com/istio/istio"
 CACHE_DIR = PROJECT_ROOT / ".cache" / "crds"
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+#: the annotation every Gateway API CRD carries with the release it belongs to
+GATEWAY_API_BUNDLE_VERSION = "gateway.networking.k8s.io/bundle-version"
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -77,6 +85,9 @@ class CrdVersion:
 class CrdBundle:
     source: Path
     crds: Mapping[tuple[str, str, str], CrdVersion]
+    #: the Gateway API release of a Gateway API bundle (``v1.5.1``): its CRDs' bundle-version
+    #: annotation, else a ``vX.Y.Z`` file name; ``None`` for any other bundle
+    gateway_api_version: str | None = None
 
     @property
     def label(self) -> str:
@@ -99,9 +110,13 @@ def _parse_bundle(text: str, source: Path) -> CrdBundle:
     except yaml.YAMLError as exc:
         raise CrdError(f"{display_path(source)}: not valid YAML: {exc}") from exc
     crds: dict[tuple[str, str, str], CrdVersion] = {}
+    releases: set[str] = set()
     for doc in docs:
         if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
             continue
+        annotations = (doc.get("metadata") or {}).get("annotations") or {}
+        if isinstance(annotations.get(GATEWAY_API_BUNDLE_VERSION), str):
+            releases.add(annotations[GATEWAY_API_BUNDLE_VERSION])
         try:
             spec = doc["spec"]
             group, kind, scope = spec["group"], spec["names"]["kind"], spec.get("scope", "Namespaced")
@@ -128,7 +143,14 @@ def _parse_bundle(text: str, source: Path) -> CrdBundle:
             ) from exc
     if not crds:
         raise CrdError(f"{display_path(source)}: no CustomResourceDefinition with a served version in it")
-    return CrdBundle(source, crds)
+    named = _GATEWAY_API_FILE.match(source.name)
+    if len(releases) == 1:
+        release: str | None = releases.pop()
+    elif not releases and named and any(g == GATEWAY_API_GROUP for g, _, _ in crds):
+        release = f"v{named.group(1)}.{named.group(2)}.{named.group(3)}"
+    else:
+        release = None
+    return CrdBundle(source, crds, release)
 
 
 @functools.lru_cache(maxsize=32)
@@ -193,6 +215,124 @@ class IstioCrdDir:
 
     def bundle(self, version: str) -> CrdBundle:
         return load_bundle(self.bundle_path(version))
+
+
+# ------------------------------------------------------- Gateway API: the release Istio pins
+
+#: ``sigs.k8s.io/gateway-api`` in istio/istio's ``go.mod`` at each release tag: Istio minor -> (first
+#: patch, module version) from that patch on. Read with ``git show <tag>:go.mod`` in istio/istio for
+#: every tag 1.23.0 to 1.30.3; 1.31 is master at 86c9f01 (the commit of the shared 1.31-dev bundle).
+#: Pseudo-versions are pre-releases of the tag they name (v1.2.1-0.2024... is before v1.2.1).
+GATEWAY_API_PINS: Mapping[tuple[int, int], tuple[tuple[int, str], ...]] = {
+    (1, 23): ((0, "v1.1.0"),),
+    (1, 24): ((0, "v1.2.0"), (2, "v1.2.1-0.20241120211254-20b8e4ea30f9"), (3, "v1.2.1")),
+    (1, 25): ((0, "v1.2.1"),),
+    (1, 26): ((0, "v1.3.0-rc.1.0.20250404104637-92efbedcc2b4"), (1, "v1.3.0")),
+    (1, 27): ((0, "v1.3.0"),),
+    (1, 28): ((0, "v1.4.0"), (7, "v1.4.1")),
+    (1, 29): ((0, "v1.4.0"), (3, "v1.4.1")),
+    (1, 30): ((0, "v1.5.1"),),
+    (1, 31): ((0, "v1.6.0"),),
+}
+
+_GATEWAY_API_FILE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)")
+_GATEWAY_API_RELEASE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-(.+))?$")
+
+
+def gateway_api_pin(istio_version: str) -> str | None:
+    """The Gateway API release Istio ``istio_version`` pins (``v1.5.1``), ``None`` if not known. A
+    bare minor (``1.28``) or a ``-dev`` build without a patch is the minor's newest pin."""
+    version = IstioVersion.parse(istio_version)
+    pins = GATEWAY_API_PINS.get(version.minor_key)
+    if not pins:
+        return None
+    if version.patch is None:
+        return pins[-1][1]
+    return [pin for first, pin in pins if first <= version.patch][-1]
+
+
+def _release_key(release: str) -> tuple[int, int, int, int]:
+    """``v1.6.0`` -> (1, 6, 0, 1); a pre-release sorts before its release: (1, 6, 0, 0)."""
+    m = _GATEWAY_API_RELEASE.match(release)
+    if not m:
+        raise ValueError(f"not a Gateway API release: {release!r}")
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if m.group(4) else 1)
+
+
+def _minor(release: str) -> str:
+    major, minor, _, _ = _release_key(release)
+    return f"v{major}.{minor}"
+
+
+@dataclass(frozen=True)
+class GatewayApiChoice:
+    """The Gateway API bundles an Istio release's objects are checked against, and why."""
+
+    istio_version: str
+    #: the release Istio pins, ``None`` if the harness does not know it
+    pin: str | None
+    bundles: tuple[CrdBundle, ...]
+    #: one line: which bundle, and the pin
+    note: str
+    #: set when the bundles are not of the pinned minor (or no pin is known): their verdicts may
+    #: differ from what the cluster's CRDs would say
+    warning: str | None = None
+
+
+def choose_gateway_api_bundles(bundles: Sequence[CrdBundle], istio_version: str) -> GatewayApiChoice:
+    """The bundles of the Gateway API release Istio ``istio_version`` pins: that release; else the
+    nearest patch of its minor (patch releases keep the API); else, with a warning, the nearest newer
+    release (the nearest older if none is newer). Without a known pin, or without any bundle whose
+    release is known, every bundle, with a warning."""
+    pin = gateway_api_pin(istio_version)
+    labels = ", ".join(b.label for b in bundles)
+    known = [
+        b for b in bundles if b.gateway_api_version and _GATEWAY_API_RELEASE.match(b.gateway_api_version)
+    ]
+    if pin is None or not known:
+        why = (
+            f"no Gateway API pin is known for Istio {istio_version}"
+            if pin is None
+            else f"Istio {istio_version} pins Gateway API {pin} but no bundle names its release"
+        )
+        return GatewayApiChoice(
+            istio_version,
+            pin,
+            tuple(bundles),
+            f"{istio_version}: {labels} (every bundle: {why})",
+            f"{why}: its Gateway API objects were checked against every bundle ({labels})",
+        )
+
+    def key(b: CrdBundle) -> tuple[int, int, int, int]:
+        return _release_key(b.gateway_api_version or "")
+
+    def note(chosen: Sequence[CrdBundle]) -> str:
+        return f"{istio_version}: {', '.join(b.label for b in chosen)} (pins {pin})"
+
+    wanted = _release_key(pin)
+    exact = tuple(b for b in known if key(b)[:3] == wanted[:3])
+    if exact:
+        return GatewayApiChoice(istio_version, pin, exact, note(exact))
+    same_minor = [b for b in known if key(b)[:2] == wanted[:2]]
+    if same_minor:
+        # the nearest patch; between two as near, the newer
+        best = min(map(key, same_minor), key=lambda k: (abs(k[2] - wanted[2]), -k[2], -k[3]))
+        chosen = tuple(b for b in same_minor if key(b) == best)
+        return GatewayApiChoice(istio_version, pin, chosen, note(chosen))
+    newer = [b for b in known if key(b) > wanted]
+    nearest = min(map(key, newer)) if newer else max(map(key, known))
+    chosen = tuple(b for b in known if key(b) == nearest)
+    have = ", ".join(sorted({b.gateway_api_version or "" for b in known}, key=_release_key))
+    names = ", ".join(f"{b.label} ({b.gateway_api_version})" for b in chosen)
+    return GatewayApiChoice(
+        istio_version,
+        pin,
+        chosen,
+        note(chosen),
+        f"Istio {istio_version} pins Gateway API {pin} and no bundle is of {_minor(pin)} (have {have}): "
+        f"its Gateway API objects were checked against {names}, the nearest {'newer' if newer else 'older'} "
+        f"release; add the {pin} CRDs to check them against what Istio pins",
+    )
 
 
 # --------------------------------------------------------------------------- locations and download

@@ -1,5 +1,6 @@
 """Validate the catalog offline: every scenario rendered for every Istio release in its range, and
-every rendered document checked against that release's CRD schemas (and the Gateway API's).
+every rendered document checked against that release's CRD schemas (and against the Gateway API
+release that Istio release pins, see :func:`~harness.scenarios.crds.bundles.choose_gateway_api_bundles`).
 
 Failures are :class:`CatalogIssue` located by template file and line; a :class:`ValidationReport`
 also lists what was skipped and the CEL rules nobody could evaluate.
@@ -15,7 +16,9 @@ from harness.scenarios.crds.bundles import (
     GATEWAY_API_GROUP,
     CrdBundle,
     CrdError,
+    GatewayApiChoice,
     IstioCrdDir,
+    choose_gateway_api_bundles,
     load_bundle_dir,
 )
 from harness.scenarios.crds.schema import (
@@ -87,6 +90,9 @@ class ValidationReport:
     issues: list[CatalogIssue] = field(default_factory=list)
     #: (scenario, Istio version, reason)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Istio version -> the Gateway API bundles its Gateway API objects were checked against (only
+    #: the versions whose catalog had such objects)
+    gateway_api: dict[str, GatewayApiChoice] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -107,7 +113,12 @@ class ValidationReport:
                 f"{c.object}: {c.schema_source}" + (" (basic)" if c.coverage == "basic" else "")
                 for c in self.checks
             )
+        if self.gateway_api:
+            lines.append(
+                "Gateway API CRDs by Istio release: " + "; ".join(c.note for c in self.gateway_api.values())
+            )
         lines.extend(f"skipped: {s} @ Istio {v}: {why}" for s, v, why in self.skipped)
+        lines.extend(f"warning: {c.warning}" for c in self.gateway_api.values() if c.warning)
         warnings = sorted({f"{c.object}: {w}" for c in self.checks for w in c.warnings})
         lines.extend(f"warning: {w}" for w in warnings)
         rules = [(c, r) for c in self.checks for r in c.unchecked]
@@ -204,6 +215,9 @@ def validate_catalog(
         except (ValueError, CrdError) as exc:
             report.issues.append(CatalogIssue(str(exc), istio_version=version))
             continue
+        # The Gateway API CRDs on a cluster are one release, not every release of the folder: the one
+        # this Istio release pins (a field one release forbids and the pinned one allows is valid).
+        gateway_choice = choose_gateway_api_bundles(gateway_bundles, version) if gateway_bundles else None
         for scenario in catalog.scenarios:
             applies, reason = scenario.istio.applies_to(parsed)
             if not applies:
@@ -231,11 +245,10 @@ def validate_catalog(
                             object=doc.describe(),
                         )
                     )
-                _record(
-                    report,
-                    scenario.name,
-                    version,
-                    doc,
-                    validate_document(doc.body, [istio_bundle, *gateway_bundles]),
-                )
+                bundles = [istio_bundle]
+                if gateway_choice is not None:
+                    bundles.extend(gateway_choice.bundles)
+                    if any(b.served_versions(group, doc.kind) for b in gateway_bundles):
+                        report.gateway_api.setdefault(version, gateway_choice)
+                _record(report, scenario.name, version, doc, validate_document(doc.body, bundles))
     return report
