@@ -22,6 +22,7 @@ import yaml
 
 from harness.accesslog import INT_FIELDS
 from harness.scenarios.issues import FieldPath, ScenarioError, ScenarioIssue, display_path, format_field
+from harness.scenarios.jsonkeys import json_key
 from harness.scenarios.model import (
     ACCESS_LOG_ENCODINGS,
     ACCESS_LOG_FIELDS,
@@ -114,7 +115,14 @@ class _Builder:
                     continue
                 key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
                 if not isinstance(key, str):
-                    self._issue(line, path, f"mapping keys must be strings, got {key_node.value!r}")
+                    # kubectl sends `8080:` as the JSON key "8080" (sigs.k8s.io/yaml); so does the harness
+                    key = json_key(key)
+                if key is None:
+                    self._issue(
+                        line,
+                        path,
+                        f"mapping keys must be strings, numbers or booleans, got {key_node.value!r}",
+                    )
                     continue
                 sub = (*path, key)
                 if key in out:
