@@ -42,6 +42,8 @@ _TYPES = "type.googleapis.com/envoy."
 _HCM = _TYPES + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _TCP_PROXY = _TYPES + "extensions.filters.network.tcp_proxy.v3.TcpProxy"
 _ROUTER = _TYPES + "extensions.filters.http.router.v3.Router"
+_RBAC = _TYPES + "extensions.filters.http.rbac.v3.RBAC"
+_TLS_INSPECTOR = _TYPES + "extensions.filters.listener.tls_inspector.v3.TlsInspector"
 _FILE_LOG = _TYPES + "extensions.access_loggers.file.v3.FileAccessLog"
 
 
@@ -128,14 +130,19 @@ def http_listener(
     port: int = 0,
     access_logs: Iterable[Config] = (),
     stat_prefix: str | None = None,
+    http_filters: Iterable[Config] = (),
 ) -> Config:
-    """A listener with an HTTP connection manager (router filter) on the given route config."""
+    """A listener with an HTTP connection manager on the given route config: ``http_filters`` (an
+    RBAC filter, say), then the router."""
     hcm: Config = {
         "@type": _HCM,
         "stat_prefix": stat_prefix or name,
         "codec_type": "AUTO",
         "route_config": routes,
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+        "http_filters": [
+            *http_filters,
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
+        ],
         "access_log": list(access_logs),
     }
     filters = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
@@ -152,15 +159,62 @@ def tcp_proxy_listener(
     stat_prefix: str | None = None,
 ) -> Config:
     """A listener proxying TCP to one cluster, logging each connection when it closes."""
+    return _listener(name, address, port, [tcp_proxy(cluster, access_logs, stat_prefix=stat_prefix)])
+
+
+def tcp_proxy(cluster: str, access_logs: Iterable[Config] = (), *, stat_prefix: str | None = None) -> Config:
+    """A TCP proxy network filter to one cluster, logging each connection when it closes."""
     proxy: Config = {
         "@type": _TCP_PROXY,
         "stat_prefix": stat_prefix or cluster,
         "cluster": cluster,
         "access_log": list(access_logs),
     }
-    return _listener(
-        name, address, port, [{"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy}]
-    )
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy}
+
+
+def sni_listener(
+    name: str,
+    by_sni: Mapping[str, str],
+    *,
+    default_cluster: str | None = None,
+    address: str = "127.0.0.1",
+    port: int = 0,
+    access_logs: Sequence[Config] = (),
+) -> Config:
+    """A listener that reads the TLS SNI (TLS inspector) and proxies the still encrypted connection
+    to the cluster of its server name (``by_sni``: SNI -> cluster), as Istio's proxies route TLS
+    they pass through; anything else goes to ``default_cluster`` (Istio's ``BlackHoleCluster``
+    under REGISTRY_ONLY), or is closed without a filter chain when there is none."""
+    chains = [
+        {"filter_chain_match": {"server_names": [sni]}, "filters": [tcp_proxy(cluster, access_logs)]}
+        for sni, cluster in by_sni.items()
+    ]
+    listener: Config = {
+        "name": name,
+        "address": socket_address(address, port),
+        "listener_filters": [
+            {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": _TLS_INSPECTOR}}
+        ],
+        "filter_chains": chains,
+    }
+    if default_cluster is not None:
+        listener["default_filter_chain"] = {"filters": [tcp_proxy(default_cluster, access_logs)]}
+    return listener
+
+
+def rbac_allow_path_prefixes(policy: str, prefixes: Sequence[str]) -> Config:
+    """An HTTP RBAC filter that ALLOWs only paths under ``prefixes`` (policy ``policy``), as Istio
+    turns an ALLOW AuthorizationPolicy into one: anything else gets 403 with response code details
+    ``rbac_access_denied_matched_policy[none]``."""
+    permissions = [{"url_path": {"path": {"prefix": prefix}}} for prefix in prefixes]
+    rules = {
+        "action": "ALLOW",
+        "policies": {
+            policy: {"permissions": [{"or_rules": {"rules": permissions}}], "principals": [{"any": True}]}
+        },
+    }
+    return {"name": "envoy.filters.http.rbac", "typed_config": {"@type": _RBAC, "rules": rules}}
 
 
 def _listener(name: str, address: str, port: int, filters: list[Config]) -> Config:
