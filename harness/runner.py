@@ -4,10 +4,14 @@ For each scenario: the tier's skip reason; then its stage, applied and converged
 rendered, sent and judged:
 
 1. by the hop logs (``harness.scenarios.expect.judge``): the target's sidecar and the egress gateway
-   show what the request's ``expect:`` block says; the first hop that disagrees fails it;
+   show what the request's ``expect:`` block says; the first hop that disagrees fails it. The
+   request is found at each hop by ``Sent.ref`` (a TLS request the workload encrypts itself by its
+   SNI in its time window), and an absence at the gateway holds only once a canary the stage sent
+   through the gateway (``Stage.canary``) shows up in the same log;
 2. by the status the client got;
-3. by the external host's record, for a request that had to leave through the egress gateway
-   (``via_gateway: true`` and not blocked): its caller was the gateway.
+3. by the external host: for a request that had to leave through the egress gateway (``via_gateway:
+   true`` and not blocked) its record's caller was the gateway; a refused request (``blocked``) has
+   no record there.
 
 Afterwards the stage is removed, whatever happened (also on Ctrl-C), unless the tier keeps a failed
 scenario for a look. The outcome is a ``ScenarioResult`` (``harness.report.results``):
@@ -147,19 +151,22 @@ def exercise(
         logs = stage.hop_logs(sent)
         outcome.proof = judge(
             request,
-            sent.ref(request.host),
+            sent.ref(request.host, scheme=request.scheme),
             sidecar=logs.sidecar,
             gateway=logs.gateway,
             wait=stage.wait,
             absence_window=stage.absence_window,
             gateway_service=logs.gateway_service,
+            canary=stage.canary,
         )
         if sent.status != exp.status:
             raise AssertionError(
                 f"request {request.name}: the client got HTTP {sent.status}, expected {exp.status} "
                 f"(x-request-id {sent.request_id}; failed hop {sent.failed_hop or '-'}: {sent.error or '-'})"
             )
-        if exp.via_gateway and not exp.blocked:
+        if exp.blocked:
+            stage.witness_absence(request, sent)
+        elif exp.via_gateway:
             outcome.witness = stage.witness(request, sent)
     except failures as exc:
         outcome.error = exc

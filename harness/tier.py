@@ -14,11 +14,15 @@ same steps, so that running a scenario, its results and the reports are written 
   (convergence); ``stage.remove(failed=...)`` undoes everything ``apply`` made, also part of it
   after a failure, and may keep a failed scenario for a look;
 - ``stage.send(request)``: one request down the chain (``Sent``: its x-request-id, the status the
-  client got, when it was sent);
+  client got, when it was sent and when the answer came back; ``Sent.ref`` says how its entries
+  are found);
 - ``stage.hop_logs(sent)``: the access logs of the hops the evidence engine judges, the calling
   workload's sidecar and the egress gateway (``HopLogs``);
+- ``stage.canary()``: a request sent through the egress gateway only to be logged there, which
+  proves the gateway's log source live before an absence in it is believed;
 - ``stage.witness(request, sent)``: the external host's record of a request that had to leave
-  through the egress gateway;
+  through the egress gateway; ``stage.witness_absence(request, sent)``: that it has none of a
+  request refused on the way;
 - ``stage.diagnose(exc, label=...)``: what helps to understand a failure, collected before
   ``remove``.
 
@@ -81,12 +85,23 @@ class Sent:
     #: at every hop even where a proxy replaces the x-request-id (Istio's gateways do, for callers
     #: they do not count as internal)
     path_token: str | None = None
+    #: when the answer came back (UTC; None: not recorded): with ``sent_at``, the window a TLS
+    #: request's TCP entries are found in
+    answered_at: datetime | None = None
 
-    def ref(self, host: str | None = None) -> RequestRef:
-        """How the evidence engine finds this request's entries."""
-        if self.path_token:
-            return RequestRef(path_token=self.path_token, host=host)
-        return RequestRef(request_id=self.request_id, host=host)
+    def ref(self, host: str | None = None, *, scheme: str = "http") -> RequestRef:
+        """How the evidence engine finds this request's entries: over HTTP by its path token, else
+        its x-request-id; for TLS the calling workload speaks itself (``https``: TCP entries carry
+        neither) by ``host`` as the SNI, in an entry started between ``sent_at`` and ``answered_at``
+        (``RequestRef.for_request``)."""
+        return RequestRef.for_request(
+            scheme=scheme,
+            host=host,
+            request_id=self.request_id,
+            path_token=self.path_token,
+            sent_at=self.sent_at,
+            answered_at=self.answered_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,20 @@ class Stage(Protocol):
         (``harness.evidence.ExternalEvidenceError``, naming the hop) when the record says otherwise:
         no record, or a caller that is not the gateway.
         """
+        ...
+
+    def witness_absence(self, request: ResolvedRequest, sent: Sent) -> str | None:
+        """The external host has no record of a request that was refused on the way (``blocked``).
+
+        Returns what was checked, or None when this tier has no witness for it. Raises
+        ``harness.evidence.ExternalEvidenceError`` (naming the hop) when the host has a record of it.
+        """
+        ...
+
+    def canary(self) -> RequestRef:
+        """Send a canary through the scenario's egress gateway, a request it logs whatever it answers
+        (typically 404 ``NR``: it has no route for it), and say how to find its entry in the gateway's
+        log (``hop_logs(...).gateway``). The runner sends one before it believes an absence there."""
         ...
 
     def proxy_versions(self) -> list[str]:

@@ -9,12 +9,17 @@ A scenario namespace of the catalog is reached through the shared ingress Gatewa
 namespace: a VirtualService per namespace matches ``/<ns>/proxy`` and rewrites it to ``/proxy``
 (:func:`ingress_route`), so the chain URL is ``<ingress>/<ns>/proxy?url=...``;
 :class:`NamespaceRelays` are the relays of such a namespace.
+
+A canary (:func:`send_canary`) goes down the same chain to the scenario's egress gateway service
+itself, ``http://<gateway service>:80/egh-live-<uuid>``, which the gateway logs (404 ``NR``: no route
+of it is for that name); :func:`liveness_gateway` gives the gateway the port-80 listener it needs
+for that when the scenario's own Gateways give it none.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +30,7 @@ from harness.cluster.apps import RELAY_IMAGE, RelayApps, ingress_host
 from harness.cluster.errors import ChainNotReadyError
 from harness.common.proc import progress
 from harness.common.traffic import ChainResponse, TrafficError, chain_url
-from harness.evidence import RequestRef
+from harness.evidence import RequestRef, new_canary_token
 
 TARGET_APP = "target"
 RELAY_PORT = 8080
@@ -35,6 +40,15 @@ INGRESS_PATH = "/proxy"
 INGRESS_GATEWAY_NAME = "relay-gateway"
 CHAIN_READY_TIMEOUT_S = 180.0
 CHAIN_INTERVAL_S = 1.0
+#: the egress gateway service's port a canary is sent to (plain HTTP; the gateway pod's 8080)
+CANARY_PORT = 80
+#: how long canaries are sent until one is not refused on the way (the gateway may not listen yet)
+CANARY_DEADLINE_S = 30.0
+CANARY_INTERVAL_S = 1.0
+#: the status the calling sidecar answers while the gateway does not listen on the canary's port
+CANARY_REFUSED = 503
+#: the Gateway :func:`liveness_gateway` makes, in the scenario's namespace
+LIVENESS_GATEWAY = "egh-live"
 
 
 def target_url(namespace: str) -> str:
@@ -67,6 +81,8 @@ class ChainResult:
     waited_s: float
     #: when the request that counted was sent (UTC)
     sent_at: datetime
+    #: when its answer came back (UTC)
+    answered_at: datetime | None = None
 
     @property
     def request_id(self) -> str:
@@ -78,12 +94,18 @@ class ChainResult:
         gateways replaced its x-request-id (None when the sender put none there)."""
         return self.response.path_token or None
 
-    def ref(self, host: str | None = None) -> RequestRef:
+    def ref(self, host: str | None = None, *, scheme: str = "http") -> RequestRef:
         """How the evidence engine finds this request's access-log entries: by its path token, else
-        by its x-request-id."""
-        if self.path_token:
-            return RequestRef(path_token=self.path_token, host=host)
-        return RequestRef(request_id=self.request_id, host=host)
+        by its x-request-id; for TLS the workload speaks itself (``https``), by ``host`` as SNI in
+        [sent_at, answered_at] (``RequestRef.for_request``)."""
+        return RequestRef.for_request(
+            scheme=scheme,
+            host=host,
+            request_id=self.request_id,
+            path_token=self.path_token,
+            sent_at=self.sent_at,
+            answered_at=self.answered_at,
+        )
 
 
 def send_until_answered(
@@ -108,7 +130,7 @@ def send_until_answered(
             last = str(exc)
         else:
             if chain_answered(response):
-                return ChainResult(response, attempts, clock() - start, sent_at)
+                return ChainResult(response, attempts, clock() - start, sent_at, now())
             last = f"HTTP {response.status} without both relays ({response.text[:160]!r})"
         remaining = start + deadline_s - clock()
         if remaining <= 0:
@@ -119,6 +141,61 @@ def send_until_answered(
         if attempts == 1 or attempts % 10 == 0:
             progress(f"waiting for the chain to answer (attempt {attempts}): {last}")
         sleep(min(interval_s, remaining))
+
+
+def canary_path(token: str) -> str:
+    """The path of a canary: ``/<token>`` (``egh-live-<uuid>``)."""
+    return f"/{token}"
+
+
+def send_canary(
+    send: Callable[[str], ChainResult],
+    *,
+    deadline_s: float = CANARY_DEADLINE_S,
+    interval_s: float = CANARY_INTERVAL_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[str, ChainResult]:
+    """Send canaries, ``send(path)`` down the chain to the gateway service, until one is answered by
+    something else than the calling sidecar's 503 (the gateway does not listen on the port yet:
+    :func:`liveness_gateway` was applied a moment ago), or the deadline passes; the last one's token
+    and result. A canary's entry at the gateway is looked for by that token, whatever it answered."""
+    start = clock()
+    while True:
+        token = new_canary_token()
+        result = send(canary_path(token))
+        remaining = start + deadline_s - clock()
+        if result.response.status != CANARY_REFUSED or remaining <= 0:
+            return token, result
+        sleep(min(interval_s, remaining))
+
+
+def liveness_gateway(
+    namespace: str, selector: Mapping[str, str], *, port: int = CANARY_PORT
+) -> dict[str, Any]:
+    """An Istio Gateway in ``namespace`` with one plain HTTP server on ``port`` of the gateway pods
+    ``selector`` picks, for a host nobody calls (``<namespace>.egh-live.invalid``).
+
+    Istio gives a gateway listeners only for the ports of the Gateways that select it: without one on
+    port 80 (a scenario without egress routing, such as sidecar-only-egress) the gateway refuses the
+    canary's connection and logs nothing. With it, a request for a name no route there knows (the
+    canary's, the gateway service's own) gets 404 ``NR`` and an access-log entry. The host is the
+    namespace's own, so that two scenarios' Gateways never claim the same host and port.
+    """
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": LIVENESS_GATEWAY, "namespace": namespace},
+        "spec": {
+            "selector": dict(selector),
+            "servers": [
+                {
+                    "port": {"number": port, "name": f"http-{LIVENESS_GATEWAY}", "protocol": "HTTP"},
+                    "hosts": [f"{namespace}.{LIVENESS_GATEWAY}.invalid"],
+                }
+            ],
+        },
+    }
 
 
 def ingress_prefix(namespace: str) -> str:

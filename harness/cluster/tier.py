@@ -18,7 +18,10 @@ then applies the scenario and waits until the proxies have it (``RunNamespace.ap
 ``harness.cluster.convergence``). Requests go ``client -> ingress -> proxy -> target -> host``;
 the evidence is the target sidecar's and the scenario's egress gateway's pod logs and the
 recorder's record of the caller (with, over TLS, its SNI and client certificate:
-``harness.cluster.witness``). :meth:`ClusterStage.remove` removes the scenario's objects (awaited
+``harness.cluster.witness``), or its lack of one for a refused request. A scenario that expects the
+gateway to have no entry of a request also gets a Gateway giving the gateway a port-80 listener
+(``harness.cluster.chain.liveness_gateway``), and its canaries go down the same chain to
+``http://<gateway service>:80/egh-live-<uuid>``. :meth:`ClusterStage.remove` removes the scenario's objects (awaited
 until the proxies dropped them) and deletes the namespace, unless a failed scenario is kept
 (keep-on-failure).
 """
@@ -28,12 +31,21 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from harness.cluster.chain import CHAIN_READY_TIMEOUT_S, TARGET_APP, NamespaceRelays
+import yaml
+
+from harness.cluster.chain import (
+    CANARY_PORT,
+    CHAIN_READY_TIMEOUT_S,
+    TARGET_APP,
+    NamespaceRelays,
+    liveness_gateway,
+    send_canary,
+)
 from harness.cluster.convergence import CONVERGE_TIMEOUT_S, DEFAULT_GATEWAY, ScenarioGateway
 from harness.cluster.errors import ConvergenceError, E2EError
 from harness.cluster.hosts import (
@@ -51,8 +63,9 @@ from harness.cluster.requirements import external_requirement
 from harness.cluster.run import E2ERun
 from harness.cluster.witness import check_tls_record, expects_external_tls, handshake_hint
 from harness.common.proc import progress
-from harness.evidence import Wait
-from harness.evidence.external import ExternalEvidenceError
+from harness.evidence import RequestRef, Wait
+from harness.evidence.external import ExternalEvidenceError, expect_no_external_record
+from harness.scenarios.expect import needs_canary
 from harness.scenarios.model import RenderContext, ResolvedRequest, Scenario
 from harness.scenarios.preflight import AnalyzeError
 from harness.scenarios.render import render_scenario
@@ -232,6 +245,10 @@ class ClusterStage:
         self.made.callback(self._remove_applied)
         applied = view.apply_scenario(self.scenario, wait_s=self.tier.converge_s)
         self.gateway = applied.gateway
+        if any(needs_canary(r.expect) for r in self.scenario.requests):
+            # the canaries that prove the gateway's log live need a listener there (canary())
+            text = yaml.safe_dump(liveness_gateway(ns, self.gateway.labels), sort_keys=False)
+            self.made.callback(self.kube.delete_objects, self.kube.apply(text, namespace=ns))
         return applied.converged_s
 
     def send(self, request: ResolvedRequest) -> Sent:
@@ -249,6 +266,7 @@ class ClusterStage:
             answer.failed_hop,
             answer.error,
             path_token=result.path_token,
+            answered_at=result.answered_at or datetime.now(UTC),
         )
 
     def hop_logs(self, sent: Sent) -> HopLogs:
@@ -287,6 +305,32 @@ class ClusterStage:
             if subject is not None:
                 seen += f", client certificate {subject}"
         return seen
+
+    def witness_absence(self, request: ResolvedRequest, sent: Sent) -> str | None:
+        """The recorder has no record of the refused request (by its path token); None when the run
+        has no recorder for the scenario."""
+        recorder = self.view.recorder_for(self.scenario)
+        if recorder is None:
+            return None
+        token = sent.path_token
+        expect_no_external_record(
+            (lambda: recorder.records(path_contains=token))
+            if token
+            else (lambda: recorder.records(sent.request_id)),
+            sent.request_id,
+            path_token=token,
+        )
+        return "external host (no record)"
+
+    def canary(self) -> RequestRef:
+        """A canary down the scenario's chain to its gateway service itself,
+        ``http://<gateway service>:80/egh-live-<uuid>?egh-token=<uuid>``: the gateway logs it (404
+        ``NR`` on the listener of ``liveness_gateway``) with the ``egh-live-`` token in its path.
+        Sent again while the target's sidecar answers 503 (no listener there yet), up to
+        ``chain.CANARY_DEADLINE_S``."""
+        service = self.gateway.service
+        token, _ = send_canary(lambda path: self.view.send_chain(service, CANARY_PORT, path))
+        return RequestRef(path_token=token, host=service)
 
     def proxy_versions(self) -> list[str]:
         """The Istio versions of the target's sidecar and the scenario's gateway."""

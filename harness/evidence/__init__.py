@@ -2,17 +2,23 @@
 
 from harness.evidence import predicates
 from harness.evidence.assertions import (
+    CANARY_MISSING,
+    CANARY_PREFIX,
     DEFAULT_INTERVAL,
     DEFAULT_SETTLE,
     DEFAULT_TIMEOUT,
+    TCP_SLACK_S,
     EvidenceError,
     HopCheck,
     HopEvidence,
     RequestRef,
     Wait,
     assert_hops,
+    expect_absent,
+    expect_canary,
     expect_entry,
     expect_no_entry,
+    new_canary_token,
 )
 from harness.evidence.egress import (
     BLACKHOLE_CLUSTER,
@@ -22,24 +28,33 @@ from harness.evidence.egress import (
     assert_blocked,
     assert_not_through_gateway,
     assert_through_gateway,
+    gateway_denied,
     gateway_forwarded,
     gateway_forwarded_http,
     gateway_no_route,
+    gateway_refused,
     sidecar_blocked,
     sidecar_direct,
     sidecar_to_gateway,
 )
-from harness.evidence.external import ExternalEvidenceError, expect_external_record
+from harness.evidence.external import (
+    ExternalEvidenceError,
+    expect_external_record,
+    expect_no_external_record,
+)
 from harness.evidence.predicates import Predicate, all_of, any_of, not_
 from harness.evidence.sources import EntryLog, FileLogSource, LinesLogSource, LogSource
 
 __all__ = [
     "BLACKHOLE_CLUSTER",
+    "CANARY_MISSING",
+    "CANARY_PREFIX",
     "DEFAULT_INTERVAL",
     "DEFAULT_SETTLE",
     "DEFAULT_TIMEOUT",
     "EGRESS_GATEWAY_SERVICE",
     "PASSTHROUGH_CLUSTER",
+    "TCP_SLACK_S",
     "EgressTarget",
     "EntryLog",
     "EvidenceError",
@@ -58,12 +73,18 @@ __all__ = [
     "assert_hops",
     "assert_not_through_gateway",
     "assert_through_gateway",
+    "expect_absent",
+    "expect_canary",
     "expect_entry",
     "expect_external_record",
     "expect_no_entry",
+    "expect_no_external_record",
+    "gateway_denied",
     "gateway_forwarded",
     "gateway_forwarded_http",
     "gateway_no_route",
+    "gateway_refused",
+    "new_canary_token",
     "not_",
     "predicates",
     "sidecar_blocked",

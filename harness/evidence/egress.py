@@ -12,10 +12,14 @@ The facts, from Istio's egress tasks and its Envoy configuration:
   route ``block_all``; a TCP/TLS connection goes to ``BlackHoleCluster`` with flag ``UH``.
 - A gateway without a route for the host answers ``404`` ``NR`` ``route_not_found`` (HTTP), or
   closes with ``0`` ``NR`` ``filter_chain_not_found`` (TLS with no matching server).
+- A gateway whose AuthorizationPolicy denies the request answers ``403`` with details
+  ``rbac_access_denied_matched_policy[<policy>]`` (``[none]``: no ALLOW rule matched); the sidecar
+  that sent it there relays the 403 (``via_upstream``). Either way the gateway refused it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.evidence import predicates as p
@@ -26,8 +30,8 @@ from harness.evidence.assertions import (
     RequestRef,
     Wait,
     assert_hops,
+    expect_absent,
     expect_entry,
-    expect_no_entry,
 )
 from harness.evidence.sources import EntryLog
 
@@ -80,6 +84,16 @@ def gateway_no_route() -> p.Predicate:
     return p.any_of(http, tls)
 
 
+def gateway_denied() -> p.Predicate:
+    """A gateway entry of a request its AuthorizationPolicy refused (Envoy's RBAC filter): 403."""
+    return p.all_of(p.status(403), p.details_prefix("rbac_access_denied"))
+
+
+def gateway_refused() -> p.Predicate:
+    """A gateway entry of a request the gateway refused: it had no route for it, or denied it."""
+    return p.any_of(gateway_no_route(), gateway_denied())
+
+
 @dataclass(frozen=True, slots=True)
 class EgressTarget:
     """The external destination of a request."""
@@ -123,10 +137,12 @@ def assert_not_through_gateway(
     gateway: EntryLog,
     wait: Wait | None = None,
     window: float = DEFAULT_SETTLE,
+    canary: Callable[[], RequestRef] | None = None,
 ) -> HopEvidence:
-    """The sidecar sent the request straight out, and the gateway has no entry for it."""
+    """The sidecar sent the request straight out, and the gateway has no entry for it (proven on a
+    live gateway log by ``canary``, a request sent through the gateway: ``expect_absent``)."""
     entry = expect_entry(sidecar, request, sidecar_direct(target.host, target.port), wait=wait)
-    expect_no_entry(gateway, request, window=window)
+    expect_absent(gateway, request, window=window, canary=canary, wait=wait)
     return HopEvidence(sidecar.hop, entry)
 
 
@@ -137,9 +153,10 @@ def assert_blocked(
     gateway: EntryLog | None = None,
     wait: Wait | None = None,
 ) -> HopEvidence:
-    """The request was refused: by the sidecar (REGISTRY_ONLY) or, when only ``gateway`` is given, by the gateway."""
+    """The request was refused: by the sidecar (REGISTRY_ONLY) or, when only ``gateway`` is given, by
+    the gateway (no route, or an AuthorizationPolicy's denial)."""
     if sidecar is not None:
         return HopEvidence(sidecar.hop, expect_entry(sidecar, request, sidecar_blocked(), wait=wait))
     if gateway is not None:
-        return HopEvidence(gateway.hop, expect_entry(gateway, request, gateway_no_route(), wait=wait))
+        return HopEvidence(gateway.hop, expect_entry(gateway, request, gateway_refused(), wait=wait))
     raise ValueError("assert_blocked needs the sidecar's or the gateway's log")

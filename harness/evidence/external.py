@@ -34,6 +34,39 @@ def _named(request_id: str, path_token: str | None) -> str:
     return f"with path token {path_token!r}" if path_token else f"x-request-id={request_id}"
 
 
+def expect_no_external_record(
+    fetch: Callable[[], Sequence[Record]],
+    request_id: str,
+    *,
+    path_token: str | None = None,
+    hop: str = "external host",
+    window: float = 0.0,
+    interval: float = 0.05,
+) -> None:
+    """The external host has no record of ``request_id`` (or, with ``path_token``, of the request
+    whose path holds that token): a request refused on the way never reached it.
+
+    The recorder writes a request's record before it answers, and the refusal's answer has already
+    come back, so what the host has now is what it got; ``window`` seconds more are watched when
+    given. Raises ``ExternalEvidenceError`` naming the hop and the callers it did record.
+    """
+    deadline = time.monotonic() + window
+    while True:
+        mine = [r for r in fetch() if _is_the_request(r, request_id, path_token)]
+        if mine:
+            callers = ", ".join(f"{r.get('client_ip')}:{r.get('client_port', '?')}" for r in mine)
+            raise ExternalEvidenceError(
+                f"hop {hop!r}: the refused request {_named(request_id, path_token)} reached the external "
+                f"host anyway (called from {callers})",
+                hop=hop,
+                records=mine,
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        time.sleep(min(interval, remaining))
+
+
 def expect_external_record(
     fetch: Callable[[], Sequence[Record]],
     request_id: str,

@@ -191,6 +191,23 @@ def authority(host: str, port: int | None = None) -> Predicate:
     return _Field("authority", f"authority == {host}:{port}", lambda v: v in accepted)
 
 
+def details_prefix(text: str) -> Predicate:
+    """The response code details start with ``text`` (``rbac_access_denied`` of any policy...)."""
+    return _Field(
+        "response_code_details",
+        f"response_code_details starts with {text!r}",
+        lambda v: isinstance(v, str) and v.startswith(text),
+    )
+
+
+def inbound() -> Predicate:
+    """An inbound entry (upstream cluster ``inbound|...``): a proxy receiving for its own workload."""
+    return Predicate(
+        "an inbound entry",
+        lambda e: isinstance(e.upstream_cluster, str) and e.upstream_cluster.startswith("inbound|"),
+    )
+
+
 def sni(name: str) -> Predicate:
     """The TLS server name the downstream asked for."""
     return field("requested_server_name", name)

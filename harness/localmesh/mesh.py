@@ -38,7 +38,7 @@ import httpx
 from harness.accesslog import ISTIO_JSON_LABELS, ISTIO_TEXT_FORMAT
 from harness.common.paths import REPO_ROOT
 from harness.common.traffic import chain_url
-from harness.evidence import EntryLog, FileLogSource
+from harness.evidence import EntryLog, FileLogSource, RequestRef, new_canary_token
 from harness.localmesh import envoyconfig as ec
 from harness.localmesh.envoy import EnvoyError, EnvoyProcess
 
@@ -537,6 +537,22 @@ class LocalMesh:
             [f"{self.proxy.url}/proxy", f"http://{self.topology.target_service}:8080/proxy"],
             f"http://{authority}{path}",
         )
+
+    def canary(self, *, timeout: float = 5.0) -> RequestRef:
+        """A canary to the egress gateway: ``GET /egh-live-<uuid>`` for the gateway service's own name,
+        sent to the gateway's listener. No route of the gateway is for that name, so it answers 404
+        ``NR`` and logs it (any answer would do: the entry proves the gateway's log live). Returns how
+        to find its entry; raises ``httpx.HTTPError`` when the gateway does not answer at all."""
+        assert self.gateway is not None, "the local mesh is not started"
+        token = new_canary_token()
+        host, port = self.gateway.address("gateway_http")
+        httpx.get(
+            f"http://{host}:{port}/{token}",
+            headers={"host": GATEWAY_SERVICE},
+            timeout=timeout,
+            trust_env=False,
+        )
+        return RequestRef(path_token=token, host=GATEWAY_SERVICE)
 
     def restart_gateway(self) -> None:
         """Stop the egress gateway Envoy and start a new one on the same address and port.

@@ -151,6 +151,7 @@ def check_mode(mesh: LocalMesh, logs: dict[str, EntryLog], request_id: str, *, w
             gateway=logs["egress-gateway"],
             wait=wait,
             window=topo.flush_interval_ms / 1000 + 0.25,
+            canary=mesh.canary,
         )
         expect_external_record(
             mesh.external_records, request_id, from_ips={topo.target_ip}, timeout=wait.timeout

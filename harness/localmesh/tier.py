@@ -8,7 +8,9 @@ starts nothing.
 
 The evidence is the same as on a cluster: the target sidecar's and the egress gateway's access logs
 (files, flushed every ``flush_interval_ms``), and the external host's record of its caller, which is
-the gateway's loopback address when the request left through the gateway.
+the gateway's loopback address when the request left through the gateway. A canary
+(``LocalMesh.canary``) is sent straight to the gateway's listener for the gateway service's own
+name, which it logs as 404 ``NR``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from types import TracebackType
 from typing import Self
 
 from harness.common.traffic import Traffic
-from harness.evidence import EntryLog, Wait, expect_external_record
+from harness.evidence import EntryLog, RequestRef, Wait, expect_external_record, expect_no_external_record
 from harness.localmesh.envoy import EnvoyError, envoy_binary, envoy_version
 from harness.localmesh.mesh import GATEWAY_SERVICE, LocalMesh, LogEncoding, RoutingPlan, Topology
 from harness.localmesh.plan import NotEmulable, plan_for
@@ -142,7 +144,15 @@ class LocalStage:
         assert self._traffic is not None
         sent_at = datetime.now(UTC)
         answer = self._traffic.send(mesh.chain_url(request.path, host=request.host, port=request.port))
-        return Sent(answer.request_id, answer.status, sent_at, answer.failed_hop, answer.error)
+        answered_at = datetime.now(UTC)
+        return Sent(
+            answer.request_id,
+            answer.status,
+            sent_at,
+            answer.failed_hop,
+            answer.error,
+            answered_at=answered_at,
+        )
 
     def hop_logs(self, sent: Sent) -> HopLogs:
         """The target sidecar's and the gateway's log files (read on from where the last request left)."""
@@ -161,6 +171,15 @@ class LocalStage:
             mesh.external_records, sent.request_id, from_ips={mesh.topology.gateway_ip}
         )
         return f"external host (called from {record.get('client_ip')})"
+
+    def witness_absence(self, request: ResolvedRequest, sent: Sent) -> str:
+        """The recorder has no record of the refused request."""
+        expect_no_external_record(self._started().external_records, sent.request_id)
+        return "external host (no record)"
+
+    def canary(self) -> RequestRef:
+        """A canary straight to the gateway Envoy (``LocalMesh.canary``), which logs it."""
+        return self._started().canary()
 
     def proxy_versions(self) -> list[str]:
         """None: the local proxies are Envoy, not Istio's builds (``LocalTier.versions`` names it)."""

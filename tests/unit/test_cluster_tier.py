@@ -5,19 +5,29 @@ cluster used to word itself, the run's lock released whatever happened, the tier
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.cluster import ClusterTier, E2EError, ScenarioLock, ScenarioRunner
+from harness.cluster import (
+    ClusterTier,
+    E2EError,
+    ScenarioLock,
+    ScenarioRunner,
+    scenario_hosts,
+    scenario_namespace_name,
+)
 from harness.cluster.providers.kind import ExistingCluster, KindCluster
 from harness.common import versions
+from harness.common.traffic import unwrap_chain
 from harness.evidence import Wait
 from harness.runner import exercise, run_scenario
 from harness.scenarios import render_request
 from harness.tier import Tier, staged
 from tests.unit.test_e2e_catalog import CATALOG, MISSION, NS1, Cluster
+from tests.unit.test_e2e_run import fake_pki
 
 
 @pytest.fixture
@@ -125,3 +135,141 @@ def test_the_tiers_versions_name_istio_and_a_kind_clusters_kubernetes(
     cluster.run.cluster = KindCluster("egress", tmp_path)
     assert tier.versions().kubernetes == f"v{versions.KUBERNETES_VERSION}"
     assert tier.versions().header() == f"Istio 1.30.3, Kubernetes v{versions.KUBERNETES_VERSION}"
+
+
+# --- issue 10: TLS correlation, refusals at the gateway, live gateway logs -------------------------
+
+GATEWAY_SERVICE = "istio-egressgateway.istio-system.svc.cluster.local"
+CANARY_MISSING = "the gateway's log source shows no entry of a canary sent to it: the absence of the request proves nothing"
+CANARY_URL = re.compile(
+    rf"http://{re.escape(GATEWAY_SERVICE)}:80/egh-live-[0-9a-f-]{{36}}\?egh-token=[0-9a-f-]{{36}}"
+)
+
+
+def tls_run(cluster: Cluster, tmp_path: Path) -> Cluster:
+    """The stand-in run with the run's PKI and a recorder serving TLS."""
+    cluster.run.pki = fake_pki(tmp_path / "pki")
+    cluster.recorder.serves, cluster.recorder.tls_port = ("http", "tls"), 443
+    return cluster
+
+
+def registry_only(cluster: Cluster) -> Cluster:
+    cluster.run.options = dataclasses.replace(cluster.run.options, outbound_traffic_policy="REGISTRY_ONLY")
+    return cluster
+
+
+def canaries(cluster: Cluster) -> list[str]:
+    return [u for u in (unwrap_chain(s, levels=2)[-1] for s in cluster.sent) if "/egh-live-" in u]
+
+
+def test_a_tls_passthrough_is_found_by_its_sni_not_by_the_token_in_the_inbound_entry(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    name = "https-passthrough-via-egress-gateway"
+    ns = scenario_namespace_name("eabc123", name)
+    tls_run(cluster, tmp_path).proxy_config(ns, name)
+    with tier_of(cluster) as tier:
+        run = run_scenario(tier, CATALOG.get(name))
+    assert run.result.outcome == "passed", run.result.message
+    host = scenario_hosts(name).external
+    assert run.result.message == (
+        "tls-via-gateway: HTTP 200, target sidecar -> egress gateway -> "
+        f"external host (called from 172.18.0.2) over TLSv1.3, SNI {host}"
+    )
+    [outcome] = run.requests
+    assert all(h.entry.is_tcp and h.entry.requested_server_name == host for h in outcome.proof)
+    # the token went into the destination's query and shows in the target's inbound entry only
+    assert outcome.sent.path_token and outcome.sent.path_token in cluster.kube.logs["target-1"][0]
+    assert outcome.sent.answered_at is not None and outcome.sent.answered_at >= outcome.sent.sent_at
+    assert canaries(cluster) == []  # nothing is absent here: no canary, no liveness Gateway
+    assert not any(c[:3] == ("apply", ns, ["Gateway"]) for c in cluster.kube.calls)
+
+
+def test_registry_only_tls_blocks_at_the_sidecar_and_lets_the_registered_host_out_directly(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    name = "registry-only-blocked-tls"
+    ns = scenario_namespace_name("eabc123", name)
+    registry_only(tls_run(cluster, tmp_path)).proxy_config(ns, name)
+    cluster.mode = "direct"
+    with tier_of(cluster) as tier:
+        run = run_scenario(tier, CATALOG.get(name))
+    assert run.result.outcome == "passed", run.result.message
+    blocked, allowed = run.requests
+    assert (blocked.status, blocked.proof[0].entry.upstream_cluster) == (502, "BlackHoleCluster")
+    assert allowed.proof[0].entry.upstream_cluster == f"outbound|443||{scenario_hosts(name).external}"
+    # the registered host's "not at the gateway" was watched with a canary through that gateway
+    [canary] = canaries(cluster)
+    assert CANARY_URL.fullmatch(canary), canary
+    # the blocked request left no record at the external host
+    assert cluster.recorder.records() == []
+
+
+def test_an_absence_needs_a_canary_through_the_gateway_it_is_watched_at(cluster: Cluster) -> None:
+    name = "sidecar-only-egress"
+    ns = scenario_namespace_name("eabc123", name)
+    cluster.proxy_config(ns, name)
+    cluster.mode = "direct"
+    cluster.canaries_refused = 2  # the gateway does not listen on port 80 yet
+    with tier_of(cluster) as tier:
+        run = run_scenario(tier, CATALOG.get(name))
+    assert run.result.outcome == "passed", run.result.message
+    sent = [unwrap_chain(u, levels=2) for u in cluster.sent]
+    urls = [s[-1] for s in sent if "/egh-live-" in s[-1]]
+    assert len(urls) == 3 and all(CANARY_URL.fullmatch(u) for u in urls), urls
+    # down the chain of the scenario's namespace, like its requests
+    assert {tuple(s[:2]) for s in sent} == {
+        (f"http://127.0.0.1:18080/{ns}/proxy", f"http://target.{ns}.svc.cluster.local:8080/proxy")
+    }
+    # a Gateway on port 80 of the scenario's gateway gives it a listener that logs the canary
+    applied = [c for c in cluster.kube.calls if c[0] == "apply" and c[1] == ns]
+    assert applied[-1] == ("apply", ns, ["Gateway"])
+    assert ("delete", ["Gateway"]) in cluster.kube.calls
+    gateway_lines = [line for line in cluster.kube.logs["gw-1"] if "egh-live-" in line]
+    assert len(gateway_lines) == 1 and " 404 NR route_not_found " in gateway_lines[0]
+
+
+def test_an_absence_at_a_gateway_whose_logs_show_nothing_fails_naming_the_canary(cluster: Cluster) -> None:
+    name = "sidecar-only-egress"
+    cluster.proxy_config(scenario_namespace_name("eabc123", name), name)
+    cluster.mode = "direct"
+    cluster.gateway_logs_lost = True
+    with tier_of(cluster) as tier:
+        run = run_scenario(tier, CATALOG.get(name))
+    assert (run.result.outcome, run.result.hop) == ("failed", "egress gateway")
+    assert run.result.message.startswith(f"hop 'egress gateway': {CANARY_MISSING}")
+
+
+def test_the_authz_scenario_is_refused_by_rbac_at_the_gateway_and_never_reaches_the_host(
+    cluster: Cluster,
+) -> None:
+    name = "authz-policy-on-egress-gateway"
+    cluster.proxy_config(scenario_namespace_name("eabc123", name), name)
+    cluster.subset, cluster.denied = "external-authz", {"/denied"}
+    with tier_of(cluster) as tier:
+        run = run_scenario(tier, CATALOG.get(name))
+    assert run.result.outcome == "passed", run.result.message
+    allowed, denied = run.requests
+    assert (allowed.status, denied.status) == (200, 403)
+    assert denied.proof[1].entry.response_code_details == "rbac_access_denied_matched_policy[none]"
+    assert [r["path"].split("?")[0] for r in cluster.recorder.records()] == ["/allowed"]
+    # the same refusal with a record of it at the external host: the evidence disagrees
+    cluster.recorder.seen.clear()
+    cluster.recorder.paths.clear()
+    leak = cluster.send
+
+    def leaky(url: str) -> Any:
+        answer = leak(url)
+        destination = unwrap_chain(url, levels=2)[-1]
+        if "/denied" in destination:
+            cluster.recorder.seen[answer.request_id] = cluster.caller
+            cluster.recorder.paths[answer.request_id] = destination.split("/", 3)[3]
+        return answer
+
+    cluster.run._send = leaky  # type: ignore[method-assign]
+    cluster.proxy_config(scenario_namespace_name("eabc123", name), name)
+    with tier_of(cluster) as tier:
+        run = run_scenario(tier, CATALOG.get(name))
+    assert (run.result.outcome, run.result.hop) == ("failed", "external host")
+    assert "the refused request with path token" in run.result.message
+    assert "reached the external host anyway" in run.result.message

@@ -13,9 +13,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
@@ -66,7 +67,21 @@ from harness.evidence import Wait
 from harness.report.results import ProberStats, RunResult, ScenarioResult, StepResult
 from harness.scenarios import RenderContext, load_catalog, render_scenario
 from harness.upgrade import UpgradePlan
-from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY, on_path
+from tests.unit.accesslog_samples import (
+    CANARY_GATEWAY,
+    CANARY_SIDECAR,
+    GATEWAY_TO_EXTERNAL,
+    INBOUND_PATH,
+    RBAC_GATEWAY_DENIED,
+    SIDECAR_INBOUND_CHAIN,
+    SIDECAR_PASSTHROUGH,
+    SIDECAR_TO_GATEWAY,
+    TLS_GATEWAY_TO_EXTERNAL,
+    TLS_SIDECAR_BLACKHOLE,
+    TLS_SIDECAR_TO_GATEWAY,
+    at,
+    on_path,
+)
 from tests.unit.test_e2e_run import CLIENT_SUBJECT, StandInKube, fake_pki, pod, response, sds_dump
 
 REPO = Path(__file__).resolve().parents[2]
@@ -465,8 +480,54 @@ class Cluster:
         self.mtls_recorder: StandInRecorder | None = None
         #: the address the external host sees the request from (an egress gateway node's)
         self.caller = "172.18.0.2"
+        #: request paths the gateway's AuthorizationPolicy refuses (403, RBAC)
+        self.denied: set[str] = set()
+        #: the gateway's pods print no access log at all (a log source that shows nothing)
+        self.gateway_logs_lost = False
+        #: canaries refused before the gateway listens on their port (503 from the sidecar)
+        self.canaries_refused = 0
         self.fakebin = fakebin
         self.run._send = self.send  # type: ignore[method-assign]
+
+    def gateway_prints(self, line: str) -> None:
+        if not self.gateway_logs_lost:
+            self.kube.logs["gw-1"].append(line)
+
+    def canary(self, url: str, rid: str) -> ChainResponse:
+        """A request to the gateway service's own name: the gateway has no route for it (404 NR)."""
+        if self.canaries_refused:
+            self.canaries_refused -= 1
+            return response(503, rid=rid)
+        self.kube.logs["target-1"].append(on_path(CANARY_SIDECAR, url).replace('"rid-5"', f'"{rid}"'))
+        self.gateway_prints(on_path(CANARY_GATEWAY, url).replace('"rid-5"', f'"{rid}"'))
+        return response(404, rid=rid)
+
+    def tls_request(self, url: str, host: str, rid: str) -> ChainResponse:
+        """HTTPS the target relay encrypts itself: its inbound HTTP entry (the chain URL, the token in
+        it), then TCP entries with the SNI, written as the connection closes; the recorder's record."""
+        now = datetime.now(UTC)
+        _, target, destination = unwrap_chain(url, levels=2)
+        target_path = urlsplit(target).path + "?url=" + quote(destination, safe="")
+        sidecar = self.kube.logs["target-1"]
+        sidecar.append(
+            SIDECAR_INBOUND_CHAIN.replace(INBOUND_PATH, target_path).replace('"rid-1"', f'"{rid}"')
+        )
+        port = urlsplit(destination).port or 443
+        if host.startswith("unregistered") and self.run.options.outbound_traffic_policy == "REGISTRY_ONLY":
+            sidecar.append(at(TLS_SIDECAR_BLACKHOLE, now).replace("unregistered.egress-harness.test", host))
+            return response(502, rid=rid)
+        tcp = at(TLS_SIDECAR_TO_GATEWAY, now).replace("external.egress-harness.test", host)
+        if self.mode == "direct":
+            gateway_cluster = f"outbound|443|external-tls|{DEFAULT_GATEWAY.service}"
+            sidecar.append(tcp.replace(gateway_cluster, f"outbound|{port}||{host}"))
+            return response(200, rid=rid)
+        sidecar.append(tcp)
+        gateway = at(TLS_GATEWAY_TO_EXTERNAL, now).replace("external.egress-harness.test", host)
+        self.gateway_prints(gateway.replace(f"outbound|8443||{host}", f"outbound|{port}||{host}"))
+        self.recorder.seen[rid] = self.caller
+        self.recorder.paths[rid] = urlsplit(destination).path + "?" + urlsplit(destination).query
+        self.recorder.tls[rid] = {"sni": host, "version": "TLSv1.3", "client_cert_subject": None}
+        return response(200, rid=rid)
 
     def send(self, url: str) -> ChainResponse:
         self.sent.append(url)
@@ -479,18 +540,32 @@ class Cluster:
         if self.mode == "interrupt":
             raise KeyboardInterrupt
         host = destination.split("/")[2].split(":")[0]
+        if host == DEFAULT_GATEWAY.service:
+            return self.canary(url, rid)
+        if destination.startswith("https://"):
+            return self.tls_request(url, host, rid)
 
         def mine(line: str) -> str:
             line = on_path(line, url)
-            line = line.replace('"rid-1"', f'"{rid}"').replace('"rid-2"', f'"{rid}"')
+            for sample in ('"rid-1"', '"rid-2"', '"rid-x"'):
+                line = line.replace(sample, f'"{rid}"')
             line = line.replace(
                 "outbound|80||external.egress-harness.test",
                 f"outbound|{self.gateway_port}||{self.upstream or host}",
             )
             return line.replace("external.egress-harness.test", host)
 
+        if urlsplit(destination).path in self.denied:
+            relayed = SIDECAR_TO_GATEWAY.replace(" 200 - via_upstream ", " 403 - via_upstream ")
+            relayed = relayed.replace("outbound|80|external|", f"outbound|{self.sidecar_port}|{self.subset}|")
+            self.kube.logs["target-1"].append(mine(relayed))
+            self.gateway_prints(mine(RBAC_GATEWAY_DENIED))
+            return response(403, rid=rid)
         if self.mode == "passthrough":
             self.kube.logs["target-1"].append(mine(SIDECAR_PASSTHROUGH))
+        elif self.mode == "direct":  # a ServiceEntry host without egress routing: its own cluster
+            line = SIDECAR_PASSTHROUGH.replace("PassthroughCluster", f"outbound|{self.gateway_port}||{host}")
+            self.kube.logs["target-1"].append(mine(line))
         else:
             sidecar = SIDECAR_TO_GATEWAY.replace(
                 "outbound|80|external|", f"outbound|{self.sidecar_port}|{self.subset}|"
@@ -499,7 +574,7 @@ class Cluster:
             gateway = mine(GATEWAY_TO_EXTERNAL)
             if self.gateway_sni:
                 gateway = gateway.removesuffix(" - -") + f" {host} -"
-            self.kube.logs["gw-1"].append(gateway)
+            self.gateway_prints(gateway)
             recorder = self.mtls_recorder if host.startswith("mtls") and self.mtls_recorder else self.recorder
             recorder.seen[rid] = self.caller
             recorder.paths[rid] = urlsplit(destination).path + "?" + urlsplit(destination).query

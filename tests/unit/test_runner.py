@@ -19,18 +19,34 @@ from typing import Any, Self
 
 import pytest
 
-from harness.evidence import EntryLog, ExternalEvidenceError, LinesLogSource, Wait, expect_external_record
+from harness.evidence import (
+    EntryLog,
+    EvidenceError,
+    ExternalEvidenceError,
+    LinesLogSource,
+    RequestRef,
+    Wait,
+    expect_external_record,
+    expect_no_external_record,
+    new_canary_token,
+)
 from harness.report.results import ScenarioResult
 from harness.runner import RequestOutcome, ScenarioRun, exercise, run_catalog, run_scenario
 from harness.scenarios import RenderContext, load_catalog
 from harness.scenarios.model import Expectation, ResolvedRequest, Scenario
 from harness.tier import HopLogs, Sent, Stage, Tier, TierVersions, staged
 from tests.unit.accesslog_samples import (
+    CANARY_GATEWAY,
+    CANARY_TOKEN,
     GATEWAY_NO_ROUTE,
     GATEWAY_TO_EXTERNAL,
+    RBAC_GATEWAY_DENIED,
     SIDECAR_BLOCKED,
     SIDECAR_PASSTHROUGH,
     SIDECAR_TO_GATEWAY,
+    TLS_GATEWAY_TO_EXTERNAL,
+    TLS_SIDECAR_TO_GATEWAY,
+    at,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,25 +62,39 @@ GATEWAY_IP = "10.244.0.7"
 WORKLOAD_IP = "10.244.0.12"
 
 #: what a request to a host leaves behind, by path
-PATHS = ("gateway", "direct", "passthrough", "blocked", "no-route")
+PATHS = ("gateway", "direct", "passthrough", "blocked", "no-route", "denied", "tls-gateway")
+PASSTHROUGH_TLS = "https-passthrough-via-egress-gateway"
+AUTHZ = "authz-policy-on-egress-gateway"
+CANARY_MISSING = "the gateway's log source shows no entry of a canary sent to it: the absence of the request proves nothing"
 
 
 class NotConverged(Exception):
     """The memory tier's stand-in for a configuration that never took effect."""
 
 
-def lines_for(path: str, rid: str, host: str) -> tuple[list[str], list[str], int]:
+def lines_for(
+    path: str, rid: str, request: ResolvedRequest, subset: str = "external"
+) -> tuple[list[str], list[str], int]:
     """The sidecar's and the gateway's lines of one request down ``path``, and the client's status."""
+    host = request.host
 
     def mine(line: str) -> str:
-        for sample_rid in ('"rid-1"', '"rid-2"', '"rid-3"', '"rid-4"'):
+        for sample_rid in ('"rid-1"', '"rid-2"', '"rid-3"', '"rid-4"', '"rid-x"'):
             line = line.replace(sample_rid, f'"{rid}"')
+        line = line.replace("outbound|80|external|", f"outbound|80|{subset}|")
         return line.replace(EXTERNAL, host).replace("unregistered.example", host)
 
     if path == "gateway":
         return [mine(SIDECAR_TO_GATEWAY)], [mine(GATEWAY_TO_EXTERNAL)], 200
     if path == "no-route":
         return [mine(SIDECAR_TO_GATEWAY)], [mine(GATEWAY_NO_ROUTE)], 404
+    if path == "denied":  # the gateway's AuthorizationPolicy refused it; the sidecar relays the 403
+        relayed = SIDECAR_TO_GATEWAY.replace(" 200 - via_upstream ", " 403 - via_upstream ")
+        return [mine(relayed)], [mine(RBAC_GATEWAY_DENIED)], 403
+    if path == "tls-gateway":  # TLS the client encrypts itself: TCP entries with its SNI, no id, no path
+        now = datetime.now(UTC)
+        gateway = at(TLS_GATEWAY_TO_EXTERNAL, now).replace("outbound|8443||", f"outbound|{request.port}||")
+        return [mine(at(TLS_SIDECAR_TO_GATEWAY, now))], [mine(gateway)], 200
     if path == "blocked":
         return [mine(SIDECAR_BLOCKED)], [], 502
     passthrough = mine(SIDECAR_PASSTHROUGH)
@@ -78,6 +108,14 @@ class MemoryTier:
     """A tier whose proxies are two lists of log lines and whose external host is a list of records."""
 
     paths: dict[str, str] = field(default_factory=lambda: {EXTERNAL: "gateway", UNREGISTERED: "blocked"})
+    #: request paths the gateway refuses (an AuthorizationPolicy), whatever the host's path
+    denied: frozenset[str] = frozenset()
+    #: the gateway subset the sidecar's entries name
+    subset: str = "external"
+    #: the gateway's log shows what the gateway logs (False: a dead source, e.g. access logs off)
+    gateway_live: bool = True
+    #: the external host records every request, also a refused one (broken evidence)
+    leaky: bool = False
     #: the address the external host records for a request that went out (None: by its path)
     caller: str | None = None
     #: a status the client gets instead of the path's, by host
@@ -147,15 +185,18 @@ class MemoryStage:
         self.tier.events.append(f"send {request.name} {rid}")
         if self.tier.send_error is not None:
             raise self.tier.send_error
-        path = self.tier.paths[request.host]
-        sidecar, gateway, status = lines_for(path, rid, request.host)
+        sent_at = datetime.now(UTC)
+        path = "denied" if request.path in self.tier.denied else self.tier.paths[request.host]
+        sidecar, gateway, status = lines_for(path, rid, request, self.tier.subset)
         self.sidecar.append(*sidecar)
-        self.gateway.append(*gateway)
-        if path in ("gateway", "direct", "passthrough"):
-            caller = self.tier.caller or (GATEWAY_IP if path == "gateway" else WORKLOAD_IP)
+        if self.tier.gateway_live:
+            self.gateway.append(*gateway)
+        if path in ("gateway", "direct", "passthrough", "tls-gateway") or self.tier.leaky:
+            caller = self.tier.caller or (GATEWAY_IP if "gateway" in path else WORKLOAD_IP)
             self.records.append({"client_ip": caller, "headers": {"x-request-id": rid}})
         status = self.tier.status.get(request.host, status)
-        return Sent(rid, status, datetime.now(UTC), failed_hop="target" if status >= 500 else None)
+        failed_hop = "target" if status >= 500 else None
+        return Sent(rid, status, sent_at, failed_hop=failed_hop, answered_at=datetime.now(UTC))
 
     def hop_logs(self, sent: Sent) -> HopLogs:
         return HopLogs(
@@ -169,6 +210,18 @@ class MemoryStage:
             lambda: self.records, sent.request_id, from_ips={GATEWAY_IP}, timeout=0.1
         )
         return f"external host (called from {record['client_ip']})"
+
+    def witness_absence(self, request: ResolvedRequest, sent: Sent) -> str | None:
+        self.tier.events.append(f"absence {request.name}")
+        expect_no_external_record(lambda: self.records, sent.request_id)
+        return "external host (no record)"
+
+    def canary(self) -> RequestRef:
+        token = new_canary_token()
+        self.tier.events.append("canary")
+        if self.tier.gateway_live:
+            self.gateway.append(CANARY_GATEWAY.replace(CANARY_TOKEN, token))
+        return RequestRef(path_token=token)
 
     def proxy_versions(self) -> list[str]:
         if self.tier.proxies_error is not None:
@@ -419,6 +472,62 @@ def test_a_request_blocked_at_the_gateway_has_no_witness() -> None:
     assert [h.hop for h in outcome.proof] == ["target sidecar", "egress gateway"]
     assert outcome.witness is None and not any(e.startswith("witness") for e in tier.events)
     assert outcome.line == "no-route: HTTP 404, target sidecar -> egress gateway"
+    # ...but the external host is asked: it must have no record of a request the gateway refused
+    assert tier.events[-1] == "absence no-route"
+
+
+def test_a_refused_request_that_reached_the_external_host_fails_there() -> None:
+    tier = MemoryTier(paths={EXTERNAL: "no-route"}, leaky=True)
+    stage = MemoryStage(tier, CATALOG.get(MISSION))
+    stage.apply()
+    request = ResolvedRequest(
+        "no-route",
+        ("ingress", "proxy", "target"),
+        "http",
+        "GET",
+        EXTERNAL,
+        80,
+        "/",
+        Expectation(status=404, via_gateway=True, blocked="gateway"),
+    )
+    outcome = exercise(stage, request)
+    assert isinstance(outcome.error, ExternalEvidenceError) and outcome.hop == "external host"
+    assert "the refused request x-request-id=rid-1 reached the external host anyway" in str(outcome.error)
+
+
+def test_the_authz_scenario_passes_with_its_denied_request_refused_by_rbac_at_the_gateway() -> None:
+    tier = MemoryTier(denied=frozenset({"/denied"}), subset="external-authz")
+    done = run(tier, AUTHZ)
+    assert done.result.outcome == "passed", done.result.message
+    allowed, denied = done.requests
+    assert (allowed.status, denied.status) == (200, 403)
+    assert [h.entry.response_code_details for h in denied.proof] == [
+        "via_upstream",
+        "rbac_access_denied_matched_policy[none]",
+    ]
+    assert "witness allowed-path" in tier.events and "absence denied-path" in tier.events
+
+
+def test_a_tls_request_the_workload_encrypts_is_judged_by_its_sni_in_its_time_window() -> None:
+    done = run(MemoryTier(paths={EXTERNAL: "tls-gateway"}), PASSTHROUGH_TLS)
+    assert done.result.outcome == "passed", done.result.message
+    [request] = done.requests
+    assert [(h.hop, h.entry.requested_server_name, h.entry.response_code) for h in request.proof] == [
+        ("target sidecar", EXTERNAL, 0),
+        ("egress gateway", EXTERNAL, 0),
+    ]
+    assert request.sent.answered_at is not None and request.sent.answered_at >= request.sent.sent_at
+
+
+def test_an_absence_at_a_gateway_whose_log_shows_nothing_proves_nothing() -> None:
+    live = MemoryTier(paths={EXTERNAL: "direct"})
+    done = run(live, DIRECT)
+    assert done.result.outcome == "passed", done.result.message
+    assert live.events[1:3] == ["send direct-from-sidecar rid-1", "canary"]
+    dead = MemoryTier(paths={EXTERNAL: "direct"}, gateway_live=False)
+    done = run(dead, DIRECT)
+    assert (done.result.outcome, done.result.hop) == ("failed", "egress gateway")
+    assert isinstance(done.error, EvidenceError) and CANARY_MISSING in done.result.message
 
 
 def test_run_catalog_runs_each_scenario_and_reports_it_as_it_ends() -> None:
