@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness.evidence import EvidenceError
+from harness.evidence import CANARY_MISSING, EntryLog, EvidenceError, FileLogSource, Wait, expect_entry
 from harness.localmesh import (
     LOCAL_ISTIO_VERSION,
     LocalMesh,
@@ -25,7 +25,7 @@ from harness.localmesh import (
 from harness.runner import run_catalog, run_scenario
 from harness.scenarios import load_catalog
 from harness.scenarios.model import Scenario
-from harness.tier import Tier
+from harness.tier import HopLogs, Tier
 from tests.envoy.test_localmesh import _alive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,3 +265,48 @@ def test_scenarios_local_command() -> None:
     )
     assert missing.returncode == 2
     assert "no scenario no-such-scenario" in missing.stderr
+
+
+class WrongGatewayLogTier(LocalTier):
+    """The local tier, judging the gateway by a log file nobody writes (a wrong log source)."""
+
+    def stage(self, scenario: Scenario) -> LocalStage:
+        stage = super().stage(scenario)
+        hop_logs = stage.hop_logs
+
+        def wrong(sent: Any) -> HopLogs:
+            logs = hop_logs(sent)
+            assert stage.mesh is not None and stage.mesh.workdir is not None
+            nowhere = EntryLog(FileLogSource(stage.mesh.workdir / "no-such.log"), hop="egress gateway")
+            return dataclasses.replace(logs, gateway=nowhere)
+
+        stage.hop_logs = wrong  # type: ignore[method-assign]
+        return stage
+
+
+def test_an_absence_in_a_gateway_log_nobody_writes_proves_nothing() -> None:
+    with WrongGatewayLogTier(flush_interval_ms=FLUSH_MS) as tier:
+        run = run_scenario(tier, CATALOG.get("sidecar-only-egress"))
+    assert (run.result.outcome, run.result.hop) == ("failed", "egress gateway")
+    assert run.result.message.startswith(f"hop 'egress gateway': {CANARY_MISSING}")
+    assert "egh-live-" in run.result.message
+
+
+def test_the_local_canary_is_logged_by_the_gateway_envoy() -> None:
+    with LocalTier(flush_interval_ms=FLUSH_MS) as tier:
+        stage = tier.stage(CATALOG.get("sidecar-only-egress"))
+        try:
+            stage.apply()
+            ref = stage.canary()
+            entry = expect_entry(
+                stage.entry_log("egress-gateway"), ref, wait=Wait(timeout=5.0, interval=0.05)
+            )
+        finally:
+            stage.remove(failed=False)
+    assert ref.path_token and ref.path_token.startswith("egh-live-")
+    assert (entry.response_code, entry.response_flags, entry.response_code_details) == (
+        404,
+        "NR",
+        "route_not_found",
+    )
+    assert entry.authority == "istio-egressgateway.istio-system.svc.cluster.local"
