@@ -253,7 +253,7 @@ class E2ERun(RunNamespace):
                 )
             )
             self.relay_manifest = self.relays.save(self.run_dir / "manifests")
-        self._traffic = self._stack.enter_context(Traffic())
+        self._traffic = self._stack.enter_context(Traffic(headers=self.ingress_headers))
         if isinstance(self.cluster, NetnsCluster):
             self.ingress_url = o.ingress_url or self.cluster.ingress_url
         else:
@@ -292,7 +292,7 @@ class E2ERun(RunNamespace):
             self._stack.callback(close_docker_client, self.mtls_recorder)
         if state.pki_dir is not None:
             self.pki = load_pki(state.pki_dir)
-        self._traffic = self._stack.enter_context(Traffic())
+        self._traffic = self._stack.enter_context(Traffic(headers=self.ingress_headers))
         self.ingress_url = state.ingress_url
         self.gateway_api_present = state.gateway_api
         return self

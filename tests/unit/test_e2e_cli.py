@@ -313,7 +313,7 @@ def test_an_attached_run_creates_nothing_and_closes_only_its_connections(
 
     class Conn:
         def __init__(self, *a: Any, **kw: Any) -> None:
-            events.append(f"open {type(self).__name__} {a[:2]}")
+            events.append(f"open {type(self).__name__} {a[:2]}" + (f" {kw}" if kw else ""))
 
         def __enter__(self) -> Any:
             return self
@@ -345,7 +345,8 @@ def test_an_attached_run_creates_nothing_and_closes_only_its_connections(
             run.detach()
     assert events == [
         f"open Kube {(state.kubeconfig, state.context)}",
-        "open Traffic ()",
+        # the client sends the run's own ingress host (its ingress route matches that one only)
+        "open Traffic () {'headers': {'Host': 'egress-abc123.ingress.egress-harness.test'}}",
         "close Traffic",
         "close Kube",
     ]
