@@ -194,6 +194,25 @@ def _gateway_api_markers(name: str, ns: str, spec: Mapping[str, Any]) -> list[Co
     return markers
 
 
+def reached_proxies(
+    documents: Sequence[Mapping[str, Any]],
+    markers: Sequence[ConfigMarker],
+    namespace: str,
+    gateway: ScenarioGateway,
+) -> list[ProxyKind]:
+    """Which proxies a scenario's objects reach, whose ACK of istiod's push is awaited: the target's
+    sidecar for any object of the scenario, the gateway when a marker is in it, an Istio Gateway of
+    the scenario selects it (TLS passthrough and TLS routes leave no marker) or the scenario deploys it."""
+    kinds: list[ProxyKind] = ["sidecar"] if documents else []
+    if (
+        any(m.proxy == "gateway" for m in markers)
+        or gateway.deployment
+        or _egress_gateway_names(documents, namespace, gateway.labels)
+    ):
+        kinds.append("gateway")
+    return kinds
+
+
 def _egress_gateway_names(
     documents: Sequence[Mapping[str, Any]], namespace: str, labels: Mapping[str, str]
 ) -> set[str]:

@@ -22,12 +22,13 @@ import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from harness.cluster.acks import ACK_INTERVAL_S, proxy_status, wait_for_acks
 from harness.cluster.apps import ingress_host
 from harness.cluster.chain import (
     CHAIN_READY_TIMEOUT_S,
@@ -50,6 +51,7 @@ from harness.cluster.convergence import (
     proxy_config,
     proxy_pods,
     proxy_versions,
+    reached_proxies,
     scenario_gateway,
     wait_for_markers,
 )
@@ -109,6 +111,8 @@ class AppliedScenario:
     markers: list[ConfigMarker]
     findings: list[AnalyzeMessage] = field(default_factory=list)
     converged_s: float = 0.0
+    #: seconds from the apply to the latest push istiod sent the proxies it reaches, all ACKed (None: not awaited)
+    acked_s: float | None = None
     removed: bool = False
     #: the gateway the scenario's egress traffic leaves through
     gateway: ScenarioGateway = DEFAULT_GATEWAY
@@ -432,7 +436,8 @@ class RunNamespace:
         return f"this run's external hosts serve {have} only (no recorder that requires client certificates)"
 
     def apply_scenario(self, scenario: Any, *, wait_s: float = CONVERGE_TIMEOUT_S) -> AppliedScenario:
-        """Render, preflight, apply, and wait until the proxies have the scenario's configuration."""
+        """Render, preflight, apply, and wait until the proxies have the scenario's configuration
+        (its objects in their configuration dumps, then istiod's pushes since the apply ACKed)."""
         from harness.scenarios import render_scenario
 
         reason = self.skip_reason(scenario)
@@ -444,38 +449,16 @@ class RunNamespace:
         directory.mkdir(parents=True, exist_ok=True)
         manifest = directory / "manifests.yaml"
         manifest.write_text(rendered.text)
-        findings: list[AnalyzeMessage] = []
-        if self.options.analyze != "off" and self.istioctl:
-            files_only = self.options.analyze == "files"
-            findings = list(
-                analyze(
-                    [manifest],
-                    self.istioctl,
-                    timeout=ISTIOCTL_TIMEOUT_S,
-                    mode="files" if files_only else "cluster",
-                    kube_args=kube_target_args(self.kubeconfig, self.context),
-                    namespace=self.namespace,
-                    tolerate=FILE_ONLY_TOLERATED if files_only else (),
-                ).messages
-            )
+        findings = self._preflight(manifest)
         progress(
             f"applying scenario {scenario.name} ({len(rendered.documents)} objects) into {self.namespace}"
         )
         kube = self._kube()
         credentials = credential_secrets(scenario, ctx, self.pki) if self.pki is not None else []
         documents = [d.body for d in rendered.documents]
-        text = rendered.text
-        policy = scenario.requires.outbound_traffic_policy
-        if policy and policy != self.options.outbound_traffic_policy:
-            sidecar = outbound_policy_sidecar(self.namespace, policy)
-            progress(
-                f"scenario {scenario.name} needs outboundTrafficPolicy {policy} (the install has "
-                f"{self.options.outbound_traffic_policy}): Sidecar {OUTBOUND_POLICY_SIDECAR} sets it in {self.namespace}"
-            )
-            documents.append(sidecar)
-            text = f"{text.rstrip()}\n---\n{yaml.safe_dump(sidecar, sort_keys=False)}"
-            manifest.write_text(text)
+        text = self._with_outbound_policy(scenario, documents, rendered.text, manifest)
         secret_refs = self.create_credentials(credentials, scenario)
+        applied_at = datetime.now(UTC)
         try:
             refs = kube.apply(text, namespace=self.namespace)
         except BaseException:
@@ -495,23 +478,73 @@ class RunNamespace:
             secret_refs=secret_refs,
         )
         self.applied.append(applied)
+        self._await_proxies(applied, documents, applied_at=applied_at, wait_s=wait_s)
+        return applied
+
+    def _preflight(self, manifest: Path) -> list[AnalyzeMessage]:
+        """``istioctl analyze`` of the scenario's manifest (against the live cluster by default)."""
+        if self.options.analyze == "off" or not self.istioctl:
+            return []
+        files_only = self.options.analyze == "files"
+        return list(
+            analyze(
+                [manifest],
+                self.istioctl,
+                timeout=ISTIOCTL_TIMEOUT_S,
+                mode="files" if files_only else "cluster",
+                kube_args=kube_target_args(self.kubeconfig, self.context),
+                namespace=self.namespace,
+                tolerate=FILE_ONLY_TOLERATED if files_only else (),
+            ).messages
+        )
+
+    def _with_outbound_policy(self, scenario: Any, documents: list[Any], text: str, manifest: Path) -> str:
+        """The manifest's text, with a namespace Sidecar setting the outbound traffic policy the
+        scenario needs when the install has the other one (added to ``documents`` and ``manifest``)."""
+        policy = scenario.requires.outbound_traffic_policy
+        if not policy or policy == self.options.outbound_traffic_policy:
+            return text
+        sidecar = outbound_policy_sidecar(self.namespace, policy)
+        progress(
+            f"scenario {scenario.name} needs outboundTrafficPolicy {policy} (the install has "
+            f"{self.options.outbound_traffic_policy}): Sidecar {OUTBOUND_POLICY_SIDECAR} sets it in {self.namespace}"
+        )
+        documents.append(sidecar)
+        text = f"{text.rstrip()}\n---\n{yaml.safe_dump(sidecar, sort_keys=False)}"
+        manifest.write_text(text)
+        return text
+
+    def _await_proxies(
+        self, applied: AppliedScenario, documents: Sequence[Any], *, applied_at: datetime, wait_s: float
+    ) -> None:
+        """Until the proxies hold the scenario (a Gateway API gateway rolled out first), ACKed istiod's
+        pushes since ``applied_at`` and, with credentials, the gateway read them; the timings."""
+        name, gateway, markers = applied.scenario.name, applied.gateway, applied.markers
         started = time.monotonic()
+
+        def remaining() -> float:
+            return max(1.0, wait_s - (time.monotonic() - started))
+
         if gateway.deployment:
             # a Gateway API Gateway: Istio deploys its proxy first
-            kube.wait_rollout(gateway.namespace, gateway.deployment, deadline_s=wait_s)
-        remaining = max(1.0, wait_s - (time.monotonic() - started))
-        waited = self.wait_config(
-            markers, present=True, deadline_s=remaining, what=scenario.name, gateway=gateway
+            self._kube().wait_rollout(gateway.namespace, gateway.deployment, deadline_s=wait_s)
+        waited = self.wait_config(markers, present=True, deadline_s=remaining(), what=name, gateway=gateway)
+        applied.acked_s = self.wait_acks(
+            reached_proxies(documents, markers, self.namespace, gateway),
+            since=applied_at,
+            deadline_s=remaining(),
+            what=name,
+            gateway=gateway,
         )
-        if credentials:
+        if applied.acked_s is not None:
+            self.timings[f"acked:{self.namespace}:{name}"] = applied.acked_s
+        if applied.credentials:
             # the gateway asks for a credential once a cluster of the applied rules names it
-            remaining = max(1.0, wait_s - (time.monotonic() - started))
-            waited += self.wait_gateway_secrets(credentials, deadline_s=remaining, gateway=gateway)
+            waited += self.wait_gateway_secrets(applied.credentials, deadline_s=remaining(), gateway=gateway)
         applied.converged_s = round(time.monotonic() - started, 3) if gateway.deployment else round(waited, 3)
-        self.timings[f"converge:{self.namespace}:{scenario.name}"] = applied.converged_s
+        self.timings[f"converge:{self.namespace}:{name}"] = applied.converged_s
         if self.parent is None:
-            self.timings[f"converge:{scenario.name}"] = applied.converged_s
-        return applied
+            self.timings[f"converge:{name}"] = applied.converged_s
 
     def delete_scenario(self, applied: AppliedScenario, *, wait_s: float = CONVERGE_TIMEOUT_S) -> None:
         """Delete the scenario's objects and wait until the proxies dropped them; then its credential
@@ -622,6 +655,34 @@ class RunNamespace:
     def config_dump(self, pod: str, namespace: str) -> str:
         """``istioctl proxy-config all <pod>.<ns> -o json``: the proxy's whole configuration."""
         return proxy_config(self.istioctl, "all", pod, namespace, self._kube_args())
+
+    def wait_acks(
+        self,
+        kinds: Sequence[ProxyKind],
+        *,
+        since: datetime,
+        deadline_s: float = CONVERGE_TIMEOUT_S,
+        what: str = "configuration",
+        gateway: ScenarioGateway | None = None,
+    ) -> float | None:
+        """Until the proxies of ``kinds`` ACKed a push istiod sent since ``since`` (istiod's sync
+        status); the seconds to the latest such push. A NACK raises ``NackError`` naming the proxy."""
+        if not kinds or not self.istioctl:
+            return None
+        istioctl = self.istioctl
+
+        def proxies() -> list[str]:
+            pods = self.proxy_pods(gateway)
+            return [f"{pod}.{ns}" for kind in kinds for pod, ns in pods[kind]]
+
+        return wait_for_acks(
+            proxies,
+            lambda: proxy_status(istioctl, self._kube_args()),
+            since=since,
+            what=what,
+            deadline_s=deadline_s,
+            interval_s=ACK_INTERVAL_S,
+        )
 
     def wait_config(
         self,

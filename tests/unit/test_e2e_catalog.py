@@ -82,6 +82,7 @@ from tests.unit.accesslog_samples import (
     at,
     on_path,
 )
+from tests.unit.proxystatus import synced_rule
 from tests.unit.test_e2e_run import CLIENT_SUBJECT, StandInKube, fake_pki, pod, response, sds_dump
 
 REPO = Path(__file__).resolve().parents[2]
@@ -597,6 +598,7 @@ class Cluster:
         self.fakebin.rules(
             [
                 {"tool": "istioctl", "args": ["analyze"], "stdout": "✔ No validation issues found.\n"},
+                synced_rule(f"target-1.{namespace}", "gw-1.istio-system"),
                 {"tool": "istioctl", "args": pc, "times": 2, "stdout": full},
                 {"tool": "istioctl", "args": pc, "stdout": "{}"},
                 {"tool": "istioctl", "args": ["proxy-config", "secret"], "stdout": secrets or "{}"},
@@ -1103,6 +1105,7 @@ def test_prepare_puts_the_relays_and_the_mission_into_the_upgrade_namespace(
     cluster.fakebin.rules(
         [
             {"tool": "istioctl", "args": ["analyze"], "stdout": "ok\n"},
+            synced_rule(f"target-1.{ns}", "gw-1.istio-system"),
             {
                 "tool": "istioctl",
                 "args": ["proxy-config", "all"],

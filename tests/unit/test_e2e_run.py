@@ -64,6 +64,7 @@ from harness.evidence.external import ExternalEvidenceError
 from harness.scenarios import RenderContext, load_catalog, render_request, render_scenario
 from harness.scenarios.preflight import AnalyzeError
 from tests.unit.accesslog_samples import GATEWAY_TO_EXTERNAL, SIDECAR_PASSTHROUGH, SIDECAR_TO_GATEWAY, on_path
+from tests.unit.proxystatus import synced_rule
 from tests.unit.test_preflight import ANALYZE_ERRORS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -322,6 +323,7 @@ def converging_rules(full: str, empty_polls: int = 1) -> list[dict[str, Any]]:
     pc = ["proxy-config", "all"]
     return [
         {"tool": "istioctl", "args": ["analyze"], "stdout": "✔ No validation issues found.\n"},
+        synced_rule(f"target-1.{NS}", "gw-1.istio-system"),
         {"tool": "istioctl", "args": pc, "times": 2 * empty_polls, "stdout": "{}"},
         {"tool": "istioctl", "args": pc, "times": 2, "stdout": full},
         {"tool": "istioctl", "args": pc, "stdout": "{}"},
@@ -350,8 +352,10 @@ def test_apply_scenario_renders_analyzes_applies_and_waits_for_the_proxies(
     assert cmds[0].startswith("istioctl analyze --kubeconfig")
     assert f" -n {NS} " in cmds[0] and cmds[0].endswith(f" {applied.manifest}")
     # two polls of both proxies to converge, one to see everything gone
-    polled = [c.split()[3] for c in cmds[1:]]
+    polled = [c.split()[3] for c in cmds[1:] if " proxy-config " in c]
     assert polled == [f"target-1.{NS}", "gw-1.istio-system"] * 3
+    # then istiod's sync status: both proxies ACKed a push sent after the apply
+    assert [c.split()[1:4] for c in cmds[1:] if " proxy-status " in c] == [["proxy-status", "-o", "json"]]
     assert all("--context kind-egress" in c for c in cmds)
 
 
@@ -528,8 +532,9 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
         return fake_pki(self.run_dir / "pki")
 
     class FakeTraffic(Part):
-        def __init__(self) -> None:
+        def __init__(self, headers: dict[str, str] | None = None) -> None:
             super().__init__("traffic")
+            assert headers == {"Host": "egress-abc123.ingress.egress-harness.test"}, headers
 
         def send(self, url: str) -> ChainResponse:
             Part.events.append("send")
@@ -1092,6 +1097,7 @@ def tls_rules(run: E2ERun, scenario: str, *, secrets_active: bool = True) -> lis
     pc = ["proxy-config", "all"]
     return [
         {"tool": "istioctl", "args": ["analyze"], "stdout": "✔ No validation issues found.\n"},
+        synced_rule(f"target-1.{NS}", "gw-1.istio-system"),
         {"tool": "istioctl", "args": pc, "times": 2, "stdout": full},
         {"tool": "istioctl", "args": pc, "stdout": "{}"},
         {
