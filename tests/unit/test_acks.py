@@ -96,3 +96,16 @@ def test_waiting_for_acks_polls_until_done_and_times_out_naming_who_waits() -> N
             deadline_s=0.05,
             interval_s=0.01,
         )
+
+
+def test_a_draining_listener_does_not_hold_what_was_removed() -> None:
+    """A removed gateway listener drains for 45 s with the removed policy's rules in its dump: the
+    removal of the authz and mTLS scenarios waited 46 s on the netns cluster until it was ignored."""
+    from harness.cluster.convergence import ConfigMarker, active_config, missing_markers
+
+    dump = (DATA / "proxy-config-draining-listener.json").read_text()
+    marker = ConfigMarker("gateway", "-policy[egh-drain-probe]-rule[", "AuthorizationPolicy (egress gateway)")
+    assert marker.needle in dump  # in the draining listener only
+    assert missing_markers([marker], {"gateway": [dump]}, present=False) == [marker]
+    assert missing_markers([marker], {"gateway": [active_config(dump)]}, present=False) == []
+    assert active_config("not json") == "not json"
