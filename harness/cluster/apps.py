@@ -58,6 +58,8 @@ CA_FILE_ENV = "SSL_CERT_FILE"
 BUILD_TIMEOUT_S = 900.0
 TAG_TIMEOUT_S = 60.0
 ROLLOUT_TIMEOUT_S = 300.0
+#: how often a relay's rollout is checked (a relay pod is ready within seconds)
+ROLLOUT_INTERVAL_S = 0.5
 HEARTBEAT_S = 30.0
 
 BuildMode = Literal["auto", "dockerfile", "local"]
@@ -353,7 +355,9 @@ class RelayApps:
         progress(f"deploying the relay apps (proxy, target) into {self.namespace} with image {self.image}")
         self.refs = self.kube.apply(text, namespace=self.namespace)
         for app in RELAY_DEPLOYMENTS:
-            self.kube.wait_rollout(self.namespace, app, deadline_s=self.rollout_timeout_s)
+            self.kube.wait_rollout(
+                self.namespace, app, deadline_s=self.rollout_timeout_s, interval_s=ROLLOUT_INTERVAL_S
+            )
             self.verify_sidecar(app)
         return self.refs
 

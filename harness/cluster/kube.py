@@ -273,13 +273,20 @@ class Kube:
             raise
         return True
 
-    def delete_namespace(self, name: str, *, deadline_s: float = 180.0, interval_s: float = 1.0) -> None:
-        """Delete ``name`` and wait until it is gone (its finalizers ran)."""
+    def delete_namespace(
+        self, name: str, *, deadline_s: float = 180.0, interval_s: float = 1.0, wait: bool = True
+    ) -> None:
+        """Delete ``name`` and (with ``wait``) wait until it is gone (its finalizers ran)."""
         try:
             self.core.delete_namespace(name=name, _request_timeout=REQUEST_TIMEOUT_S)
         except Exception as exc:
             if not self._is_not_found(exc):
                 raise
+        if wait:
+            self.wait_namespace_gone(name, deadline_s=deadline_s, interval_s=interval_s)
+
+    def wait_namespace_gone(self, name: str, *, deadline_s: float = 180.0, interval_s: float = 1.0) -> None:
+        """Until namespace ``name`` no longer exists (its finalizers ran)."""
         wait_until(
             lambda: self.namespace_exists(name),
             lambda exists: RolloutCheck(not exists, "terminating" if exists else "gone"),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,6 +78,9 @@ SCENARIO_WAIT = Wait(timeout=20.0, interval=0.25, settle=2.0)
 #: how long the gateway's log is watched for an entry that must not appear (Istio flushes every second)
 ABSENCE_WINDOW_S = 2.0
 
+#: how long the tier's exit waits for the scenario namespaces it deleted to be gone
+NAMESPACE_DELETE_S = 180.0
+
 #: the only chain a request runs down on this tier
 CHAIN = ("ingress", "proxy", "target")
 
@@ -118,6 +122,9 @@ class ClusterTier:
         self.collect_diagnostics = collect_diagnostics
         self.chain_deadline_s = chain_deadline_s
         self.converge_s = converge_s
+        #: scenario namespaces being deleted, awaited on the tier's exit
+        self._deleting: list[str] = []
+        self._deleting_lock = threading.Lock()
 
     @property
     def istio_version(self) -> str:
@@ -129,7 +136,27 @@ class ClusterTier:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        return None
+        self.wait_deletions()
+
+    def wait_deletions(self) -> None:
+        """Until the scenario namespaces whose deletion the stages started are gone (a stage does not
+        wait for its namespace's pods to terminate: nothing of another scenario depends on them)."""
+        with self._deleting_lock:
+            pending, self._deleting = self._deleting, []
+        problems = []
+        for ns in pending:
+            try:
+                self.run._kube().wait_namespace_gone(ns, deadline_s=NAMESPACE_DELETE_S)
+            except Exception as exc:
+                problems.append(f"namespace {ns}: {type(exc).__name__}: {exc}")
+        if problems:
+            raise E2EError("scenario namespaces were not deleted: " + "; ".join(problems))
+
+    def delete_later(self, namespace: str) -> None:
+        """Start deleting ``namespace``; :meth:`wait_deletions` (the tier's exit) waits until it is gone."""
+        self.run._kube().delete_namespace(namespace, wait=False)
+        with self._deleting_lock:
+            self._deleting.append(namespace)
 
     def versions(self) -> TierVersions:
         """The run's Istio, and the Kubernetes of a kind cluster's node image (None for a cluster
@@ -186,25 +213,26 @@ class ClusterTier:
         return None
 
     def stage(self, scenario: Scenario) -> ClusterStage:
-        """The scenario's stage, holding the run's scenario lock (alone when the scenario's objects
-        reach beyond its namespace: ``harness.cluster.lock.exclusive_reason``)."""
+        """The scenario's stage. Its ``apply`` takes the run's scenario lock once the namespace's relays
+        answer (alone when the scenario's objects reach beyond its namespace:
+        ``harness.cluster.lock.exclusive_reason``), so that scenarios waiting for an exclusive one have
+        their relays ready meanwhile."""
         view = self.view(scenario)
         documents = [d.body for d in render_scenario(scenario, view.render_context()).documents]
         alone = exclusive_reason(documents, view.namespace)
         if alone:
             progress(f"scenario {scenario.name} needs the cluster alone: {alone}")
-        stage = ClusterStage(self, scenario, view)
-        stage.locks.enter_context(
-            self.lock.hold(exclusive=alone is not None, what=f"scenario {scenario.name}")
-        )
-        return stage
+        return ClusterStage(self, scenario, view, exclusive=alone is not None)
 
 
 class ClusterStage:
     """One scenario on the cluster tier: its namespace, relays and objects while it is applied."""
 
-    def __init__(self, tier: ClusterTier, scenario: Scenario, view: E2ERun) -> None:
+    def __init__(
+        self, tier: ClusterTier, scenario: Scenario, view: E2ERun, *, exclusive: bool = False
+    ) -> None:
         self.tier = tier
+        self.exclusive = exclusive
         self.scenario = scenario
         self.view = view
         self.kube = view._kube()
@@ -213,7 +241,7 @@ class ClusterStage:
         self.absence_window = ABSENCE_WINDOW_S
         #: the gateway the scenario's egress traffic leaves through (known once it is applied)
         self.gateway: ScenarioGateway = DEFAULT_GATEWAY
-        #: what ``stage`` took (the lock), released by ``remove`` whatever happened
+        #: what ``apply`` took (the lock), released by ``remove`` whatever happened
         self.locks = contextlib.ExitStack()
         #: what ``apply`` made, undone by ``remove`` in reverse (the objects, then the namespace)
         self.made = contextlib.ExitStack()
@@ -234,14 +262,19 @@ class ClusterStage:
                 SCENARIO_LABEL: dns_label(self.scenario.name),
             },
         )
-        # only a namespace made here is deleted (one that was there is not this scenario's)
-        self.made.callback(self.kube.delete_namespace, ns)
+        # only a namespace made here is deleted (one that was there is not this scenario's); the
+        # tier waits for it to be gone (its exit), not the scenario
+        self.made.callback(self.tier.delete_later, ns)
         relays = NamespaceRelays(
             self.kube, ns, gateway=view.ingress_gateway, image=view.relay_image, ca_pem=view.ca_pem
         )
         relays.deploy()
         view.relay_manifest = relays.save(view.run_dir / "manifests" / ns)
         view.wait_chain_ready(deadline_s=self.tier.chain_deadline_s)
+        # the lock from here: what the scenario applies is what others must not meet
+        self.locks.enter_context(
+            self.tier.lock.hold(exclusive=self.exclusive, what=f"scenario {self.scenario.name}")
+        )
         self.made.callback(self._remove_applied)
         applied = view.apply_scenario(self.scenario, wait_s=self.tier.converge_s)
         self.gateway = applied.gateway

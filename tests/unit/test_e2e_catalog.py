@@ -396,6 +396,8 @@ class CatalogKube(StandInKube):
             for p in listed:
                 p["spec"]["containers"][0]["image"] = "docker.io/istio/proxyv2:1.30.3"
         self.fail_create = False
+        #: the namespaces the tier waited for, with how many calls had been made by then
+        self.awaited: list[tuple[str, int]] = []
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         if selector.startswith("app=") and namespace != "istio-system":
@@ -412,6 +414,10 @@ class CatalogKube(StandInKube):
 
     def delete_namespace(self, name: str, **kw: Any) -> None:
         self.calls.append(("delete namespace", name))
+
+    def wait_namespace_gone(self, name: str, **kw: Any) -> None:
+        # the tier waits for its scenario namespaces at its exit, after every scenario's removal
+        self.awaited.append((name, len(self.calls)))
 
     def wait_rollout(self, namespace: str, name: str, **kw: Any) -> None:
         self.calls.append(("rollout", namespace, name))
@@ -775,6 +781,39 @@ def test_the_wildcard_scenario_holds_the_lock_alone(cluster: Cluster) -> None:
         (True, "scenario wildcard-host-via-egress-gateway"),
         (False, f"scenario {MISSION}"),
     ]
+
+
+class CallsAtLock:
+    """A lock that notes what the cluster had been asked when it was taken and released."""
+
+    def __init__(self, kube: Any) -> None:
+        self.kube = kube
+        self.taken: list[list[Any]] = []
+        self.released: list[list[Any]] = []
+
+    @contextlib.contextmanager
+    def hold(self, *, exclusive: bool, what: str = "") -> Iterator[float]:
+        self.taken.append(list(self.kube.calls))
+        yield 0.0
+        self.released.append(list(self.kube.calls))
+
+
+def test_the_lock_is_held_from_the_relays_answering_to_the_objects_removal_and_the_namespace_goes_after(
+    cluster: Cluster,
+) -> None:
+    """Relays are made outside the lock (scenarios waiting for an exclusive one get theirs ready
+    meanwhile); the namespace's deletion is started on removal and awaited on the tier's exit."""
+    lock = CallsAtLock(cluster.kube)
+    cluster.proxy_config(NS1)
+    result = cluster.runner(lock=lock).run_scenario(CATALOG.get(MISSION)).result
+    assert result.outcome == "passed", result.message
+    (taken,), (released,) = lock.taken, lock.released
+    assert taken[-2:] == [("rollout", NS1, "proxy"), ("rollout", NS1, "target")]  # nothing applied yet
+    assert released[-2:] == [
+        ("delete", ["ServiceEntry", "Gateway", "DestinationRule", "VirtualService"]),
+        ("delete namespace", NS1),  # started, not awaited
+    ]
+    assert cluster.kube.awaited == [(NS1, len(cluster.kube.calls))]  # after everything, once
 
 
 # --- TLS and mutual TLS scenarios through the runner ------------------------------------------------
