@@ -85,7 +85,7 @@ class ScenarioRunner:
         phase: Phase = "single",
         namespace_labels: Mapping[str, str] | None = None,
         namespace_prefix: str | None = None,
-        wait: Wait = SCENARIO_WAIT,
+        wait: Wait | None = None,
         lock: ScenarioLock | None = None,
         keep_on_failure: bool | None = None,
         collect_diagnostics: bool = True,

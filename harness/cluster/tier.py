@@ -56,6 +56,7 @@ from harness.cluster.hosts import (
     scenario_hosts,
     scenario_namespace_name,
 )
+from harness.cluster.istio import flush_interval_s
 from harness.cluster.kube import INJECTION_LABELS
 from harness.cluster.lock import ScenarioLock, exclusive_reason
 from harness.cluster.namespace import LOG_SLACK_S
@@ -72,11 +73,22 @@ from harness.scenarios.preflight import AnalyzeError
 from harness.scenarios.render import render_scenario
 from harness.tier import HopLogs, Sent, TierVersions
 
-#: how the catalog's requests are judged: Envoy flushes access logs every second in Istio
+#: how the catalog's requests are judged where Envoy flushes access logs every second (Istio's default)
 SCENARIO_WAIT = Wait(timeout=20.0, interval=0.25, settle=2.0)
 
-#: how long the gateway's log is watched for an entry that must not appear (Istio flushes every second)
-ABSENCE_WINDOW_S = 2.0
+
+def scenario_wait(flush_s: float) -> Wait:
+    """How a request's hop logs are polled when the proxies flush every ``flush_s`` seconds: settle
+    and the absence window (:func:`absence_window`) two flush intervals, at least half a second."""
+    if flush_s >= 1.0:
+        return SCENARIO_WAIT
+    return Wait(timeout=SCENARIO_WAIT.timeout, interval=0.1, settle=absence_window(flush_s))
+
+
+def absence_window(flush_s: float) -> float:
+    """How long a log is watched for an entry that must not appear: two flush intervals, at least 0.5 s."""
+    return max(0.5, 2 * flush_s)
+
 
 #: how long the tier's exit waits for the scenario namespaces it deleted to be gone
 NAMESPACE_DELETE_S = 180.0
@@ -106,7 +118,7 @@ class ClusterTier:
         *,
         namespace_labels: Mapping[str, str] | None = None,
         namespace_prefix: str | None = None,
-        wait: Wait = SCENARIO_WAIT,
+        wait: Wait | None = None,
         lock: ScenarioLock | None = None,
         keep_on_failure: bool | None = None,
         collect_diagnostics: bool = True,
@@ -116,7 +128,7 @@ class ClusterTier:
         self.run = run
         self.namespace_labels = dict(namespace_labels if namespace_labels is not None else INJECTION_LABELS)
         self.prefix = namespace_prefix or f"e{run.run_id}"
-        self.wait = wait
+        self.wait = wait if wait is not None else scenario_wait(self.flush_interval_s)
         self.lock = lock if lock is not None else run.scenario_lock()
         self.keep_on_failure = run.options.keep_on_failure if keep_on_failure is None else keep_on_failure
         self.collect_diagnostics = collect_diagnostics
@@ -129,6 +141,18 @@ class ClusterTier:
     @property
     def istio_version(self) -> str:
         return self.run.options.istio_version
+
+    @property
+    def flush_interval_s(self) -> float:
+        """How often the mesh's proxies flush their access logs: 100 ms where this harness installed an
+        Istio that has ``fileFlushInterval`` (``harness.cluster.istio``), else Envoy's 1 s."""
+        run = self.run
+        installed = (
+            run.state.istio_installed
+            if run.state is not None
+            else bool(run.istio is not None and run.istio.installed_by_us)
+        )
+        return flush_interval_s(self.istio_version) if installed else 1.0
 
     def __enter__(self) -> Self:
         return self
@@ -238,7 +262,7 @@ class ClusterStage:
         self.kube = view._kube()
         self.context: RenderContext = view.render_context(scenario)
         self.wait: Wait | None = tier.wait
-        self.absence_window = ABSENCE_WINDOW_S
+        self.absence_window = absence_window(tier.flush_interval_s)
         #: the gateway the scenario's egress traffic leaves through (known once it is applied)
         self.gateway: ScenarioGateway = DEFAULT_GATEWAY
         #: what ``apply`` took (the lock), released by ``remove`` whatever happened

@@ -1366,3 +1366,22 @@ def test_the_gateway_api_manifest_is_downloaded_once_and_checked(
         fetch_gateway_api_crds("https://mirror.example/other.yaml", tmp_path / "other.yaml")
     monkeypatch.setenv(GATEWAY_API_URL_ENV, "https://mirror.example/standard-install.yaml")
     assert gateway_api_url() == "https://mirror.example/standard-install.yaml"
+
+
+def test_evidence_waits_follow_the_flush_interval_of_the_install(tmp_path: Path) -> None:
+    """Where the harness installed Istio 1.29+ (fileFlushInterval 100 ms) a request's settle time and
+    absence window are half a second; elsewhere (1.28, or an Istio the harness did not install)
+    they stay at two seconds for Envoy's one-second flush."""
+    from harness.cluster.tier import SCENARIO_WAIT, ClusterTier
+    from tests.unit.test_e2e_cli import state_of
+
+    def tier(version: str, installed: bool) -> ClusterTier:
+        run = started_run(tmp_path)
+        run.state = dataclasses.replace(state_of(tmp_path), istio_version=version, istio_installed=installed)
+        run.options = dataclasses.replace(run.options, istio_version=version)
+        return ClusterTier(run, lock=SpyLock())  # type: ignore[arg-type]
+
+    fast = tier("1.31-dev", installed=True)
+    assert fast.flush_interval_s == 0.1 and fast.wait.settle == 0.5 and fast.wait.interval == 0.1
+    assert tier("1.28.10", installed=True).wait == SCENARIO_WAIT
+    assert tier("1.31-dev", installed=False).wait == SCENARIO_WAIT
