@@ -71,19 +71,16 @@ def _time(value: object) -> datetime | None:
 
 def parse_proxy_status(text: str) -> list[XdsSync]:
     """Every proxy's xDS types from ``istioctl proxy-status -o json`` (one JSON document per istiod,
-    printed one after the other). A document that is not a sync status raises ValueError."""
+    printed one after the other). Lines that are not part of a document (istioctl's own log lines,
+    such as a timestamped warning) are skipped; output without any document raises ValueError."""
     decoder = json.JSONDecoder()
     out: list[XdsSync] = []
-    at = 0
-    text = text.strip()
-    while at < len(text):
+    docs = 0
+    at = _next_document(text, 0)
+    while at is not None:
         doc, end = decoder.raw_decode(text, at)
-        at = end
-        while at < len(text) and text[at].isspace():
-            at += 1
-        if not isinstance(doc, dict):
-            raise ValueError(f"istioctl proxy-status printed {type(doc).__name__}, not a DiscoveryResponse")
-        for resource in doc.get("resources") or []:
+        docs += 1
+        for resource in doc.get("resources") or [] if isinstance(doc, dict) else []:
             node = str(((resource or {}).get("node") or {}).get("id") or "")
             if not node:
                 continue
@@ -98,7 +95,23 @@ def parse_proxy_status(text: str) -> list[XdsSync]:
                         error=str(error) if error else None,
                     )
                 )
+        at = _next_document(text, end)
+    if not docs:
+        raise ValueError(f"istioctl proxy-status printed no sync status: {text.strip()[:200]!r}")
     return out
+
+
+def _next_document(text: str, start: int) -> int | None:
+    """Where the next JSON document starts at or after ``start``: a ``{`` opening a line."""
+    while start < len(text):
+        line_end = text.find("\n", start)
+        line = text[start : line_end if line_end >= 0 else len(text)]
+        if line.lstrip().startswith("{"):
+            return start + (len(line) - len(line.lstrip()))
+        if line_end < 0:
+            return None
+        start = line_end + 1
+    return None
 
 
 def proxy_status(istioctl: str, kube_args: Sequence[str] = ()) -> list[XdsSync]:
@@ -164,7 +177,11 @@ def wait_for_acks(
     started = time.monotonic()
 
     def fetch() -> AckState:
-        return ack_state(status(), proxies(), since)
+        try:
+            statuses = status()
+        except ValueError as exc:  # output it could not read: asked again until the deadline
+            return AckState((str(exc),), None)
+        return ack_state(statuses, proxies(), since)
 
     def decide(state: AckState) -> RolloutCheck:
         if not state.waiting:

@@ -109,3 +109,13 @@ def test_a_draining_listener_does_not_hold_what_was_removed() -> None:
     assert missing_markers([marker], {"gateway": [dump]}, present=False) == [marker]
     assert missing_markers([marker], {"gateway": [active_config(dump)]}, present=False) == []
     assert active_config("not json") == "not json"
+
+
+def test_istioctls_own_log_lines_around_the_documents_are_skipped() -> None:
+    # a line istioctl logs on stdout starts with a timestamp, which a JSON decoder reads as a number
+    noisy = (
+        "2026-12-07T05:20:01.123456Z\twarn\tsomething istioctl says\n" + SYNCED + "\nanother line\n" + SYNCED
+    )
+    assert len(parse_proxy_status(noisy)) == 2 * len(parse_proxy_status(SYNCED))
+    with pytest.raises(ValueError, match="printed no sync status"):
+        parse_proxy_status("2026-12-07T05:20:01Z\terror\tno istiod\n")
