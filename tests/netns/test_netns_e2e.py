@@ -96,3 +96,64 @@ def _runs_in(proc: Path, prefix: str) -> bool:
         return prefix in (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+@pytest.mark.timeout(900)
+def test_a_second_run_visits_the_kept_cluster_by_kubeconfig_and_both_runs_answer(
+    istio_built: str, tmp_path: Path
+) -> None:
+    """The existing-cluster path (``e2e up --kubeconfig``) for real: a second harness run on the netns
+    cluster the first one made and keeps. Both runs' ingress routes share the cluster's one ingress
+    gateway on port 80 (before each had a host of its own, istioctl analyze reported IST0145 there and
+    the second run's mission failed); the second run's mission goes out through the egress gateway,
+    the first run's chain still answers, and the second's ``down`` removes its namespace only."""
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first = bring_up(
+        E2EOptions(provider="netns", istio_version=istio_built, external_host=SEED_HOST), first_dir
+    )
+    prefix = f"egh-{json.loads((first_dir / 'netns' / 'netns-cluster.json').read_text())['run_id']}-"
+    try:
+        visit = E2EOptions(
+            istio_version=istio_built,
+            kubeconfig=first.kubeconfig,
+            context=first.context,
+            ingress_url=first.ingress_url,
+            relay_image=first.relay_image,
+            external="internet",
+            external_host=SEED_HOST,
+        )
+        second = bring_up(visit, second_dir)
+        assert second.namespace != first.namespace
+        try:
+            with E2ERun(visit, second_dir, state=second) as run:
+                scenario = load_catalog(REPO / "scenarios").get("http-via-egress-gateway")
+                applied = run.apply_scenario(scenario)  # runs istioctl analyze against the live cluster
+                try:
+                    (spec,) = scenario.requests
+                    request = render_request(spec, run.render_context(), source=scenario.file)
+                    result = run.send_chain(request.host, request.port, request.path)
+                    assert result.response.status == 200, result.response.text[:500]
+                    since = result.sent_at - timedelta(seconds=5)
+                    assert_through_gateway(
+                        result.ref(request.host),
+                        EgressTarget(request.host, request.port),
+                        gateway=run.gateway_log(since=since),
+                        sidecar=run.sidecar_log("target", since=since),
+                        wait=WAIT,
+                    )
+                finally:
+                    run.delete_scenario(applied)
+            with E2ERun(
+                E2EOptions(provider="netns", istio_version=istio_built), first_dir, state=first
+            ) as run:
+                assert run.wait_chain_ready(deadline_s=60).response.status == 200
+        finally:
+            assert bring_down(second_dir) == []
+        with E2ERun(E2EOptions(provider="netns", istio_version=istio_built), first_dir, state=first) as run:
+            kube = run._kube()
+            assert kube.namespace_exists(first.namespace) and not kube.namespace_exists(second.namespace)
+            assert run.wait_chain_ready(deadline_s=60).response.status == 200
+    finally:
+        problems = bring_down(first_dir)
+    assert problems == []
+    assert leftovers(prefix) == []
