@@ -97,9 +97,13 @@ else
 	  else $(PY) -m harness.cli e2e down --run-dir "$$run_dir" || status=1; fi; \
 	  exit $$status; }; \
 	trap down EXIT; trap 'exit 130' INT TERM; \
-	$(PY) -m harness.cli e2e up --run-dir "$$run_dir" $(E2E_PROVIDER_ARGS) $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION)) $(E2E_UP_ARGS) >/dev/null && \
-	EGRESS_HARNESS_RESULTS_DIR=artifacts/results $(PY) -m pytest -m e2e -p no:cacheprovider -n $(E2E_WORKERS) \
-	  --run-state "$$run_dir/run-state.json" $(PYTEST_ARGS)
+	rm -rf artifacts/results; \
+	$(PY) -m harness.cli e2e up --run-dir "$$run_dir" $(E2E_PROVIDER_ARGS) $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION)) $(E2E_UP_ARGS) >/dev/null || exit $$?; \
+	tests=0; EGRESS_HARNESS_RESULTS_DIR=artifacts/results $(PY) -m pytest -m e2e -p no:cacheprovider -n $(E2E_WORKERS) \
+	  --run-state "$$run_dir/run-state.json" $(PYTEST_ARGS) || tests=$$?; \
+	if ls artifacts/results/*.json >/dev/null 2>&1; then \
+	  $(PY) -m harness.cli report artifacts/results --markdown artifacts/report.md --junit-dir artifacts/junit || tests=1; fi; \
+	exit $$tests
 endif
 
 NETNS_BIN := $(PY) -m harness.cluster.providers.netns.binaries
