@@ -57,5 +57,7 @@ def run_local(args: argparse.Namespace) -> int:
             print(line)
 
     with LocalTier(encoding=args.encoding) as tier:
+        # "Istio 1.30.3 (emulated), Envoy ...": no istiod runs here, the routing is an image of it
+        print(tier.versions().header(), flush=True)
         run_catalog(tier, selected, each=report)
     return 1 if failed else 0

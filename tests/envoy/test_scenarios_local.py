@@ -254,7 +254,9 @@ def test_scenarios_local_command() -> None:
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.startswith("PASS  sidecar-only-egress/direct-from-sidecar  status 200")
+    header, first = out.stdout.splitlines()[:2]
+    assert re.match(r"Istio \S+ \(emulated\), Envoy 1\.\d+\.\d+$", header), header  # labelled an emulation
+    assert first.startswith("PASS  sidecar-only-egress/direct-from-sidecar  status 200")
     missing = subprocess.run(
         [sys.executable, "-m", "harness.cli", "scenarios", "local", "no-such-scenario"],
         capture_output=True,
