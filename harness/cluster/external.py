@@ -39,6 +39,7 @@ import tarfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -481,9 +482,18 @@ class AttachedRecorder(RecorderClient):
     reads its records, owns nothing."""
 
     def __init__(
-        self, url: str, *, name: str, alias: str, aliases: Sequence[str], port: int, tls_port: int | None
+        self,
+        url: str,
+        *,
+        name: str,
+        alias: str,
+        aliases: Sequence[str],
+        port: int,
+        tls_port: int | None,
+        log_file: Path | None = None,
     ) -> None:
         self._url = url
+        self.log_file = log_file
         self.name = name
         self.alias = alias
         self.aliases = list(aliases)
@@ -493,6 +503,15 @@ class AttachedRecorder(RecorderClient):
     @property
     def url(self) -> str:
         return self._url
+
+    def logs(self) -> str:
+        """The recorder's log, read from the file the process that started it writes."""
+        if self.log_file is None:
+            return f"(the log of recorder {self.name} is with the process that started it)\n"
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError as exc:
+            return f"(the log of recorder {self.name} could not be read: {exc})\n"
 
 
 class RecorderContainer(RecorderClient, Container):

@@ -285,10 +285,10 @@ class E2ERun(RunNamespace):
         self.cluster = state.cluster_handle()
         self.kube = self._stack.enter_context(Kube(state.kubeconfig, state.context))
         if state.recorder is not None:
-            self.recorder = state.recorder.handle()
+            self.recorder = state.recorder.handle(state.run_dir)
             self._stack.callback(close_docker_client, self.recorder)
         if state.mtls_recorder is not None:
-            self.mtls_recorder = state.mtls_recorder.handle()
+            self.mtls_recorder = state.mtls_recorder.handle(state.run_dir)
             self._stack.callback(close_docker_client, self.mtls_recorder)
         if state.pki_dir is not None:
             self.pki = load_pki(state.pki_dir)

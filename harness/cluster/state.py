@@ -99,8 +99,9 @@ class RecorderState:
     #: the processes of a recorder that is not a container (pid, binary), for ``e2e down``
     processes: tuple[tuple[int, str], ...] = ()
 
-    def handle(self) -> RecorderClient:
-        """A handle on the running recorder (nothing is started; do not enter it)."""
+    def handle(self, run_dir: Path | None = None) -> RecorderClient:
+        """A handle on the running recorder (nothing is started; do not enter it). A netns run's
+        recorder (reached at ``control_url``) logs to ``<run_dir>/<name>/<name>.log``."""
         if self.control_url is not None:
             return AttachedRecorder(
                 self.control_url,
@@ -109,6 +110,7 @@ class RecorderState:
                 aliases=self.aliases,
                 port=self.port,
                 tls_port=self.tls_port,
+                log_file=run_dir / self.name / f"{self.name}.log" if run_dir is not None else None,
             )
         recorder = RecorderContainer(
             self.image, network=self.network, alias=self.aliases[0] if self.aliases else EXTERNAL_ALIAS,

@@ -650,3 +650,19 @@ def test_up_options_for_a_netns_run_and_for_an_existing_cluster(tmp_path: Path) 
         parser.parse_args(["e2e", "up", "--provider", "netns", "--kubeconfig", str(tmp_path / "kc")]), ["x"]
     )
     assert any("does not go with --kubeconfig" in p for p in both.problems())
+
+
+def test_a_netns_runs_recorder_attached_by_state_shows_its_log_for_diagnostics(tmp_path: Path) -> None:
+    """An attached netns recorder had no log at all: the diagnostics' recorder steps failed with
+    AttributeError on a netns catalog run (its log is <run dir>/<name>/<name>.log)."""
+    from harness.cluster.state import RecorderState
+
+    recorder = RecorderState(
+        "egh-rec", "-", "netns", 80, ("external.egress-harness.test",), control_url="http://127.0.0.1:1"
+    )
+    handle = recorder.handle(tmp_path)
+    assert "could not be read" in handle.logs()
+    (tmp_path / "egh-rec").mkdir()
+    (tmp_path / "egh-rec" / "egh-rec.log").write_text("GET /records 200\n")
+    assert handle.logs() == "GET /records 200\n"
+    assert "with the process that started it" in recorder.handle().logs()
