@@ -56,8 +56,9 @@ def test_a_scenario_the_tier_cannot_emulate_is_skipped_with_the_reason(
     monkeypatch.setattr(LocalTier, "stage", no_mesh)
     assert cli.main(["scenarios", "local", TLS]) == 0
     out, _ = capsys.readouterr()
-    assert out.startswith(f"SKIP  {TLS}: the local tier cannot emulate it: ")
-    assert out.count("\n") == 1
+    header, skip = out.splitlines()
+    assert header.startswith("Istio ") and "(emulated)" in header  # labelled an emulation
+    assert skip.startswith(f"SKIP  {TLS}: the local tier cannot emulate it: ")
 
 
 def fake_catalog(runs: list[ScenarioRun], monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -87,7 +88,10 @@ def test_a_failed_scenario_is_reported_and_fails_the_command(
     asked = fake_catalog([failed, skipped], monkeypatch)
     assert cli.main(["scenarios", "local", TLS, "sidecar-only-egress"]) == 1
     out, _ = capsys.readouterr()
-    assert out == f"FAIL  sidecar-only-egress: the gateway never saw it\nSKIP  {TLS}: no image\n"
+    assert (
+        out.split("\n", 1)[1]
+        == f"FAIL  sidecar-only-egress: the gateway never saw it\nSKIP  {TLS}: no image\n"
+    )
     assert set(asked) == {TLS, "sidecar-only-egress"} and len(asked) == 2  # in the catalog's order
 
 
@@ -102,4 +106,5 @@ def test_a_scenario_the_tier_could_not_run_ends_the_command_with_why(
     fake_catalog([run], monkeypatch)
     assert cli.main(["scenarios", "local", "sidecar-only-egress"]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and err == "egress-harness scenarios: local mesh: target-sidecar: exited\n"
+    assert "(emulated)" in out and out.count("\n") == 1  # the header only
+    assert err == "egress-harness scenarios: local mesh: target-sidecar: exited\n"
