@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.common import versions
 from harness.common.proc import progress
-from harness.scenarios.cli import catalog_of, catalog_options
+from harness.scenarios.cli import catalog_options, selection
 
 if TYPE_CHECKING:
     from harness.cluster.options import E2EOptions
@@ -87,17 +87,13 @@ def add_scenario_commands(scenarios: Any) -> None:
 
 def run_scenarios(args: argparse.Namespace) -> int:
     """The handler: the selected scenarios on the chosen tier, each reported as it ends."""
-    catalog = catalog_of(args)
-    if catalog is None:
-        return 1
-    unknown = [n for n in args.names if n not in catalog.names()]
-    if unknown:
-        print(f"{_PROG}: no scenario {', '.join(unknown)}", file=sys.stderr)
-        return 2
+    chosen = selection(args, _PROG)
+    if isinstance(chosen, int):
+        return chosen
+    catalog, selected = chosen
     if args.workers < 1:
         print(f"{_PROG}: --workers must be at least 1", file=sys.stderr)
         return 2
-    selected = [s for s in catalog.scenarios if not args.names or s.name in args.names]
     report = Report()
     if args.tier == "local":
         from harness.localmesh.tier import LocalTier

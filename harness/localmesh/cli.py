@@ -13,12 +13,11 @@ Exit codes: 0 every scenario run passed, 1 one failed (or could not run), 2 usag
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from harness.localmesh.tier import LocalTier
 from harness.runner import ScenarioRun, run_catalog
-from harness.scenarios.cli import catalog_of, catalog_options
+from harness.scenarios.cli import catalog_options, selection
 
 
 def add_scenario_commands(scenarios: Any) -> None:
@@ -38,14 +37,10 @@ def add_scenario_commands(scenarios: Any) -> None:
 
 def run_local(args: argparse.Namespace) -> int:
     """Run the catalog's scenarios (``args.names``, default all) on a local tier, printing each as it ends."""
-    catalog = catalog_of(args)
-    if catalog is None:
-        return 1
-    unknown = [n for n in args.names if n not in catalog.names()]
-    if unknown:
-        print(f"egress-harness scenarios local: no scenario {', '.join(unknown)}", file=sys.stderr)
-        return 2
-    selected = [s for s in catalog.scenarios if not args.names or s.name in args.names]
+    chosen = selection(args, "egress-harness scenarios local")
+    if isinstance(chosen, int):
+        return chosen
+    _, selected = chosen
     failed = 0
 
     def report(run: ScenarioRun) -> None:

@@ -116,6 +116,19 @@ def catalog_of(args: argparse.Namespace) -> Catalog | None:
         return None
 
 
+def selection(args: argparse.Namespace, prog: str) -> tuple[Catalog, list[Any]] | int:
+    """The catalog of ``--scenarios-dir`` and the scenarios ``args.names`` selects (default: all), in
+    the catalog's order; or the exit code after saying why not (1: it does not load, 2: an unknown name)."""
+    catalog = catalog_of(args)
+    if catalog is None:
+        return 1
+    unknown = [n for n in args.names if n not in catalog.names()]
+    if unknown:
+        print(f"{prog}: no scenario {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    return catalog, [s for s in catalog.scenarios if not args.names or s.name in args.names]
+
+
 def run_list(args: argparse.Namespace) -> int:
     catalog = catalog_of(args)
     if catalog is None:
