@@ -3,6 +3,12 @@
 Times depend on the machine; a ratio to work of the same size done by a known-fast reference does
 not (much). Each measurement is the best of several repeats. Results go to stdout and to
 ``artifacts/bench.json``.
+
+The ``istiod`` section (``bench/istiod.py``, where a netns cluster can run: root and the built
+binaries; about 3 minutes) is the exception: issue 18 asks for its figures as times against targets
+(``e2e up`` to Istio ready, the catalog's wall time, the p95 from an answer to its judgement), and
+for the push-to-ACK time as a ratio to istiod's debounce. Those targets are printed with their
+verdicts but do not set the exit status.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from harness.accesslog import ISTIO_TEXT, ISTIO_TEXT_FORMAT, AccessLogEntry, LogParser
 from harness.evidence import EntryLog, FileLogSource
@@ -126,21 +133,30 @@ def bench_poll(lines_n: int, new_lines: int, repeats: int) -> dict[str, float]:
     }
 
 
+SECTIONS = ("parse", "poll", "latency", "istiod")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--lines", type=int, default=1_000_000, help="log size (default 1,000,000 lines)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", choices=["parse", "poll", "latency"], action="append")
+    ap.add_argument(
+        "--only",
+        choices=SECTIONS,
+        action="append",
+        help="a section to run (repeatable; default: all; istiod runs where a netns cluster can, ~3 min)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench.json")
     args = ap.parse_args(argv)
-    only = set(args.only or ["parse", "poll", "latency"])
-    results: dict[str, dict[str, float]] = {}
-    goals: list[tuple[str, float, float]] = []
+    only = set(args.only or SECTIONS)
+    results: dict[str, dict[str, Any]] = {}
+    #: (measure, value, goal, unit): a ratio when the unit is empty, else seconds
+    goals: list[tuple[str, float, float, str]] = []
     if "parse" in only:
         print(f">> bench: TEXT parse vs json.loads over {args.lines:,} lines", file=sys.stderr)
         r = bench_parse(args.lines, args.repeats)
         results["parse"] = r
-        goals.append(("TEXT parse / json.loads", r["ratio_text_parse_to_json_loads"], 1.5))
+        goals.append(("TEXT parse / json.loads", r["ratio_text_parse_to_json_loads"], 1.5, ""))
     if "poll" in only:
         print(
             f">> bench: one poll of 10 new lines on a {args.lines:,}-line log vs a full re-read",
@@ -148,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         r = bench_poll(args.lines, 10, max(args.repeats, 5))
         results["poll"] = r
-        goals.append(("poll of 10 new lines / full re-read", r["ratio_poll_to_full_reread"], 0.01))
+        goals.append(("poll of 10 new lines / full re-read", r["ratio_poll_to_full_reread"], 0.01, ""))
     if "latency" in only:
         try:
             from bench import latency
@@ -160,17 +176,107 @@ def main(argv: list[str] | None = None) -> int:
         else:
             r = latency.run(args.repeats)
             results["latency"] = r
-            goals.append(("assertion latency / flush interval", r["ratio_latency_to_flush_interval"], 1.3))
+            goals.append(
+                ("assertion latency / flush interval", r["ratio_latency_to_flush_interval"], 1.3, "")
+            )
+    extra: list[str] = []
+    #: the istiod section's targets (issue 18 item 8): shown with their verdicts, not gating the exit
+    #: status (they are what the tier is to reach, and a bench run is no test of the catalog)
+    targets: list[tuple[str, float, float, str]] = []
+    if "istiod" in only:
+        r, targets, extra = istiod_section()
+        results["istiod"] = r
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{'measure':<42} {'ratio':>10} {'goal':>8}  verdict")
+    print(f"{'measure':<42} {'value':>10} {'goal':>8}  verdict")
     failed = 0
-    for name, ratio, goal in goals:
-        ok = ratio <= goal
-        failed += not ok
-        print(f"{name:<42} {ratio:>10.2g} {goal:>8}  {'met' if ok else 'MISSED'}")
+    rows = [(g, True) for g in goals] + [(t, False) for t in targets]
+    for (name, value, goal, unit), gated in rows:
+        ok = value <= goal
+        failed += gated and not ok
+        shown = f"{value:.3g} {unit}" if unit else f"{value:.2g}"
+        wanted = f"{goal:g} {unit}" if unit else f"{goal:g}"
+        verdict = "met" if ok else "MISSED" if gated else "missed (a target)"
+        print(f"{name:<42} {shown:>10} {wanted:>8}  {verdict}")
+    for line in extra:
+        print(line)
+    if targets:
+        print("(the istiod targets are reported, not gated: they do not set the exit status)")
     print(f"(details in {args.out})")
     return 1 if failed else 0
+
+
+def istiod_section() -> tuple[dict[str, Any], list[tuple[str, float, float, str]], list[str]]:
+    """The istiod section where it can run: its results, its figures with their targets, its report."""
+    from bench import istiod
+
+    reason = istiod.unavailable()
+    if reason:
+        print(f">> bench: istiod tier skipped: {reason}", file=sys.stderr)
+        return {"skipped": reason}, [], [f"istiod: skipped: {reason}"]
+    print(
+        ">> bench: the istiod tier: e2e up --provider netns, the catalog, e2e down (about 3 minutes)",
+        file=sys.stderr,
+    )
+    r = istiod.run()
+    return r, istiod_goals(r), istiod_report(r)
+
+
+def istiod_goals(r: dict[str, Any]) -> list[tuple[str, float, float, str]]:
+    """The istiod section's four figures with their targets (issue 18 item 8)."""
+    from bench import istiod
+
+    up, cat = r["up"], r["catalog"]
+    goals = [
+        ("istiod: e2e up to Istio ready (warm)", up["istio_ready_s"], istiod.UP_TARGET_S, "s"),
+        ("istiod: catalog wall time", cat["wall_s"], istiod.CATALOG_TARGET_S, "s"),
+    ]
+    if cat["acked_debounces_max"] is not None:
+        goals.append(
+            (
+                "istiod: applied -> ACKed / debounce (max)",
+                cat["acked_debounces_max"],
+                istiod.ACKED_TARGET_DEBOUNCES,
+                "",
+            )
+        )
+    if cat["judged_p95_s"] is not None:
+        goals.append(("istiod: answer -> judged, p95", cat["judged_p95_s"], istiod.JUDGED_P95_TARGET_S, "s"))
+    return goals
+
+
+def istiod_report(r: dict[str, Any]) -> list[str]:
+    """Where the istiod section's time went: the up's steps, each scenario, the section's own time."""
+    from bench import istiod
+
+    up, cat = r["up"], r["catalog"]
+    steps = ", ".join(f"{k} {v:.1f}" for k, v in up["steps_s"].items())
+    out = [
+        f"istiod: {r['versions']}",
+        f"istiod: e2e up {up['total_s']:.1f} s in all: {steps}, outside the steps {up['untimed_s']:.1f} (s)",
+        f"istiod: catalog {cat['wall_s']:.1f} s with {r['workers']} workers, of which the tier's exit "
+        f"(scenario namespaces gone) {cat['tier_exit_s']:.1f} s; e2e down {r['down_s']:.1f} s",
+        f"istiod: applied -> ACKed within {istiod.ACKED_TARGET_DEBOUNCES:g} debounce intervals "
+        f"({cat['debounce_after_s'] * 1000:g} ms): {cat['acked_within_target']} of {cat['acked_measured']} scenarios",
+        f"istiod: answer -> judged over {cat['judged_requests']} requests: median {cat['judged_median_s']} s, "
+        f"p95 {cat['judged_p95_s']} s, max {cat['judged_max_s']} s",
+        f"  {'scenario':<48} {'outcome':<8} {'time s':>7} {'conv s':>7} {'acked s':>8} {'/debounce':>9} {'removed s':>9}",
+    ]
+
+    def num(v: float | None, fmt: str = ".2f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    for name, s in cat["scenarios"].items():
+        out.append(
+            f"  {name:<48} {s['outcome']:<8} {num(s['duration_s'], '.1f'):>7} {num(s['converged_s']):>7} "
+            f"{num(s['acked_s']):>8} {num(s['acked_debounces'], '.1f'):>9} {num(s['removed_s']):>9}"
+        )
+    if cat["failed"]:
+        out.append(
+            f"istiod: scenarios that failed (the figures are of a failing run): {', '.join(cat['failed'])}"
+        )
+    out.append(f"istiod: the section took {r['section_s']:.0f} s (up, catalog, down)")
+    return out
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.evidence import HopEvidence
@@ -61,6 +62,9 @@ class RequestOutcome:
     proof: list[HopEvidence] = field(default_factory=list)
     error: Exception | None = None
     witness: str | None = None
+    #: seconds from the answer reaching the client (``Sent.answered_at``, else the return of
+    #: ``Stage.send``) to the hop logs' judgement passing; None when it did not pass
+    judged_s: float | None = None
 
     @property
     def request_id(self) -> str:
@@ -145,6 +149,7 @@ def exercise(
     An exception of ``failures`` is the request's ``error``; any other propagates.
     """
     sent = stage.send(request)
+    answered = sent.answered_at or datetime.now(UTC)
     outcome = RequestOutcome(request, sent)
     exp = request.expect
     try:
@@ -159,6 +164,7 @@ def exercise(
             gateway_service=logs.gateway_service,
             canary=stage.canary,
         )
+        outcome.judged_s = round(max(0.0, (datetime.now(UTC) - answered).total_seconds()), 4)
         if sent.status != exp.status:
             raise AssertionError(
                 f"request {request.name}: the client got HTTP {sent.status}, expected {exp.status} "

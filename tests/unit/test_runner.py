@@ -11,8 +11,9 @@ skipped, error, and the stage removed whatever happened.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -581,3 +582,35 @@ def test_a_request_outcome_reads_like_the_cluster_summary() -> None:
     )
     assert outcome.line == "r: HTTP 200, external host (called from x)"
     assert dataclasses.replace(outcome, error=AssertionError("no")).hop is None
+
+
+def test_the_time_from_the_answer_to_the_passing_judgement_is_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    late = 0.05
+    send, hop_logs = MemoryStage.send, MemoryStage.hop_logs
+
+    def slow_logs(self: MemoryStage, sent: Sent) -> HopLogs:
+        time.sleep(late)  # the access logs reach the harness a while after the answer
+        return hop_logs(self, sent)
+
+    monkeypatch.setattr(MemoryStage, "hop_logs", slow_logs)
+    [request] = run(MemoryTier(), MISSION).requests
+    assert request.passed and request.judged_s is not None and late <= request.judged_s < late + 0.5
+
+    # from the answer as the tier recorded it (here a second before ``send`` returned) ...
+    def answered(self: MemoryStage, request: ResolvedRequest, ago: float | None) -> Sent:
+        sent = send(self, request)
+        at = None if ago is None else datetime.now(UTC) - timedelta(seconds=ago)
+        return dataclasses.replace(sent, answered_at=at)
+
+    monkeypatch.setattr(MemoryStage, "send", lambda self, r: answered(self, r, 1.0))
+    [request] = run(MemoryTier(), MISSION).requests
+    assert request.judged_s is not None and 1.0 + late <= request.judged_s < 1.5 + late
+    # ... else from the moment ``send`` returned
+    monkeypatch.setattr(MemoryStage, "send", lambda self, r: answered(self, r, None))
+    [request] = run(MemoryTier(), MISSION).requests
+    assert request.judged_s is not None and late <= request.judged_s < late + 0.5
+    # a judgement that failed has no time
+    [request] = run(MemoryTier(paths={EXTERNAL: "passthrough"}), MISSION).requests
+    assert not request.passed and request.judged_s is None
