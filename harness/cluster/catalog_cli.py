@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
 import tempfile
 import threading
@@ -166,16 +167,22 @@ def istiod_tier(args: argparse.Namespace, catalog: Sequence[Scenario]) -> Iterat
         state = RunState.load(state_file)
         options = attached_options(state, args)
         progress(f"attaching to run {state.run_id} ({state_file})")
-        with E2ERun(options, state.run_dir, state=state) as run:
-            yield ClusterTier(run, keep_on_failure=args.keep)
+        with (
+            E2ERun(options, state.run_dir, state=state) as run,
+            ClusterTier(run, keep_on_failure=args.keep) as tier,
+        ):
+            yield tier  # the tier's exit waits for the scenario namespaces it deleted
         return
     options = netns_options(args, catalog)
     made_dir = args.run_dir is None
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="egress-harness-istiod-"))
     state = bring_up(options, run_dir)  # a failed or interrupted up removes what it made
     try:
-        with E2ERun(options, run_dir, state=state) as run:
-            yield ClusterTier(run, keep_on_failure=args.keep)
+        with (
+            E2ERun(options, run_dir, state=state) as run,
+            ClusterTier(run, keep_on_failure=args.keep) as tier,
+        ):
+            yield tier
     finally:
         if args.keep:
             progress(
@@ -188,9 +195,8 @@ def istiod_tier(args: argparse.Namespace, catalog: Sequence[Scenario]) -> Iterat
                 progress(
                     f"e2e down left problems: {'; '.join(problems)} (run it again: e2e down --run-dir {run_dir})"
                 )
-            elif made_dir:
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()
+            elif made_dir:  # the temporary folder this command made: its cluster is gone
+                shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def istiod_header(tier: ClusterTier) -> str:

@@ -11,6 +11,7 @@ import threading
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +112,60 @@ def test_a_failed_scenario_makes_the_command_fail() -> None:
         runs = run_all(tier, [CATALOG.get(MISSION)], workers=2, each=report)
     assert not runs[0].passed and report.code == 1
     assert out.getvalue().startswith("FAIL  http-via-egress-gateway/")
+
+
+def test_the_istiod_tier_is_entered_and_its_temporary_run_folder_goes_after_a_clean_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command's cluster tier is entered (its exit waits for the scenario namespaces it deleted)
+    and the temporary run folder it made is removed once e2e down removed the cluster; --keep keeps both."""
+    from harness.cluster import catalog_cli
+    from harness.cluster import cli as cluster_cli
+    from harness.cluster import run as cluster_run
+    from harness.cluster import tier as cluster_tier
+
+    events: list[str] = []
+    made: list[Path] = []
+
+    def bring_up(options: Any, run_dir: Path) -> Any:
+        made.append(run_dir)
+        (run_dir / "scenarios").mkdir(parents=True)  # what a run leaves in its folder
+        return argparse.Namespace(kubeconfig=run_dir / "kubeconfig")
+
+    class Run:
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            pass
+
+        def __enter__(self) -> Run:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            events.append("run exit")
+
+    class Tier:
+        def __init__(self, run: Any, **kw: Any) -> None:
+            pass
+
+        def __enter__(self) -> Tier:
+            events.append("tier enter")
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            events.append("tier exit")
+
+    monkeypatch.setattr(cluster_cli, "bring_up", bring_up)
+    monkeypatch.setattr(cluster_cli, "bring_down", lambda run_dir: events.append("down") or [])
+    monkeypatch.setattr(cluster_run, "E2ERun", Run)
+    monkeypatch.setattr(cluster_tier, "ClusterTier", Tier)
+    monkeypatch.setattr(catalog_cli, "netns_options", lambda args, catalog: object())
+    monkeypatch.setattr(catalog_cli.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "tmp-run"))
+    args = argparse.Namespace(run_state=None, kubeconfig=None, run_dir=None, keep=False)
+    with catalog_cli.istiod_tier(args, []) as tier:
+        assert isinstance(tier, Tier)
+    assert events == ["tier enter", "tier exit", "run exit", "down"]
+    assert not made[0].exists()
+    events.clear()
+    kept = argparse.Namespace(run_state=None, kubeconfig=None, run_dir=tmp_path / "kept", keep=True)
+    with catalog_cli.istiod_tier(kept, []):
+        pass
+    assert events == ["tier enter", "tier exit", "run exit"] and (tmp_path / "kept").is_dir()
