@@ -16,7 +16,8 @@ lines per pod unless told otherwise, which silently loses entries on a busy gate
 
 Pods that appear later (a new replica, a rollout) are read from the source's start time; a pod whose
 container restarted has the rest of its previous container's log read first (``previous=true``), so
-entries written just before a crash are kept. Only one restart between two reads is covered.
+entries written just before a crash are kept. Only one restart between two reads is covered. A native
+sidecar's restarts are counted from ``initContainerStatuses`` (where Kubernetes reports them).
 A pod whose container is not running yet, or that disappeared between list and read (HTTP 400/404),
 is skipped for that read.
 """
@@ -147,8 +148,16 @@ def _status_code(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+def _container_statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The pod's container statuses, init containers included: a native sidecar (Istio 1.28+ on
+    Kubernetes >= 1.33) is an init container with ``restartPolicy: Always``, and its status, restart
+    count included, is reported in ``initContainerStatuses``, never in ``containerStatuses``."""
+    status = pod.get("status") or {}
+    return [*(status.get("containerStatuses") or []), *(status.get("initContainerStatuses") or [])]
+
+
 def _restart_count(pod: Mapping[str, Any], container: str) -> int:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+    for status in _container_statuses(pod):
         if status.get("name") == container:
             return int(status.get("restartCount") or 0)
     return 0
@@ -156,8 +165,7 @@ def _restart_count(pod: Mapping[str, Any], container: str) -> int:
 
 def _has_started(pod: Mapping[str, Any], container: str) -> bool:
     """Whether ``container`` ran at least once (a log exists); native sidecars are init containers."""
-    status = pod.get("status") or {}
-    for cs in [*(status.get("containerStatuses") or []), *(status.get("initContainerStatuses") or [])]:
+    for cs in _container_statuses(pod):
         if cs.get("name") == container:
             state = cs.get("state") or {}
             last = cs.get("lastState") or {}

@@ -109,6 +109,9 @@ class FakePod:
     uid: str = "uid-1"
     restarts: int = 0
     running: bool = True
+    #: a native sidecar (Kubernetes >= 1.33, Istio 1.28+): an init container with restartPolicy Always,
+    #: whose status the API server reports in initContainerStatuses only
+    native: bool = False
     log: list[tuple[datetime, int, str]] = field(default_factory=list)
     previous: list[tuple[datetime, int, str]] = field(default_factory=list)
 
@@ -138,16 +141,14 @@ class FakeCluster:
         out = []
         for pod in self.pods.values():
             state = {"running": {}} if pod.running else {"waiting": {"reason": "ContainerCreating"}}
-            out.append(
-                {
-                    "metadata": {"name": pod.name, "uid": pod.uid},
-                    "status": {
-                        "containerStatuses": [
-                            {"name": "istio-proxy", "restartCount": pod.restarts, "state": state}
-                        ]
-                    },
-                }
+            proxy = {"name": "istio-proxy", "restartCount": pod.restarts, "state": state}
+            app = {"name": "app", "restartCount": 0, "state": {"running": {}}}
+            status = (
+                {"initContainerStatuses": [proxy], "containerStatuses": [app]}
+                if pod.native
+                else {"containerStatuses": [proxy]}
             )
+            out.append({"metadata": {"name": pod.name, "uid": pod.uid}, "status": status})
         return out
 
     def read_namespaced_pod_log(self, **kw: Any) -> Raw:
@@ -233,7 +234,9 @@ def test_a_replica_that_appears_later_is_read_from_the_start(cluster: FakeCluste
     assert "gw-new" not in src.skipped
 
 
-def test_a_restart_reads_the_rest_of_the_previous_container_first(cluster: FakeCluster) -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["regular-sidecar", "native-sidecar"])
+def test_a_restart_reads_the_rest_of_the_previous_container_first(cluster: FakeCluster, native: bool) -> None:
+    cluster.pods["gw-a"].native = native
     src = source(cluster)
     cluster.now += timedelta(milliseconds=1)
     cluster.write("gw-a", "seen")
