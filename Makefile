@@ -63,7 +63,7 @@ go-vet: ## go vet of the harness kubelet
 bench: $(STAMP) ## benchmarks; results are ratios, printed and written to artifacts/bench.json
 	$(PY) -m bench
 
-tools: $(STAMP) ## download the pinned kind, kubectl and istioctl into .cache/bin (sha256-verified)
+tools: $(STAMP) ## download the pinned kind and istioctl into .cache/bin (sha256-verified)
 	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
 
 ifeq ($(TIER),istiod)

@@ -2,7 +2,7 @@
 
 - ``paths``: ``REPO_ROOT``, where the project's own files (``manifests/``, ``apps/``) are;
 - ``proc``: ``run`` (subprocesses with timeouts, tails of their output, Ctrl-C handled), ``progress``;
-- ``versions``: every pinned version (Istio releases, kind, kubectl, istioctl, the Gateway API);
+- ``versions``: every pinned version (Istio releases, kind, istioctl, the Gateway API);
 - ``tools``: finding, downloading and verifying the pinned tools (``egress-harness tools``);
 - ``certs``: the test PKI (a CA, server and client certificates made with ``openssl``);
 - ``traffic``: chain URLs and the HTTP client that sends requests with fresh x-request-ids.

@@ -1,4 +1,4 @@
-"""Getting the cluster tools (kind, kubectl, istioctl) at their pinned versions, and the e2e preflight.
+"""Getting the cluster tools (kind, istioctl) at their pinned versions, and the e2e preflight.
 
 ``ensure_tool`` prefers a binary on PATH whose version matches, then one in the cache
 (``.cache/bin/<name>-<version>/<name>`` under the repository, or ``$EGRESS_HARNESS_CACHE/bin/...``),
@@ -86,15 +86,6 @@ def parse_kind_version(stdout: str) -> str | None:
     return match.group(1) if match else None
 
 
-def parse_kubectl_version(stdout: str) -> str | None:
-    """``kubectl version --client -o json``: ``{"clientVersion": {"gitVersion": "v1.34.11", ...}, ...}``."""
-    try:
-        git_version = json.loads(stdout)["clientVersion"]["gitVersion"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return str(git_version).removeprefix("v") if git_version else None
-
-
 def parse_istioctl_version(stdout: str) -> str | None:
     """``istioctl version --remote=false -o json``: ``{"clientVersion": {"version": "1.30.3", ...}}``."""
     try:
@@ -106,7 +97,6 @@ def parse_istioctl_version(stdout: str) -> str | None:
 
 _VERSION_PROBES: dict[str, tuple[tuple[str, ...], Callable[[str], str | None]]] = {
     "kind": (("version",), parse_kind_version),
-    "kubectl": (("version", "--client", "-o", "json"), parse_kubectl_version),
     "istioctl": (("version", "--remote=false", "-o", "json"), parse_istioctl_version),
 }
 
@@ -139,7 +129,7 @@ def find_tool(name: str, version: str, cache_dir: Path | None = None) -> Path | 
 def parse_checksum(text: str, asset: str, *, source: str) -> str:
     """The sha256 hex digest for ``asset`` in a published checksum file.
 
-    Accepts a bare digest (kubectl's ``.sha256``) and ``<digest> [*]<file name>`` lines (kind's
+    Accepts a bare digest and ``<digest> [*]<file name>`` lines (kind's
     ``.sha256sum``, Istio's ``.sha256``); a line naming another file is not taken for ``asset``.
     """
     bare: str | None = None
@@ -368,7 +358,7 @@ def missing_prerequisites(
 ) -> list[str]:
     """What `make e2e` still needs on this machine, each with how to get it; empty when ready.
 
-    With ``tools`` the pinned kind, kubectl and istioctl are checked too (without downloading).
+    With ``tools`` the pinned kind and istioctl are checked too (without downloading).
     """
     missing: list[str] = []
     docker = docker_info()
@@ -533,12 +523,10 @@ def add_commands(subparsers: Any) -> Any:
     )
     sub = e2e.add_subparsers(dest="e2e_command", metavar="STEP", required=True)
     pre = sub.add_parser("preflight", help="list what the cluster tier still needs (exit 1 if anything)")
-    pre.add_argument(
-        "--with-tools", action="store_true", help="also require the pinned kind/kubectl/istioctl"
-    )
+    pre.add_argument("--with-tools", action="store_true", help="also require the pinned kind and istioctl")
     pre.add_argument("--istio-version", default=None, choices=versions.SUPPORTED_ISTIO_VERSIONS)
     pre.set_defaults(handler=_cmd_preflight)
-    tools = sub.add_parser("tools", help="download and verify the pinned kind, kubectl and istioctl")
+    tools = sub.add_parser("tools", help="download and verify the pinned kind and istioctl")
     tools.add_argument("--istio-version", default=None, choices=versions.SUPPORTED_ISTIO_VERSIONS)
     tools.add_argument(
         "--cache-dir", default=None, help="directory holding <name>-<version>/ (default .cache/bin)"

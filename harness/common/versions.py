@@ -6,9 +6,10 @@ Sources of each pin (checked when it was set; re-check them together when bumpin
   each with the digest that must be used with it. We take Kubernetes 1.34 from that list because
   1.34 is inside the supported Kubernetes range of every Istio release below (1.28: 1.30-1.34,
   1.29: 1.31-1.35, 1.30: 1.32-1.36, per Istio's support table).
-* kubectl follows the node's Kubernetes version (same minor, same patch).
+* No kubectl is pinned: the harness talks to the API server through the Kubernetes Python client and
+  never runs kubectl (the netns provider builds its own for users, see ``NETNS_KUBERNETES_VERSION``).
 * Release assets: kind publishes ``kind-<os>-<arch>`` with ``<asset>.sha256sum`` beside it
-  (``shasum -a 256`` output); kubectl's binary has ``<url>.sha256`` (the bare digest); Istio publishes
+  (``shasum -a 256`` output); Istio publishes
   ``istioctl-<v>-<platform>.tar.gz`` with ``<asset>.sha256`` (``<digest> <file name>``), where the
   platform of an Intel Mac is plain ``osx`` and of an Apple-silicon Mac ``osx-arm64``.
 """
@@ -32,7 +33,6 @@ KUBERNETES_VERSION: Final = "1.34.11"
 KIND_NODE_IMAGE: Final = (
     "kindest/node:v1.34.11@sha256:44e222ee2132dab25ff87301682f89eb82c7880ea3a1bf543bfe9708fd08d67d"
 )
-KUBECTL_VERSION: Final = KUBERNETES_VERSION
 
 DEFAULT_ISTIO_VERSION: Final = "1.30.3"
 SUPPORTED_ISTIO_VERSIONS: Final = ("1.28.10", "1.29.6", "1.30.3")
@@ -109,16 +109,6 @@ KIND: Final = ToolSpec(
     pinned_version=KIND_VERSION,
 )
 
-KUBECTL: Final = ToolSpec(
-    name="kubectl",
-    default_base_url="https://dl.k8s.io/release",
-    base_url_env="EGRESS_HARNESS_KUBECTL_BASE_URL",
-    url_template="{base}/v{version}/bin/{os}/{arch}/{asset}",
-    checksum_suffix=".sha256",
-    assets=MappingProxyType({p: "kubectl" for p in PLATFORMS}),
-    pinned_version=KUBECTL_VERSION,
-)
-
 ISTIOCTL: Final = ToolSpec(
     name="istioctl",
     default_base_url="https://github.com/istio/istio/releases/download",
@@ -137,7 +127,7 @@ ISTIOCTL: Final = ToolSpec(
     archive_member="istioctl",
 )
 
-TOOLS: Final = MappingProxyType({spec.name: spec for spec in (KIND, KUBECTL, ISTIOCTL)})
+TOOLS: Final = MappingProxyType({spec.name: spec for spec in (KIND, ISTIOCTL)})
 
 
 def host_platform() -> tuple[str, str]:

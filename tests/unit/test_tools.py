@@ -221,12 +221,6 @@ def test_pinned_urls_for_every_platform() -> None:
     assert versions.KIND.checksum_url("0.33.0", "darwin", "arm64").endswith(
         "/v0.33.0/kind-darwin-arm64.sha256sum"
     )
-    assert versions.KUBECTL.url("1.34.11", "darwin", "arm64") == (
-        "https://dl.k8s.io/release/v1.34.11/bin/darwin/arm64/kubectl"
-    )
-    assert versions.KUBECTL.checksum_url("1.34.11", "linux", "amd64").endswith(
-        "/bin/linux/amd64/kubectl.sha256"
-    )
     assert versions.ISTIOCTL.url("1.30.3", "darwin", "amd64") == (
         "https://github.com/istio/istio/releases/download/1.30.3/istioctl-1.30.3-osx.tar.gz"
     )
@@ -241,9 +235,9 @@ def test_pinned_urls_for_every_platform() -> None:
         versions.KIND.url("0.33.0", "windows", "amd64")
 
 
-def test_node_image_is_pinned_by_digest_and_matches_kubectl() -> None:
+def test_node_image_is_pinned_by_digest_and_matches_kubernetes() -> None:
     tag, _, digest = versions.KIND_NODE_IMAGE.partition("@sha256:")
-    assert tag == f"kindest/node:v{versions.KUBECTL_VERSION}"
+    assert tag == f"kindest/node:v{versions.KUBERNETES_VERSION}"
     assert len(digest) == 64
 
 
@@ -266,26 +260,24 @@ def test_base_url_override_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- version probes --------------------------------------------------------------------------------
 
 
+def test_only_the_tools_the_harness_runs_are_pinned() -> None:
+    # the harness reaches the API server through the Python client and never runs kubectl
+    assert set(versions.TOOLS) == {"kind", "istioctl"}
+    assert not hasattr(versions, "KUBECTL")
+
+
 def test_version_parsers() -> None:
     assert tools.parse_kind_version("kind v0.33.0 go1.25.4 linux/amd64\n") == "0.33.0"
     assert tools.parse_kind_version("0.33.0\n") == "0.33.0"
     assert tools.parse_kind_version("nonsense") is None
-    kubectl = {"clientVersion": {"gitVersion": "v1.34.11", "major": "1"}, "kustomizeVersion": "v5.7.1"}
-    assert tools.parse_kubectl_version(json.dumps(kubectl)) == "1.34.11"
-    assert tools.parse_kubectl_version("Client Version: v1.34.11") is None
     istioctl = {"clientVersion": {"version": "1.30.3", "revision": "abc", "status": "Clean", "tag": "1.30.3"}}
     assert tools.parse_istioctl_version(json.dumps(istioctl)) == "1.30.3"
     assert tools.parse_istioctl_version("{}") is None
 
 
-def _version_rules(kind: str, kubectl: str, istioctl: str) -> list[dict[str, Any]]:
+def _version_rules(kind: str, istioctl: str) -> list[dict[str, Any]]:
     return [
         {"tool": "kind", "args": ["version"], "stdout": f"kind v{kind} go1.25.4 linux/amd64\n"},
-        {
-            "tool": "kubectl",
-            "args": ["version", "--client", "-o", "json"],
-            "stdout": json.dumps({"clientVersion": {"gitVersion": f"v{kubectl}"}}),
-        },
         {
             "tool": "istioctl",
             "args": ["version", "--remote=false", "-o", "json"],
@@ -295,15 +287,14 @@ def _version_rules(kind: str, kubectl: str, istioctl: str) -> list[dict[str, Any
 
 
 def test_find_tool_takes_a_path_binary_only_at_the_pinned_version(fakebin: Any, cache: Path) -> None:
-    fakebin.rules(_version_rules("0.33.0", "1.34.11", "1.29.6"))
+    fakebin.rules(_version_rules("0.33.0", "1.29.6"))
     assert tools.find_tool("kind", "0.33.0") == fakebin.bin_dir / "kind"
-    assert tools.find_tool("kubectl", "1.34.11") == fakebin.bin_dir / "kubectl"
     assert tools.find_tool("istioctl", "1.30.3") is None
     assert "istioctl version --remote=false -o json" in fakebin.commands()
 
 
 def test_find_tool_falls_back_to_the_cache(fakebin: Any, cache: Path) -> None:
-    fakebin.rules(_version_rules("0.20.0", "1.30.0", "1.29.6"))
+    fakebin.rules(_version_rules("0.20.0", "1.29.6"))
     cached = tools.cached_path("kind", "0.33.0")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"#!/bin/sh\n")
@@ -321,14 +312,14 @@ def test_parse_checksum_formats() -> None:
     assert tools.parse_checksum(f"{DIGEST}  kind-linux-amd64\n", "kind-linux-amd64", source="u") == DIGEST
     asset = "istioctl-1.30.3-linux-amd64.tar.gz"
     assert tools.parse_checksum(f"{DIGEST} {asset}\n", asset, source="u") == DIGEST
-    assert tools.parse_checksum(DIGEST.upper(), "kubectl", source="u") == DIGEST
-    assert tools.parse_checksum(f"{DIGEST} *kubectl", "kubectl", source="u") == DIGEST
+    assert tools.parse_checksum(DIGEST.upper(), "kind-linux-amd64", source="u") == DIGEST
+    assert tools.parse_checksum(f"{DIGEST} *kind-linux-amd64", "kind-linux-amd64", source="u") == DIGEST
     listing = f"{'cd' * 32}  kind-darwin-arm64\n{DIGEST}  kind-linux-amd64\n"
     assert tools.parse_checksum(listing, "kind-linux-amd64", source="u") == DIGEST
     with pytest.raises(tools.DownloadError, match="no sha256 digest for kind-linux-amd64"):
         tools.parse_checksum(f"{DIGEST}  kind-darwin-arm64\n", "kind-linux-amd64", source="u")
     with pytest.raises(tools.DownloadError, match="<html>"):
-        tools.parse_checksum("<html>not found</html>", "kubectl", source="u")
+        tools.parse_checksum("<html>not found</html>", "kind-linux-amd64", source="u")
 
 
 # --- downloads ----------------------------------------------------------------------------------------
@@ -363,19 +354,19 @@ def test_checksum_mismatch_is_an_error_and_leaves_nothing(server: Server, cache:
 def test_download_into_an_existing_cache_leaves_no_partial_file(server: Server, cache: Path) -> None:
     (cache / "bin").mkdir(parents=True)
     (cache / "bin" / "keep.txt").write_text("other tool")
-    server.routes["/v1.34.11/bin/linux/amd64/kubectl"] = b"x"
-    server.routes["/v1.34.11/bin/linux/amd64/kubectl.sha256"] = DIGEST.encode()
+    server.routes["/v0.33.0/kind-linux-amd64"] = b"x"
+    server.routes["/v0.33.0/kind-linux-amd64.sha256sum"] = DIGEST.encode()
     with pytest.raises(tools.ChecksumMismatchError):
-        tools.download_tool("kubectl", "1.34.11", base_url=server.base, platform=LINUX)
+        tools.download_tool("kind", "0.33.0", base_url=server.base, platform=LINUX)
     assert _files_under(cache) == [cache / "bin" / "keep.txt"]
-    assert not (cache / "bin" / "kubectl-1.34.11").exists()
+    assert not (cache / "bin" / "kind-0.33.0").exists()
 
 
-def test_download_kubectl_with_a_bare_digest(server: Server, cache: Path) -> None:
-    binary = b"kubectl bytes"
-    server.routes["/v1.34.11/bin/linux/amd64/kubectl"] = binary
-    server.routes["/v1.34.11/bin/linux/amd64/kubectl.sha256"] = _sha(binary).encode()
-    path = tools.download_tool("kubectl", "1.34.11", base_url=server.base, platform=LINUX)
+def test_download_with_a_bare_digest(server: Server, cache: Path) -> None:
+    binary = b"kind bytes"
+    server.routes["/v0.33.0/kind-linux-amd64"] = binary
+    server.routes["/v0.33.0/kind-linux-amd64.sha256sum"] = _sha(binary).encode()
+    path = tools.download_tool("kind", "0.33.0", base_url=server.base, platform=LINUX)
     assert path.read_bytes() == binary
 
 
@@ -453,7 +444,7 @@ def test_ctrl_c_during_a_download_leaves_nothing(server: Server, cache: Path, ma
 def test_ensure_tool_downloads_when_path_has_another_version(
     server: Server, cache: Path, fakebin: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fakebin.rules(_version_rules("0.20.0", "1.30.0", "1.29.6"))
+    fakebin.rules(_version_rules("0.20.0", "1.29.6"))
     monkeypatch.setenv("PATH", str(fakebin.bin_dir))
     monkeypatch.setenv("EGRESS_HARNESS_KIND_BASE_URL", server.base)
     arch = versions.host_platform()
@@ -512,18 +503,19 @@ def test_preflight_reports_a_missing_docker_cli(
 
 
 def test_preflight_reports_memory_disk_and_tools(fakebin: Any, cache: Path) -> None:
-    fakebin.rules([_docker_ok(mem_bytes=2 << 30), *_version_rules("0.20.0", "1.30.0", "1.29.6")])
+    fakebin.rules([_docker_ok(mem_bytes=2 << 30), *_version_rules("0.20.0", "1.29.6")])
     missing = tools.missing_prerequisites(tools=True, istio="1.30.3", min_disk_gib=1e9)
     text = "\n".join(missing)
     assert "memory: Docker may use 2.0 GiB" in text
     assert "disk:" in text
-    for name, version in (("kind", "0.33.0"), ("kubectl", "1.34.11"), ("istioctl", "1.30.3")):
+    for name, version in (("kind", "0.33.0"), ("istioctl", "1.30.3")):
         assert f"{name} {version}: not on PATH at that version" in text
-    assert text.count("run `make tools`") == 3
+    assert text.count("run `make tools`") == 2
+    assert "kubectl" not in text
 
 
 def test_preflight_passes_when_everything_is_there(fakebin: Any, cache: Path) -> None:
-    fakebin.rules([_docker_ok(), *_version_rules("0.33.0", "1.34.11", "1.30.3")])
+    fakebin.rules([_docker_ok(), *_version_rules("0.33.0", "1.30.3")])
     assert tools.missing_prerequisites(tools=True, istio="1.30.3", min_disk_gib=0) == []
 
 
@@ -550,15 +542,13 @@ def test_cli_tools_downloads_every_pinned_tool(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("PATH", str(fakebin.bin_dir))
-    fakebin.rules(_version_rules("0.1.0", "1.0.0", "1.0.0"))
+    fakebin.rules(_version_rules("0.1.0", "1.0.0"))
     os_name, arch = versions.host_platform()
     for spec in versions.TOOLS.values():
         monkeypatch.setenv(spec.base_url_env, server.base)
     kind_asset = versions.KIND.asset(os_name, arch, "0.33.0")
     server.routes[f"/v0.33.0/{kind_asset}"] = b"kind"
     server.routes[f"/v0.33.0/{kind_asset}.sha256sum"] = f"{_sha(b'kind')}  {kind_asset}".encode()
-    server.routes[f"/v1.34.11/bin/{os_name}/{arch}/kubectl"] = b"kubectl"
-    server.routes[f"/v1.34.11/bin/{os_name}/{arch}/kubectl.sha256"] = _sha(b"kubectl").encode()
     istio_asset = versions.ISTIOCTL.asset(os_name, arch, "1.29.6")
     archive = _tar_gz({"istioctl": b"istioctl"})
     server.routes[f"/1.29.6/{istio_asset}"] = archive
@@ -566,10 +556,11 @@ def test_cli_tools_downloads_every_pinned_tool(
     args = _parser().parse_args(["e2e", "tools", "--istio-version", "1.29.6"])
     assert args.handler(args) == 0
     out = capsys.readouterr().out
-    for name, version in (("kind", "0.33.0"), ("kubectl", "1.34.11"), ("istioctl", "1.29.6")):
+    for name, version in (("kind", "0.33.0"), ("istioctl", "1.29.6")):
         path = cache / "bin" / f"{name}-{version}" / name
         assert f"{name}\t{path}" in out
         assert path.is_file()
+    assert "kubectl" not in out
 
 
 def test_fake_reports_an_unexpected_command(fakebin: Any) -> None:

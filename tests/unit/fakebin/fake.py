@@ -4,7 +4,8 @@
 Run under one of those names (a symlink), it appends its call to a JSON-lines log ($FAKEBIN_LOG)
 and answers from a scenario file ($FAKEBIN_SCENARIO): the first rule that matches the call decides
 what it prints, which exit code it returns, and what else it does. A call no rule matches exits 97
-and says so, so a test never passes on an unexpected command.
+and says so, so a test never passes on an unexpected command (the harness never runs kubectl; the fake
+``kubectl`` is there so that a call to it fails a test instead of reaching a real one).
 
 A rule (all keys but ``tool`` optional)::
 
