@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -135,7 +135,9 @@ class IstioInstall:
 
     On entry: refuse a cluster that already has istiod unless ``use_existing`` (then it is used as it
     is and never removed), check the istioctl version, install, wait, verify the egress gateway. A
-    failed or interrupted install is removed again. On exit: uninstall, unless ``keep``.
+    failed or interrupted install is removed again. On exit: uninstall, unless ``keep`` or unless
+    ``remove()`` says no (the run's own kind cluster is deleted next: uninstalling and waiting for
+    istio-system to go would only delay that).
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class IstioInstall:
         install_timeout_s: float = INSTALL_TIMEOUT_S,
         readiness_timeout_s: float = READINESS_TIMEOUT_S,
         extra_overlays: Sequence[Path] = (),
+        remove: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.run_dir = run_dir
@@ -173,6 +176,8 @@ class IstioInstall:
         self._owns_api = api is None
         self.use_existing = use_existing
         self.keep = keep
+        #: asked on exit: whether Istio must be uninstalled (not when its cluster is deleted anyway)
+        self.remove = remove
         self.install_timeout_s = install_timeout_s
         self.readiness_timeout_s = readiness_timeout_s
         self.installed_by_us = False
@@ -312,6 +317,9 @@ class IstioInstall:
             if self.keep:
                 if self.installed_by_us:
                     progress("keeping Istio installed (keep is on)")
+                return
+            if self.installed_by_us and not self.remove():
+                progress("not uninstalling Istio: its cluster is deleted with it")
                 return
             if exc_type is None:
                 self.uninstall()

@@ -220,6 +220,8 @@ class E2ERun(RunNamespace):
                     use_existing=o.reuse_cluster or o.existing_cluster,
                     keep=o.keep_cluster,
                     extra_overlays=self._provider_overlays(),
+                    # no uninstall and no wait for istio-system when the run's cluster goes anyway
+                    remove=self._remove_cluster_objects,
                 )
             )
         self.gateway_api_present = self.gateway_api_crds is not None or self._probe_gateway_api()

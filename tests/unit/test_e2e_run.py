@@ -626,6 +626,26 @@ def test_a_run_sets_up_in_order_and_tears_down_in_reverse(
     ]
 
 
+def test_istio_is_uninstalled_only_when_the_cluster_stays(
+    parts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given: dict[str, Any] = {}
+
+    def istio(*args: Any, **kw: Any) -> Part:
+        given.update(kw)
+        return Part("istio")
+
+    monkeypatch.setattr(cluster_run, "IstioInstall", istio)
+    with E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123") as run:
+        cluster = run.cluster
+        assert cluster is not None
+        # the run's own kind cluster is deleted on exit: no `istioctl uninstall`, no wait for istio-system
+        assert given["remove"]() is False
+        cluster.created = False  # a kind cluster the run reused stays, and so must lose its Istio
+        assert given["remove"]() is True
+        cluster.created = True
+
+
 def test_a_run_without_tls_makes_no_certificates_and_one_recorder(parts: list[str], tmp_path: Path) -> None:
     with E2ERun(
         E2EOptions(istio_version="1.30.3", external_tls=False), tmp_path / "run", run_id="abc123"

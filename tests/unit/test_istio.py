@@ -336,6 +336,20 @@ def test_keep_leaves_istio_installed(
     assert "keeping Istio installed" in capsys.readouterr().err
 
 
+def test_istio_is_not_uninstalled_from_a_cluster_that_is_deleted_anyway(
+    fakebin: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG_TEXT)
+    fakebin.rules([istioctl_version(), INSTALL_OK])
+    with IstioInstall(kubeconfig, tmp_path / "r", api=FakeApi(fakebin.log), remove=lambda: False):
+        pass
+    commands = fakebin.commands()
+    assert not any(c.startswith("istioctl uninstall") for c in commands)
+    assert "api delete_namespace istio-system" not in commands  # no wait for istio-system to go
+    assert "not uninstalling Istio: its cluster is deleted with it" in capsys.readouterr().err
+
+
 def test_unsupported_istio_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not supported"):
         IstioInstall(tmp_path / "k", tmp_path, version="1.27.3")
