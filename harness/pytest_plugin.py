@@ -35,7 +35,8 @@ makes its own run for the session, which a pytest-xdist worker must not do (one 
 under xdist without ``--run-state`` it fails at once and says to use ``make e2e``. When a test that
 used it fails, the diagnostics are collected under ``artifacts/<test id>/`` and the failure report
 ends with ``diagnostics: artifacts/<test id>/``; the first failure of a session also exports the kind
-node's logs to ``artifacts/kind-logs``.
+node's logs to ``artifacts/kind-logs`` (also when the test collected its own diagnostics, as a catalog
+scenario does).
 
 ``e2e_results`` (session) collects ``harness.report.results.ScenarioResult`` items; at the end of the
 session they are written as one ``RunResult`` to ``<results dir>/<run id>.json`` (under xdist one
@@ -559,6 +560,19 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _kind_logs_once(config: pytest.Config, diagnostics: Any, root: Path) -> str:
+    """``kind export logs`` with the session's first failure (a catalog scenario's too); the line
+    for the report, empty after the first time."""
+    if config.stash.get(KIND_LOGS_KEY, False):
+        return ""
+    config.stash[KIND_LOGS_KEY] = True
+    try:
+        exported = diagnostics.export_kind_logs()
+    except Exception as exc:
+        return f"\nkind export logs failed: {exc}"
+    return f"\nkind logs: {_relative(exported, root)}/" if exported is not None else ""
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
@@ -571,21 +585,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     root = Path(str(item.config.rootpath))
     diagnosed = item.stash.get(DIAGNOSED_KEY, None)
     if diagnosed is not None:
-        report.sections.append(("diagnostics", f"diagnostics: {_relative(diagnosed, root)}/"))
+        # the test collected its own diagnostics (a catalog scenario); the kind logs are still ours
+        text = f"diagnostics: {_relative(diagnosed, root)}/"
+        try:
+            text += _kind_logs_once(item.config, run.diagnostics(), root)
+        except Exception as exc:
+            text += f"\nkind export logs failed: {type(exc).__name__}: {exc}"
+        report.sections.append(("diagnostics", text))
         return report
     try:
         diagnostics = run.diagnostics()
         directory = diagnostics.collect(item.nodeid)
         text = f"diagnostics: {_relative(directory, root)}/"
-        if not item.config.stash.get(KIND_LOGS_KEY, False):
-            item.config.stash[KIND_LOGS_KEY] = True
-            try:
-                exported = diagnostics.export_kind_logs()
-            except Exception as exc:
-                text += f"\nkind export logs failed: {exc}"
-            else:
-                if exported is not None:
-                    text += f"\nkind logs: {_relative(exported, root)}/"
+        text += _kind_logs_once(item.config, diagnostics, root)
     except Exception as exc:
         text = f"diagnostics could not be collected: {type(exc).__name__}: {exc}"
     report.sections.append(("diagnostics", text))

@@ -249,7 +249,7 @@ CONFTEST = """
 import pytest
 from pathlib import Path
 from harness.cluster.diagnostics import artifact_dir_name
-from harness.pytest_plugin import RUN_KEY
+from harness.pytest_plugin import RUN_KEY, mark_diagnosed
 
 pytest_plugins = ["harness.pytest_plugin"]
 COLLECTED = []
@@ -283,6 +283,13 @@ def e2e_run(request):
     yield run
     request.config.stash[RUN_KEY] = None
 
+@pytest.fixture
+def own_diagnostics(request):
+    # as tests/e2e/test_catalog.py: the test collects its diagnostics itself and says where
+    d = Path("artifacts") / "scenario"
+    d.mkdir(parents=True, exist_ok=True)
+    mark_diagnosed(request.node, d.resolve())
+
 def pytest_sessionfinish(session):
     Path("collected.txt").write_text("\\n".join(COLLECTED))
 """
@@ -314,3 +321,25 @@ def test_failed_e2e_tests_get_diagnostics_in_their_report(pytester: pytest.Pytes
     collected = (pytester.path / "collected.txt").read_text().splitlines()
     # only the e2e tests that failed; the kind logs once, with the first failure
     assert collected == ["test_chain.py::test_fails", "kind-logs", "test_chain.py::test_fails_too"]
+
+
+def test_a_failed_scenario_with_its_own_diagnostics_still_exports_the_kind_logs(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(
+        test_scenarios="""
+def test_scenario_fails(e2e_run, own_diagnostics):
+    assert False, "the gateway saw nothing"
+
+def test_another_fails(e2e_run, own_diagnostics):
+    assert False
+"""
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert out.count("diagnostics: artifacts/scenario/") == 2
+    assert out.count("kind logs: artifacts/kind-logs/") == 1  # once per session, catalog failures too
+    # the tests collected their own diagnostics: the hook collected none, only the kind logs
+    assert (pytester.path / "collected.txt").read_text().splitlines() == ["kind-logs"]
