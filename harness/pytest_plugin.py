@@ -36,7 +36,8 @@ under xdist without ``--run-state`` it fails at once and says to use ``make e2e`
 used it fails, the diagnostics are collected under ``artifacts/<test id>/`` and the failure report
 ends with ``diagnostics: artifacts/<test id>/``; the first failure of a session also exports the kind
 node's logs to ``artifacts/kind-logs`` (also when the test collected its own diagnostics, as a catalog
-scenario does).
+scenario does). A test's pytest-timeout covers its body only (``func_only``), never the setup of
+``e2e_run``, whose steps have deadlines of their own.
 
 ``e2e_results`` (session) collects ``harness.report.results.ScenarioResult`` items; at the end of the
 session they are written as one ``RunResult`` to ``<results dir>/<run id>.json`` (under xdist one
@@ -213,6 +214,30 @@ def load_run_state(config: pytest.Config) -> RunState | None:
 def pytest_configure(config: pytest.Config) -> None:
     # a run state that cannot be read stops the session at once, naming the file and the field
     config.stash[STATE_KEY] = load_run_state(config)
+
+
+#: fixtures that bring up a cluster: each step bounds itself (kind's create, istioctl's install and
+#: readiness, the rollouts), so a test's pytest-timeout covers its own body, never their setup
+CLUSTER_FIXTURES = ("e2e_run",)
+
+
+def cluster_tests_time_their_body_only(items: list[pytest.Item]) -> None:
+    """Give every test that uses a cluster fixture pytest-timeout's ``func_only``: its timeout (its own
+    marker's, else the configured one) no longer includes creating the cluster and installing Istio."""
+    for item in items:
+        if not set(CLUSTER_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            continue
+        marker = item.get_closest_marker("timeout")
+        if marker is not None and "func_only" in marker.kwargs:
+            continue  # the test said itself
+        args, kwargs = (marker.args, dict(marker.kwargs)) if marker is not None else ((), {})
+        # the closest marker wins: this one, with the test's own timeout and method kept
+        item.add_marker(pytest.mark.timeout(*args, **kwargs, func_only=True), append=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.pluginmanager.hasplugin("timeout"):
+        cluster_tests_time_their_body_only(items)
 
 
 def session_run_state(config: pytest.Config) -> RunState | None:

@@ -41,8 +41,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("catalog_scenario", names, ids=[f"{name}-{encoding}" for name in names])
 
 
-#: a scenario that needs the cluster alone waits for the others (harness.cluster.lock.LOCK_TIMEOUT_S), and
-#: the first test of a session without a run state also waits for its cluster
+#: a scenario that needs the cluster alone waits for the others (harness.cluster.lock.LOCK_TIMEOUT_S); the
+#: timeout covers the test's body only, never the setup of its run's cluster (harness.pytest_plugin)
 @pytest.mark.timeout(3600)
 def test_catalog_scenario(
     catalog_scenario: str, e2e_run: E2ERun, e2e_results: E2EResults, request: pytest.FixtureRequest

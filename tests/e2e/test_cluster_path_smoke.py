@@ -26,6 +26,11 @@ RELAY_MANIFEST = REPO / "manifests" / "apps" / "relay.yaml"
 #: beside the 18080 of a cluster of `e2e up` and the 18081 of the upgrade test's cluster
 SMOKE_INGRESS_PORT = 18082
 
+#: each test's timeout (the configured 300 s) covers its own body: the ``mesh`` fixture, which creates
+#: the cluster and installs Istio, is bounded by its own steps' deadlines (kind's create
+#: ``CREATE_TIMEOUT_S`` and ``--wait``, istioctl's ``INSTALL_TIMEOUT_S`` and ``READINESS_TIMEOUT_S``)
+pytestmark = pytest.mark.timeout(func_only=True)
+
 
 def _missing_reason() -> str | None:
     missing = tools.missing_prerequisites(tools=True)

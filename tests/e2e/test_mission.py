@@ -33,7 +33,7 @@ MISSION = "http-via-egress-gateway"
 WAIT = Wait(timeout=20.0, interval=0.25, settle=2.0)
 
 
-@pytest.mark.timeout(1800)  # the session's first test also waits for the cluster of its run
+@pytest.mark.timeout(1800)  # the body only: the run's cluster setup is not counted (harness.pytest_plugin)
 def test_http_leaves_the_mesh_through_the_egress_gateway(
     e2e_run: E2ERun, scenario_namespace: str, e2e_results: E2EResults
 ) -> None:

@@ -343,3 +343,52 @@ def test_another_fails(e2e_run, own_diagnostics):
     assert out.count("kind logs: artifacts/kind-logs/") == 1  # once per session, catalog failures too
     # the tests collected their own diagnostics: the hook collected none, only the kind logs
     assert (pytester.path / "collected.txt").read_text().splitlines() == ["kind-logs"]
+
+
+# --- whose deadline a cluster's setup counts against ------------------------------------------------
+
+SLOW_CLUSTER_CONFTEST = """
+import time
+import pytest
+
+pytest_plugins = ["harness.pytest_plugin"]
+
+@pytest.fixture(scope="session")
+def e2e_run():
+    time.sleep(3)  # creating the cluster and installing Istio
+    yield object()
+"""
+
+SLOW_CLUSTER_TESTS = """
+import time
+import pytest
+
+@pytest.mark.timeout(2)
+def test_own_timeout(e2e_run):
+    pass
+
+def test_configured_timeout(e2e_run):
+    pass
+
+@pytest.mark.timeout(2)
+def test_slow_body(e2e_run):
+    time.sleep(4)
+"""
+
+
+def test_a_tests_timeout_does_not_include_the_cluster_fixtures_setup(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(SLOW_CLUSTER_CONFTEST)
+    pytester.makepyfile(test_slow=SLOW_CLUSTER_TESTS)
+    # a subprocess: pytest-timeout's signal needs the main thread, and its thread method ends the process
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "timeout=2", "-p", "no:xdist")
+    result.assert_outcomes(passed=2, failed=1)
+    out = result.stdout.str()
+    assert "test_slow.py::test_slow_body" in out and "Timeout" in out  # the body is still timed
+
+
+def test_the_smoke_tests_time_their_body_only() -> None:
+    from tests.e2e import test_cluster_path_smoke as smoke
+
+    marks = smoke.pytestmark if isinstance(smoke.pytestmark, list) else [smoke.pytestmark]
+    (timeout,) = [m for m in marks if m.name == "timeout"]
+    assert timeout.kwargs.get("func_only") is True
