@@ -473,7 +473,7 @@ def pull_problems(
     names = ", ".join(i for i in absent if registry_of(i) in down)
     return [
         f"images: {names} are not on this machine and {', '.join(down)} cannot be reached "
-        f"(no answer within {REACH_TIMEOUT_S:g}s), so kind cannot start the cluster or Istio; {NETNS_HINT}"
+        f"(no answer within {REACH_TIMEOUT_S:g}s), so kind cannot start the cluster or Istio"
     ]
 
 

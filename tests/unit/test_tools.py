@@ -604,7 +604,8 @@ def test_images_that_cannot_be_pulled_are_named_before_any_work_with_the_netns_w
     problems = tools.pull_problems("1.30.3", present=lambda image: False, can_reach=can_reach)
     (problem,) = problems
     assert versions.KIND_NODE_IMAGE in problem and "docker.io/istio/proxyv2:1.30.3" in problem
-    assert "docker.io cannot be reached" in problem and "make e2e TIER=istiod" in problem
+    assert "docker.io cannot be reached" in problem and "kind cannot start" in problem
+    assert "make e2e TIER=istiod" in tools.NETNS_HINT  # what the preflight says after the list
     assert reached == ["registry-1.docker.io"]
     # images already on the machine need no registry; a registry that answers is fine too
     assert tools.pull_problems("1.30.3", present=lambda image: True, can_reach=can_reach) == []
