@@ -21,11 +21,12 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from harness.cluster.errors import ConvergenceError
 from harness.cluster.kube import RolloutCheck, WaitTimeoutError, wait_until
 from harness.common.proc import CommandError, progress, run
+from harness.evidence.assertions import parse_time
 
 PROXY_STATUS_TIMEOUT_S = 60.0
 ACK_TIMEOUT_S = 60.0
@@ -59,16 +60,6 @@ class XdsSync:
     error: str | None = None
 
 
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def parse_proxy_status(text: str) -> list[XdsSync]:
     """Every proxy's xDS types from ``istioctl proxy-status -o json`` (one JSON document per istiod,
     printed one after the other). Lines that are not part of a document (istioctl's own log lines,
@@ -91,7 +82,7 @@ def parse_proxy_status(text: str) -> list[XdsSync]:
                         proxy=node,
                         type_url=str(config.get("typeUrl") or ""),
                         status=str(config.get("configStatus") or "UNKNOWN"),
-                        last_updated=_time(config.get("lastUpdated")),
+                        last_updated=parse_time(str(config.get("lastUpdated") or "")),
                         error=str(error) if error else None,
                     )
                 )

@@ -61,8 +61,8 @@ class ClusterApi(Protocol):
 
 #: how often the harness's own installs have Envoy flush its access logs (ProxyConfig
 #: ``fileFlushInterval``, Istio 1.29+; Envoy's default is one second), so that evidence waits a tenth
-FILE_FLUSH_INTERVAL = "100ms"
 FILE_FLUSH_INTERVAL_S = 0.1
+FILE_FLUSH_INTERVAL = f"{round(FILE_FLUSH_INTERVAL_S * 1000)}ms"
 #: the first Istio minor whose ProxyConfig has ``fileFlushInterval``
 FILE_FLUSH_INTERVAL_SINCE = (1, 29)
 

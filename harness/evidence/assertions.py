@@ -73,7 +73,8 @@ def _stamp(at: datetime | None) -> str:
     return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _parse_time(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO 8601 time as Envoy and istiod write it (``Z`` or an offset; none means UTC); None when unreadable."""
     if not value:
         return None
     try:
@@ -176,7 +177,7 @@ class RequestRef:
             return list(entries)
 
         def outside(entry: AccessLogEntry) -> float:
-            at = _parse_time(entry.start_time)
+            at = parse_time(entry.start_time)
             if at is None:
                 return float("inf")
             early = (self.since - at).total_seconds() if self.since else 0.0
@@ -193,7 +194,7 @@ class RequestRef:
         lo, hi = self._bounds()
 
         def inside(entry: AccessLogEntry) -> bool:
-            at = _parse_time(entry.start_time)
+            at = parse_time(entry.start_time)
             return at is not None and (lo is None or at >= lo) and (hi is None or at <= hi)
 
         return p.Predicate(f"start_time within [{_stamp(lo)}, {_stamp(hi)}]", inside)
