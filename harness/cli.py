@@ -21,6 +21,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "harness.localmesh.run",
     "harness.scenarios.cli",
     "harness.cluster.cli",
+    "harness.upgrade.istiod",
     "harness.report.render",
 )
 #: the catalog's module, whose ``add_commands`` returns the ``scenarios`` group's sub-parsers

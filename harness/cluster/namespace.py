@@ -675,9 +675,13 @@ class RunNamespace:
             pods = self.proxy_pods(gateway)
             return [f"{pod}.{ns}" for kind in kinds for pod, ns in pods[kind]]
 
+        status_args = self._kube_args()
+        if self.options.istio_revision:
+            # without it istioctl asks only the default revision's istiod (Istio 1.28+)
+            status_args += ["--revision", self.options.istio_revision]
         return wait_for_acks(
             proxies,
-            lambda: proxy_status(istioctl, self._kube_args()),
+            lambda: proxy_status(istioctl, status_args),
             since=since,
             what=what,
             deadline_s=deadline_s,

@@ -69,6 +69,14 @@ class E2EOptions:
     #: on an existing cluster: let the run create (and delete) credential Secrets in istio-system,
     #: which is beyond "only the run's namespaces" (``--allow-gateway-secrets``)
     allow_gateway_secrets: bool = False
+    #: install Istio, the run namespace and its relays (False: only the cluster, the Gateway API CRDs
+    #: and the external host, for an upgrade run that installs Istio itself)
+    install_istio: bool = True
+    #: more Istio labels the netns cluster runs images of (an upgrade's target version)
+    more_istio_versions: tuple[str, ...] = ()
+    #: the control plane revision the run's proxies belong to (an upgrade's canary), which istiod's
+    #: sync status is asked of (``istioctl proxy-status --revision``); None: the default revision
+    istio_revision: str | None = None
 
     @property
     def existing_cluster(self) -> bool:

@@ -92,6 +92,12 @@ from harness.report.results import utc_now
 NETNS_OVERLAY = REPO_ROOT / "manifests" / "istio" / "netns.yaml"
 
 
+def netns_overlay(version: str, dest: Path) -> Path:
+    """The netns provider's Istio overlay for ``version`` (its image hub, the version's label as tag,
+    upstream Envoy's filters), rendered to ``dest``."""
+    return render_file(NETNS_OVERLAY, {"hub": ISTIO_HUB, "tag": version}, dest)
+
+
 class E2ERun(RunNamespace):
     """One run of the cluster tier (see the module docstring); use as a context manager. It is also
     its run namespace (:class:`harness.cluster.namespace.RunNamespace`).
@@ -205,39 +211,21 @@ class E2ERun(RunNamespace):
                         source=gateway_api_from_go_module if o.provider == "netns" else None,
                     )
                 )
-        with self._timed("istio"):
-            self.istio = self._stack.enter_context(
-                IstioInstall(
-                    cluster.kubeconfig,
-                    self.run_dir,
-                    context=self.cluster.context,
-                    istioctl=self.istioctl,
-                    version=o.istio_version,
-                    access_log_encoding="JSON" if o.access_log_encoding == "JSON" else "TEXT",
-                    outbound_traffic_policy="REGISTRY_ONLY"
-                    if o.outbound_traffic_policy == "REGISTRY_ONLY"
-                    else "ALLOW_ANY",
-                    use_existing=o.reuse_cluster or o.existing_cluster,
-                    keep=o.keep_cluster,
-                    extra_overlays=self._provider_overlays(),
-                    # no uninstall and no wait for istio-system when the run's cluster goes anyway
-                    remove=self._remove_cluster_objects,
-                )
-            )
+        if not o.install_istio:
+            progress("no Istio, no run namespace and no relays: the caller installs Istio itself")
+        else:
+            self._enter_istio()
         self.gateway_api_present = self.gateway_api_crds is not None or self._probe_gateway_api()
         if o.external == "container":
-            if o.external_tls:
-                with self._timed("certificates"):
-                    self._stack.callback(self._remove_pki)
-                    self.pki = self.make_pki()
-            with self._timed("external host"):
-                self.recorder = self._stack.enter_context(self._owned_recorder(self.make_recorder()))
-                self.check_alias_resolves(self.recorder.alias)
-                if self.pki is not None:
-                    self.mtls_recorder = self._stack.enter_context(
-                        self._owned_recorder(self.make_mtls_recorder())
-                    )
-                    self.check_alias_resolves(self.mtls_recorder.alias)
+            self._enter_external()
+        if isinstance(self.cluster, NetnsCluster):
+            self.ingress_url = o.ingress_url or self.cluster.ingress_url
+        else:
+            self.ingress_url = (
+                o.ingress_url or f"http://127.0.0.1:{getattr(self.cluster, 'ingress_host_port', 80)}"
+            )
+        if not o.install_istio:
+            return self
         self._stack.enter_context(self.run_namespace())
         with self._timed("relay apps"):
             if isinstance(self.cluster, NetnsCluster):
@@ -256,16 +244,49 @@ class E2ERun(RunNamespace):
             )
             self.relay_manifest = self.relays.save(self.run_dir / "manifests")
         self._traffic = self._stack.enter_context(Traffic(headers=self.ingress_headers))
-        if isinstance(self.cluster, NetnsCluster):
-            self.ingress_url = o.ingress_url or self.cluster.ingress_url
-        else:
-            self.ingress_url = (
-                o.ingress_url or f"http://127.0.0.1:{getattr(self.cluster, 'ingress_host_port', 80)}"
-            )
         with self._timed("chain ready"):
             ready = self.wait_chain_ready()
         progress(f"the chain answers through {self.ingress_url} (after {ready.attempts} attempts)")
         return self
+
+    def _enter_external(self) -> None:
+        """The run's PKI (with external TLS) and its recorders, each checked to resolve."""
+        if self.options.external_tls:
+            with self._timed("certificates"):
+                self._stack.callback(self._remove_pki)
+                self.pki = self.make_pki()
+        with self._timed("external host"):
+            self.recorder = self._stack.enter_context(self._owned_recorder(self.make_recorder()))
+            self.check_alias_resolves(self.recorder.alias)
+            if self.pki is not None:
+                self.mtls_recorder = self._stack.enter_context(
+                    self._owned_recorder(self.make_mtls_recorder())
+                )
+                self.check_alias_resolves(self.mtls_recorder.alias)
+
+    def _enter_istio(self) -> None:
+        o = self.options
+        assert self.cluster is not None
+        assert self.istioctl is not None
+        with self._timed("istio"):
+            self.istio = self._stack.enter_context(
+                IstioInstall(
+                    self.cluster.kubeconfig,
+                    self.run_dir,
+                    context=self.cluster.context,
+                    istioctl=self.istioctl,
+                    version=o.istio_version,
+                    access_log_encoding="JSON" if o.access_log_encoding == "JSON" else "TEXT",
+                    outbound_traffic_policy="REGISTRY_ONLY"
+                    if o.outbound_traffic_policy == "REGISTRY_ONLY"
+                    else "ALLOW_ANY",
+                    use_existing=o.reuse_cluster or o.existing_cluster,
+                    keep=o.keep_cluster,
+                    extra_overlays=self._provider_overlays(),
+                    # no uninstall and no wait for istio-system when the run's cluster goes anyway
+                    remove=self._remove_cluster_objects,
+                )
+            )
 
     def _probe_gateway_api(self) -> bool:
         try:
@@ -312,13 +333,7 @@ class E2ERun(RunNamespace):
         """The node provider's own Istio overlay (netns: its image hub and tag, upstream Envoy)."""
         if not isinstance(self.cluster, NetnsCluster):
             return []
-        return [
-            render_file(
-                NETNS_OVERLAY,
-                {"hub": ISTIO_HUB, "tag": self.options.istio_version},
-                self.run_dir / "istio-overlay-netns.yaml",
-            )
-        ]
+        return [netns_overlay(self.options.istio_version, self.run_dir / "istio-overlay-netns.yaml")]
 
     def make_cluster(self) -> KindCluster | ExistingCluster | NetnsCluster:
         o = self.options
@@ -329,7 +344,7 @@ class E2ERun(RunNamespace):
                 self.run_dir / RUN_SUBDIR,
                 keep=o.keep_cluster,
                 keep_on_failure=o.keep_on_failure,
-                istio_versions=(o.istio_version,),
+                istio_versions=tuple(dict.fromkeys((o.istio_version, *o.more_istio_versions))),
             )
         kind = tools.ensure_tool("kind", versions.KIND_VERSION)
         return KindCluster(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,16 +126,22 @@ def catalog_results(
     *,
     phase: Phase,
     version: str,
+    workers: int = 1,
 ) -> list[ScenarioResult]:
-    """``run_one`` over ``scenarios``; one that raises is recorded as an ``error`` and the rest still run."""
-    results: list[ScenarioResult] = []
-    for scenario in scenarios:
+    """``run_one`` over ``scenarios``, ``workers`` at a time, in the catalog's order; one that raises
+    is recorded as an ``error`` and the rest still run."""
+
+    def one(scenario: Any) -> ScenarioResult:
         try:
-            result = run_one(scenario)
+            return run_one(scenario)
         except Exception as exc:
-            result = ScenarioResult(scenario.name, phase, version, "error", f"{type(exc).__name__}: {exc}")
-        results.append(result)
-    return results
+            return ScenarioResult(scenario.name, phase, version, "error", f"{type(exc).__name__}: {exc}")
+
+    listed = list(scenarios)
+    if workers <= 1 or len(listed) < 2:
+        return [one(s) for s in listed]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scenario") as pool:
+        return list(pool.map(one, listed))
 
 
 # --- the catalog under an Istio upgrade -----------------------------------------------------------
@@ -168,6 +175,7 @@ class UpgradeCatalog:
         mission: Any | None = None,
         run_factory: Callable[[E2EOptions, Path, RunState], Any] | None = None,
         runner_factory: Callable[..., Any] = ScenarioRunner,
+        workers: int = 1,
     ) -> None:
         self.scenarios = list(scenarios)
         self.plan = plan
@@ -177,6 +185,8 @@ class UpgradeCatalog:
         self.mission = mission
         self.run_factory = run_factory or (lambda o, d, s: E2ERun(o, d, state=s))
         self.runner_factory = runner_factory
+        #: scenarios at a time in each phase (each in its own namespace; see harness.cluster.lock)
+        self.workers = workers
         self.probe_url: str | None = None
         #: what the prober sends the ingress besides the URL (the run's ingress host)
         self.probe_headers: dict[str, str] = {}
@@ -197,9 +207,8 @@ class UpgradeCatalog:
 
     def __call__(self, phase: Phase, version: str) -> list[ScenarioResult]:
         self.phases.append((phase, version))
-        with self.run_factory(
-            self.options, self.run_dir / f"{phase}-{version}", self.state_for(version)
-        ) as run:
+        options = dataclasses.replace(self.options, istio_revision=self.plan.revision(version))
+        with self.run_factory(options, self.run_dir / f"{phase}-{version}", self.state_for(version)) as run:
             if self.probe_url is None:
                 self.prepare(run)
             labels, _ = self.plan.namespace_labels(version)
@@ -211,6 +220,7 @@ class UpgradeCatalog:
                 lambda s: runner.run_scenario(s, test_id=f"upgrade-{phase}-{version}-{s.name}").result,
                 phase=phase,
                 version=version,
+                workers=self.workers,
             )
 
     def prepare(self, run: E2ERun) -> str:

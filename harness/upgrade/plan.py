@@ -19,6 +19,7 @@ from typing import Any, Final, Literal, get_args
 from harness.cluster.istio import ACCESS_LOG_ENCODINGS, ISTIO_NAMESPACE, OUTBOUND_POLICIES
 from harness.cluster.providers.kind import INGRESS_NODE_PORT
 from harness.common import versions
+from harness.scenarios.model import IstioVersion
 
 UpgradeMode = Literal["in-place", "canary"]
 UPGRADE_MODES: tuple[UpgradeMode, ...] = get_args(UpgradeMode)
@@ -30,23 +31,32 @@ MODE_ENV: Final = "EGRESS_HARNESS_UPGRADE_MODE"
 REV_LABEL: Final = "istio.io/rev"
 INJECTION_LABEL: Final = "istio-injection"
 
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+)|-dev)$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def revision_name(version: str) -> str:
-    """The revision name Istio's docs use for a version: ``1.30.3`` -> ``1-30-3``."""
+    """The revision name Istio's docs use for a version: ``1.30.3`` -> ``1-30-3``, and for a label
+    the netns provider builds ``1.31-dev`` -> ``1-31-dev`` (a dot is not valid in a revision)."""
     if not _VERSION.match(version):
-        raise ValueError(f"not an Istio release version (X.Y.Z): {version!r}")
+        raise ValueError(f"not an Istio release version (X.Y.Z) or netns label (X.Y-dev): {version!r}")
     return version.replace(".", "-")
 
 
-def _minor(version: str) -> tuple[int, int, int]:
+def _line(version: str) -> tuple[int, int]:
+    """The Istio line (major, minor) of a release or a netns label."""
     match = _VERSION.match(version)
     if not match:
-        raise ValueError(f"not an Istio release version (X.Y.Z): {version!r}")
-    major, minor, patch = (int(g) for g in match.groups())
-    return major, minor, patch
+        raise ValueError(f"not an Istio release version (X.Y.Z) or netns label (X.Y-dev): {version!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_version(version: str) -> str:
+    """``version`` when this harness can install it: a supported release (downloaded istioctl) or a
+    label the netns provider builds (``1.30-dev``, ``1.31-dev``)."""
+    if version in versions.ISTIO_BUILDABLE_LABELS:
+        return version
+    return versions.istio_version(version)
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,13 @@ class UpgradePlan:
 
     def __post_init__(self) -> None:
         for version in (self.from_version, self.to_version):
-            versions.istio_version(version)  # raises for a version this harness does not support
+            check_version(version)  # raises for a version this harness does not support
         if self.mode not in UPGRADE_MODES:
             raise ValueError(f"mode must be one of {', '.join(UPGRADE_MODES)}, not {self.mode!r}")
-        old, new = _minor(self.from_version), _minor(self.to_version)
-        if new <= old:
+        # labels order by their Istio line (1.30-dev before 1.30.3 before 1.31-dev), as scenarios' istio.min does
+        if IstioVersion.parse(self.to_version).sort_key <= IstioVersion.parse(self.from_version).sort_key:
             raise ValueError(f"an upgrade goes to a newer Istio: {self.from_version} -> {self.to_version}")
+        old, new = _line(self.from_version), _line(self.to_version)
         steps = new[1] - old[1] if new[0] == old[0] else 99
         # In-place: the installed Istio may be at most one minor behind; revisions may skip one minor.
         limit = 1 if self.mode == "in-place" else 2

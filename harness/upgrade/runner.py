@@ -118,6 +118,8 @@ class UpgradeRun:
         context: str | None = None,
         istioctl_for: Callable[[str], str | os.PathLike[str]] | None = None,
         api: UpgradeApi | None = None,
+        overlays_for: Callable[[str], Sequence[Path]] | None = None,
+        cluster_goes: bool = False,
         probe: Callable[[], Any] | None = None,
         probe_target: str = "",
         keep: bool = False,
@@ -135,6 +137,10 @@ class UpgradeRun:
         self._istioctl: dict[str, str] = {}
         self._api = api
         self._owns_api = api is None
+        #: more ``-f`` overlays for a version's install (the netns provider's image hub and tag)
+        self._overlays_for = overlays_for or (lambda _version: ())
+        #: the cluster is removed right after this run: no uninstall, no wait for istio-system
+        self.cluster_goes = cluster_goes
         self.probe = probe
         self.probe_target = probe_target
         self.keep = keep
@@ -238,6 +244,8 @@ class UpgradeRun:
     def install(self, version: str, verb: str = "install") -> None:
         """``istioctl install`` (or ``upgrade``) of ``version`` with the overlay, and its revision in a canary."""
         args = [self.istioctl(version), verb, "-y", "-f", str(self.overlay_path)]
+        for overlay in self._overlays_for(version):
+            args += ["-f", str(overlay)]
         rev = self.plan.revision(version)
         if rev:
             args += ["--set", f"revision={rev}"]
@@ -280,26 +288,60 @@ class UpgradeRun:
         run([self.istioctl(version), "x", "precheck", *self._target()], timeout=PRECHECK_TIMEOUT_S)
 
     def restart_workloads(self) -> dict[str, list[str]]:
-        """``kubectl rollout restart deployment -n NS`` for each namespace, through the API; then wait."""
-        restarted: dict[str, list[str]] = {}
-        at = utc_now()
-        for ns in self.plan.namespaces:
-            names = self.api.list_deployments(ns)
-            for name in names:
-                self.api.restart_deployment(ns, name, at)
-            restarted[ns] = names
-        if not any(restarted.values()):
+        """``kubectl rollout restart deployment -n NS NAME`` for each deployment of the namespaces,
+        through the API, one at a time: each rollout done before the next starts (Istio's upgrade
+        docs restart workloads gradually, so the rest keep serving)."""
+        listed = {ns: self.api.list_deployments(ns) for ns in self.plan.namespaces}
+        if not any(listed.values()):
             raise UpgradeError(
                 f"no deployment in {', '.join(self.plan.namespaces)}: no workload would carry the new sidecar"
             )
-        for ns, names in restarted.items():
+        for ns, names in listed.items():
             for name in names:
-                self.api.wait_rollout(ns, name, deadline_s=self.plan.rollout_timeout_s)
-        return restarted
+                self._restart(ns, name)
+        return listed
+
+    def restart_gateways(self) -> list[str]:
+        """The ingress and egress gateways restarted one at a time (after the workloads, as Istio's
+        canary docs order it), so their pods are injected by the new control plane."""
+        for name in GATEWAY_DEPLOYMENTS:
+            self._restart(ISTIO_NAMESPACE, name)
+        return list(GATEWAY_DEPLOYMENTS)
+
+    def _restart(self, namespace: str, name: str) -> None:
+        progress(f"{self.plan.describe()}: restarting {namespace}/{name}")
+        self.api.restart_deployment(namespace, name, utc_now())
+        self.api.wait_rollout(namespace, name, deadline_s=self.plan.rollout_timeout_s)
 
     def proxy_status(self, version: str) -> list[ProxyStatus]:
-        done = run([self.istioctl(version), "proxy-status", *self._target()], timeout=PROXY_STATUS_TIMEOUT_S)
+        """``istioctl proxy-status`` of ``version``'s control plane. In a canary it names the
+        revision: since Istio 1.28 proxy-status asks only the default revision's istiod without
+        ``--revision`` (``RevisionOrDefault`` in istioctl/pkg/proxystatus), which after the upgrade
+        is the old one or, once that is uninstalled with its tag, none."""
+        argv = [self.istioctl(version), "proxy-status", *self._target()]
+        rev = self.plan.revision(version)
+        if rev:
+            argv += ["--revision", rev]
+        done = run(argv, timeout=PROXY_STATUS_TIMEOUT_S)
         return parse_proxy_status(done.stdout)
+
+    def move_default_tag(self, version: str, rev: str) -> None:
+        """``istioctl tag set default --revision REV --overwrite``: namespaces injected through the
+        default tag (``istio-injection=enabled``) follow the new revision, and uninstalling the old
+        revision (which prunes the tags pointing at it) leaves the default tag in place."""
+        run(
+            [
+                self.istioctl(version),
+                "tag",
+                "set",
+                "default",
+                "--revision",
+                rev,
+                "--overwrite",
+                *self._target(),
+            ],
+            timeout=PROXY_STATUS_TIMEOUT_S,
+        )
 
     def verify_proxies(self, version: str, *, expect_proxies_in: Iterable[str] = ()) -> None:
         """Poll until every proxy in scope reports ``version`` (and its revision's istiod in a canary)."""
@@ -376,6 +418,7 @@ class UpgradeRun:
             self._step("upgrade", f"istioctl upgrade to {new}", lambda: self.install(new, "upgrade"))
             self._step("upgrade", "wait for the control plane", lambda: self.wait_control_plane(new))
             restarted = self._step("upgrade", "restart workloads", self.restart_workloads)
+            self._step("upgrade", "restart gateways", self.restart_gateways)
             self._step(
                 "upgrade",
                 "verify proxies",
@@ -390,11 +433,13 @@ class UpgradeRun:
         self._step("upgrade", "wait for the control plane and gateways", lambda: self.wait_control_plane(new))
         self._step("upgrade", "relabel namespaces", lambda: self.label_namespaces(new))
         restarted = self._step("upgrade", "restart workloads", self.restart_workloads)
+        self._step("upgrade", "restart gateways", self.restart_gateways)
         self._step(
             "upgrade",
             "verify gateway and proxies",
             lambda: self.verify_proxies(new, expect_proxies_in=[ns for ns, d in restarted.items() if d]),
         )
+        self._step("upgrade", f"move the default tag to {rev}", lambda: self.move_default_tag(new, rev))
         self._step("upgrade", f"uninstall revision {old_rev}", lambda: self.uninstall_revision(new, old_rev))
         self._step(
             "upgrade",
@@ -429,6 +474,13 @@ class UpgradeRun:
         if self.keep:
             self._state.steps.append(StepResult("cleanup", "cleanup", "skipped", "kept (keep is on)"))
             progress("keeping Istio and the namespaces (keep is on)")
+            return
+        if self.cluster_goes:
+            self._state.steps.append(
+                StepResult("cleanup", "uninstall Istio", "skipped", "the cluster is removed next")
+            )
+            self._state.installed_with = None
+            self._state.created_namespaces.clear()
             return
         with interrupts_deferred("the upgrade run's cleanup"):
             installed = self._state.installed_with
