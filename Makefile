@@ -87,11 +87,18 @@ else
 	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
 endif
 ifneq ($(UPGRADE_FROM)$(UPGRADE_TO),)
+ifeq ($(TIER),istiod)
+	$(NETNS_BIN) istio --istio-version $(UPGRADE_FROM)
+	$(NETNS_BIN) istio --istio-version $(UPGRADE_TO)
+	$(PY) -m harness.cli upgrade run --tier istiod --from $(UPGRADE_FROM) --to $(UPGRADE_TO) \
+	  --mode $(or $(UPGRADE_MODE),canary) --results-dir artifacts/upgrade $(UPGRADE_ARGS)
+else
 	$(PY) -m harness.cli e2e tools --istio-version $(UPGRADE_FROM)
 	$(PY) -m harness.cli e2e tools --istio-version $(UPGRADE_TO)
 	EGRESS_HARNESS_UPGRADE_FROM=$(UPGRADE_FROM) EGRESS_HARNESS_UPGRADE_TO=$(UPGRADE_TO) \
 	EGRESS_HARNESS_UPGRADE_MODE=$(UPGRADE_MODE) EGRESS_HARNESS_RESULTS_DIR=artifacts/results \
 	$(PY) -m pytest -m e2e -p no:cacheprovider tests/e2e/test_upgrade.py $(PYTEST_ARGS)
+endif
 else
 	@set -u; run_dir='$(E2E_RUN_DIR)'; \
 	down() { status=$$?; \

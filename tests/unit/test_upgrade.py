@@ -248,6 +248,7 @@ def base_rules(proxy_status: str | None = None) -> list[dict[str, Any]]:
             "stdout": proxy_status or mesh(NEW, ISTIOD_NEW),
         },
         {"tool": f"istioctl-{NEW}", "args": ["uninstall", "--revision"], "stdout": "✔ Uninstall complete\n"},
+        {"tool": f"istioctl-{NEW}", "args": ["tag", "set", "default"], "stdout": ""},
         {"tool": f"istioctl-{NEW}", "args": ["uninstall", "--purge"], "stdout": "✔ Uninstall complete\n"},
         {"tool": f"istioctl-{OLD}", "args": ["uninstall", "--purge"], "stdout": "✔ Uninstall complete\n"},
     ]
@@ -296,18 +297,24 @@ def control_plane(istiod: str) -> list[str]:
 
 
 def restart_and_verify() -> list[str]:
+    """Workloads one at a time (each rollout done before the next), then the gateways."""
     return [
         f"api list_deployments {NS}",
         f"api restart_deployment {NS} proxy",
-        f"api restart_deployment {NS} target",
         f"api wait_rollout {NS} proxy",
+        f"api restart_deployment {NS} target",
         f"api wait_rollout {NS} target",
+        "api restart_deployment istio-system istio-ingressgateway",
+        "api wait_rollout istio-system istio-ingressgateway",
+        "api restart_deployment istio-system istio-egressgateway",
+        "api wait_rollout istio-system istio-egressgateway",
     ]
 
 
-def verify_round(k: str) -> list[str]:
+def verify_round(k: str, revision: str | None = None) -> list[str]:
+    """proxy-status of B's istiod: in a canary named by its revision (issue 10 item 1)."""
     return [
-        f"istioctl-{NEW} proxy-status --kubeconfig {k}",
+        f"istioctl-{NEW} proxy-status --kubeconfig {k}" + (f" --revision {revision}" if revision else ""),
         "api list_pods istio-system istio=egressgateway",
         "api list_pods istio-system istio=ingressgateway",
         f"api list_pods {NS} ",
@@ -350,7 +357,8 @@ def test_canary_command_sequence(setup: dict[str, Any]) -> None:
         f"api namespace_exists {NS}",
         f"api label_namespace {NS} istio.io/rev=1-30-3 -istio-injection",
         *restart_and_verify(),
-        *verify_round(str(k)),
+        *verify_round(str(k), "1-30-3"),
+        f"istioctl-{NEW} tag set default --revision 1-30-3 --overwrite --kubeconfig {k}",
         f"istioctl-{NEW} uninstall --revision 1-29-6 -y --kubeconfig {k}",
         "api deployment_exists istio-system istiod-1-29-6",
         "api deployment_exists istio-system istiod-1-29-6",
@@ -366,7 +374,9 @@ def test_canary_command_sequence(setup: dict[str, Any]) -> None:
         ("upgrade", "wait for the control plane and gateways"),
         ("upgrade", "relabel namespaces"),
         ("upgrade", "restart workloads"),
+        ("upgrade", "restart gateways"),
         ("upgrade", "verify gateway and proxies"),
+        ("upgrade", "move the default tag to 1-30-3"),
         ("upgrade", "uninstall revision 1-29-6"),
         ("upgrade", "verify revision 1-29-6 is gone"),
     ]

@@ -1,0 +1,97 @@
+"""The istiod tier's upgrade run (issue 19) without a cluster: the plan takes the netns provider's
+labels, the catalog of a phase runs several scenarios at a time in the catalog's order, the console's
+summary ends with the prober's line and the verdict, and the command refuses bad input before it
+starts anything. The run itself is tests/netns/test_netns_upgrade.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness.cli import main
+from harness.cluster.runner import catalog_results
+from harness.report.results import ProberStats, RunResult, ScenarioResult
+from harness.upgrade.istiod import UpgradeOutcome, summary
+from harness.upgrade.plan import UpgradePlan, revision_name
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_plan_takes_the_netns_labels_and_orders_them_by_their_istio_line() -> None:
+    plan = UpgradePlan("1.30-dev", "1.31-dev", "canary")
+    assert (plan.from_revision, plan.to_revision) == ("1-30-dev", "1-31-dev")
+    assert plan.istiod_deployment("1.31-dev") == "istiod-1-31-dev"
+    assert UpgradePlan("1.30-dev", "1.31-dev", "in-place").from_revision is None
+    with pytest.raises(ValueError, match=r"newer Istio: 1\.31-dev -> 1\.30-dev"):
+        UpgradePlan("1.31-dev", "1.30-dev", "in-place")
+    with pytest.raises(ValueError, match="not supported"):
+        UpgradePlan("1.30-dev", "1.32-dev", "canary")
+    assert revision_name("1.30.3") == "1-30-3"
+    with pytest.raises(ValueError, match=r"X\.Y-dev"):
+        revision_name("1.31-rc")
+
+
+def test_a_phase_runs_scenarios_at_the_same_time_and_keeps_the_catalog_order() -> None:
+    started: list[str] = []
+    both_running = threading.Barrier(2, timeout=5)
+
+    def run_one(scenario: SimpleNamespace) -> ScenarioResult:
+        started.append(scenario.name)
+        if scenario.name in ("a", "b"):
+            both_running.wait()  # only passes when a and b run at once
+        if scenario.name == "c":
+            raise RuntimeError("the cluster went away")
+        time.sleep(0.01 if scenario.name == "a" else 0)
+        return ScenarioResult(scenario.name, "before", "1.30-dev", "passed")
+
+    scenarios = [SimpleNamespace(name=n) for n in ("a", "b", "c")]
+    results = catalog_results(scenarios, run_one, phase="before", version="1.30-dev", workers=2)
+    assert [r.scenario for r in results] == ["a", "b", "c"]
+    assert [r.outcome for r in results] == ["passed", "passed", "error"]
+    assert results[2].message == "RuntimeError: the cluster went away"
+
+
+def _outcome(after: str, *, successes: int = 1996, problems: tuple[str, ...] = ()) -> UpgradeOutcome:
+    result = RunResult(
+        run_id="upgrade-canary-1.30-dev-1.31-dev-abc",
+        started="2026-12-07T07:00:00Z",
+        istio_versions=["1.30-dev", "1.31-dev"],
+        mode="canary",
+        prober=ProberStats("mission", 2000, successes, 0.95, 0.2, "2026-12-07T07:01:00Z", 400.0),
+        scenarios=[
+            ScenarioResult("http-via-egress-gateway", "before", "1.30-dev", "passed"),
+            ScenarioResult("http-via-egress-gateway", "after", "1.31-dev", after),
+        ],
+    )
+    return UpgradeOutcome(result, Path("r/results.json"), Path("r/report.md"), [], problems)
+
+
+def test_the_summary_ends_with_the_prober_and_the_verdict() -> None:
+    lines = summary(_outcome("passed")).splitlines()
+    assert lines[0] == "http-via-egress-gateway: passed -> passed"
+    assert lines[-2:] == [
+        "prober: 0.998 (1996/2000)",
+        "PASS 1.30-dev -> 1.31-dev (canary): no scenario regressed, traffic held",
+    ]
+    failed = summary(_outcome("failed", problems=("http-via-egress-gateway regressed: ...",))).splitlines()
+    assert failed[-2:] == ["FAIL 1.30-dev -> 1.31-dev (canary):", "  http-via-egress-gateway regressed: ..."]
+    assert "http-via-egress-gateway: passed -> failed" in failed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--from", "1.31-dev", "--to", "1.30-dev"], "newer Istio"),
+        (["--from", "1.30-dev", "--to", "1.31-dev", "--workers", "0"], "--workers must be at least 1"),
+        (["--from", "1.30-dev", "--to", "1.31-dev", "--to-overlay", "/nonexistent.yaml"], "no such file"),
+    ],
+)
+def test_the_command_refuses_bad_input_before_it_starts_anything(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["upgrade", "run", "--tier", "istiod", *argv]) == 2
+    assert message in capsys.readouterr().err
