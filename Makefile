@@ -91,7 +91,7 @@ ifeq ($(TIER),istiod)
 	$(NETNS_BIN) istio --istio-version $(UPGRADE_FROM)
 	$(NETNS_BIN) istio --istio-version $(UPGRADE_TO)
 	$(PY) -m harness.cli upgrade run --tier istiod --from $(UPGRADE_FROM) --to $(UPGRADE_TO) \
-	  --mode $(or $(UPGRADE_MODE),canary) --results-dir artifacts/upgrade $(UPGRADE_ARGS)
+	  --mode $(or $(UPGRADE_MODE),canary) --results-dir artifacts/results $(UPGRADE_ARGS)
 else
 	$(PY) -m harness.cli e2e tools --istio-version $(UPGRADE_FROM)
 	$(PY) -m harness.cli e2e tools --istio-version $(UPGRADE_TO)

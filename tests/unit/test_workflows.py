@@ -161,7 +161,7 @@ def _report_parser() -> argparse.ArgumentParser:
 def test_nightly_reports_go_to_the_step_summary_and_artifacts_are_uploaded() -> None:
     nightly = load("nightly.yml")
     jobs = nightly["jobs"]
-    assert jobs["report"]["needs"] == ["e2e", "upgrade"]
+    assert jobs["report"]["needs"] == ["e2e", "upgrade", "upgrade-istiod"]
     assert jobs["report"]["if"] == "always()"
     parser = _report_parser()
     for job_id in ("e2e", "upgrade", "report"):
@@ -200,3 +200,17 @@ def test_make_lint_checks_the_workflows_offline_with_pinned_tools() -> None:
     )
     dependabot = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
     assert [u["package-ecosystem"] for u in dependabot["updates"]] == ["github-actions"]
+
+
+def test_nightly_runs_the_netns_upgrade_pair_in_both_modes_as_root_and_the_merge_finds_its_results() -> None:
+    job = load("nightly.yml")["jobs"]["upgrade-istiod"]
+    assert sorted(job["strategy"]["matrix"]["mode"]) == ["canary", "in-place"]
+    script = " ".join(str(s["run"]) for s in steps(job) if "make e2e" in str(s.get("run", "")))
+    assert script.startswith("sudo -E ")
+    old, new = sorted(versions.ISTIO_BUILDABLE_LABELS)
+    assert f"TIER=istiod UPGRADE_FROM={old} UPGRADE_TO={new} UPGRADE_MODE=${{{{ matrix.mode }}}}" in script
+    assert any(str(s.get("uses", "")).startswith("actions/setup-go@") for s in steps(job))
+    # the Makefile writes the run's results.json where the merged report's job collects them
+    makefile = (ROOT / "Makefile").read_text()
+    assert "upgrade run --tier istiod" in makefile
+    assert "--results-dir artifacts/results" in makefile
