@@ -8,7 +8,9 @@ The ``istiod`` section (``bench/istiod.py``, where a netns cluster can run: root
 binaries; about 3 minutes) is the exception: issue 18 asks for its figures as times against targets
 (``e2e up`` to Istio ready, the catalog's wall time, the p95 from an answer to its judgement), and
 for the push-to-ACK time as a ratio to istiod's debounce. Those targets are printed with their
-verdicts but do not set the exit status.
+verdicts but do not set the exit status. The ``upgrade`` section (``bench/upgrade.py``, where both
+netns Istio labels are built) prints each mode's prober ratio and the time from B's istiod ready to
+every proxy on B as a ratio to the debounce.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def bench_poll(lines_n: int, new_lines: int, repeats: int) -> dict[str, float]:
     }
 
 
-SECTIONS = ("parse", "poll", "latency", "istiod")
+SECTIONS = ("parse", "poll", "latency", "istiod", "upgrade")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,13 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             goals.append(
                 ("assertion latency / flush interval", r["ratio_latency_to_flush_interval"], 1.3, "")
             )
-    extra: list[str] = []
-    #: the istiod section's targets (issue 18 item 8): shown with their verdicts, not gating the exit
-    #: status (they are what the tier is to reach, and a bench run is no test of the catalog)
-    targets: list[tuple[str, float, float, str]] = []
-    if "istiod" in only:
-        r, targets, extra = istiod_section()
-        results["istiod"] = r
+    targets, extra = _cluster_sections(only, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'measure':<42} {'value':>10} {'goal':>8}  verdict")
@@ -220,6 +216,41 @@ def istiod_section() -> tuple[dict[str, Any], list[tuple[str, float, float, str]
     )
     r = istiod.run()
     return r, istiod_goals(r), istiod_report(r)
+
+
+def _cluster_sections(
+    only: set[str], results: dict[str, dict[str, Any]]
+) -> tuple[list[tuple[str, float, float, str]], list[str]]:
+    """The istiod and upgrade sections: the istiod targets (issue 18 item 8; shown with their
+    verdicts, not gating the exit status: they are what the tier is to reach, and a bench run is no
+    test of the catalog) and both sections' report lines."""
+    targets: list[tuple[str, float, float, str]] = []
+    extra: list[str] = []
+    if "istiod" in only:
+        r, targets, extra = istiod_section()
+        results["istiod"] = r
+    if "upgrade" in only:
+        r, lines = upgrade_section()
+        results["upgrade"] = r
+        extra += lines
+    return targets, extra
+
+
+def upgrade_section() -> tuple[dict[str, Any], list[str]]:
+    """The upgrade section (issue 19) where both netns Istio labels are built: figures, no targets."""
+    from bench import upgrade
+
+    reason = upgrade.unavailable()
+    if reason:
+        print(f">> bench: upgrade skipped: {reason}", file=sys.stderr)
+        return {"skipped": reason}, [f"upgrade: skipped: {reason}"]
+    print(
+        f">> bench: upgrades {upgrade.FROM} -> {upgrade.TO} on the netns cluster, in place and canary "
+        "(a cluster each; several minutes)",
+        file=sys.stderr,
+    )
+    r = upgrade.run()
+    return r, upgrade.report(r)
 
 
 def istiod_goals(r: dict[str, Any]) -> list[tuple[str, float, float, str]]:
