@@ -314,11 +314,12 @@ class UpgradeRun:
         self.api.wait_rollout(namespace, name, deadline_s=self.plan.rollout_timeout_s)
 
     def proxy_status(self, version: str) -> list[ProxyStatus]:
-        """``istioctl proxy-status`` of ``version``'s control plane. In a canary it names the
+        """``istioctl proxy-status -o json`` of ``version``'s control plane (every istiod's sync
+        status, each proxy's node metadata with its ISTIO_VERSION). In a canary it names the
         revision: since Istio 1.28 proxy-status asks only the default revision's istiod without
         ``--revision`` (``RevisionOrDefault`` in istioctl/pkg/proxystatus), which after the upgrade
         is the old one or, once that is uninstalled with its tag, none."""
-        argv = [self.istioctl(version), "proxy-status", *self._target()]
+        argv = [self.istioctl(version), "proxy-status", "-o", "json", *self._target()]
         rev = self.plan.revision(version)
         if rev:
             argv += ["--revision", rev]
