@@ -73,8 +73,14 @@ def judge(outcome: Any) -> tuple[bool, str]:
     if isinstance(status, int) and not isinstance(status, bool):
         detail = f"HTTP {status}"
         failed_hop = getattr(outcome, "failed_hop", None)
+        hops = getattr(outcome, "hops", None)
         if isinstance(failed_hop, str) and failed_hop:
             detail += f" (failed hop {failed_hop})"
+        elif status >= 400 and hops == ():
+            # no relay answered: the ingress gateway could not reach the first relay (its own answer,
+            # e.g. Envoy's "no healthy upstream", is the body)
+            text = " ".join(str(getattr(outcome, "text", "") or "").split())[:120]
+            detail += f" (failed hop ingress gateway -> proxy{': ' + text if text else ''})"
         return 200 <= status < 400, detail
     raise ProberError(
         f"cannot judge a probe result of type {type(outcome).__name__}: return a bool, an HTTP status, "

@@ -95,3 +95,23 @@ def test_the_command_refuses_bad_input_before_it_starts_anything(
 ) -> None:
     assert main(["upgrade", "run", "--tier", "istiod", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_failed_probe_names_the_hop_that_failed() -> None:
+    import httpx
+
+    from harness.common.traffic import ChainResponse
+    from harness.upgrade.prober import judge
+
+    def answer(status: int, body: object, text: str) -> ChainResponse:
+        return ChainResponse("http://x/proxy", "rid", status, httpx.Headers(), text, body, 0.1, ())
+
+    # the ingress gateway's own answer: no relay was reached
+    assert judge(answer(503, None, "no healthy upstream")) == (
+        False,
+        "HTTP 503 (failed hop ingress gateway -> proxy: no healthy upstream)",
+    )
+    # a relay's answer names the hop it could not reach
+    relayed = answer(502, {"failed_hop": "target", "error": "refused"}, "{}")
+    assert judge(relayed) == (False, "HTTP 502 (failed hop target)")
+    assert judge(answer(200, {}, "{}")) == (True, "HTTP 200")
