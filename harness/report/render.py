@@ -127,11 +127,41 @@ def _regressions(runs: Sequence[RunResult]) -> list[str]:
                 f"| {CELL[after.outcome]} ({after.istio_version}) "
                 f"| {_cell_text(after.hop or NO_RESULT)} | {_cell_text(_first_line(after.message)) or NO_RESULT} |"
             )
+        for run, before, after in regressions:
+            out += ["", *_side_by_side(run, before, after)]
     elif any(r.mode != "single" for r in runs):
         out.append("None: every scenario that passed before the upgrade also passed after it.")
     else:
         out.append("No upgrade run among these results.")
     return [*out, ""]
+
+
+def _side_by_side(run: RunResult, before: ScenarioResult, after: ScenarioResult) -> list[str]:
+    """One regression's evidence of both runs in two columns: outcome, Istio and proxy versions,
+    convergence, the hop where the path diverged, the message."""
+
+    def seconds(value: float | None) -> str:
+        return NO_RESULT if value is None else f"{value:.1f} s"
+
+    rows = [
+        ("outcome", CELL[before.outcome], CELL[after.outcome]),
+        ("istiod", before.istio_version, after.istio_version),
+        (
+            "proxies",
+            ", ".join(before.proxy_versions) or NO_RESULT,
+            ", ".join(after.proxy_versions) or NO_RESULT,
+        ),
+        ("converged", seconds(before.convergence_s), seconds(after.convergence_s)),
+        ("hop", before.hop or NO_RESULT, after.hop or NO_RESULT),
+        ("message", _first_line(before.message) or NO_RESULT, _first_line(after.message) or NO_RESULT),
+    ]
+    return [
+        f"### {_cell_text(after.scenario)}: before and after ({_cell_text(run.label())})",
+        "",
+        "| | before | after |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {_cell_text(b)} | {_cell_text(a)} |" for name, b, a in rows),
+    ]
 
 
 def _failed_steps(runs: Sequence[RunResult]) -> list[str]:

@@ -270,3 +270,16 @@ def test_python_dash_m_harness_report(tmp_path: Path) -> None:
     assert passed.stdout.startswith("# Egress harness report")
     failed = report_module(str(MATRIX[2]), "--strict")
     assert failed.returncode == 1, failed.stderr
+
+
+def test_a_regression_shows_the_evidence_of_both_runs_side_by_side() -> None:
+    markdown = report.render_markdown(load_results([CANARY]))
+    section = _section(markdown, "Regressions")
+    assert "### https-passthrough-via-egress-gateway: before and after (1.29.6 -> 1.30.3 (canary))" in section
+    rows = _table_rows(section.split("before and after", 1)[1])
+    table = {row[0]: row[1:] for row in rows[2:]}
+    assert table["outcome"] == ["pass", "**FAIL**"]
+    assert table["istiod"] == ["1.29.6", "1.30.3"]
+    assert table["hop"] == ["-", "egress gateway"]
+    assert table["message"][1] == "hop 'egress gateway': no entry of the request \\| within 10s"
+    assert set(table) == {"outcome", "istiod", "proxies", "converged", "hop", "message"}

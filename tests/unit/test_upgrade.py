@@ -314,7 +314,8 @@ def restart_and_verify() -> list[str]:
 def verify_round(k: str, revision: str | None = None) -> list[str]:
     """proxy-status of B's istiod: in a canary named by its revision (issue 10 item 1)."""
     return [
-        f"istioctl-{NEW} proxy-status -o json --kubeconfig {k}" + (f" --revision {revision}" if revision else ""),
+        f"istioctl-{NEW} proxy-status -o json --kubeconfig {k}"
+        + (f" --revision {revision}" if revision else ""),
         "api list_pods istio-system istio=egressgateway",
         "api list_pods istio-system istio=ingressgateway",
         f"api list_pods {NS} ",
