@@ -66,9 +66,11 @@ from harness.cluster.hosts import (
     RUN_LABEL,
     UNREGISTERED_ALIAS,
     check_alias_resolves,
+    check_run_names_free,
     close_docker_client,
     mtls_recorder_container,
     recorder_container,
+    run_recorder_names,
 )
 from harness.cluster.istio import IstioInstall
 from harness.cluster.kube import INJECTION_LABELS, Kube, render_file
@@ -193,6 +195,11 @@ class E2ERun(RunNamespace):
             f"e2e run {self.run_id}: Istio {o.istio_version}, namespace {self.namespace}, run dir {self.run_dir}"
         )
         self.istioctl = self._istioctl(o.istio_version)
+        if o.external == "container" and o.provider == "kind" and not o.existing_cluster:
+            check_run_names_free(
+                run_recorder_names(o.host, o.recorder_aliases, o.mtls_aliases, mtls=o.external_tls),
+                run_id=self.run_id,
+            )
         with self._timed("cluster"):
             cluster = self.make_cluster()
             self._stack.enter_context(cluster)
