@@ -722,6 +722,46 @@ def test_only_a_run_with_recorders_on_kinds_network_asks_for_their_names(
     assert not [e for e in parts if e.startswith("names free?")]
 
 
+def test_only_the_harnesss_own_cluster_gets_the_pinned_egress_gateway_and_relays(
+    parts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A managed cluster has neither the egress gateway's labelled node nor a schedulable control
+    plane: pinned there, the gateway stays Pending (``istioctl install`` times out) and so do the relays."""
+    given: dict[str, dict[str, Any]] = {}
+
+    def istio(*args: Any, **kw: Any) -> Part:
+        given["istio"] = kw
+        return Part("istio")
+
+    def relays(kube: Any, ns: str, **kw: Any) -> _Relays:
+        given["relays"] = kw
+        return _Relays(kw.get("ca_pem"))
+
+    monkeypatch.setattr(cluster_run, "IstioInstall", istio)
+    monkeypatch.setattr(cluster_run, "RelayApps", relays)
+    with E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123") as run:
+        assert run.own_cluster
+    assert given["istio"]["pin_egress_gateway"] is True
+    assert given["relays"]["pin_to_control_plane"] is True
+
+    given.clear()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    existing = E2EOptions(
+        istio_version="1.30.3",
+        kubeconfig=kubeconfig,
+        external="internet",
+        external_host="example.com",
+        relay_image="registry.example/relay:1",
+        ingress_url="http://127.0.0.1:8080",
+    )
+    with E2ERun(existing, tmp_path / "run2", run_id="abc123") as run:
+        assert isinstance(run.cluster, ExistingCluster)
+        assert not run.own_cluster
+    assert given["istio"]["pin_egress_gateway"] is False
+    assert given["relays"]["pin_to_control_plane"] is False
+
+
 def test_keep_on_failure_keeps_everything_of_a_failed_run(parts: list[str], tmp_path: Path) -> None:
     options = E2EOptions(istio_version="1.30.3", keep_on_failure=True)
     with E2ERun(options, tmp_path / "run", run_id="abc123") as run:
@@ -1481,3 +1521,17 @@ def test_certificates_that_cannot_be_made_stop_the_run_saying_how_to_go_without(
     run = E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123")
     with pytest.raises(E2EError, match=r"certificates could not be made: the ca key: .*--no-external-tls"):
         run.make_pki()
+
+
+@pytest.mark.parametrize(("cluster", "own"), [("kind", True), ("netns", True), ("existing", False)])
+def test_a_run_attached_to_an_up_run_knows_whose_cluster_it_is(
+    tmp_path: Path, cluster: str, own: bool
+) -> None:
+    """Workers of ``e2e up`` (and the upgrade's relays, ``harness.cluster.runner``) place pods as the
+    run that made the cluster did: by the state's cluster kind."""
+    state = dataclasses.replace(attached_state(tmp_path), cluster=cluster)
+    run = E2ERun(E2EOptions(), tmp_path / "worker", state=state)
+    assert run.own_cluster is own
+    assert (
+        run.scoped("egress-abc123-x", external_host="x.test", unregistered_host="u.test").own_cluster is own
+    )
