@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import time
 
 import pytest
@@ -201,4 +202,40 @@ def test_names_taken_while_starting_fail_the_later_container(image: str, owner: 
             assert info.value.taken == {DEFAULT_ALIAS: [other.name]}
         finally:
             other.stop()
+    assert _leftovers(owner) == ([], [])
+
+
+def test_dockers_dns_answers_a_shared_alias_with_every_container_carrying_it(image: str, owner: str) -> None:
+    """Why names are exclusive: two containers under one alias (made around the harness's check,
+    with the docker CLI) are both in the answer, so a client reaches either one."""
+    network = f"egress-harness-test-{secrets.token_hex(4)}"
+    alias = "shared.egress-harness.test"
+    label = f"{OWNER_LABEL}={owner}"
+    with Network(network, owner=owner):
+        names = [f"egress-harness-dns-{owner}-{i}" for i in (1, 2)]
+        try:
+            for name in names:
+                _docker("run", "-d", "--rm", "--name", name, "--label", label, "--network", network,
+                        "--network-alias", alias, image, "sleep", "120")  # fmt: skip
+            addresses = {
+                _docker(
+                    "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}', n
+                ).strip()
+                for n in names
+            }
+            script = (
+                "import socket, sys; "
+                "print(' '.join(sorted({a[4][0] for a in socket.getaddrinfo(sys.argv[1], 80, socket.AF_INET)})))"
+            )
+            answer = _docker(
+                "run", "--rm", "--label", label, "--network", network, image, "python", "-c", script, alias
+            )
+            assert set(answer.split()) == addresses and len(addresses) == 2
+            # and the harness sees both holders of the name
+            with pytest.raises(NameTakenError) as info:
+                check_names_free(network, [alias], what="a third")
+            assert sorted(info.value.taken[alias]) == names
+        finally:
+            for name in names:
+                subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=30, check=False)
     assert _leftovers(owner) == ([], [])
