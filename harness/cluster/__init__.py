@@ -75,7 +75,7 @@ if TYPE_CHECKING:
         RunStateError,
         ScenarioNotApplicable,
     )
-    from harness.cluster.external import RecorderContainer, RecorderTLS
+    from harness.cluster.external import NameTakenError, RecorderContainer, RecorderTLS
     from harness.cluster.gatewayapi import (
         GATEWAY_API_CRDS_URL,
         GATEWAY_API_URL_ENV,
@@ -95,11 +95,13 @@ if TYPE_CHECKING:
         TEST_DOMAIN,
         UNREGISTERED_ALIAS,
         ScenarioHosts,
+        check_run_names_free,
         dns_label,
         mtls_recorder_aliases,
         mtls_recorder_container,
         recorder_aliases,
         recorder_container,
+        run_recorder_names,
         scenario_hosts,
         scenario_namespace_name,
     )
@@ -152,9 +154,9 @@ _EXPORTS: dict[str, str] = {
     "harness.cluster.credentials": "PKI_DIR CredentialSecret credential_names credential_secrets load_pki missing_sds_resources pki_server_names sds_secret_states",
     "harness.cluster.diagnostics": "Diagnostics",
     "harness.cluster.errors": "ChainNotReadyError ConvergenceError E2EError LockTimeoutError RunStateError ScenarioNotApplicable",
-    "harness.cluster.external": "RecorderContainer RecorderTLS",
+    "harness.cluster.external": "NameTakenError RecorderContainer RecorderTLS",
     "harness.cluster.gatewayapi": "GATEWAY_API_CRDS_URL GATEWAY_API_URL_ENV GATEWAY_API_VERSION GatewayApiCrds crd_exists fetch_gateway_api_crds gateway_api_url",
-    "harness.cluster.hosts": "EXTERNAL_ALIAS EXTERNAL_TLS_PORT KIND_NETWORK MTLS_ALIAS RUN_LABEL SCENARIO_LABEL TEST_DOMAIN UNREGISTERED_ALIAS ScenarioHosts dns_label mtls_recorder_aliases mtls_recorder_container recorder_aliases recorder_container scenario_hosts scenario_namespace_name",
+    "harness.cluster.hosts": "EXTERNAL_ALIAS EXTERNAL_TLS_PORT KIND_NETWORK MTLS_ALIAS RUN_LABEL SCENARIO_LABEL TEST_DOMAIN UNREGISTERED_ALIAS ScenarioHosts check_run_names_free dns_label mtls_recorder_aliases mtls_recorder_container recorder_aliases recorder_container run_recorder_names scenario_hosts scenario_namespace_name",
     "harness.cluster.istio": "ISTIO_NAMESPACE IstioInstall",
     "harness.cluster.kube": "Kube ObjectRef",
     "harness.cluster.lock": "LOCK_TIMEOUT_S ScenarioLock exclusive_reason",
@@ -225,6 +227,7 @@ __all__ = [
     "KindCluster",
     "Kube",
     "LockTimeoutError",
+    "NameTakenError",
     "NamespaceRelays",
     "ObjectRef",
     "PodLogSource",
@@ -249,6 +252,7 @@ __all__ = [
     "catalog_results",
     "chain_answered",
     "chain_for",
+    "check_run_names_free",
     "check_tls_record",
     "convergence_markers",
     "crd_exists",
@@ -276,6 +280,7 @@ __all__ = [
     "recorder_container",
     "recorder_serves",
     "recorder_state",
+    "run_recorder_names",
     "scenario_gateway",
     "scenario_hosts",
     "scenario_namespace_name",

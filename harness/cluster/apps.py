@@ -12,6 +12,12 @@ and the ingress route (a Gateway on the ingress gateway's port 80 and a VirtualS
 path prefix ``/proxy`` to ``proxy:8080``). It waits for both rollouts and checks that each pod got
 its ``istio-proxy`` sidecar. The manifest is checked for those parts before anything is applied.
 
+Placement. On the harness's own cluster (``pin_to_control_plane``) the relays run on the
+control-plane node, away from the egress gateway's worker (the node labels of manifests/kind/cluster.yaml
+and the netns provider's): there the external host's record of its caller tells the gateway's node
+from the relays'. The manifest itself places nothing, so on a cluster the harness does not own the
+scheduler puts the pods wherever they fit (a managed cluster has no schedulable control-plane node).
+
 Trusting the run's CA. With ``ca_pem`` (the run's CA certificate, ``harness.common.certs``) the relays call
 HTTPS hosts whose certificates that CA signed: the ConfigMap ``egress-harness-ca`` (key ``ca.crt``)
 is applied first, and each relay Deployment mounts it read-only at ``/etc/egress-harness/ca/`` and
@@ -47,6 +53,13 @@ INGRESS_PREFIX = "/proxy"
 INGRESS_DOMAIN = "ingress.egress-harness.test"
 INGRESS_SELECTOR: Mapping[str, str] = {"istio": "ingressgateway"}
 SIDECAR_CONTAINER = "istio-proxy"
+#: the node the relays run on in the harness's own cluster, and the taint that node carries there
+CONTROL_PLANE_NODE_SELECTOR: Mapping[str, str] = {"node-role.kubernetes.io/control-plane": ""}
+CONTROL_PLANE_TOLERATION: Mapping[str, str] = {
+    "key": "node-role.kubernetes.io/control-plane",
+    "operator": "Exists",
+    "effect": "NoSchedule",
+}
 #: the ConfigMap with the run's CA (key ``ca.crt``) that the relays trust when given one
 CA_CONFIGMAP = "egress-harness-ca"
 CA_VOLUME = "egress-harness-ca"
@@ -237,14 +250,19 @@ def relay_documents(
     *,
     ca_configmap: str | None = None,
     ingress: str | None = None,
+    pin_to_control_plane: bool = False,
 ) -> list[dict[str, Any]]:
     """The relay manifest's objects, checked, with each relay container's image set to ``image``;
     with ``ca_configmap`` each relay also trusts the CA in that ConfigMap (:func:`trust_ca`); with
-    ``ingress`` the ingress route matches that host only (:func:`scope_ingress`)."""
+    ``ingress`` the ingress route matches that host only (:func:`scope_ingress`); with
+    ``pin_to_control_plane`` (the harness's own cluster only) the relays run on the control-plane
+    node (:func:`pin_relays_to_control_plane`)."""
     docs = split_documents(manifest.read_text())
     check_relay_manifest(docs)
     if ingress is not None:
         scope_ingress(docs, ingress)
+    if pin_to_control_plane:
+        pin_relays_to_control_plane(docs)
     for doc in docs:
         if doc["kind"] == "Deployment":
             for container in doc["spec"]["template"]["spec"]["containers"]:
@@ -253,6 +271,23 @@ def relay_documents(
     if ca_configmap is not None:
         trust_ca(docs, ca_configmap)
     return docs
+
+
+def pin_relays_to_control_plane(docs: Sequence[dict[str, Any]]) -> None:
+    """Every relay Deployment of ``docs`` runs on the control-plane node: its node selector
+    (:data:`CONTROL_PLANE_NODE_SELECTOR`, added to any the pod has) and a toleration of that node's
+    NoSchedule taint. Only for the harness's own cluster, whose control-plane node is schedulable
+    that way; a managed cluster has none, and the pods would stay Pending."""
+    for doc in docs:
+        if (
+            doc.get("kind") != "Deployment"
+            or (doc.get("metadata") or {}).get("name") not in RELAY_DEPLOYMENTS
+        ):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        pod["nodeSelector"] = {**(pod.get("nodeSelector") or {}), **CONTROL_PLANE_NODE_SELECTOR}
+        tolerations = [t for t in pod.get("tolerations") or [] if t != dict(CONTROL_PLANE_TOLERATION)]
+        pod["tolerations"] = [*tolerations, dict(CONTROL_PLANE_TOLERATION)]
 
 
 def trust_ca(docs: Sequence[dict[str, Any]], configmap: str = CA_CONFIGMAP) -> None:
@@ -313,7 +348,8 @@ def has_sidecar(pod: Mapping[str, Any]) -> bool:
 class RelayApps:
     """``proxy`` and ``target`` (and the ingress route) in ``namespace``; removed on exit unless ``keep``.
 
-    With ``ca_pem`` the ConfigMap :data:`CA_CONFIGMAP` comes first and the relays trust that CA.
+    With ``ca_pem`` the ConfigMap :data:`CA_CONFIGMAP` comes first and the relays trust that CA; with
+    ``pin_to_control_plane`` (the harness's own cluster only) they run on the control-plane node.
     """
 
     def __init__(
@@ -326,8 +362,10 @@ class RelayApps:
         rollout_timeout_s: float = ROLLOUT_TIMEOUT_S,
         keep: bool = False,
         ca_pem: bytes | None = None,
+        pin_to_control_plane: bool = False,
     ) -> None:
         self.kube = kube
+        self.pin_to_control_plane = pin_to_control_plane
         self.namespace = namespace
         self.image = image
         self.manifest = manifest
@@ -341,9 +379,12 @@ class RelayApps:
         """The manifest's objects for this namespace (the ingress route matching its
         :func:`ingress_host` only): with a CA, its ConfigMap first."""
         host = ingress_host(self.namespace)
+        pin = self.pin_to_control_plane
         if self.ca_pem is None:
-            return relay_documents(self.image, self.manifest, ingress=host)
-        docs = relay_documents(self.image, self.manifest, ca_configmap=CA_CONFIGMAP, ingress=host)
+            return relay_documents(self.image, self.manifest, ingress=host, pin_to_control_plane=pin)
+        docs = relay_documents(
+            self.image, self.manifest, ca_configmap=CA_CONFIGMAP, ingress=host, pin_to_control_plane=pin
+        )
         return [ca_configmap_document(self.namespace, self.ca_pem), *docs]
 
     def render(self) -> str:

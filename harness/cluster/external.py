@@ -4,12 +4,21 @@
         ...  # other containers on that network reach http://external.egress-harness.test/
         rec.records(request_id="abc")  # what the recorder saw: client_ip, host, headers, ...
 
-Built on the Docker SDK (``docker.from_env``, every API call under a client timeout), not on
-testcontainers: testcontainers starts its "ryuk" reaper, whose image would have to be pulled. Clean-up
+Built on the Docker SDK (``docker.from_env``, every API call under a client timeout; a dependency of
+the harness by name), not on testcontainers: its reaper (Ryuk) removes a session's containers when
+the process that made them ends, which is what ``egress-harness e2e up`` must not have (its recorders
+outlive it, for the pytest workers and ``e2e down``), and its image would have to be pulled. Clean-up
 is ours instead: every container and network made here carries the label ``io.egress-harness.owner``
 (plus any labels you pass), and leaving the context (normally, on an error, on Ctrl-C) removes the
 container and, if this object created it, the network. A failed start removes both too and raises
 :class:`ContainerStartError` naming the container, its exit code and the tail of its log.
+
+Names are exclusive on a network: Docker's DNS answers a name with the address of every running
+container carrying it (as its name or one of its aliases), so two runs on one machine sharing kind's
+network would each reach the other's recorder. A container refuses to start when another one on the
+network already answers to one of its names (:class:`NameTakenError`, naming the holder and its
+owner label), and checks again once it joined the network: of two that started at the same moment,
+the one created later removes itself and fails.
 
 The recorder's control API is read from the host through a port published on 127.0.0.1 (a random
 host port), so it works wherever the engine publishes ports to the host.
@@ -73,6 +82,26 @@ class DockerUnavailableError(RuntimeError):
     """No Docker engine answers."""
 
 
+class NameTakenError(RuntimeError):
+    """Another running container on the network answers to a name a container (or a run's
+    recorders) would take."""
+
+    def __init__(self, what: str, network: str, taken: Mapping[str, Sequence[str]], holders: str) -> None:
+        #: what would take the names: a container, a run's recorders
+        self.what = what
+        self.network = network
+        #: name -> the containers that answer to it already
+        self.taken = {name: list(owners) for name, owners in taken.items()}
+        listed = "; ".join(f"{name} (by {', '.join(owners)})" for name, owners in self.taken.items())
+        super().__init__(
+            f"{what} cannot take these names on the Docker network {network!r}: {listed}. "
+            "Docker's DNS would answer each with the addresses of every container carrying it, so two "
+            f"runs would see each other's external host. Running there: {holders}. Stop that run first "
+            "(`egress-harness e2e down --run-dir DIR` for a run `e2e up` left running, or `docker rm -f "
+            "NAME`), then start again."
+        )
+
+
 class ContainerStartError(RuntimeError):
     """A container exited or did not become ready; carries its name and log tail."""
 
@@ -117,6 +146,76 @@ def _wait_until(check: Any, timeout: float, what: str) -> None:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} after {timeout:g}s")
         time.sleep(POLL_INTERVAL_S)
+
+
+@dataclass(frozen=True)
+class NetworkPeer:
+    """A running container on a network and the names Docker's DNS answers with its address there."""
+
+    id: str
+    name: str
+    names: tuple[str, ...]
+    image: str
+    created: str
+    labels: Mapping[str, str]
+
+    def describe(self) -> str:
+        owner = self.labels.get(OWNER_LABEL)
+        return f"{self.name} (image {self.image}" + (f", {OWNER_LABEL}={owner})" if owner else ")")
+
+
+def network_peers(api: Any, network: str) -> list[NetworkPeer]:
+    """The running containers attached to ``network`` with their DNS names there: the container's
+    name and its network aliases (and ``DNSNames`` where the engine reports them, Docker 26+)."""
+    out: list[NetworkPeer] = []
+    for summary in api.containers(filters={"network": network}):
+        try:
+            info = api.inspect_container(summary["Id"])
+        except docker.errors.NotFound:  # gone between the list and the inspect
+            continue
+        endpoint = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get(network)
+        if endpoint is None or not (info.get("State") or {}).get("Running"):
+            continue
+        name = str(info.get("Name") or "").lstrip("/")
+        names = [name, *(endpoint.get("Aliases") or []), *(endpoint.get("DNSNames") or [])]
+        config = info.get("Config") or {}
+        out.append(
+            NetworkPeer(
+                id=str(info["Id"]),
+                name=name,
+                names=tuple(dict.fromkeys(n for n in names if n)),
+                image=str(config.get("Image") or "?"),
+                created=str(info.get("Created") or ""),
+                labels=dict(config.get("Labels") or {}),
+            )
+        )
+    return out
+
+
+def raise_if_taken(what: str, network: str, names: Sequence[str], peers: Sequence[NetworkPeer]) -> None:
+    """:class:`NameTakenError` for ``what`` when one of ``peers`` answers to one of ``names``."""
+    taken: dict[str, list[str]] = {}
+    holders: list[str] = []
+    for peer in peers:
+        clash = [n for n in names if n in peer.names]
+        for name in clash:
+            taken.setdefault(name, []).append(peer.name)
+        if clash:
+            holders.append(peer.describe())
+    if taken:
+        raise NameTakenError(what, network, {n: taken[n] for n in names if n in taken}, "; ".join(holders))
+
+
+def check_names_free(network: str, names: Sequence[str], *, what: str, client: Any | None = None) -> None:
+    """No running container on ``network`` answers to one of ``names`` (else :class:`NameTakenError`
+    for ``what``); a network that does not exist yet holds no name."""
+    own = client is None
+    client = client or docker_client()
+    try:
+        raise_if_taken(what, network, list(names), network_peers(client.api, network))
+    finally:
+        if own:
+            client.close()
 
 
 def _files_archive(files: Mapping[str, bytes]) -> bytes:
@@ -261,6 +360,7 @@ class Container:
             self._network = Network(
                 self.network_name, labels=self.labels, owner=self.labels[OWNER_LABEL], client=self.client
             ).create()
+            self.check_names_free()
             api = self.client.api
             host_config = api.create_host_config(
                 network_mode=self.network_name,
@@ -285,11 +385,39 @@ class Container:
                     self.name, f"(image {self.image}): copying {', '.join(self.files)} into it failed", ""
                 )
             api.start(self.id)
+            self.check_names_kept()
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
+
+    # names ---------------------------------------------------------------------------------------
+    @property
+    def dns_names(self) -> list[str]:
+        """The names Docker's DNS answers with this container's address on its network."""
+        return list(dict.fromkeys([self.name, *self.aliases]))
+
+    def _check_names(self, *, older_only: bool) -> None:
+        """Raise :class:`NameTakenError` when another running container on the network answers to
+        one of :attr:`dns_names` (with ``older_only``: one created before this container)."""
+        peers = network_peers(self.client.api, self.network_name)
+        me = next((p for p in peers if p.id == self.id), None)
+        others = [p for p in peers if p.id != self.id]
+        if older_only:
+            if me is None:  # not running: the readiness wait reports how it ended
+                return
+            others = [p for p in others if (p.created, p.id) < (me.created, me.id)]
+        raise_if_taken(f"container {self.name!r}", self.network_name, self.dns_names, others)
+
+    def check_names_free(self) -> None:
+        """Before the container is made: no running container on the network answers to its names."""
+        self._check_names(older_only=False)
+
+    def check_names_kept(self) -> None:
+        """After it joined the network: a container that started at the same time and carries one of
+        its names, created earlier, keeps them; this one fails (and is removed by :meth:`start`)."""
+        self._check_names(older_only=True)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout

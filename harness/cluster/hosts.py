@@ -18,6 +18,14 @@ Docker's embedded DNS and applies that redirect to traffic from pods too, and Co
 outside the cluster domain to the node's resolver; Docker's DNS answers for the container names and
 aliases on the ``kind`` network. The run checks the alias from the node before going on
 (:func:`check_alias_resolves`).
+
+Every kind cluster on a machine shares that network, and Docker's DNS answers a name with every
+container that carries it: two runs at once would each reach the other's recorder. So the names are
+exclusive: a run on kind refuses to start when a container on the network answers to one of its
+recorders' names (:func:`check_run_names_free`, before the cluster and Istio), and each recorder
+checks again when it starts (``harness.cluster.external.NameTakenError``). Two runs on one machine
+therefore go one after the other, or one of them on the netns provider, whose names resolve only in
+its own cluster (the kubelet's hosts file).
 """
 
 from __future__ import annotations
@@ -29,7 +37,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.cluster.errors import E2EError
-from harness.cluster.external import DEFAULT_ALIAS, DEFAULT_TLS_PORT, RecorderContainer, RecorderTLS
+from harness.cluster.external import (
+    DEFAULT_ALIAS,
+    DEFAULT_TLS_PORT,
+    RecorderContainer,
+    RecorderTLS,
+    check_names_free,
+)
 from harness.cluster.requirements import external_requirement
 from harness.common.certs import TestPKI
 from harness.common.proc import progress, run
@@ -153,6 +167,24 @@ def mtls_recorder_container(
         owner=f"e2e-{run_id}",
         labels={RUN_LABEL: run_id},
     )
+
+
+def run_recorder_names(
+    host: str, aliases: Iterable[str], mtls_aliases: Iterable[str], *, mtls: bool
+) -> list[str]:
+    """Every name a run's recorders take on kind's network: the recorder's (``host``, the
+    unregistered alias, ``aliases``), with ``mtls`` the mutual-TLS recorder's too."""
+    names = [host, UNREGISTERED_ALIAS, *aliases]
+    if mtls:
+        names += [MTLS_ALIAS, *mtls_aliases]
+    return list(dict.fromkeys(names))
+
+
+def check_run_names_free(names: Iterable[str], *, run_id: str) -> None:
+    """Before a run's minutes of work: no container on kind's network answers to a name its
+    recorders will take (another run's recorder, say); else :class:`NameTakenError` naming it.
+    The recorders check again when they start (``harness.cluster.external``)."""
+    check_names_free(KIND_NETWORK, list(names), what=f"the recorders of run {run_id}")
 
 
 def close_docker_client(recorder: Any) -> None:

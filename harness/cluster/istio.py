@@ -63,6 +63,9 @@ class ClusterApi(Protocol):
 #: ``fileFlushInterval``, Istio 1.29+; Envoy's default is one second), so that evidence waits a tenth
 FILE_FLUSH_INTERVAL_S = 0.1
 FILE_FLUSH_INTERVAL = f"{round(FILE_FLUSH_INTERVAL_S * 1000)}ms"
+#: the node label of the harness's own clusters that the egress gateway is pinned to: kind's worker
+#: (manifests/kind/cluster.yaml) and the netns provider's worker carry it, no other cluster does
+EGRESS_GATEWAY_NODE_LABEL = ("egress-harness.io/egress-gateway", "true")
 #: the first Istio minor whose ProxyConfig has ``fileFlushInterval``
 FILE_FLUSH_INTERVAL_SINCE = (1, 29)
 
@@ -94,10 +97,15 @@ def render_overlay(
     ingress_node_port: int = INGRESS_NODE_PORT,
     template: Path = OVERLAY_TEMPLATE,
     istio_versions: Sequence[str] = (),
+    pin_egress_gateway: bool = True,
 ) -> Path:
     """The install overlay for a run of ``istio_versions`` (an upgrade: both); where every one of them
     has ProxyConfig ``fileFlushInterval`` (1.29+), ``meshConfig.defaultConfig`` sets it to
-    :data:`FILE_FLUSH_INTERVAL` (istioctl of an older Istio would reject the field)."""
+    :data:`FILE_FLUSH_INTERVAL` (istioctl of an older Istio would reject the field).
+
+    ``pin_egress_gateway``: the egress gateway's pods select the node labelled
+    :data:`EGRESS_GATEWAY_NODE_LABEL`, which only the harness's own clusters have; on any other
+    cluster (``False``) they would stay Pending and ``istioctl install`` would time out."""
     if access_log_encoding not in ACCESS_LOG_ENCODINGS:
         raise ValueError(
             f"access_log_encoding must be one of {ACCESS_LOG_ENCODINGS}, not {access_log_encoding!r}"
@@ -114,6 +122,9 @@ def render_overlay(
             "outbound_traffic_policy": outbound_traffic_policy,
             "ingress_node_port": ingress_node_port,
             "default_config": f"{{fileFlushInterval: {FILE_FLUSH_INTERVAL}}}" if flush else "{}",
+            "egress_gateway_node_selector": (
+                '{{{}: "{}"}}'.format(*EGRESS_GATEWAY_NODE_LABEL) if pin_egress_gateway else "{}"
+            ),
         },
         dest,
     )
@@ -134,7 +145,8 @@ class IstioInstall:
     """Istio (default profile + egress gateway) on one cluster, as a context manager.
 
     On entry: refuse a cluster that already has istiod unless ``use_existing`` (then it is used as it
-    is and never removed), check the istioctl version, install, wait, verify the egress gateway. A
+    is and never removed), check the istioctl version, install, wait, verify the egress gateway (on
+    its own node with ``pin_egress_gateway``, only on the harness's own cluster: :func:`render_overlay`). A
     failed or interrupted install is removed again. On exit: uninstall, unless ``keep`` or unless
     ``remove()`` says no (the run's own kind cluster is deleted next: uninstalling and waiting for
     istio-system to go would only delay that).
@@ -158,6 +170,7 @@ class IstioInstall:
         readiness_timeout_s: float = READINESS_TIMEOUT_S,
         extra_overlays: Sequence[Path] = (),
         remove: Callable[[], bool] = lambda: True,
+        pin_egress_gateway: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.run_dir = run_dir
@@ -172,6 +185,8 @@ class IstioInstall:
         self.access_log_encoding = access_log_encoding
         self.outbound_traffic_policy = outbound_traffic_policy
         self.ingress_node_port = ingress_node_port
+        #: the egress gateway on the harness's own node for it (only its own clusters have one)
+        self.pin_egress_gateway = pin_egress_gateway
         self._api = api
         self._owns_api = api is None
         self.use_existing = use_existing
@@ -205,6 +220,7 @@ class IstioInstall:
             outbound_traffic_policy=self.outbound_traffic_policy,
             ingress_node_port=self.ingress_node_port,
             istio_versions=(self.version,) if self.version else (),
+            pin_egress_gateway=self.pin_egress_gateway,
         )
 
     def check_istioctl(self) -> None:

@@ -15,6 +15,10 @@ left in reverse (also on failure or Ctrl-C; each part removes only what it made)
 5. the relay apps ``proxy`` and ``target`` and the ingress route ``/proxy`` (``harness.cluster.apps``),
    then a wait until the chain answers through the ingress (``harness.cluster.chain``).
 
+On the harness's own cluster (:attr:`E2ERun.own_cluster`) the egress gateway runs alone on the worker
+labelled for it and the relays on the control-plane node; on a cluster given by ``kubeconfig`` the
+scheduler places both, since its nodes carry neither label nor schedulable control plane.
+
 What a test does with a started run (the chain, scenarios, evidence) is its
 ``harness.cluster.namespace.RunNamespace`` side; :meth:`E2ERun.scoped` makes a view of the run for
 another namespace of it (a scenario namespace of the catalog, ``harness.cluster.runner``).
@@ -66,9 +70,11 @@ from harness.cluster.hosts import (
     RUN_LABEL,
     UNREGISTERED_ALIAS,
     check_alias_resolves,
+    check_run_names_free,
     close_docker_client,
     mtls_recorder_container,
     recorder_container,
+    run_recorder_names,
 )
 from harness.cluster.istio import IstioInstall
 from harness.cluster.kube import INJECTION_LABELS, Kube, render_file
@@ -178,6 +184,16 @@ class E2ERun(RunNamespace):
         progress(f"{step}: {self.timings[step]:.1f}s")
 
     @property
+    def own_cluster(self) -> bool:
+        """Whether the run's cluster is the harness's own (a kind cluster of manifests/kind/cluster.yaml
+        or the netns provider's), whose nodes the harness labelled: only there are the relays pinned to
+        the control-plane node and the egress gateway to its worker. Not a cluster given by
+        ``kubeconfig``, whose nodes the harness knows nothing of."""
+        if self.state is not None:
+            return self.state.cluster in ("kind", "netns")
+        return not self.options.existing_cluster
+
+    @property
     def attached(self) -> bool:
         return self.state is not None
 
@@ -193,6 +209,11 @@ class E2ERun(RunNamespace):
             f"e2e run {self.run_id}: Istio {o.istio_version}, namespace {self.namespace}, run dir {self.run_dir}"
         )
         self.istioctl = self._istioctl(o.istio_version)
+        if o.external == "container" and o.provider == "kind" and not o.existing_cluster:
+            check_run_names_free(
+                run_recorder_names(o.host, o.recorder_aliases, o.mtls_aliases, mtls=o.external_tls),
+                run_id=self.run_id,
+            )
         with self._timed("cluster"):
             cluster = self.make_cluster()
             self._stack.enter_context(cluster)
@@ -239,7 +260,12 @@ class E2ERun(RunNamespace):
                 )
             self.relays = self._stack.enter_context(
                 RelayApps(
-                    self.kube, self.namespace, image=self.relay_image, keep=o.keep_cluster, ca_pem=self.ca_pem
+                    self.kube,
+                    self.namespace,
+                    image=self.relay_image,
+                    keep=o.keep_cluster,
+                    ca_pem=self.ca_pem,
+                    pin_to_control_plane=self.own_cluster,
                 )
             )
             self.relay_manifest = self.relays.save(self.run_dir / "manifests")
@@ -285,6 +311,8 @@ class E2ERun(RunNamespace):
                     extra_overlays=self._provider_overlays(),
                     # no uninstall and no wait for istio-system when the run's cluster goes anyway
                     remove=self._remove_cluster_objects,
+                    # the egress gateway's own node exists only on the harness's own cluster
+                    pin_egress_gateway=self.own_cluster,
                 )
             )
 

@@ -227,7 +227,14 @@ class UpgradeCatalog:
         """The relays, the shared ingress Gateway and the mission in the upgrade namespace; the probe URL."""
         from harness.scenarios import render_request
 
-        relays = RelayApps(run._kube(), run.namespace, image=run.relay_image, keep=True, ca_pem=run.ca_pem)
+        relays = RelayApps(
+            run._kube(),
+            run.namespace,
+            image=run.relay_image,
+            keep=True,
+            ca_pem=run.ca_pem,
+            pin_to_control_plane=run.own_cluster,
+        )
         relays.deploy()
         run.relay_manifest = relays.save(run.run_dir / "manifests")
         run.wait_chain_ready()

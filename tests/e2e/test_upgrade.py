@@ -5,8 +5,10 @@ catalog again.
 Runs only when an upgrade is asked for (``--upgrade-from V --upgrade-to V [--upgrade-mode M]``, or
 ``make e2e UPGRADE_FROM=... UPGRADE_TO=... UPGRADE_MODE=...``); otherwise it is skipped and says how
 to ask. It makes its own kind cluster (name ``egress-upgrade-<id>``, ingress on host port
-``UPGRADE_INGRESS_PORT`` so it can sit beside a cluster of ``e2e up``), its own PKI and recorders
-(HTTP and HTTPS, and the one that requires client certificates, as ``e2e up`` makes them), and no
+``UPGRADE_INGRESS_PORT`` so that its cluster can sit beside a cluster of ``e2e up``), its own PKI and
+recorders (HTTP and HTTPS, and the one that requires client certificates, as ``e2e up`` makes them;
+they take the same names on kind's Docker network as a run's recorders, so while an ``e2e up`` run's
+recorders are up the test stops at once naming them: ``harness.cluster.hosts.check_run_names_free``), and no
 Istio: ``harness.upgrade.runner.UpgradeRun`` installs and upgrades Istio itself, and calls
 ``harness.cluster.runner.UpgradeCatalog`` for each phase, which runs every applicable scenario through the
 same per-scenario runner as tests/e2e/test_catalog.py.
@@ -37,6 +39,7 @@ from harness.cluster import (
     GatewayApiCrds,
     RunState,
     UpgradeCatalog,
+    check_run_names_free,
     mtls_recorder_aliases,
     mtls_recorder_container,
     new_run_id,
@@ -44,6 +47,7 @@ from harness.cluster import (
     recorder_aliases,
     recorder_container,
     recorder_state,
+    run_recorder_names,
     upgrade_problems,
 )
 from harness.cluster.apps import RECORDER_IMAGE, build_app_image, prepare_relay_image
@@ -93,6 +97,10 @@ def upgrade_cluster(
         outbound_traffic_policy=plan.outbound_traffic_policy,
     )
     catalog = load_catalog(REPO / "scenarios")
+    aliases = recorder_aliases(catalog.names())
+    mtls_aliases = mtls_recorder_aliases(catalog.scenarios)
+    # before minutes of cluster work: no other run's recorder answers to these names on kind's network
+    check_run_names_free(run_recorder_names(EXTERNAL_ALIAS, aliases, mtls_aliases, mtls=True), run_id=run_id)
     with ExitStack() as stack:
         cluster = stack.enter_context(
             KindCluster(
@@ -104,8 +112,6 @@ def upgrade_cluster(
             )
         )
         relay_image = prepare_relay_image(cluster)
-        aliases = recorder_aliases(catalog.names())
-        mtls_aliases = mtls_recorder_aliases(catalog.scenarios)
         stack.callback(shutil.rmtree, run_dir / PKI_DIR, ignore_errors=True)  # the keys go with the test
         pki = generate_pki(run_dir / PKI_DIR, pki_server_names(EXTERNAL_ALIAS, aliases, mtls_aliases))
         image = build_app_image("recorder", RECORDER_IMAGE)

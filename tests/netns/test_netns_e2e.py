@@ -56,6 +56,13 @@ def test_the_seed_chain_leaves_through_the_egress_gateway_and_down_leaves_nothin
                     assert ready and ready[0]["status"] == "True", f"{pod['metadata']['name']} is not Ready"
             relays = kube.list_pods(run.namespace, "app=target")
             assert "istio-proxy" in {c["name"] for c in relays[0]["spec"].get("initContainers", [])}
+            # the harness's own cluster: relays on the control plane, the egress gateway on its worker
+            for app in ("proxy", "target"):
+                assert {p["spec"].get("nodeName") for p in kube.list_pods(run.namespace, f"app={app}")} == {
+                    "egh-control-plane"
+                }, app
+            gateways = kube.list_pods("istio-system", "istio=egressgateway")
+            assert {p["spec"].get("nodeName") for p in gateways} == {"egh-worker"}
 
             scenario = load_catalog(REPO / "scenarios").get("http-via-egress-gateway")
             applied = run.apply_scenario(scenario)
@@ -126,6 +133,16 @@ def test_a_second_run_visits_the_kept_cluster_by_kubeconfig_and_both_runs_answer
         assert second.namespace != first.namespace
         try:
             with E2ERun(visit, second_dir, state=second) as run:
+                # a cluster the second run does not own: its relays are not pinned, the scheduler
+                # places them (on the untainted worker here) and they answer
+                assert not run.own_cluster
+                for pod in run._kube().list_pods(run.namespace, ""):
+                    spec = pod["spec"]
+                    assert not spec.get("nodeSelector"), pod["metadata"]["name"]
+                    assert "node-role.kubernetes.io/control-plane" not in {
+                        t.get("key") for t in spec.get("tolerations") or []
+                    }, pod["metadata"]["name"]
+                    assert spec.get("nodeName") == "egh-worker", pod["metadata"]["name"]
                 scenario = load_catalog(REPO / "scenarios").get("http-via-egress-gateway")
                 applied = run.apply_scenario(scenario)  # runs istioctl analyze against the live cluster
                 try:

@@ -286,3 +286,46 @@ def test_keep_leaves_the_apps(tmp_path: Path) -> None:
         saved = relays.save(tmp_path / "manifests")
     assert all(c[0] != "delete" for c in kube.calls)
     assert "kind: VirtualService" in saved.read_text()
+
+
+def _placement(docs: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    return {
+        d["metadata"]["name"]: (
+            d["spec"]["template"]["spec"].get("nodeSelector"),
+            d["spec"]["template"]["spec"].get("tolerations"),
+        )
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+
+
+def test_the_relays_are_placed_by_the_scheduler_unless_the_cluster_is_the_harnesss_own() -> None:
+    """A managed cluster has no schedulable control-plane node: pinned relays would stay Pending."""
+    for docs in (
+        apps.relay_documents("registry.example/relay:1"),
+        split_documents(RelayApps(object(), "ns-1").render()),  # type: ignore[arg-type]
+        split_documents(RelayApps(object(), "ns-1", ca_pem=b"CA").render()),  # type: ignore[arg-type]
+    ):
+        assert _placement(docs) == {"proxy": (None, None), "target": (None, None)}
+
+
+def test_on_the_harnesss_own_cluster_the_relays_run_on_the_control_plane_node() -> None:
+    pinned = (
+        {"node-role.kubernetes.io/control-plane": ""},
+        [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    for docs in (
+        apps.relay_documents("registry.example/relay:1", pin_to_control_plane=True),
+        split_documents(RelayApps(object(), "ns-1", ca_pem=b"CA", pin_to_control_plane=True).render()),  # type: ignore[arg-type]
+    ):
+        assert _placement(docs) == {"proxy": pinned, "target": pinned}
+    # pinning twice adds no second toleration; a node selector the pod has stays
+    docs = apps.relay_documents("registry.example/relay:1")
+    docs[1 if docs[0]["kind"] != "Deployment" else 0]["spec"]["template"]["spec"]["nodeSelector"] = {
+        "disk": "ssd"
+    }
+    apps.pin_relays_to_control_plane(docs)
+    apps.pin_relays_to_control_plane(docs)
+    placement = _placement(docs)
+    assert placement["proxy"] == ({"disk": "ssd", **pinned[0]}, pinned[1])
+    assert placement["target"] == pinned

@@ -53,7 +53,7 @@ from harness.cluster import (
 from harness.cluster import namespace as cluster_namespace
 from harness.cluster import run as cluster_run
 from harness.cluster.convergence import OUTBOUND_POLICY_SIDECAR, outbound_policy_sidecar
-from harness.cluster.external import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, RecorderTLS
+from harness.cluster.external import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, NameTakenError, RecorderTLS
 from harness.cluster.kube import ObjectRef, split_documents
 from harness.cluster.providers.kind import ExistingCluster
 from harness.common import tools
@@ -548,6 +548,15 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
         monkeypatch.setattr(module, "Traffic", FakeTraffic)
     monkeypatch.setattr(cluster_run, "IstioInstall", lambda *a, **kw: Part("istio"))
     monkeypatch.setattr(cluster_run, "Kube", FakeKube)
+
+    def names_free(names: list[str], *, run_id: str) -> None:
+        Part.events.append(f"names free? {' '.join(names)}")
+        if "names" in Part.fail_on_enter:
+            raise NameTakenError(
+                f"the recorders of run {run_id}", "kind", {names[0]: ["egress-harness-recorder-0ther"]}, "..."
+            )
+
+    monkeypatch.setattr(cluster_run, "check_run_names_free", names_free)
     monkeypatch.setattr(E2ERun, "make_pki", make_pki)
     monkeypatch.setattr(E2ERun, "make_recorder", lambda self: FakeRecorder())
     monkeypatch.setattr(E2ERun, "make_mtls_recorder", lambda self: FakeRecorder("mtls recorder", mutual=True))
@@ -582,6 +591,7 @@ class _Relays(Part):
 
 
 SETUP = [
+    "names free? external.egress-harness.test unregistered.egress-harness.test mtls.egress-harness.test",
     "enter cluster",
     "enter kube",
     "enter istio",
@@ -676,6 +686,80 @@ def test_an_alias_that_does_not_resolve_on_the_node_stops_the_run(
     with pytest.raises(E2EError, match=r"does not resolve on the kind node egress-harness-control-plane"):
         E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123").__enter__()
     assert parts[-3:] == ["exit istio", "exit kube", "exit cluster"]
+
+
+def test_a_name_another_run_holds_on_kinds_network_stops_the_run_before_the_cluster(
+    parts: list[str], tmp_path: Path
+) -> None:
+    Part.fail_on_enter = {"names"}
+    options = E2EOptions(
+        istio_version="1.30.3",
+        recorder_aliases=("a.egress-harness.test",),
+        mtls_aliases=("mtls-a.egress-harness.test",),
+    )
+    with pytest.raises(NameTakenError, match="egress-harness-recorder-0ther"):
+        E2ERun(options, tmp_path / "run", run_id="abc123").__enter__()
+    # every name of both recorders was asked for, and nothing was made
+    assert parts == [
+        "names free? external.egress-harness.test unregistered.egress-harness.test a.egress-harness.test "
+        "mtls.egress-harness.test mtls-a.egress-harness.test"
+    ]
+
+
+def test_only_a_run_with_recorders_on_kinds_network_asks_for_their_names(
+    parts: list[str], tmp_path: Path
+) -> None:
+    with E2ERun(E2EOptions(istio_version="1.30.3", external_tls=False), tmp_path / "run", run_id="abc123"):
+        pass
+    assert parts[0] == "names free? external.egress-harness.test unregistered.egress-harness.test"
+    Part.events.clear()
+    with E2ERun(
+        E2EOptions(istio_version="1.30.3", external="internet", external_host="example.com"),
+        tmp_path / "run2",
+        run_id="abc123",
+    ):
+        pass
+    assert not [e for e in parts if e.startswith("names free?")]
+
+
+def test_only_the_harnesss_own_cluster_gets_the_pinned_egress_gateway_and_relays(
+    parts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A managed cluster has neither the egress gateway's labelled node nor a schedulable control
+    plane: pinned there, the gateway stays Pending (``istioctl install`` times out) and so do the relays."""
+    given: dict[str, dict[str, Any]] = {}
+
+    def istio(*args: Any, **kw: Any) -> Part:
+        given["istio"] = kw
+        return Part("istio")
+
+    def relays(kube: Any, ns: str, **kw: Any) -> _Relays:
+        given["relays"] = kw
+        return _Relays(kw.get("ca_pem"))
+
+    monkeypatch.setattr(cluster_run, "IstioInstall", istio)
+    monkeypatch.setattr(cluster_run, "RelayApps", relays)
+    with E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123") as run:
+        assert run.own_cluster
+    assert given["istio"]["pin_egress_gateway"] is True
+    assert given["relays"]["pin_to_control_plane"] is True
+
+    given.clear()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    existing = E2EOptions(
+        istio_version="1.30.3",
+        kubeconfig=kubeconfig,
+        external="internet",
+        external_host="example.com",
+        relay_image="registry.example/relay:1",
+        ingress_url="http://127.0.0.1:8080",
+    )
+    with E2ERun(existing, tmp_path / "run2", run_id="abc123") as run:
+        assert isinstance(run.cluster, ExistingCluster)
+        assert not run.own_cluster
+    assert given["istio"]["pin_egress_gateway"] is False
+    assert given["relays"]["pin_to_control_plane"] is False
 
 
 def test_keep_on_failure_keeps_everything_of_a_failed_run(parts: list[str], tmp_path: Path) -> None:
@@ -1437,3 +1521,17 @@ def test_certificates_that_cannot_be_made_stop_the_run_saying_how_to_go_without(
     run = E2ERun(E2EOptions(istio_version="1.30.3"), tmp_path / "run", run_id="abc123")
     with pytest.raises(E2EError, match=r"certificates could not be made: the ca key: .*--no-external-tls"):
         run.make_pki()
+
+
+@pytest.mark.parametrize(("cluster", "own"), [("kind", True), ("netns", True), ("existing", False)])
+def test_a_run_attached_to_an_up_run_knows_whose_cluster_it_is(
+    tmp_path: Path, cluster: str, own: bool
+) -> None:
+    """Workers of ``e2e up`` (and the upgrade's relays, ``harness.cluster.runner``) place pods as the
+    run that made the cluster did: by the state's cluster kind."""
+    state = dataclasses.replace(attached_state(tmp_path), cluster=cluster)
+    run = E2ERun(E2EOptions(), tmp_path / "worker", state=state)
+    assert run.own_cluster is own
+    assert (
+        run.scoped("egress-abc123-x", external_host="x.test", unregistered_host="u.test").own_cluster is own
+    )

@@ -535,6 +535,17 @@ def test_istio_overlay_renders(tmp_path: Path, encoding: str, policy: str) -> No
     assert OVERLAY_TEMPLATE.is_file()
 
 
+def test_istio_overlay_pins_the_egress_gateway_only_to_the_harnesss_own_node(tmp_path: Path) -> None:
+    """On a cluster the harness does not own no node carries the label: a pinned gateway stays Pending
+    and ``istioctl install`` times out. There the overlay selects no node."""
+    out = render_overlay(tmp_path / "o.yaml", pin_egress_gateway=False)
+    (egress,) = yaml.safe_load(out.read_text())["spec"]["components"]["egressGateways"]
+    assert egress == {"name": "istio-egressgateway", "enabled": True, "k8s": {"nodeSelector": {}}}
+    pinned = render_overlay(tmp_path / "p.yaml", pin_egress_gateway=True)
+    (egress,) = yaml.safe_load(pinned.read_text())["spec"]["components"]["egressGateways"]
+    assert egress["k8s"]["nodeSelector"] == {"egress-harness.io/egress-gateway": "true"}
+
+
 @pytest.mark.parametrize(
     ("versions", "flush"),
     [

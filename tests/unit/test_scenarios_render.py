@@ -311,11 +311,13 @@ CLUSTER_TEMPLATE_VALUES: dict[str, list[dict[str, object]]] = {
             "outbound_traffic_policy": policy,
             "ingress_node_port": port,
             "default_config": default_config,
+            "egress_gateway_node_selector": selector,
         }
         for encoding in ACCESS_LOG_ENCODINGS
         for policy in OUTBOUND_POLICIES
         for port in (INGRESS_NODE_PORT, 31000)
         for default_config in ("{}", "{fileFlushInterval: 100ms}")
+        for selector in ('{egress-harness.io/egress-gateway: "true"}', "{}")
     ],
     "apps/relay.yaml": [{}],
 }
@@ -359,6 +361,7 @@ def test_the_istio_overlay_renders_as_before(encoding: str, policy: str, tmp_pat
         "outbound_traffic_policy": policy,
         "ingress_node_port": INGRESS_NODE_PORT,
         "default_config": "{}",
+        "egress_gateway_node_selector": '{egress-harness.io/egress-gateway: "true"}',
     }
     # without an Istio version there is no ProxyConfig of the harness's: its line goes
     expected = old_cluster_render(OVERLAY_TEMPLATE.read_text(), values).replace("    defaultConfig: {}\n", "")
