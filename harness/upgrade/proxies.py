@@ -111,24 +111,46 @@ def _istiod_id(response: Mapping[str, Any]) -> str:
     return ""
 
 
+#: keys of istiod's sync DiscoveryResponse (any one says the object is a response)
+_RESPONSE_KEYS = frozenset({"resources", "typeUrl", "versionInfo", "controlPlane"})
+
+
+def _documents(text: str) -> list[Any]:
+    """The JSON documents of ``text``: istioctl prints one per istiod it asked, one after another."""
+    decoder = json.JSONDecoder()
+    out: list[Any] = []
+    index = 0
+    while index < len(text):
+        while index < len(text) and text[index].isspace():
+            index += 1
+        if index >= len(text):
+            break
+        try:
+            value, index = decoder.raw_decode(text, index)
+        except ValueError as exc:
+            raise ProxyStatusError(f"proxy-status JSON does not parse: {exc}") from exc
+        out.append(value)
+    return out
+
+
 def _parse_proxy_status_json(text: str) -> list[ProxyStatus]:
     """``-o json``: istiod's sync DiscoveryResponse(s), each resource a ClientConfig with its node.
 
     Accepted shapes: one response, a list of them, or an object of istiod id -> response (or its
     JSON text). A proxy's version is its node metadata ``ISTIO_VERSION`` (what the proxy says it is).
     """
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ProxyStatusError(f"proxy-status JSON does not parse: {exc}") from exc
-    if isinstance(data, Mapping) and "resources" in data:
-        responses: list[Any] = [data]
-    elif isinstance(data, list):
-        responses = data
-    elif isinstance(data, Mapping):
-        responses = [json.loads(v) if isinstance(v, str) else v for v in data.values()]
-    else:
-        raise ProxyStatusError(f"unexpected proxy-status JSON of type {type(data).__name__}")
+    responses: list[Any] = []
+    for data in _documents(text):
+        if isinstance(data, Mapping) and _RESPONSE_KEYS & data.keys():
+            # one istiod's response; one with no proxies has no "resources" at all (recorded: the
+            # old revision's istiod once every proxy moved to the new one)
+            responses.append(data)
+        elif isinstance(data, list):
+            responses += data
+        elif isinstance(data, Mapping):
+            responses += [json.loads(v) if isinstance(v, str) else v for v in data.values()]
+        else:
+            raise ProxyStatusError(f"unexpected proxy-status JSON of type {type(data).__name__}")
     found: list[ProxyStatus] = []
     for response in responses:
         if not isinstance(response, Mapping):

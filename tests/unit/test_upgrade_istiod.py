@@ -115,3 +115,92 @@ def test_a_failed_probe_names_the_hop_that_failed() -> None:
     relayed = answer(502, {"failed_hop": "target", "error": "refused"}, "{}")
     assert judge(relayed) == (False, "HTTP 502 (failed hop target)")
     assert judge(answer(200, {}, "{}")) == (True, "HTTP 200")
+
+
+# --- issue 10 item 1: proxy-status in a canary, against output recorded mid-upgrade ------------------
+
+ISTIOCTL_DATA = Path(__file__).parent / "data" / "istioctl"
+
+
+def _recorded(name: str) -> str:
+    return (ISTIOCTL_DATA / name).read_text()
+
+
+class _GatewayPods:
+    """The cluster's gateway pods as the recorded B istiod lists them (proxyv2 of B)."""
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, object]]:
+        if namespace != "istio-system":
+            return []
+        name = "istio-egressgateway-56ffb497c7-fcd7w" if "egress" in selector else "istio-ingressgateway-x"
+        image = "egress-harness.local/istio/proxyv2:1.31-dev"
+        return [
+            {
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"containers": [{"name": "istio-proxy", "image": image}]},
+                "status": {"phase": "Running"},
+            }
+        ]
+
+
+def test_empty_sync_status_of_an_istiod_without_proxies_reads_as_no_proxies() -> None:
+    from harness.upgrade.proxies import parse_proxy_status
+
+    # recorded: the old revision's istiod once every gateway moved to the new one
+    assert parse_proxy_status(_recorded("proxy-status-canary-restarted-default.json")) == []
+
+
+@pytest.mark.parametrize(
+    ("default_answer", "problem"),
+    [
+        # B beside A: the default tag still points at A, whose istiod lists the old gateways
+        ("proxy-status-canary-default.json", "reports 1.30-dev, not 1.31-dev"),
+        # the gateways restarted onto B: A's istiod has no proxy left
+        ("proxy-status-canary-restarted-default.json", "no egress gateway proxy"),
+    ],
+)
+def test_a_canary_verifies_the_proxies_with_the_new_revisions_istiod(
+    fakebin: object, tmp_path: Path, default_answer: str, problem: str
+) -> None:
+    from harness.upgrade.runner import UpgradeRun
+
+    bins = fakebin.bin_dir  # type: ignore[attr-defined]
+    fakebin.rules(  # type: ignore[attr-defined]
+        [
+            # what the real istioctl answered with and without --revision (record_canary.py)
+            {
+                "tool": "istioctl",
+                "args": ["proxy-status", "-o", "json"],
+                "contains": ["--revision", "1-31-dev"],
+                "stdout": _recorded("proxy-status-canary-restarted-revision-b.json"),
+            },
+            {"tool": "istioctl", "args": ["proxy-status", "-o", "json"], "stdout": _recorded(default_answer)},
+        ]
+    )
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    plan = UpgradePlan("1.30-dev", "1.31-dev", "canary", proxy_wait_s=10, poll_interval_s=5)
+    now = [0.0]
+    upgrade = UpgradeRun(
+        plan,
+        kubeconfig,
+        tmp_path / "run",
+        run_catalog=lambda phase, version: [],
+        istioctl_for=lambda version: bins / "istioctl",
+        api=_GatewayPods(),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    )
+    upgrade.verify_proxies("1.31-dev")  # passes: asked with --revision 1-31-dev
+    args = [c["args"] for c in fakebin.calls()]  # type: ignore[attr-defined]
+    assert args and all(a[-2:] == ["--revision", "1-31-dev"] for a in args)
+    # what the same check says when it asks the default revision (the defect this guards against)
+    from harness.upgrade.proxies import parse_proxy_status, proxy_problems
+
+    stale = proxy_problems(
+        parse_proxy_status(_recorded(default_answer)),
+        version="1.31-dev",
+        namespaces=plan.namespaces,
+        istiod_prefix="istiod-1-31-dev-",
+    )
+    assert any(problem in p for p in stale), stale

@@ -61,10 +61,16 @@ def main() -> None:
 
             def record(name: str, *extra: str) -> None:
                 argv = [istioctl[B], "proxy-status", "-o", "json", *target, *extra]
-                text = run(argv, timeout=60).stdout
-                parse_proxy_status(text)  # what the harness reads of it (raises on anything else)
-                (HERE / name).write_text(text)
-                progress(f"recorded {' '.join(argv[1:4] + list(extra))} -> {name}")
+                done = run(argv, timeout=60, check=False)
+                (HERE / name).write_text(done.stdout)
+                if done.returncode or done.stderr.strip():
+                    (HERE / name).with_suffix(".stderr").write_text(f"exit {done.returncode}\n{done.stderr}")
+                try:
+                    parse_proxy_status(done.stdout)  # what the harness reads of it
+                    read = "the harness reads it"
+                except ValueError as exc:
+                    read = f"the harness cannot read it: {exc}"
+                progress(f"recorded {' '.join(argv[1:4] + list(extra))} -> {name} ({read})")
 
             upgrade.render()
             upgrade.install(A)
