@@ -33,7 +33,7 @@ from harness.cluster.convergence import (
 from harness.cluster.errors import ConvergenceError, E2EError
 from harness.cluster.hosts import EXTERNAL_ALIAS, MTLS_ALIAS, UNREGISTERED_ALIAS, dns_label
 from harness.cluster.kube import ObjectRef, RolloutCheck, WaitTimeoutError, wait_until
-from harness.common.certs import Issued, TestPKI, secret_manifest
+from harness.common.certs import UNTRUSTED_DIR, Issued, PkiError, TestPKI, secret_manifest
 from harness.common.proc import CommandError, progress
 
 #: the run's PKI, under the run directory
@@ -64,26 +64,36 @@ def _cnf_values(path: Path) -> dict[str, str]:
     return values
 
 
+def load_pki_part(directory: Path, stem: str) -> Issued:
+    """One certificate of a PKI in ``directory``: ``<stem>.crt``/``.key`` as PEM bytes, its subject
+    and subjectAltNames from ``<stem>.cnf``. Raises E2EError naming what is missing."""
+    try:
+        values = _cnf_values(directory / f"{stem}.cnf")
+        cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
+        cert_pem, key_pem = cert.read_bytes(), key.read_bytes()
+    except OSError as exc:
+        raise E2EError(f"the run's PKI in {directory} cannot be read: {exc.strerror or exc}") from exc
+    if "CN" not in values or "O" not in values:
+        raise E2EError(
+            f"{directory / f'{stem}.cnf'} names no subject (CN and O): not a PKI of harness.common.certs"
+        )
+    alt = tuple(a.strip() for a in values.get("subjectAltName", "").split(",") if a.strip())
+    return Issued(cert, key, cert_pem, key_pem, f"CN={values['CN']},O={values['O']}", alt)
+
+
 def load_pki(directory: Path) -> TestPKI:
     """The PKI :func:`harness.common.certs.generate_pki` wrote into ``directory`` (another process's run),
     read back from its fixed files: PEM bytes from the ``.crt``/``.key`` files, subjects and
-    subjectAltNames from the ``.cnf`` files it was made with. Raises E2EError naming what is missing."""
+    subjectAltNames from the ``.cnf`` files it was made with, and the untrusted CA when there is one.
+    Raises E2EError naming what is missing."""
 
     def issued(stem: str) -> Issued:
-        try:
-            values = _cnf_values(directory / f"{stem}.cnf")
-            cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
-            cert_pem, key_pem = cert.read_bytes(), key.read_bytes()
-        except OSError as exc:
-            raise E2EError(f"the run's PKI in {directory} cannot be read: {exc.strerror or exc}") from exc
-        if "CN" not in values or "O" not in values:
-            raise E2EError(
-                f"{directory / f'{stem}.cnf'} names no subject (CN and O): not a PKI of harness.common.certs"
-            )
-        alt = tuple(a.strip() for a in values.get("subjectAltName", "").split(",") if a.strip())
-        return Issued(cert, key, cert_pem, key_pem, f"CN={values['CN']},O={values['O']}", alt)
+        return load_pki_part(directory, stem)
 
-    return TestPKI(directory, issued("ca"), issued("server"), issued("client"))
+    untrusted = None
+    if (directory / UNTRUSTED_DIR / "ca.crt").exists():  # a PKI made before there was one has none
+        untrusted = load_pki_part(directory / UNTRUSTED_DIR, "ca")
+    return TestPKI(directory, issued("ca"), issued("server"), issued("client"), untrusted)
 
 
 #: how Istio names the SDS resource of a ``credentialName`` (pilot/pkg/model/credentials:
@@ -94,12 +104,14 @@ SDS_CA_SUFFIX = "-cacert"
 
 def credential_names(namespace: str, scenario: str) -> dict[str, str]:
     """The credential Secret names of ``scenario`` in ``namespace`` (RenderContext's
-    ``client_credential_name`` and ``ca_credential_name``): one pair per scenario and namespace, so
+    ``client_credential_name``, ``ca_credential_name`` and ``untrusted_ca_credential_name``): one set
+    per scenario and namespace, so
     scenarios running at the same time never share a Secret. DNS labels, never starting with
     ``istio`` or ending in ``-cacert`` (Istio reserves those)."""
     return {
         "client_credential_name": dns_label(f"eh-client-{namespace}-{scenario}"),
         "ca_credential_name": dns_label(f"eh-ca-{namespace}-{scenario}"),
+        "untrusted_ca_credential_name": dns_label(f"eh-untrusted-{namespace}-{scenario}"),
     }
 
 
@@ -151,6 +163,17 @@ def credential_secrets(scenario: Any, ctx: Any, pki: TestPKI) -> list[Credential
                 str(ctx.gateway_namespace),
                 pki.server_ca_credential_data(),
                 (f"{SDS_PREFIX}{name}{SDS_CA_SUFFIX}",),
+            )
+        )
+    if getattr(needs, "untrusted_ca_credential", False):
+        name = str(ctx.untrusted_ca_credential_name)
+        try:
+            data = pki.untrusted_ca_credential_data()
+        except PkiError as exc:
+            raise E2EError(f"scenario {scenario.name} (requires.untrusted_ca_credential): {exc}") from exc
+        out.append(
+            CredentialSecret(
+                "untrusted_ca_credential", name, str(ctx.gateway_namespace), data, (f"{SDS_PREFIX}{name}{SDS_CA_SUFFIX}",)
             )
         )
     return out

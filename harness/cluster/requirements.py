@@ -2,7 +2,7 @@
 
 ``requires.external`` says what the scenario's external host must serve (``http``, ``tls`` or
 ``mtls``: a host that requires client certificates); ``requires.client_credential`` and
-``requires.server_ca_credential`` ask the run for a Secret in the gateway's namespace
+``requires.server_ca_credential`` (``requires.untrusted_ca_credential``) ask the run for a Secret in the gateway's namespace
 (:data:`CREDENTIAL_REQUIREMENTS`). The recorders say what they serve (:func:`recorder_serves`); a
 real internet host is used for plain HTTP only (:data:`INTERNET_SERVES`).
 """
@@ -61,4 +61,5 @@ def recorder_serves(recorder: Any) -> tuple[str, ...]:
 CREDENTIAL_REQUIREMENTS: Mapping[str, str] = {
     "client_credential": "a client certificate, key and CA for mutual TLS origination",
     "server_ca_credential": "the CA that verifies the external host",
+    "untrusted_ca_credential": "a CA that did not sign the external host's certificate",
 }

@@ -4,6 +4,7 @@
     pki.ca.cert_path, pki.server.key_pem, pki.client.subject      # paths, PEM bytes, "CN=...,O=..."
     pki.client_credential_data()   # {"tls.crt": b64, "tls.key": b64, "ca.crt": b64}: a Secret's data
     pki.server_ca_credential_data()  # {"ca.crt": b64}
+    pki.untrusted_ca_credential_data()  # {"ca.crt": b64} of a second CA that signed nothing here
 
 Everything is made with the ``openssl`` command line tool (no Python dependency), each call through
 :func:`harness.common.proc.run` with a timeout, with configuration files written here: the system's
@@ -17,6 +18,9 @@ serverAuth; the client certificate has clientAuth and the subject ``CN=<client n
 Validity starts when the certificate is made and lasts ``days`` days (the containers and kind nodes
 that use them share this machine's clock). Serial numbers are random, so two runs never issue the
 same certificate.
+
+Beside them, in ``untrusted/``, a second CA (``untrusted/ca.crt``) that signs nothing: a client that
+trusts only it must refuse the server certificate (the TLS origination negative control).
 
 :class:`PkiError` says which step failed and why (``openssl`` missing, a bad name, openssl's stderr).
 """
@@ -39,7 +43,9 @@ __all__ = [
     "DEFAULT_CA_NAME",
     "DEFAULT_CLIENT_NAME",
     "DEFAULT_ORGANIZATION",
+    "DEFAULT_UNTRUSTED_CA_NAME",
     "FILES",
+    "UNTRUSTED_DIR",
     "CertificateAuthority",
     "Issued",
     "PkiError",
@@ -57,6 +63,9 @@ DEFAULT_DAYS = 7
 DEFAULT_ORGANIZATION = "istio-egress-harness"
 DEFAULT_CA_NAME = "egress-harness test CA"
 DEFAULT_CLIENT_NAME = "egress-harness-client"
+DEFAULT_UNTRUSTED_CA_NAME = "egress-harness untrusted CA"
+#: the folder under a PKI's directory holding the CA that signed nothing (``TestPKI.untrusted_ca``)
+UNTRUSTED_DIR = "untrusted"
 #: the files :func:`generate_pki` writes, always these names
 FILES: tuple[str, ...] = (
     "ca.cnf",
@@ -101,7 +110,8 @@ class Issued:
 
 @dataclass(frozen=True)
 class TestPKI:
-    """A CA and the server and client certificates it signed, in ``directory``."""
+    """A CA and the server and client certificates it signed, in ``directory``; ``untrusted_ca``: a
+    second CA that signed none of them (None in a PKI made without one)."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -109,6 +119,7 @@ class TestPKI:
     ca: Issued
     server: Issued
     client: Issued
+    untrusted_ca: Issued | None = None
 
     @property
     def server_names(self) -> tuple[str, ...]:
@@ -126,6 +137,16 @@ class TestPKI:
         """A Secret's ``data`` holding only the CA (``ca.crt``): verifies the server in SIMPLE TLS
         origination (DestinationRule ``credentialName``, mode SIMPLE)."""
         return secret_data({"ca.crt": self.ca.cert_pem})
+
+    def untrusted_ca_credential_data(self) -> dict[str, str]:
+        """A Secret's ``data`` holding only the CA that signed nothing here (``ca.crt``): SIMPLE TLS
+        origination that verifies the server with it must fail. Raises PkiError without one."""
+        if self.untrusted_ca is None:
+            raise PkiError(
+                f"the PKI in {self.directory} has no untrusted CA ({UNTRUSTED_DIR}/ca.crt): it was made "
+                "before the harness made one; make it again (`egress-harness e2e down`, then `up`)"
+            )
+        return secret_data({"ca.crt": self.untrusted_ca.cert_pem})
 
 
 def b64(data: bytes | str) -> str:
@@ -320,7 +341,13 @@ def generate_pki(
     )
     server = authority.issue("server", server_cn, server_names=names)
     client = authority.issue("client", client_cn, client=True)
-    return TestPKI(directory, authority.ca, server, client)
+    untrusted_dir = directory / UNTRUSTED_DIR
+    for name in FILES:
+        (untrusted_dir / name).unlink(missing_ok=True)
+    untrusted = CertificateAuthority.create(
+        untrusted_dir, name=DEFAULT_UNTRUSTED_CA_NAME, organization=org, days=days, openssl=openssl, timeout=timeout
+    )
+    return TestPKI(directory, authority.ca, server, client, untrusted.ca)
 
 
 class CertificateAuthority:

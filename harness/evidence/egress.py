@@ -14,7 +14,13 @@ The facts, from Istio's egress tasks and its Envoy configuration:
   closes with ``0`` ``NR`` ``filter_chain_not_found`` (TLS with no matching server).
 - A gateway whose AuthorizationPolicy denies the request answers ``403`` with details
   ``rbac_access_denied_matched_policy[<policy>]`` (``[none]``: no ALLOW rule matched); the sidecar
-  that sent it there relays the 403 (``via_upstream``). Either way the gateway refused it.
+  that sent it there relays the 403 (``via_upstream``).
+- A gateway that originates TLS and cannot verify the external host's certificate (a CA that did
+  not sign it, a subjectAltName it does not carry) answers ``503`` with flag ``UF`` (upstream
+  connection failure) and, in ``%UPSTREAM_TRANSPORT_FAILURE_REASON%``, BoringSSL's
+  ``CERTIFICATE_VERIFY_FAILED``; no HTTP request was written to the host.
+
+Each way, the gateway refused it.
 """
 
 from __future__ import annotations
@@ -89,9 +95,24 @@ def gateway_denied() -> p.Predicate:
     return p.all_of(p.status(403), p.details_prefix("rbac_access_denied"))
 
 
+#: what BoringSSL names a failed verification of the peer's certificate (Envoy's transport failure reason)
+CERTIFICATE_VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"
+
+
+def gateway_unverified_upstream() -> p.Predicate:
+    """A gateway entry of a request it would not send: the TLS it originated to the external host
+    failed to verify the host's certificate (503 ``UF``, ``CERTIFICATE_VERIFY_FAILED``)."""
+    return p.all_of(
+        p.status(503),
+        p.flags("UF"),
+        p.field_contains("upstream_transport_failure_reason", CERTIFICATE_VERIFY_FAILED),
+    )
+
+
 def gateway_refused() -> p.Predicate:
-    """A gateway entry of a request the gateway refused: it had no route for it, or denied it."""
-    return p.any_of(gateway_no_route(), gateway_denied())
+    """A gateway entry of a request the gateway refused: it had no route for it, denied it, or could
+    not verify the external host it was to originate TLS to."""
+    return p.any_of(gateway_no_route(), gateway_denied(), gateway_unverified_upstream())
 
 
 @dataclass(frozen=True, slots=True)

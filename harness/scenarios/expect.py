@@ -6,7 +6,8 @@ hops must show what:
 
 - ``blocked: sidecar``: the sidecar refused it (502 ``block_all``, or TCP to ``BlackHoleCluster``);
 - ``blocked: gateway``: the sidecar sent it to the gateway, which refused it: no route for it
-  (404 ``NR``), or its AuthorizationPolicy denied it (403 ``rbac_access_denied...``);
+  (404 ``NR``), its AuthorizationPolicy denied it (403 ``rbac_access_denied...``), or the TLS it
+  originated could not verify the external host (503 ``UF``, ``CERTIFICATE_VERIFY_FAILED``);
 - ``via_gateway: true``: the sidecar sent it to the gateway, the gateway to the external host;
 - ``via_gateway: false``: the sidecar sent it straight out, and the gateway has no entry of it,
   proven on a live gateway log: a canary sent through the gateway must show up in it

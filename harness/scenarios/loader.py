@@ -424,6 +424,7 @@ _REQUIRES_OPTIONAL = (
     "external",
     "client_credential",
     "server_ca_credential",
+    "untrusted_ca_credential",
 )
 
 
@@ -466,6 +467,7 @@ def _requirements(r: _Reader, value: object) -> Requirements | None:
         external=external,
         client_credential=credentials["client_credential"],
         server_ca_credential=credentials["server_ca_credential"],
+        untrusted_ca_credential=credentials["untrusted_ca_credential"],
     )
 
 

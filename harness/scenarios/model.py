@@ -16,6 +16,7 @@ errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderC
       external: http                # what the external host serves: http (default), tls or mtls
       client_credential: false      # true: the run creates Secret {{ client_credential_name }}
       server_ca_credential: false   # true: the run creates Secret {{ ca_credential_name }}
+      untrusted_ca_credential: false  # true: the run creates Secret {{ untrusted_ca_credential_name }}
     manifests*: [service-entry.yaml, ...]     # file names beside scenario.yaml, applied in order
     requests*:
       - name*: via-gateway                  # a DNS label, unique in the scenario
@@ -54,9 +55,14 @@ client certificate per run):
   gateway's namespace with the one key ``ca.crt``: what ``credentialName`` needs for SIMPLE TLS
   origination that verifies the server (Istio reads ``<name>-cacert``, then ``<name>``).
 
-A manifest may use ``{{ client_credential_name }}`` (``{{ ca_credential_name }}``) only when its
-scenario declares ``client_credential`` (``server_ca_credential``), and a scenario that declares one
-must use it: the loader checks both ways.
+* ``untrusted_ca_credential: true``: the run creates the Secret ``{{ untrusted_ca_credential_name }}``
+  like ``{{ ca_credential_name }}``, but its ``ca.crt`` is a second CA of the run that signed nothing:
+  TLS origination that verifies the external host with it must fail (a negative control).
+
+A manifest may use ``{{ client_credential_name }}`` (``{{ ca_credential_name }}``,
+``{{ untrusted_ca_credential_name }}``) only when its scenario declares ``client_credential``
+(``server_ca_credential``, ``untrusted_ca_credential``), and a scenario that declares one must use
+it: the loader checks both ways.
 """
 
 from __future__ import annotations
@@ -107,6 +113,7 @@ EXTERNAL_KINDS: tuple[str, ...] = ("http", "tls", "mtls")
 CREDENTIAL_VARIABLES: Mapping[str, str] = {
     "client_credential_name": "client_credential",
     "ca_credential_name": "server_ca_credential",
+    "untrusted_ca_credential_name": "untrusted_ca_credential",
 }
 #: Where a request can be refused.
 BLOCKED_AT: tuple[str, ...] = ("sidecar", "gateway")
@@ -244,6 +251,8 @@ class Requirements:
     client_credential: bool = False
     #: the run creates Secret ``ca_credential_name`` (ca.crt) in the gateway namespace
     server_ca_credential: bool = False
+    #: the run creates Secret ``untrusted_ca_credential_name`` (ca.crt: a CA that signed nothing) there
+    untrusted_ca_credential: bool = False
 
     @property
     def external_tls(self) -> bool:
@@ -368,12 +377,16 @@ class RenderContext:
     #: the Secret with the CA that verifies the external host (``requires.server_ca_credential``);
     #: empty: ``egress-harness-server-ca-<run_id>``
     ca_credential_name: str = ""
+    #: the Secret with a CA that did not sign the external host's certificate
+    #: (``requires.untrusted_ca_credential``); empty: ``egress-harness-untrusted-ca-<run_id>``
+    untrusted_ca_credential_name: str = ""
 
     def __post_init__(self) -> None:
         derived = {
             "external_host_domain": self.external_host.partition(".")[2],
             "client_credential_name": f"egress-harness-client-{self.run_id}",
             "ca_credential_name": f"egress-harness-server-ca-{self.run_id}",
+            "untrusted_ca_credential_name": f"egress-harness-untrusted-ca-{self.run_id}",
         }
         for name, value in derived.items():
             # derived again when empty or derived before (dataclasses.replace passes the old value)

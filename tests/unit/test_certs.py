@@ -25,6 +25,7 @@ from harness.common.certs import (
     openssl_unavailable_reason,
     secret_data,
     secret_manifest,
+    UNTRUSTED_DIR,
 )
 
 _reason = openssl_unavailable_reason()
@@ -58,7 +59,8 @@ def _text(cert: Path) -> str:
 
 
 def test_layout_is_fixed_and_keys_are_private(pki: TestPKI) -> None:
-    assert sorted(p.name for p in pki.directory.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in pki.directory.iterdir()) == sorted([*FILES, UNTRUSTED_DIR])
+    assert sorted(p.name for p in (pki.directory / UNTRUSTED_DIR).iterdir()) == ["ca.cnf", "ca.crt", "ca.csr", "ca.key"]
     for issued in (pki.ca, pki.server, pki.client):
         assert issued.cert_path.parent == issued.key_path.parent == pki.directory
         assert issued.cert_pem == issued.cert_path.read_bytes()
@@ -83,6 +85,12 @@ def test_certificates_verify_against_the_ca_and_not_another(pki: TestPKI, tmp_pa
     refused = _openssl("verify", "-CAfile", str(other.ca.cert_path), str(pki.server.cert_path))
     assert refused.returncode != 0
     assert "unable to get local issuer certificate" in refused.stdout + refused.stderr
+    # the PKI's own untrusted CA signed neither certificate: what TLS origination with it must refuse
+    assert pki.untrusted_ca is not None and pki.untrusted_ca.subject != pki.ca.subject
+    for issued in (pki.server, pki.client):
+        untrusted = _openssl("verify", "-CAfile", str(pki.untrusted_ca.cert_path), str(issued.cert_path))
+        assert untrusted.returncode != 0
+        assert "unable to get local issuer certificate" in untrusted.stdout + untrusted.stderr
 
 
 def test_server_certificate_names_and_usages(pki: TestPKI) -> None:
@@ -110,7 +118,7 @@ def test_client_and_ca_certificates(pki: TestPKI) -> None:
 def test_a_second_call_replaces_every_file_with_new_certificates(tmp_path: Path) -> None:
     first = generate_pki(tmp_path, [HOST])
     second = generate_pki(tmp_path, [HOST], client_name="other-client")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*FILES, UNTRUSTED_DIR])
     assert first.ca.cert_pem != second.ca.cert_pem
     assert first.server.key_pem != second.server.key_pem
     assert second.client.subject.startswith("CN=other-client,")
@@ -237,6 +245,8 @@ def test_secret_data_is_base64_of_the_pem(pki: TestPKI) -> None:
     assert base64.b64decode(data["tls.key"]) == pki.client.key_pem
     assert base64.b64decode(data["ca.crt"]) == pki.ca.cert_pem
     assert pki.server_ca_credential_data() == {"ca.crt": b64(pki.ca.cert_pem)}
+    assert pki.untrusted_ca is not None
+    assert pki.untrusted_ca_credential_data() == {"ca.crt": b64(pki.untrusted_ca.cert_pem)}
     assert b64("ab") == "YWI=" == b64(b"ab")
     assert secret_data({"k": b"\x00\xff"}) == {"k": "AP8="}
 

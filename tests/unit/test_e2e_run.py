@@ -57,7 +57,7 @@ from harness.cluster.external import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, NameTaken
 from harness.cluster.kube import ObjectRef, split_documents
 from harness.cluster.providers.kind import ExistingCluster
 from harness.common import tools
-from harness.common.certs import Issued, PkiError, TestPKI, generate_pki, openssl_unavailable_reason
+from harness.common.certs import Issued, PkiError, TestPKI, b64, generate_pki, openssl_unavailable_reason
 from harness.common.traffic import ChainResponse, Hop, TrafficError, unwrap_chain
 from harness.evidence import EvidenceError, Wait
 from harness.evidence.external import ExternalEvidenceError
@@ -1041,6 +1041,29 @@ def test_credential_secrets_follow_the_scenarios_requirements(tmp_path: Path) ->
     assert ca.sds_resources == (f"kubernetes://{ctx.ca_credential_name}-cacert",)  # SIMPLE: the CA only
     assert set(ca.data) == {"ca.crt"}
     assert str(ca) == f"Secret istio-system/{ctx.ca_credential_name} (requires.server_ca_credential)"
+
+
+def test_the_untrusted_ca_secret_holds_the_ca_that_signed_nothing_or_says_the_pki_is_too_old(
+    tmp_path: Path,
+) -> None:
+    refused = CATALOG.get("tls-origination-refused-untrusted-ca")
+    ctx = RenderContext(istio_version="1.30.3", namespace=NS, **credential_names(NS, refused.name))
+    old = fake_pki(tmp_path / "pki")  # a PKI made before there was an untrusted CA
+    with pytest.raises(E2EError, match=r"requires\.untrusted_ca_credential.*has no untrusted CA.*e2e down"):
+        credential_secrets(refused, ctx, old)
+    untrusted_dir = tmp_path / "untrusted"
+    untrusted_dir.mkdir()
+    (untrusted_dir / "ca.crt").write_bytes(b"UNTRUSTED CA PEM")
+    (untrusted_dir / "ca.key").write_bytes(b"UNTRUSTED CA KEY")
+    untrusted = Issued(
+        untrusted_dir / "ca.crt", untrusted_dir / "ca.key", b"UNTRUSTED CA PEM", b"UNTRUSTED CA KEY", "CN=u,O=o"
+    )
+    (secret,) = credential_secrets(refused, ctx, dataclasses.replace(old, untrusted_ca=untrusted))
+    name = ctx.untrusted_ca_credential_name
+    assert name == credential_names(NS, refused.name)["untrusted_ca_credential_name"]
+    assert (secret.name, secret.requirement) == (name, "untrusted_ca_credential")
+    assert secret.sds_resources == (f"kubernetes://{name}-cacert",)
+    assert secret.data == {"ca.crt": b64(b"UNTRUSTED CA PEM")}
 
 
 def sds_dump(active: Sequence[str], warming: Sequence[str] = ()) -> str:

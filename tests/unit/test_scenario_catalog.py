@@ -68,6 +68,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "gateway-api-http-via-egress-gateway": ("1.23", {"gateway-api", "http"}),
     # TLSRoute v1 and TLS listeners without PILOT_ENABLE_ALPHA_GATEWAY_API: Istio 1.30.0
     "gateway-api-tls-passthrough-via-egress-gateway": ("1.30", {"gateway-api", "tls"}),
+    "tls-origination-refused-untrusted-ca": ("1.23", {"negative-control", "tls-origination", "tls"}),
 }
 #: the tags a scenario may carry; a new one must be added here on purpose
 TAG_VOCABULARY = {
@@ -273,6 +274,7 @@ def test_tls_scenarios_declare_the_external_host_they_need(name: str) -> None:
     for variable, key in (
         ("client_credential_name", "client_credential"),
         ("ca_credential_name", "server_ca_credential"),
+        ("untrusted_ca_credential_name", "untrusted_ca_credential"),
     ):
         assert (getattr(offline_context(), variable) in text) == getattr(scenario.requires, key), (
             name,

@@ -468,8 +468,29 @@ def test_requires_external_tls_and_a_used_credential_load(tmp_path: Path, extern
             "requires.externals",
             "unknown key (did you mean 'external'?)",
         ),
+        (
+            "requires:\n  external: http\n  untrusted_ca_credential: true\n",
+            5,
+            "requires.untrusted_ca_credential",
+            "a credential for TLS origination needs an external host that serves TLS: set "
+            "requires.external to tls or mtls",
+        ),
+        (
+            "requires: {untrusted_ca_credential: yes please}\n",
+            3,
+            "requires.untrusted_ca_credential",
+            "expected bool, got str",
+        ),
     ],
-    ids=["unknown-kind", "not-a-string", "flag-not-bool", "credential-without-tls", "typo"],
+    ids=[
+        "unknown-kind",
+        "not-a-string",
+        "flag-not-bool",
+        "credential-without-tls",
+        "typo",
+        "untrusted-ca-without-tls",
+        "untrusted-ca-not-bool",
+    ],
 )
 def test_a_bad_requires_external_names_file_line_and_field(
     tmp_path: Path, requires: str, line: int, field: str, message: str
@@ -500,6 +521,29 @@ def test_a_declared_secret_must_be_used(tmp_path: Path) -> None:
         5,
         "requires.server_ca_credential",
         "true, but no manifest uses {{ ca_credential_name }}: name the Secret (credentialName) or drop it",
+    )
+
+
+def test_the_untrusted_ca_secret_is_checked_both_ways(tmp_path: Path) -> None:
+    declared = GOOD.replace(
+        "istio:\n", "requires:\n  external: tls\n  untrusted_ca_credential: true\nistio:\n", 1
+    )
+    assert one_issue(tmp_path / "declared", declared) == (
+        5,
+        "requires.untrusted_ca_credential",
+        "true, but no manifest uses {{ untrusted_ca_credential_name }}: name the Secret (credentialName) "
+        "or drop it",
+    )
+    used = GOOD.replace("istio:\n", "requires: {external: tls}\nistio:\n", 1).replace(
+        "manifests: [service-entry.yaml]", "manifests: [service-entry.yaml, dr.yaml]"
+    )
+    dr = CREDENTIAL_MANIFEST.replace("client_credential_name", "untrusted_ca_credential_name")
+    write_scenario(tmp_path / "used", used, files={"service-entry.yaml": MANIFEST, "dr.yaml": dr})
+    (issue,) = raw_issues(tmp_path / "used")
+    assert issue.path == tmp_path / "used" / "demo" / "dr.yaml"
+    assert issue.message.startswith("uses {{ untrusted_ca_credential_name }}, but ")
+    assert issue.message.endswith(
+        "does not set requires.untrusted_ca_credential: true, so the run would not create that Secret"
     )
 
 

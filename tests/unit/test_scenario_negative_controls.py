@@ -1,0 +1,118 @@
+"""The negative controls of the egress scenarios of issue 13, judged on what real proxies wrote.
+
+Each test takes the lines the istiod tier's proxies wrote for a scenario's refused request
+(``tests/unit/data/recorded``, see its README), judges them with the real evidence engine and the
+scenario's own expectation (they pass), then tampers with one piece of evidence at a time: each
+tampered copy must fail, naming the hop whose evidence was changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from harness.evidence import (
+    EntryLog,
+    EvidenceError,
+    ExternalEvidenceError,
+    LinesLogSource,
+    RequestRef,
+    Wait,
+    expect_no_external_record,
+)
+from harness.scenarios import RenderContext, load_catalog, render_request
+from harness.scenarios.expect import judge
+from harness.scenarios.model import ResolvedRequest
+
+REPO = Path(__file__).resolve().parents[2]
+RECORDED = Path(__file__).parent / "data" / "recorded"
+CATALOG = load_catalog(REPO / "scenarios")
+QUICK = Wait(timeout=0.2, interval=0.02, settle=0.05)
+
+REFUSED = "tls-origination-refused-untrusted-ca"
+#: the run the lines were recorded in: its namespace, host and the request's path token
+REFUSED_CONTEXT = RenderContext(
+    istio_version="1.31-dev",
+    namespace="e1b3867-tls-origination-refused-untrusted-ca",
+    external_host="tls-origination-refused-untrusted-ca.egress-harness.test",
+    run_id="1b3867",
+)
+REFUSED_TOKEN = "457f1c10-4b3a-4194-9b37-bab4df92b7c6"
+GATEWAY_ADDRESS = "10.244.1.3"
+
+
+def recorded(name: str) -> list[str]:
+    return (RECORDED / name).read_text(encoding="utf-8").splitlines()
+
+
+def refused_request() -> ResolvedRequest:
+    scenario = CATALOG.get(REFUSED)
+    [spec] = scenario.requests
+    return render_request(spec, REFUSED_CONTEXT, source=scenario.file)
+
+
+def judge_refused(sidecar: Sequence[str], gateway: Sequence[str]) -> list[str]:
+    proof = judge(
+        refused_request(),
+        RequestRef(path_token=REFUSED_TOKEN),
+        sidecar=EntryLog(LinesLogSource("target sidecar", sidecar), hop="target sidecar"),
+        gateway=EntryLog(LinesLogSource("egress gateway", gateway), hop="egress gateway"),
+        wait=QUICK,
+    )
+    return [h.hop for h in proof]
+
+
+SIDECAR = recorded("tls-origination-refused.sidecar.log")
+GATEWAY = recorded("tls-origination-refused.gateway.log")
+
+
+def test_the_refused_tls_origination_passes_on_what_the_istiod_tier_recorded() -> None:
+    assert "CERTIFICATE_VERIFY_FAILED" in GATEWAY[0] and " 503 URX,UF " in GATEWAY[0]
+    assert judge_refused(SIDECAR, GATEWAY) == ["target sidecar", "egress gateway"]
+    # the external host has no record of it: the handshakes failed before any request was written
+    expect_no_external_record(lambda: [], "rid", path_token=REFUSED_TOKEN)
+    failures = json.loads((RECORDED / "tls-origination-refused.handshake-failures.json").read_text())
+    assert {(f["client_ip"], f["sni"]) for f in failures} == {(GATEWAY_ADDRESS, REFUSED_CONTEXT.external_host)}
+    assert all("UNKNOWN_CA" in f["error"] for f in failures)
+
+
+@pytest.mark.parametrize(
+    ("what", "old", "new"),
+    [
+        # the handshake failed for another reason than the certificate's verification
+        ("no verification failure", "CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER"),
+        # the gateway answered itself (no upstream connection failure)
+        ("no UF flag", " 503 URX,UF ", " 503 URX "),
+        # the gateway got through to the host: the CA verified it
+        ("forwarded", " 503 URX,UF upstream_reset_before_response_started", " 200 - via_upstream"),
+        # the request went elsewhere than the external host's TLS port
+        ("other cluster", "outbound|443||", "outbound|80||"),
+    ],
+)
+def test_a_tampered_gateway_entry_fails_the_refused_tls_origination_at_the_gateway(
+    what: str, old: str, new: str
+) -> None:
+    assert old in GATEWAY[0], what
+    tampered = [GATEWAY[0].replace(old, new)]
+    with pytest.raises(EvidenceError) as caught:
+        judge_refused(SIDECAR, tampered)
+    assert caught.value.hop == "egress gateway", what
+
+
+def test_a_sidecar_that_did_not_send_it_to_the_gateway_fails_the_refused_tls_origination() -> None:
+    old = "outbound|443|external-tls-origination|istio-egressgateway.istio-system.svc.cluster.local"
+    tampered = [SIDECAR[0].replace(old, "PassthroughCluster")]
+    with pytest.raises(EvidenceError) as caught:
+        judge_refused(tampered, GATEWAY)
+    assert caught.value.hop == "target sidecar"
+
+
+def test_a_refused_tls_origination_the_external_host_recorded_fails_there() -> None:
+    record = {"client_ip": GATEWAY_ADDRESS, "client_port": 42318, "target": f"/get?egh-token={REFUSED_TOKEN}"}
+    with pytest.raises(ExternalEvidenceError) as caught:
+        expect_no_external_record(lambda: [record], "rid", path_token=REFUSED_TOKEN)
+    assert caught.value.hop == "external host"
+    assert "reached the external host anyway" in str(caught.value)
