@@ -10,8 +10,9 @@ rendered, sent and judged:
    through the gateway (``Stage.canary``) shows up in the same log;
 2. by the status the client got;
 3. by the external host: for a request that had to leave through the egress gateway (``via_gateway:
-   true`` and not blocked) its record's caller was the gateway; a refused request (``blocked``) has
-   no record there.
+   true`` and not blocked) its record's caller was the gateway; for a direct one that asks for it
+   (``external_caller: not-gateway``) its record's caller was not the gateway; a refused request
+   (``blocked``) has no record there.
 
 Afterwards the stage is removed, whatever happened (also on Ctrl-C), unless the tier keeps a failed
 scenario for a look. The outcome is a ``ScenarioResult`` (``harness.report.results``):
@@ -172,7 +173,7 @@ def exercise(
             )
         if exp.blocked:
             stage.witness_absence(request, sent)
-        elif exp.via_gateway:
+        elif exp.via_gateway or exp.external_caller == "not-gateway":
             outcome.witness = stage.witness(request, sent)
     except failures as exc:
         outcome.error = exc

@@ -147,12 +147,14 @@ class Stage(Protocol):
         ...
 
     def witness(self, request: ResolvedRequest, sent: Sent) -> str | None:
-        """The external host's record of a request that had to leave through the egress gateway.
+        """The external host's record of a request that had to leave through the egress gateway
+        (``via_gateway: true``), or that had to go straight out (``via_gateway: false`` with
+        ``external_caller: not-gateway``).
 
         Returns what the record showed, for the request's summary (``external host (called from
         ADDRESS)``), or None when this tier has no witness for it. Raises ``AssertionError``
         (``harness.evidence.ExternalEvidenceError``, naming the hop) when the record says otherwise:
-        no record, or a caller that is not the gateway.
+        no record, or a caller that is not the gateway (that is the gateway, for a direct request).
         """
         ...
 

@@ -337,18 +337,22 @@ class ClusterStage:
         )
 
     def witness(self, request: ResolvedRequest, sent: Sent) -> str | None:
-        """The recorder's record of the request: its caller is a gateway address and, when its last leg
-        is TLS (``expects_external_tls``), it came with the host as SNI and, for mutual TLS, with the
-        run's client certificate. None when the run has no recorder for the scenario."""
+        """The recorder's record of the request: its caller is a gateway address (for a direct request,
+        ``external_caller: not-gateway``: not a gateway address) and, when its last leg is TLS
+        (``expects_external_tls``), it came with the host as SNI and, for mutual TLS, with the run's
+        client certificate. None when the run has no recorder for the scenario."""
         view = self.view
         recorder = view.recorder_for(self.scenario)
         if recorder is None:
             return None
         tls = expects_external_tls(request, self.context.external_tls_port)
         try:
-            record = view.expect_external_from_gateway(
-                sent.request_id, gateway=self.gateway, recorder=recorder, path_token=sent.path_token
+            expect = (
+                view.expect_external_from_gateway
+                if request.expect.via_gateway
+                else view.expect_external_direct
             )
+            record = expect(sent.request_id, gateway=self.gateway, recorder=recorder, path_token=sent.path_token)
         except ExternalEvidenceError as exc:
             if tls:
                 exc.args = (f"{exc}{handshake_hint(recorder, request.host)}",)

@@ -45,10 +45,12 @@ EXTERNAL_HOP = "external host"
 
 def expects_external_tls(request: Any, tls_port: int = EXTERNAL_TLS_PORT) -> bool:
     """Whether the external host sees ``request`` over TLS: the workload calls it over HTTPS, or the
-    egress gateway is expected to send it on to the host's TLS port (TLS origination)."""
+    proxy that calls the host (the egress gateway, or for a direct request the sidecar) is expected
+    to send it on to the host's TLS port (TLS origination)."""
     if str(request.scheme) == "https":
         return True
-    upstream = (request.expect.gateway or {}).get("upstream_cluster")
+    last = request.expect.gateway if request.expect.via_gateway else request.expect.sidecar
+    upstream = (last or {}).get("upstream_cluster")
     return isinstance(upstream, str) and upstream.startswith(f"outbound|{tls_port}|")
 
 

@@ -71,40 +71,61 @@ def expect_external_record(
     fetch: Callable[[], Sequence[Record]],
     request_id: str,
     *,
-    from_ips: Collection[str],
+    from_ips: Collection[str] | None = None,
+    not_from_ips: Collection[str] | None = None,
     hop: str = "external host",
     timeout: float = 5.0,
     interval: float = 0.05,
     path_token: str | None = None,
 ) -> Record:
     """The record of ``request_id`` (or, with ``path_token``, of the request whose path holds that
-    token) at the external host, whose caller is one of ``from_ips``.
+    token) at the external host, whose caller is one of ``from_ips`` or, with ``not_from_ips``
+    instead, none of those (a direct call: not from the egress gateway's addresses).
 
     ``fetch`` returns the host's records (the recorder's ``/__recorder/requests``). The record of a
     request is written before its response, so the wait is short; it covers a slow fetch.
     """
+    if (from_ips is None) == (not_from_ips is None):
+        raise ValueError("expect_external_record: give from_ips or not_from_ips (one of them)")
+    if not_from_ips is not None and not not_from_ips:
+        raise ValueError(
+            "expect_external_record: not_from_ips is empty: no address to tell the gateway by, so any "
+            "caller would pass"
+        )
+
+    def wanted(record: Record) -> bool:
+        if from_ips is not None:
+            return record.get("client_ip") in from_ips
+        return record.get("client_ip") not in (not_from_ips or ())
+
     deadline = time.monotonic() + timeout
     mine: list[Record] = []
     while True:
         mine = [r for r in fetch() if _is_the_request(r, request_id, path_token)]
         for record in mine:
-            if record.get("client_ip") in from_ips:
+            if wanted(record):
                 return record
         if mine or time.monotonic() >= deadline:
             break
         time.sleep(interval)
-    expected = ", ".join(sorted(from_ips))
+    if from_ips is not None:
+        expected = f"from {', '.join(sorted(from_ips))}"
+        wrong = f"not from the egress gateway ({', '.join(sorted(from_ips))})"
+    else:
+        gateway = ", ".join(sorted(not_from_ips or ()))
+        expected = f"from anyone but the egress gateway ({gateway})"
+        wrong = f"from the egress gateway ({gateway}), expected a direct call"
     if not mine:
         raise ExternalEvidenceError(
             f"hop {hop!r}: the request {_named(request_id, path_token)} never reached the external host "
-            f"(waited {timeout:g}s; expected it from {expected})",
+            f"(waited {timeout:g}s; expected it {expected})",
             hop=hop,
             records=[],
         )
     callers = ", ".join(f"{r.get('client_ip')}:{r.get('client_port')}" for r in mine)
     raise ExternalEvidenceError(
         f"hop {hop!r}: the request {_named(request_id, path_token)} reached the external host from {callers}, "
-        f"not from the egress gateway ({expected})",
+        f"{wrong}",
         hop=hop,
         records=mine,
     )

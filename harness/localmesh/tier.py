@@ -165,11 +165,14 @@ class LocalStage:
         return self._started().entry_log(part)
 
     def witness(self, request: ResolvedRequest, sent: Sent) -> str:
-        """The recorder's record of the request, called from the gateway's address."""
+        """The recorder's record of the request, called from the gateway's address (for a direct
+        request, ``external_caller: not-gateway``: from another address)."""
         mesh = self._started()
-        record = expect_external_record(
-            mesh.external_records, sent.request_id, from_ips={mesh.topology.gateway_ip}
-        )
+        gateway = {mesh.topology.gateway_ip}
+        if request.expect.via_gateway:
+            record = expect_external_record(mesh.external_records, sent.request_id, from_ips=gateway)
+        else:
+            record = expect_external_record(mesh.external_records, sent.request_id, not_from_ips=gateway)
         return f"external host (called from {record.get('client_ip')})"
 
     def witness_absence(self, request: ResolvedRequest, sent: Sent) -> str:

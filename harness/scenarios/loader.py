@@ -29,6 +29,7 @@ from harness.scenarios.model import (
     BLOCKED_AT,
     CREDENTIAL_VARIABLES,
     DEFAULT_CHAIN,
+    EXTERNAL_CALLERS,
     EXTERNAL_KINDS,
     HOPS,
     LOG_HOPS,
@@ -275,7 +276,7 @@ _TOP_OPTIONAL = ("requires", "tags")
 _REQUEST_REQUIRED = ("name", "host", "expect")
 _REQUEST_OPTIONAL = ("chain", "scheme", "method", "port", "path")
 _EXPECT_REQUIRED = ("status", "via_gateway")
-_EXPECT_OPTIONAL = ("blocked", *LOG_HOPS)
+_EXPECT_OPTIONAL = ("blocked", "external_caller", *LOG_HOPS)
 
 
 def load_scenario(directory: Path) -> Scenario:
@@ -662,6 +663,9 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
             r.issue(
                 (*path, "blocked"), f"expected one of {', '.join(BLOCKED_AT)} or false, got {blocked_raw!r}"
             )
+    caller = None
+    if "external_caller" in data:
+        caller = r.choice((*path, "external_caller"), data["external_caller"], EXTERNAL_CALLERS)
     logs: dict[str, Mapping[str, LogValue]] = {}
     for hop in LOG_HOPS:
         logs[hop] = _log_match(r, (*path, hop), data.get(hop, {}))
@@ -676,6 +680,18 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
         r.issue((*path, "via_gateway"), "a request blocked at the gateway went via the gateway: use true")
     if logs["gateway"] and not via_gateway:
         r.issue((*path, "gateway"), "gateway log fields are expected, but via_gateway is false")
+    if caller == "not-gateway" and via_gateway:
+        r.issue(
+            (*path, "external_caller"),
+            "not-gateway: the external host's caller of a request that went via the gateway is the gateway; "
+            "use via_gateway: false (or drop external_caller)",
+        )
+    elif caller is not None and blocked is not None:
+        r.issue(
+            (*path, "external_caller"),
+            f"a request blocked at the {blocked} never reaches the external host: it has no caller there "
+            "(drop external_caller)",
+        )
     if len(r.issues) > before:
         return None
     return Expectation(
@@ -684,6 +700,7 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
         blocked=cast(Literal["sidecar", "gateway"] | None, blocked),
         sidecar=logs["sidecar"],
         gateway=logs["gateway"],
+        external_caller=cast(Literal["not-gateway"] | None, caller),
     )
 
 

@@ -30,9 +30,16 @@ errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderC
           status*: 200
           via_gateway*: true
           blocked: false                    # or sidecar | gateway
+          external_caller: not-gateway      # only with via_gateway: false: see below
           sidecar: {upstream_cluster: "outbound|80|external|{{ egress_gateway_service }}"}
           gateway: {upstream_cluster: "outbound|80||{{ external_host }}", response_flags: null}
     tags: [egress-gateway, http]
+
+``external_caller: not-gateway`` (a request with ``via_gateway: false``, not blocked) asks for the
+external host's record of the request too: it must be there, from a caller that is not the egress
+gateway (the workload itself), and over TLS with the host as SNI when the last leg is TLS (the
+sidecar's expected ``upstream_cluster`` is on the external TLS port). Without it such a request is
+judged by the hop logs alone; a request via the gateway is always witnessed at the external host.
 
 ``sidecar``/``gateway`` keys are Istio's JSON access-log keys (``harness.accesslog.FIELDS``); the
 sidecar is that of the last hop of the chain, the workload that calls the external host. ``null``
@@ -81,6 +88,7 @@ __all__ = [
     "BLOCKED_AT",
     "CREDENTIAL_VARIABLES",
     "DEFAULT_CHAIN",
+    "EXTERNAL_CALLERS",
     "EXTERNAL_KINDS",
     "HOPS",
     "LOG_HOPS",
@@ -115,6 +123,8 @@ CREDENTIAL_VARIABLES: Mapping[str, str] = {
     "ca_credential_name": "server_ca_credential",
     "untrusted_ca_credential_name": "untrusted_ca_credential",
 }
+#: What ``expect.external_caller`` can say of the external host's record of a request.
+EXTERNAL_CALLERS: tuple[str, ...] = ("not-gateway",)
 #: Where a request can be refused.
 BLOCKED_AT: tuple[str, ...] = ("sidecar", "gateway")
 #: The proxies whose access-log entry an expectation can match: the sidecar of the workload that
@@ -273,6 +283,8 @@ class Expectation:
     blocked: Literal["sidecar", "gateway"] | None = None
     sidecar: Mapping[str, LogValue] = field(default_factory=dict)
     gateway: Mapping[str, LogValue] = field(default_factory=dict)
+    #: ``not-gateway``: the external host recorded the request from a caller that is not the gateway
+    external_caller: Literal["not-gateway"] | None = None
 
 
 @dataclass(frozen=True)

@@ -206,5 +206,6 @@ def render_request(request: RequestSpec, context: RenderContext, *, source: Path
             blocked=expect.blocked,
             sidecar=logs(expect.sidecar, "sidecar"),
             gateway=logs(expect.gateway, "gateway"),
+            external_caller=expect.external_caller,
         ),
     )

@@ -355,6 +355,26 @@ def test_a_negative_control_and_registry_only_pass_on_their_own_paths() -> None:
     assert [o.status for o in registry.requests] == [502, 200]
 
 
+def test_a_direct_request_that_asks_for_its_caller_is_witnessed_at_the_external_host() -> None:
+    tier = MemoryTier(paths={EXTERNAL: "direct"})
+    stage = MemoryStage(tier, CATALOG.get(DIRECT))
+    stage.apply()
+    request = ResolvedRequest(
+        "direct-witnessed",
+        ("ingress", "proxy", "target"),
+        "http",
+        "GET",
+        EXTERNAL,
+        80,
+        "/",
+        Expectation(status=200, via_gateway=False, external_caller="not-gateway"),
+    )
+    outcome = exercise(stage, request)
+    # the memory stage's witness wants the gateway's address: a direct caller fails it, at the host
+    assert "witness direct-witnessed" in tier.events
+    assert isinstance(outcome.error, ExternalEvidenceError) and outcome.hop == "external host"
+
+
 def test_every_request_runs_unless_told_to_stop_at_the_first_failure() -> None:
     # both requests of registry-only-blocked go through the gateway: both fail at the target sidecar
     tier = MemoryTier(paths={EXTERNAL: "gateway", UNREGISTERED: "gateway"})

@@ -69,6 +69,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     # TLSRoute v1 and TLS listeners without PILOT_ENABLE_ALPHA_GATEWAY_API: Istio 1.30.0
     "gateway-api-tls-passthrough-via-egress-gateway": ("1.30", {"gateway-api", "tls"}),
     "tls-origination-refused-untrusted-ca": ("1.23", {"negative-control", "tls-origination", "tls"}),
+    "tls-origination-at-sidecar": ("1.23", {"sidecar", "tls-origination", "tls"}),
 }
 #: the tags a scenario may carry; a new one must be added here on purpose
 TAG_VOCABULARY = {

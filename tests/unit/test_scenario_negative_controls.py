@@ -3,7 +3,8 @@
 Each test takes the lines the istiod tier's proxies wrote for a scenario's refused request
 (``tests/unit/data/recorded``, see its README), judges them with the real evidence engine and the
 scenario's own expectation (they pass), then tampers with one piece of evidence at a time: each
-tampered copy must fail, naming the hop whose evidence was changed.
+tampered copy must fail, naming the hop whose evidence was changed. The same for the external
+host's record of a direct request (``external_caller: not-gateway``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cluster.witness import check_tls_record, expects_external_tls
 from harness.evidence import (
     EntryLog,
     EvidenceError,
@@ -21,6 +23,7 @@ from harness.evidence import (
     LinesLogSource,
     RequestRef,
     Wait,
+    expect_external_record,
     expect_no_external_record,
 )
 from harness.scenarios import RenderContext, load_catalog, render_request
@@ -75,7 +78,9 @@ def test_the_refused_tls_origination_passes_on_what_the_istiod_tier_recorded() -
     # the external host has no record of it: the handshakes failed before any request was written
     expect_no_external_record(lambda: [], "rid", path_token=REFUSED_TOKEN)
     failures = json.loads((RECORDED / "tls-origination-refused.handshake-failures.json").read_text())
-    assert {(f["client_ip"], f["sni"]) for f in failures} == {(GATEWAY_ADDRESS, REFUSED_CONTEXT.external_host)}
+    assert {(f["client_ip"], f["sni"]) for f in failures} == {
+        (GATEWAY_ADDRESS, REFUSED_CONTEXT.external_host)
+    }
     assert all("UNKNOWN_CA" in f["error"] for f in failures)
 
 
@@ -116,3 +121,66 @@ def test_a_refused_tls_origination_the_external_host_recorded_fails_there() -> N
         expect_no_external_record(lambda: [record], "rid", path_token=REFUSED_TOKEN)
     assert caught.value.hop == "external host"
     assert "reached the external host anyway" in str(caught.value)
+
+
+# ---------------------------------------------------- tls-origination-at-sidecar: a direct witness
+
+SIDECAR_ORIGINATION = "tls-origination-at-sidecar"
+SIDECAR_RECORD = json.loads((RECORDED / "tls-origination-at-sidecar.record.json").read_text())
+SIDECAR_GATEWAY_ADDRESS = "10.244.1.4"
+SIDECAR_HOST = "tls-origination-at-sidecar.egress-harness.test"
+
+
+def witness_direct(record: dict[str, object]) -> str:
+    """What ``ClusterStage.witness`` checks of a direct request's record: from a caller that is not
+    the gateway, over TLS with the host as SNI (the scenario's last leg is the host's TLS port)."""
+    scenario = CATALOG.get(SIDECAR_ORIGINATION)
+    [spec] = scenario.requests
+    context = RenderContext(istio_version="1.31-dev", external_host=SIDECAR_HOST, run_id="a62387")
+    request = render_request(spec, context, source=scenario.file)
+    assert request.expect.external_caller == "not-gateway" and not request.expect.via_gateway
+    assert expects_external_tls(request, context.external_tls_port)
+    token = str(record["target"]).partition("egh-token=")[2]
+    found = expect_external_record(
+        lambda: [record], "rid", not_from_ips={SIDECAR_GATEWAY_ADDRESS}, path_token=token, timeout=0.1
+    )
+    tls = check_tls_record(found, host=SIDECAR_HOST)
+    return f"{found['client_ip']} {tls['sni']}"
+
+
+def test_the_sidecar_origination_is_witnessed_direct_over_tls_on_what_the_recorder_recorded() -> None:
+    assert witness_direct(SIDECAR_RECORD) == f"10.244.0.5 {SIDECAR_HOST}"
+
+
+@pytest.mark.parametrize(
+    ("what", "key", "value", "message"),
+    [
+        (
+            "from the gateway",
+            "client_ip",
+            SIDECAR_GATEWAY_ADDRESS,
+            "from the egress gateway (10.244.1.4), expected a direct call",
+        ),
+        ("plain HTTP", "tls", None, "over plain HTTP, expected TLS with SNI"),
+        (
+            "another SNI",
+            "tls",
+            {**SIDECAR_RECORD["tls"], "sni": "other.egress-harness.test"},
+            "over TLS with SNI 'other",
+        ),
+    ],
+)
+def test_a_tampered_record_fails_the_sidecar_origination_at_the_external_host(
+    what: str, key: str, value: object, message: str
+) -> None:
+    with pytest.raises(ExternalEvidenceError) as caught:
+        witness_direct({**SIDECAR_RECORD, key: value})
+    assert caught.value.hop == "external host", what
+    assert message in str(caught.value), what
+
+
+def test_a_direct_witness_needs_the_gateway_addresses_to_tell_it_by() -> None:
+    with pytest.raises(ValueError, match="not_from_ips is empty"):
+        expect_external_record(lambda: [SIDECAR_RECORD], "rid", not_from_ips=set())
+    with pytest.raises(ValueError, match="give from_ips or not_from_ips"):
+        expect_external_record(lambda: [SIDECAR_RECORD], "rid")

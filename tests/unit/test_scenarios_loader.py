@@ -242,6 +242,38 @@ def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) ->
         ),
         (
             "      status: 200",
+            "      status: 200\n      external_caller: not-gateway",
+            11,
+            "requests[0].expect.external_caller",
+            "not-gateway: the external host's caller of a request that went via the gateway is the gateway; "
+            "use via_gateway: false (or drop external_caller)",
+        ),
+        (
+            "      status: 200",
+            "      status: 200\n      external_caller: workload",
+            11,
+            "requests[0].expect.external_caller",
+            "expected one of not-gateway, got 'workload'",
+        ),
+        (
+            "      status: 200",
+            "      status: 200\n      external_caller: [not-gateway]",
+            11,
+            "requests[0].expect.external_caller",
+            "expected str, got list",
+        ),
+        (
+            "      status: 200\n      via_gateway: true\n      gateway:\n"
+            '        upstream_cluster: "outbound|80||{{ external_host }}"\n',
+            "      status: 502\n      via_gateway: false\n      blocked: sidecar\n"
+            "      external_caller: not-gateway\n",
+            13,
+            "requests[0].expect.external_caller",
+            "a request blocked at the sidecar never reaches the external host: it has no caller there "
+            "(drop external_caller)",
+        ),
+        (
+            "      status: 200",
             "      status: 99",
             10,
             "requests[0].expect.status",
@@ -363,6 +395,10 @@ def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) ->
         "unknown-log-field",
         "int-log-field-as-str",
         "blocked-bad-value",
+        "caller-not-gateway-via-gateway",
+        "caller-unknown",
+        "caller-not-a-string",
+        "caller-of-a-blocked-request",
         "status-out-of-range",
         "relative-path",
         "port-out-of-range",
