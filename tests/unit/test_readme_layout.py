@@ -39,3 +39,24 @@ def test_every_package_of_harness_is_in_the_layout() -> None:
 def test_everything_the_layout_names_exists() -> None:
     for entry in _layout_entries():
         assert (REPO / entry).exists(), entry
+
+
+def _scenario_table() -> dict[str, str]:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Scenarios\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \| .+ \| ([a-z, ]+) \|$", section, flags=re.MULTILINE)
+    return dict(rows)
+
+
+def test_the_scenario_table_lists_the_catalog_and_the_local_tier_says_the_same() -> None:
+    from harness.localmesh.tier import LocalTier
+    from harness.scenarios import load_catalog
+
+    table = _scenario_table()
+    catalog = load_catalog(REPO / "scenarios")
+    assert sorted(table) == sorted(catalog.names())
+    local = LocalTier()
+    for scenario in catalog.scenarios:
+        tiers = table[scenario.name].split(", ")
+        assert "istiod" in tiers and "kind" in tiers, scenario.name
+        assert ("local" in tiers) == (local.skip_reason(scenario) is None), scenario.name
