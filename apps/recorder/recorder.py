@@ -19,6 +19,14 @@ Reserved paths (origin-form targets only):
     GET    /__recorder/handshake-failures -> JSON list of failed TLS handshakes, oldest first:
            {time, client_ip, client_port, sni, error} (the last 1000)
 
+How it answers, asked in the query string of any recorded request (the record is written first):
+
+    egh-delay=SECONDS   answer after SECONDS (0 to 30, fractions allowed): a slow external host
+    egh-status=CODE     answer with status CODE (200 to 599) instead of 200: a failing one
+
+A malformed value is answered 400 (and recorded). A caller that gave up meanwhile (a proxy's
+timeout) finds the connection answered into the void; the record stays.
+
 Only the last `max_records` records are kept (default 10000). Request bodies are read and counted,
 and their first 4 KiB are kept.
 
@@ -72,6 +80,9 @@ from types import TracebackType
 from typing import Any, TypedDict
 
 CONTROL_PREFIX = "/__recorder/"
+#: query parameters that shape the answer (see the module docstring) and their bounds
+DELAY_PARAM, STATUS_PARAM = "egh-delay", "egh-status"
+MAX_DELAY_S = 30.0
 DEFAULT_MAX_RECORDS = 10000
 BODY_EXCERPT_BYTES = 4096
 MAX_BODY_BYTES = 1 << 20
@@ -129,6 +140,27 @@ def request_path(target: str) -> str:
         return target
     parts = urllib.parse.urlsplit(target)
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def answer_shape(path: str) -> tuple[float, int]:
+    """The delay (seconds) and status the query of ``path`` asks for: ``egh-delay``, ``egh-status``
+    (default 0 and 200). ValueError naming the parameter for a malformed or out-of-range value."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+    delay, status = 0.0, 200
+    if DELAY_PARAM in query:
+        text = query[DELAY_PARAM][-1]
+        try:
+            delay = float(text)
+        except ValueError:
+            raise ValueError(f"{DELAY_PARAM}={text!r}: not a number of seconds") from None
+        if not 0.0 <= delay <= MAX_DELAY_S:
+            raise ValueError(f"{DELAY_PARAM}={text!r}: must be 0 to {MAX_DELAY_S:g} seconds")
+    if STATUS_PARAM in query:
+        text = query[STATUS_PARAM][-1]
+        if not text.isdigit() or not 200 <= int(text) <= 599:
+            raise ValueError(f"{STATUS_PARAM}={text!r}: must be an HTTP status 200 to 599")
+        status = int(text)
+    return delay, status
 
 
 def matches(record: Record, request_id: str | None, path_contains: str | None, since: int | None) -> bool:
@@ -332,7 +364,17 @@ def make_handler(store: Store, *, log: bool = True, control: bool = True) -> typ
             if self.command == "CONNECT":
                 self._json(405, {"recorded": seq, "error": "the recorder does not tunnel"}, close=True)
                 return
-            self._json(200, {"recorded": seq, "host": record["host"], "path": record["path"]})
+            try:
+                delay, status = answer_shape(record["path"])
+            except ValueError as exc:
+                self._json(400, {"recorded": seq, "error": str(exc)})
+                return
+            if delay:
+                time.sleep(delay)  # the record is written: a slow host, as a caller's timeout meets it
+            try:
+                self._json(status, {"recorded": seq, "host": record["host"], "path": record["path"]})
+            except OSError:
+                self.close_connection = True  # the caller gave up while it waited (its timeout)
 
         def _control(self) -> None:
             parts = urllib.parse.urlsplit(self.path)

@@ -66,7 +66,11 @@ from harness.cluster.run import E2ERun
 from harness.cluster.witness import check_tls_record, expects_external_tls, handshake_hint
 from harness.common.proc import progress
 from harness.evidence import RequestRef, Wait
-from harness.evidence.external import ExternalEvidenceError, expect_no_external_record
+from harness.evidence.external import (
+    ExternalEvidenceError,
+    expect_external_attempts,
+    expect_no_external_record,
+)
 from harness.scenarios.expect import needs_canary
 from harness.scenarios.model import RenderContext, ResolvedRequest, Scenario
 from harness.scenarios.preflight import AnalyzeError
@@ -340,7 +344,8 @@ class ClusterStage:
         """The recorder's record of the request: its caller is a gateway address (for a direct request,
         ``external_caller: not-gateway``: not a gateway address) and, when its last leg is TLS
         (``expects_external_tls``), it came with the host as SNI and, for mutual TLS, with the run's
-        client certificate. None when the run has no recorder for the scenario."""
+        client certificate; with ``external_attempts``, that many records of it, all from such
+        callers. None when the run has no recorder for the scenario."""
         view = self.view
         recorder = view.recorder_for(self.scenario)
         if recorder is None:
@@ -365,6 +370,21 @@ class ClusterStage:
             seen += f" over {tls_seen.get('version') or 'TLS'}, SNI {tls_seen.get('sni')}"
             if subject is not None:
                 seen += f", client certificate {subject}"
+        attempts = request.expect.external_attempts
+        if attempts is not None:
+            token = sent.path_token
+            gateway = view.gateway_callers(self.gateway)
+            expect_external_attempts(
+                (lambda: recorder.records(path_contains=token))
+                if token
+                else (lambda: recorder.records(sent.request_id)),
+                sent.request_id,
+                attempts,
+                from_ips=gateway if request.expect.via_gateway else None,
+                not_from_ips=None if request.expect.via_gateway else gateway,
+                path_token=token,
+            )
+            seen += f", {attempts} attempt(s)"
         return seen
 
     def witness_absence(self, request: ResolvedRequest, sent: Sent) -> str | None:

@@ -40,6 +40,7 @@ from harness.evidence.egress import (
 )
 from harness.evidence.external import (
     ExternalEvidenceError,
+    expect_external_attempts,
     expect_external_record,
     expect_no_external_record,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "expect_absent",
     "expect_canary",
     "expect_entry",
+    "expect_external_attempts",
     "expect_external_record",
     "expect_no_entry",
     "expect_no_external_record",

@@ -129,3 +129,48 @@ def expect_external_record(
         hop=hop,
         records=mine,
     )
+
+
+def expect_external_attempts(
+    fetch: Callable[[], Sequence[Record]],
+    request_id: str,
+    attempts: int,
+    *,
+    from_ips: Collection[str] | None = None,
+    not_from_ips: Collection[str] | None = None,
+    path_token: str | None = None,
+    hop: str = "external host",
+) -> list[Record]:
+    """Exactly ``attempts`` records of the request at the external host, each from one of
+    ``from_ips`` or, with ``not_from_ips`` instead, from none of those (a retry policy's attempts). Its answer has come back, so every attempt is already
+    recorded (the recorder writes a record before it answers): no waiting. Raises
+    ``ExternalEvidenceError`` with the records it found."""
+    if attempts < 1:
+        raise ValueError(f"expect_external_attempts: attempts must be at least 1, got {attempts}")
+    if (from_ips is None) == (not_from_ips is None):
+        raise ValueError("expect_external_attempts: give from_ips or not_from_ips (one of them)")
+    mine = [r for r in fetch() if _is_the_request(r, request_id, path_token)]
+    if from_ips is not None:
+        strangers = [r for r in mine if r.get("client_ip") not in from_ips]
+        wanted = f"from {', '.join(sorted(from_ips))}"
+    else:
+        strangers = [r for r in mine if r.get("client_ip") in (not_from_ips or ())]
+        wanted = f"from anyone but {', '.join(sorted(not_from_ips or ()))}"
+    if strangers:
+        who = ", ".join(f"{r.get('client_ip')}:{r.get('client_port')}" for r in strangers)
+        raise ExternalEvidenceError(
+            f"hop {hop!r}: {len(strangers)} of the {len(mine)} records of the request "
+            f"{_named(request_id, path_token)} came from {who}, expected them {wanted}",
+            hop=hop,
+            records=mine,
+        )
+    if len(mine) != attempts:
+        counts = [str((r.get("headers") or {}).get("x-envoy-attempt-count", "-")) for r in mine]
+        raise ExternalEvidenceError(
+            f"hop {hop!r}: the request {_named(request_id, path_token)} reached the external host "
+            f"{len(mine)} time(s), expected {attempts} (x-envoy-attempt-count of each: "
+            f"{', '.join(counts) or 'none'})",
+            hop=hop,
+            records=mine,
+        )
+    return mine

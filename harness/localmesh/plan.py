@@ -82,6 +82,9 @@ def _virtual_service(
         raise NotEmulable("VirtualService tls/tcp routes have no local image")
     hosts = list(spec.get("hosts") or [])
     for route in spec.get("http") or []:
+        unmodelled = sorted(set(route) - {"name", "match", "route"})
+        if unmodelled:
+            raise NotEmulable(f"VirtualService http route {', '.join(unmodelled)} has no local image")
         for match in route.get("match") or [{}]:
             bound = match.get("gateways") or spec.get("gateways") or ["mesh"]
             port = int(match.get("port") or 80)

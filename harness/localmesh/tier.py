@@ -22,7 +22,14 @@ from types import TracebackType
 from typing import Self
 
 from harness.common.traffic import Traffic
-from harness.evidence import EntryLog, RequestRef, Wait, expect_external_record, expect_no_external_record
+from harness.evidence import (
+    EntryLog,
+    RequestRef,
+    Wait,
+    expect_external_attempts,
+    expect_external_record,
+    expect_no_external_record,
+)
 from harness.localmesh.envoy import EnvoyError, envoy_binary, envoy_version
 from harness.localmesh.mesh import GATEWAY_SERVICE, LocalMesh, LogEncoding, RoutingPlan, Topology
 from harness.localmesh.plan import NotEmulable, plan_for
@@ -173,6 +180,14 @@ class LocalStage:
             record = expect_external_record(mesh.external_records, sent.request_id, from_ips=gateway)
         else:
             record = expect_external_record(mesh.external_records, sent.request_id, not_from_ips=gateway)
+        if request.expect.external_attempts is not None:
+            expect_external_attempts(
+                mesh.external_records,
+                sent.request_id,
+                request.expect.external_attempts,
+                from_ips=gateway if request.expect.via_gateway else None,
+                not_from_ips=None if request.expect.via_gateway else gateway,
+            )
         return f"external host (called from {record.get('client_ip')})"
 
     def witness_absence(self, request: ResolvedRequest, sent: Sent) -> str:

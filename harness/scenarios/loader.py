@@ -276,7 +276,7 @@ _TOP_OPTIONAL = ("requires", "tags")
 _REQUEST_REQUIRED = ("name", "host", "expect")
 _REQUEST_OPTIONAL = ("chain", "scheme", "method", "port", "path")
 _EXPECT_REQUIRED = ("status", "via_gateway")
-_EXPECT_OPTIONAL = ("blocked", "external_caller", *LOG_HOPS)
+_EXPECT_OPTIONAL = ("blocked", "external_caller", "external_attempts", *LOG_HOPS)
 
 
 def load_scenario(directory: Path) -> Scenario:
@@ -666,6 +666,13 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
     caller = None
     if "external_caller" in data:
         caller = r.choice((*path, "external_caller"), data["external_caller"], EXTERNAL_CALLERS)
+    attempts = data.get("external_attempts")
+    if "external_attempts" in data and r.expect((*path, "external_attempts"), attempts, int):
+        if cast(int, attempts) < 1:
+            r.issue(
+                (*path, "external_attempts"),
+                f"at least 1, got {attempts} (a request that must not reach the external host is blocked)",
+            )
     logs: dict[str, Mapping[str, LogValue]] = {}
     for hop in LOG_HOPS:
         logs[hop] = _log_match(r, (*path, hop), data.get(hop, {}))
@@ -692,6 +699,14 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
             f"a request blocked at the {blocked} never reaches the external host: it has no caller there "
             "(drop external_caller)",
         )
+    witnessed = blocked is None and (via_gateway or caller is not None)
+    if attempts is not None and not witnessed:
+        r.issue(
+            (*path, "external_attempts"),
+            "counts the external host's records of a request it witnesses: one via the gateway, or a "
+            "direct one with external_caller: not-gateway"
+            + (f" (this one is blocked at the {blocked})" if blocked else ""),
+        )
     if len(r.issues) > before:
         return None
     return Expectation(
@@ -701,6 +716,7 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
         sidecar=logs["sidecar"],
         gateway=logs["gateway"],
         external_caller=cast(Literal["not-gateway"] | None, caller),
+        external_attempts=cast(int | None, attempts),
     )
 
 

@@ -31,6 +31,7 @@ errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderC
           via_gateway*: true
           blocked: false                    # or sidecar | gateway
           external_caller: not-gateway      # only with via_gateway: false: see below
+          external_attempts: 3              # the external host got the request this many times
           sidecar: {upstream_cluster: "outbound|80|external|{{ egress_gateway_service }}"}
           gateway: {upstream_cluster: "outbound|80||{{ external_host }}", response_flags: null}
     tags: [egress-gateway, http]
@@ -40,6 +41,10 @@ external host's record of the request too: it must be there, from a caller that 
 gateway (the workload itself), and over TLS with the host as SNI when the last leg is TLS (the
 sidecar's expected ``upstream_cluster`` is on the external TLS port). Without it such a request is
 judged by the hop logs alone; a request via the gateway is always witnessed at the external host.
+
+``external_attempts: N`` (a request the external host witnesses: via the gateway, or with
+``external_caller``) says how many times the request reached the external host: every record of it
+(by its path token) counts, all from the same kind of caller; a retry policy's attempts show there.
 
 ``sidecar``/``gateway`` keys are Istio's JSON access-log keys (``harness.accesslog.FIELDS``); the
 sidecar is that of the last hop of the chain, the workload that calls the external host. ``null``
@@ -285,6 +290,8 @@ class Expectation:
     gateway: Mapping[str, LogValue] = field(default_factory=dict)
     #: ``not-gateway``: the external host recorded the request from a caller that is not the gateway
     external_caller: Literal["not-gateway"] | None = None
+    #: how many records of the request the external host must have (its attempts); None: at least one
+    external_attempts: int | None = None
 
 
 @dataclass(frozen=True)

@@ -207,5 +207,6 @@ def render_request(request: RequestSpec, context: RenderContext, *, source: Path
             sidecar=logs(expect.sidecar, "sidecar"),
             gateway=logs(expect.gateway, "gateway"),
             external_caller=expect.external_caller,
+            external_attempts=expect.external_attempts,
         ),
     )

@@ -84,6 +84,41 @@ def test_records_peer_method_path_host_and_headers(recorder_app: Recorder) -> No
     assert abs(rec["time"] - time.time()) < 60
 
 
+def test_the_query_can_ask_for_a_status_and_a_bad_value_is_refused_but_recorded(
+    recorder_app: Recorder,
+) -> None:
+    status, body, _ = _get(recorder_app, "/fail?egh-status=502&egh-token=t1")
+    assert status == 502 and json.loads(body)["path"] == "/fail?egh-status=502&egh-token=t1"
+    for query, message in [
+        ("egh-status=99", "egh-status='99': must be an HTTP status 200 to 599"),
+        ("egh-delay=soon", "egh-delay='soon': not a number of seconds"),
+        ("egh-delay=31", "egh-delay='31': must be 0 to 30 seconds"),
+    ]:
+        status, body, _ = _get(recorder_app, f"/bad?{query}")
+        assert (status, json.loads(body)["error"]) == (400, message)
+    assert [r["path"] for r in recorder_app.records()] == [
+        "/fail?egh-status=502&egh-token=t1",
+        "/bad?egh-status=99",
+        "/bad?egh-delay=soon",
+        "/bad?egh-delay=31",
+    ]
+
+
+def test_a_slow_answer_outlasts_a_callers_timeout_and_the_record_stays(recorder_app: Recorder) -> None:
+    conn = http.client.HTTPConnection(recorder_app.host, recorder_app.port, timeout=0.2)
+    try:
+        conn.request("GET", "/slow?egh-delay=2&egh-token=t2")
+        with pytest.raises(TimeoutError):
+            conn.getresponse()
+    finally:
+        conn.close()  # the caller gives up, as a proxy's route timeout does
+    [rec] = recorder_app.records()
+    assert rec["path"] == "/slow?egh-delay=2&egh-token=t2"
+    # the recorder still answers others meanwhile, and without a delay at once
+    status, _, _ = _get(recorder_app, "/fast")
+    assert status == 200
+
+
 def test_absolute_form_target_is_recorded_as_a_proxy_would_see_it(recorder_app: Recorder) -> None:
     answer = _raw(
         recorder_app,

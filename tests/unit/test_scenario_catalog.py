@@ -70,6 +70,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "gateway-api-tls-passthrough-via-egress-gateway": ("1.30", {"gateway-api", "tls"}),
     "tls-origination-refused-untrusted-ca": ("1.23", {"negative-control", "tls-origination", "tls"}),
     "tls-origination-at-sidecar": ("1.23", {"sidecar", "tls-origination", "tls"}),
+    "timeouts-and-retries-at-egress-gateway": ("1.23", {"egress-gateway", "timeouts-retries", "http"}),
 }
 #: the tags a scenario may carry; a new one must be added here on purpose
 TAG_VOCABULARY = {
@@ -85,6 +86,7 @@ TAG_VOCABULARY = {
     "gateway-api",
     "registry-only",
     "negative-control",
+    "timeouts-retries",
 }
 #: a context that differs from the offline one in every value
 OTHER_CONTEXT = RenderContext(

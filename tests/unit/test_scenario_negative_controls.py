@@ -23,6 +23,7 @@ from harness.evidence import (
     LinesLogSource,
     RequestRef,
     Wait,
+    expect_external_attempts,
     expect_external_record,
     expect_no_external_record,
 )
@@ -184,3 +185,91 @@ def test_a_direct_witness_needs_the_gateway_addresses_to_tell_it_by() -> None:
         expect_external_record(lambda: [SIDECAR_RECORD], "rid", not_from_ips=set())
     with pytest.raises(ValueError, match="give from_ips or not_from_ips"):
         expect_external_record(lambda: [SIDECAR_RECORD], "rid")
+
+
+# ------------------------------------------- timeouts-and-retries-at-egress-gateway: UT and attempts
+
+TIMEOUTS = "timeouts-and-retries-at-egress-gateway"
+TIMEOUTS_HOST = "timeouts-and-retries-at-egress-gateway.egress-harness.test"
+TIMEOUTS_GATEWAY_ADDRESS = "10.244.1.3"
+TIMEOUTS_SIDECAR = recorded("timeouts-and-retries.sidecar.log")
+TIMEOUTS_GATEWAY = recorded("timeouts-and-retries.gateway.log")
+TIMEOUTS_RECORDS: list[dict[str, object]] = json.loads(
+    (RECORDED / "timeouts-and-retries.records.json").read_text()
+)
+
+
+def timeouts_request(name: str) -> tuple[ResolvedRequest, str]:
+    scenario = CATALOG.get(TIMEOUTS)
+    context = RenderContext(istio_version="1.31-dev", external_host=TIMEOUTS_HOST, run_id="e0e72f7")
+    [spec] = [s for s in scenario.requests if s.name == name]
+    request = render_request(spec, context, source=scenario.file)
+    [token] = {line.split("egh-token=")[1].split(" ")[0] for line in TIMEOUTS_GATEWAY if request.path in line}
+    return request, token
+
+
+def judge_timeouts(name: str, gateway: Sequence[str], records: Sequence[dict[str, object]]) -> int:
+    """The hop logs and the external host's records, as the runner and ``ClusterStage.witness``
+    judge them; the number of attempts the host saw."""
+    request, token = timeouts_request(name)
+    judge(
+        request,
+        RequestRef(path_token=token),
+        sidecar=EntryLog(LinesLogSource("target sidecar", TIMEOUTS_SIDECAR), hop="target sidecar"),
+        gateway=EntryLog(LinesLogSource("egress gateway", gateway), hop="egress gateway"),
+        wait=QUICK,
+    )
+    assert request.expect.external_attempts is not None
+    found = expect_external_attempts(
+        lambda: records,
+        "rid",
+        request.expect.external_attempts,
+        from_ips={TIMEOUTS_GATEWAY_ADDRESS},
+        path_token=token,
+    )
+    return len(found)
+
+
+def test_the_timeout_and_the_retries_pass_on_what_the_istiod_tier_recorded() -> None:
+    assert judge_timeouts("slow-host-times-out", TIMEOUTS_GATEWAY, TIMEOUTS_RECORDS) == 1
+    assert judge_timeouts("failing-host-retried", TIMEOUTS_GATEWAY, TIMEOUTS_RECORDS) == 3
+    attempts = [
+        r["headers"]["x-envoy-attempt-count"] for r in TIMEOUTS_RECORDS if "egh-status" in str(r["path"])
+    ]  # type: ignore[index]
+    assert attempts == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new"),
+    [
+        ("slow-host-times-out", " 504 UT response_timeout ", " 504 - via_upstream "),  # the host's own 504
+        ("slow-host-times-out", " 504 UT response_timeout ", " 200 - via_upstream "),
+        ("failing-host-retried", " 502 URX via_upstream ", " 502 - via_upstream "),  # no retry ran out
+    ],
+)
+def test_a_tampered_gateway_entry_fails_the_timeouts_scenario_at_the_gateway(
+    name: str, old: str, new: str
+) -> None:
+    assert sum(old in line for line in TIMEOUTS_GATEWAY) == 1
+    tampered = [line.replace(old, new) for line in TIMEOUTS_GATEWAY]
+    with pytest.raises(EvidenceError) as caught:
+        judge_timeouts(name, tampered, TIMEOUTS_RECORDS)
+    assert caught.value.hop == "egress gateway"
+
+
+def test_tampered_attempts_fail_the_retries_at_the_external_host() -> None:
+    retried = [r for r in TIMEOUTS_RECORDS if "egh-status" in str(r["path"])]
+    others = [r for r in TIMEOUTS_RECORDS if r not in retried]
+    # one attempt fewer: the retry policy did not run twice
+    with pytest.raises(
+        ExternalEvidenceError,
+        match=r"reached the external host 2 time\(s\), expected 3 \(x-envoy-attempt-count of each: 1, 2\)",
+    ):
+        judge_timeouts("failing-host-retried", TIMEOUTS_GATEWAY, others + retried[:2])
+    # one attempt more: someone else retried too
+    with pytest.raises(ExternalEvidenceError, match=r"4 time\(s\), expected 3"):
+        judge_timeouts("failing-host-retried", TIMEOUTS_GATEWAY, others + retried + retried[-1:])
+    # an attempt from the workload itself, not the gateway
+    direct = {**retried[2], "client_ip": "10.244.0.5"}
+    with pytest.raises(ExternalEvidenceError, match=r"1 of the 3 records .* came from 10\.244\.0\.5"):
+        judge_timeouts("failing-host-retried", TIMEOUTS_GATEWAY, others + retried[:2] + [direct])

@@ -274,6 +274,38 @@ def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) ->
         ),
         (
             "      status: 200",
+            "      status: 200\n      external_attempts: 0",
+            11,
+            "requests[0].expect.external_attempts",
+            "at least 1, got 0 (a request that must not reach the external host is blocked)",
+        ),
+        (
+            "      status: 200",
+            '      status: 200\n      external_attempts: "3"',
+            11,
+            "requests[0].expect.external_attempts",
+            "expected int, got str",
+        ),
+        (
+            "      status: 200\n      via_gateway: true\n      gateway:\n"
+            '        upstream_cluster: "outbound|80||{{ external_host }}"\n',
+            "      status: 200\n      via_gateway: false\n      external_attempts: 2\n",
+            12,
+            "requests[0].expect.external_attempts",
+            "counts the external host's records of a request it witnesses: one via the gateway, or a "
+            "direct one with external_caller: not-gateway",
+        ),
+        (
+            "      status: 200\n      via_gateway: true\n      gateway:\n"
+            '        upstream_cluster: "outbound|80||{{ external_host }}"\n',
+            "      status: 404\n      via_gateway: true\n      blocked: gateway\n      external_attempts: 1\n",
+            13,
+            "requests[0].expect.external_attempts",
+            "counts the external host's records of a request it witnesses: one via the gateway, or a "
+            "direct one with external_caller: not-gateway (this one is blocked at the gateway)",
+        ),
+        (
+            "      status: 200",
             "      status: 99",
             10,
             "requests[0].expect.status",
@@ -399,6 +431,10 @@ def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) ->
         "caller-unknown",
         "caller-not-a-string",
         "caller-of-a-blocked-request",
+        "attempts-zero",
+        "attempts-not-int",
+        "attempts-of-an-unwitnessed-direct-request",
+        "attempts-of-a-blocked-request",
         "status-out-of-range",
         "relative-path",
         "port-out-of-range",
