@@ -71,6 +71,8 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "tls-origination-refused-untrusted-ca": ("1.23", {"negative-control", "tls-origination", "tls"}),
     "tls-origination-at-sidecar": ("1.23", {"sidecar", "tls-origination", "tls"}),
     "timeouts-and-retries-at-egress-gateway": ("1.23", {"egress-gateway", "timeouts-retries", "http"}),
+    "one-host-two-ports": ("1.23", {"egress-gateway", "sidecar", "http", "tls"}),
+    "wildcard-tls-passthrough-via-egress-gateway": ("1.23", {"egress-gateway", "wildcard", "tls", "passthrough"}),
 }
 #: the tags a scenario may carry; a new one must be added here on purpose
 TAG_VOCABULARY = {

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -273,3 +275,152 @@ def test_tampered_attempts_fail_the_retries_at_the_external_host() -> None:
     direct = {**retried[2], "client_ip": "10.244.0.5"}
     with pytest.raises(ExternalEvidenceError, match=r"1 of the 3 records .* came from 10\.244\.0\.5"):
         judge_timeouts("failing-host-retried", TIMEOUTS_GATEWAY, others + retried[:2] + [direct])
+
+
+# ------------------------------------------------- one-host-two-ports, wildcard-tls-passthrough-...
+
+PASSTHROUGH_GATEWAY_ADDRESS = "10.244.1.3"
+
+
+def tls_ref(line: str, host: str) -> RequestRef:
+    """A TLS request the workload encrypts itself, found as the runner finds it: by SNI, in a time
+    window around the entry's start (the capture's own send and answer times were not kept)."""
+    started = datetime.fromisoformat(line[1:25].replace("Z", "+00:00"))
+    return RequestRef(
+        sni=host, since=started - timedelta(seconds=0.5), until=started + timedelta(seconds=0.5)
+    )
+
+
+def render_named(scenario_name: str, request_name: str, host: str) -> ResolvedRequest:
+    scenario = CATALOG.get(scenario_name)
+    context = RenderContext(istio_version="1.31-dev", external_host=host, run_id="capture")
+    [spec] = [s for s in scenario.requests if s.name == request_name]
+    return render_request(spec, context, source=scenario.file)
+
+
+TWO_PORTS_HOST = "one-host-two-ports.egress-harness.test"
+TWO_PORTS_SIDECAR = recorded("one-host-two-ports.sidecar.log")
+TWO_PORTS_GATEWAY = recorded("one-host-two-ports.gateway.log")
+TWO_PORTS_RECORDS: list[dict[str, Any]] = json.loads(
+    (RECORDED / "one-host-two-ports.records.json").read_text()
+)
+[TWO_PORTS_TLS_LINE] = [line for line in TWO_PORTS_SIDECAR if '"- - -"' in line]
+[CANARY_LINE] = [line for line in TWO_PORTS_GATEWAY if "egh-live-" in line]
+CANARY = RequestRef(path_token=CANARY_LINE.split("egh-token=")[1].split(" ")[0])
+[TLS_DIRECT_RECORD] = [r for r in TWO_PORTS_RECORDS if r["client_ip"] == "10.244.0.10"]
+
+
+def judge_tls_direct(sidecar: Sequence[str], gateway: Sequence[str], record: dict[str, Any]) -> str:
+    request = render_named("one-host-two-ports", "tls-direct", TWO_PORTS_HOST)
+    judge(
+        request,
+        tls_ref(TWO_PORTS_TLS_LINE, TWO_PORTS_HOST),
+        sidecar=EntryLog(LinesLogSource("target sidecar", sidecar), hop="target sidecar"),
+        gateway=EntryLog(LinesLogSource("egress gateway", gateway), hop="egress gateway"),
+        wait=QUICK,
+        absence_window=0.05,
+        canary=lambda: CANARY,
+    )
+    assert request.expect.external_caller == "not-gateway" and expects_external_tls(request)
+    token = str(record["path"]).split("egh-token=")[1]
+    found = expect_external_record(
+        lambda: [record], "rid", not_from_ips={PASSTHROUGH_GATEWAY_ADDRESS}, path_token=token, timeout=0.1
+    )
+    return str(check_tls_record(found, host=TWO_PORTS_HOST)["sni"])
+
+
+def test_one_host_two_ports_tells_the_direct_tls_port_apart_on_what_the_istiod_tier_recorded() -> None:
+    assert judge_tls_direct(TWO_PORTS_SIDECAR, TWO_PORTS_GATEWAY, TLS_DIRECT_RECORD) == TWO_PORTS_HOST
+
+
+def test_one_host_two_ports_fails_when_its_tls_port_went_through_the_gateway() -> None:
+    # the sidecar sent the TLS port to the gateway
+    to_gateway = [
+        line.replace(
+            f"outbound|443||{TWO_PORTS_HOST}",
+            "outbound|443|external-tls|istio-egressgateway.istio-system.svc.cluster.local",
+        )
+        for line in TWO_PORTS_SIDECAR
+    ]
+    with pytest.raises(EvidenceError) as caught:
+        judge_tls_direct(to_gateway, TWO_PORTS_GATEWAY, TLS_DIRECT_RECORD)
+    assert caught.value.hop == "target sidecar"
+    # the gateway has an entry of the connection (its SNI, in its time window)
+    gateway_entry = TWO_PORTS_TLS_LINE.replace("10.244.0.10:55222", "10.244.1.3:44600")
+    with pytest.raises(EvidenceError) as caught:
+        judge_tls_direct(TWO_PORTS_SIDECAR, [*TWO_PORTS_GATEWAY, gateway_entry], TLS_DIRECT_RECORD)
+    assert caught.value.hop == "egress gateway"
+    # the external host saw the gateway call
+    with pytest.raises(ExternalEvidenceError) as caught_external:
+        judge_tls_direct(
+            TWO_PORTS_SIDECAR, TWO_PORTS_GATEWAY, {**TLS_DIRECT_RECORD, "client_ip": "10.244.1.3"}
+        )
+    assert caught_external.value.hop == "external host"
+
+
+def test_one_host_two_ports_absence_needs_its_canary_in_the_gateway_log() -> None:
+    without_canary = [line for line in TWO_PORTS_GATEWAY if "egh-live-" not in line]
+    with pytest.raises(EvidenceError, match="canary") as caught:
+        judge_tls_direct(TWO_PORTS_SIDECAR, without_canary, TLS_DIRECT_RECORD)
+    assert caught.value.hop == "egress gateway"
+
+
+WILDCARD_HOSTS = (
+    "wildcard-tls-passthrough-via-egress-gateway.egress-harness.test",
+    "unregistered-wildcard-tls-passthrough-via-egress-gateway.egress-harness.test",
+)
+WILDCARD_SIDECAR = recorded("wildcard-tls-passthrough.sidecar.log")
+WILDCARD_GATEWAY = recorded("wildcard-tls-passthrough.gateway.log")
+WILDCARD_RECORDS: list[dict[str, Any]] = json.loads(
+    (RECORDED / "wildcard-tls-passthrough.records.json").read_text()
+)
+
+
+def judge_subdomain(index: int, gateway: Sequence[str], records: Sequence[dict[str, Any]]) -> str:
+    name = ("first-subdomain", "second-subdomain")[index]
+    scenario = CATALOG.get("wildcard-tls-passthrough-via-egress-gateway")
+    context = RenderContext(
+        istio_version="1.31-dev", external_host=WILDCARD_HOSTS[0], unregistered_host=WILDCARD_HOSTS[1]
+    )
+    [spec] = [s for s in scenario.requests if s.name == name]
+    request = render_request(spec, context, source=scenario.file)
+    host = WILDCARD_HOSTS[index]
+    assert request.host == host
+    [line] = [line for line in WILDCARD_SIDECAR if line.rstrip().endswith(f" {host} -")]
+    judge(
+        request,
+        tls_ref(line, host),
+        sidecar=EntryLog(LinesLogSource("target sidecar", WILDCARD_SIDECAR), hop="target sidecar"),
+        gateway=EntryLog(LinesLogSource("egress gateway", gateway), hop="egress gateway"),
+        wait=QUICK,
+    )
+    mine = [r for r in records if (r.get("tls") or {}).get("sni") == host][-1:]
+    [record] = mine or [{"path": "", "client_ip": None}]
+    token = str(record["path"]).partition("egh-token=")[2] or "none"
+    found = expect_external_record(
+        lambda: records, "rid", from_ips={PASSTHROUGH_GATEWAY_ADDRESS}, path_token=token, timeout=0.1
+    )
+    return str(check_tls_record(found, host=host)["sni"])
+
+
+def test_each_subdomain_passes_through_the_gateway_with_its_own_sni_on_what_the_istiod_tier_recorded() -> (
+    None
+):
+    assert [judge_subdomain(i, WILDCARD_GATEWAY, WILDCARD_RECORDS) for i in (0, 1)] == list(WILDCARD_HOSTS)
+
+
+def test_a_subdomain_whose_sni_the_gateway_or_the_host_did_not_see_fails() -> None:
+    # the gateway's entry of the second connection carries the first host's SNI
+    first, second = WILDCARD_HOSTS
+    tampered = [line.replace(f" {second} -", f" {first} -") for line in WILDCARD_GATEWAY]
+    with pytest.raises(EvidenceError) as caught:
+        judge_subdomain(1, tampered, WILDCARD_RECORDS)
+    assert caught.value.hop == "egress gateway"
+    # the external host recorded the second subdomain's request with the first one's SNI
+    renamed = [
+        {**r, "tls": {**r["tls"], "sni": first}} if (r.get("tls") or {}).get("sni") == second else r
+        for r in WILDCARD_RECORDS
+    ]
+    with pytest.raises(ExternalEvidenceError) as caught_external:
+        judge_subdomain(1, WILDCARD_GATEWAY, renamed)
+    assert caught_external.value.hop == "external host"
