@@ -71,6 +71,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "tls-origination-refused-untrusted-ca": ("1.23", {"negative-control", "tls-origination", "tls"}),
     "tls-origination-at-sidecar": ("1.23", {"sidecar", "tls-origination", "tls"}),
     "timeouts-and-retries-at-egress-gateway": ("1.23", {"egress-gateway", "timeouts-retries", "http"}),
+    "identity-authz-on-egress-gateway": ("1.23", {"egress-gateway", "authz", "http", "negative-control"}),
     "one-host-two-ports": ("1.23", {"egress-gateway", "sidecar", "http", "tls"}),
     "wildcard-tls-passthrough-via-egress-gateway": ("1.23", {"egress-gateway", "wildcard", "tls", "passthrough"}),
 }

@@ -424,3 +424,86 @@ def test_a_subdomain_whose_sni_the_gateway_or_the_host_did_not_see_fails() -> No
     with pytest.raises(ExternalEvidenceError) as caught_external:
         judge_subdomain(1, WILDCARD_GATEWAY, renamed)
     assert caught_external.value.hop == "external host"
+
+
+# ------------------------------------------------------------- identity-authz-on-egress-gateway
+
+IDENTITY_HOST = "identity-authz-on-egress-gateway.egress-harness.test"
+IDENTITY_PEER_HOST = "unregistered-identity-authz-on-egress-gateway.egress-harness.test"
+IDENTITY_SIDECAR = recorded("identity-authz.sidecar.log")
+IDENTITY_GATEWAY = recorded("identity-authz.gateway.log")
+IDENTITY_PEER_ONLY = recorded("identity-authz.peer-only-policy.gateway.log")
+IDENTITY_RECORDS: list[dict[str, Any]] = json.loads((RECORDED / "identity-authz.records.json").read_text())
+
+
+def judge_identity(
+    name: str, sidecar: Sequence[str], gateway: Sequence[str], records: Sequence[dict[str, Any]]
+) -> str:
+    scenario = CATALOG.get("identity-authz-on-egress-gateway")
+    context = RenderContext(
+        istio_version="1.31-dev", external_host=IDENTITY_HOST, unregistered_host=IDENTITY_PEER_HOST
+    )
+    [spec] = [s for s in scenario.requests if s.name == name]
+    request = render_request(spec, context, source=scenario.file)
+    [token] = {
+        line.split("egh-token=")[1].split(" ")[0]
+        for line in sidecar
+        if f"identity-{'own' if name.startswith('own') else 'peer'}-host" in line
+    }
+    judge(
+        request,
+        RequestRef(path_token=token),
+        sidecar=EntryLog(LinesLogSource("target sidecar", sidecar), hop="target sidecar"),
+        gateway=EntryLog(LinesLogSource("egress gateway", gateway), hop="egress gateway"),
+        wait=QUICK,
+    )
+    if request.expect.blocked:
+        expect_no_external_record(lambda: records, "rid", path_token=token)
+        return "no record"
+    found = expect_external_record(
+        lambda: records, "rid", from_ips={"10.244.1.3"}, path_token=token, timeout=0.1
+    )
+    return str(found["client_ip"])
+
+
+def test_identity_authz_passes_on_what_the_istiod_tier_recorded() -> None:
+    assert (
+        judge_identity("own-identity-allowed", IDENTITY_SIDECAR, IDENTITY_GATEWAY, IDENTITY_RECORDS)
+        == "10.244.1.3"
+    )
+    assert (
+        judge_identity("other-identity-denied", IDENTITY_SIDECAR, IDENTITY_GATEWAY, IDENTITY_RECORDS)
+        == "no record"
+    )
+
+
+def test_identity_authz_fails_where_the_identity_did_not_decide() -> None:
+    # with the policy allowing another namespace only, real istiod refused the workload's own host:
+    # that entry fails the allowed request at the gateway (the 200 depends on the identity)
+    own_token = IDENTITY_PEER_ONLY[0].split("egh-token=")[1].split(" ")[0]
+    sidecar = [
+        line.replace(line.split("egh-token=")[1].split(" ")[0], own_token)
+        if "identity-own-host" in line
+        else line
+        for line in IDENTITY_SIDECAR
+    ]
+    with pytest.raises(EvidenceError) as caught:
+        judge_identity("own-identity-allowed", sidecar, IDENTITY_PEER_ONLY, IDENTITY_RECORDS)
+    assert caught.value.hop == "egress gateway"
+    # the gateway let the other identity through
+    let_through = [
+        line.replace(" 403 - rbac_access_denied_matched_policy[none] ", " 200 - via_upstream ")
+        for line in IDENTITY_GATEWAY
+    ]
+    with pytest.raises(EvidenceError) as caught:
+        judge_identity("other-identity-denied", IDENTITY_SIDECAR, let_through, IDENTITY_RECORDS)
+    assert caught.value.hop == "egress gateway"
+    # the external host recorded the refused request
+    [peer] = [line for line in IDENTITY_SIDECAR if "identity-peer-host" in line]
+    token = peer.split("egh-token=")[1].split(" ")[0]
+    leaked = {"client_ip": "10.244.1.3", "client_port": 1, "path": f"/get?egh-token={token}"}
+    with pytest.raises(ExternalEvidenceError) as caught_external:
+        judge_identity(
+            "other-identity-denied", IDENTITY_SIDECAR, IDENTITY_GATEWAY, [*IDENTITY_RECORDS, leaked]
+        )
+    assert caught_external.value.hop == "external host"
