@@ -173,7 +173,11 @@ def credential_secrets(scenario: Any, ctx: Any, pki: TestPKI) -> list[Credential
             raise E2EError(f"scenario {scenario.name} (requires.untrusted_ca_credential): {exc}") from exc
         out.append(
             CredentialSecret(
-                "untrusted_ca_credential", name, str(ctx.gateway_namespace), data, (f"{SDS_PREFIX}{name}{SDS_CA_SUFFIX}",)
+                "untrusted_ca_credential",
+                name,
+                str(ctx.gateway_namespace),
+                data,
+                (f"{SDS_PREFIX}{name}{SDS_CA_SUFFIX}",),
             )
         )
     return out

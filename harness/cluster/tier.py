@@ -357,7 +357,9 @@ class ClusterStage:
                 if request.expect.via_gateway
                 else view.expect_external_direct
             )
-            record = expect(sent.request_id, gateway=self.gateway, recorder=recorder, path_token=sent.path_token)
+            record = expect(
+                sent.request_id, gateway=self.gateway, recorder=recorder, path_token=sent.path_token
+            )
         except ExternalEvidenceError as exc:
             if tls:
                 exc.args = (f"{exc}{handshake_hint(recorder, request.host)}",)

@@ -345,7 +345,12 @@ def generate_pki(
     for name in FILES:
         (untrusted_dir / name).unlink(missing_ok=True)
     untrusted = CertificateAuthority.create(
-        untrusted_dir, name=DEFAULT_UNTRUSTED_CA_NAME, organization=org, days=days, openssl=openssl, timeout=timeout
+        untrusted_dir,
+        name=DEFAULT_UNTRUSTED_CA_NAME,
+        organization=org,
+        days=days,
+        openssl=openssl,
+        timeout=timeout,
     )
     return TestPKI(directory, authority.ca, server, client, untrusted.ca)
 

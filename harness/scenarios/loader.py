@@ -663,16 +663,7 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
             r.issue(
                 (*path, "blocked"), f"expected one of {', '.join(BLOCKED_AT)} or false, got {blocked_raw!r}"
             )
-    caller = None
-    if "external_caller" in data:
-        caller = r.choice((*path, "external_caller"), data["external_caller"], EXTERNAL_CALLERS)
-    attempts = data.get("external_attempts")
-    if "external_attempts" in data and r.expect((*path, "external_attempts"), attempts, int):
-        if cast(int, attempts) < 1:
-            r.issue(
-                (*path, "external_attempts"),
-                f"at least 1, got {attempts} (a request that must not reach the external host is blocked)",
-            )
+    caller, attempts = _external_fields(r, path, data)
     logs: dict[str, Mapping[str, LogValue]] = {}
     for hop in LOG_HOPS:
         logs[hop] = _log_match(r, (*path, hop), data.get(hop, {}))
@@ -687,6 +678,50 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
         r.issue((*path, "via_gateway"), "a request blocked at the gateway went via the gateway: use true")
     if logs["gateway"] and not via_gateway:
         r.issue((*path, "gateway"), "gateway log fields are expected, but via_gateway is false")
+    _external_issues(
+        r, path, via_gateway=bool(via_gateway), blocked=blocked, caller=caller, attempts=attempts
+    )
+    if len(r.issues) > before:
+        return None
+    return Expectation(
+        status=cast(int, status),
+        via_gateway=cast(bool, via_gateway),
+        blocked=cast(Literal["sidecar", "gateway"] | None, blocked),
+        sidecar=logs["sidecar"],
+        gateway=logs["gateway"],
+        external_caller=cast(Literal["not-gateway"] | None, caller),
+        external_attempts=attempts,
+    )
+
+
+def _external_fields(
+    r: _Reader, path: FieldPath, data: Mapping[str, object]
+) -> tuple[str | None, int | None]:
+    """``external_caller`` and ``external_attempts`` of an ``expect:`` block, each checked alone."""
+    caller = None
+    if "external_caller" in data:
+        caller = r.choice((*path, "external_caller"), data["external_caller"], EXTERNAL_CALLERS)
+    attempts = data.get("external_attempts")
+    if "external_attempts" not in data or not r.expect((*path, "external_attempts"), attempts, int):
+        return caller, None
+    if cast(int, attempts) < 1:
+        r.issue(
+            (*path, "external_attempts"),
+            f"at least 1, got {attempts} (a request that must not reach the external host is blocked)",
+        )
+    return caller, cast(int, attempts)
+
+
+def _external_issues(
+    r: _Reader,
+    path: FieldPath,
+    *,
+    via_gateway: bool,
+    blocked: str | None,
+    caller: str | None,
+    attempts: int | None,
+) -> None:
+    """What ``external_caller`` and ``external_attempts`` say against the rest of the expectation."""
     if caller == "not-gateway" and via_gateway:
         r.issue(
             (*path, "external_caller"),
@@ -707,17 +742,6 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
             "direct one with external_caller: not-gateway"
             + (f" (this one is blocked at the {blocked})" if blocked else ""),
         )
-    if len(r.issues) > before:
-        return None
-    return Expectation(
-        status=cast(int, status),
-        via_gateway=cast(bool, via_gateway),
-        blocked=cast(Literal["sidecar", "gateway"] | None, blocked),
-        sidecar=logs["sidecar"],
-        gateway=logs["gateway"],
-        external_caller=cast(Literal["not-gateway"] | None, caller),
-        external_attempts=cast(int | None, attempts),
-    )
 
 
 def _log_match(r: _Reader, path: FieldPath, value: object) -> Mapping[str, LogValue]:

@@ -17,6 +17,7 @@ import pytest
 from harness.common.certs import (
     DEFAULT_CLIENT_NAME,
     FILES,
+    UNTRUSTED_DIR,
     PkiError,
     TestPKI,
     b64,
@@ -25,7 +26,6 @@ from harness.common.certs import (
     openssl_unavailable_reason,
     secret_data,
     secret_manifest,
-    UNTRUSTED_DIR,
 )
 
 _reason = openssl_unavailable_reason()
@@ -60,7 +60,12 @@ def _text(cert: Path) -> str:
 
 def test_layout_is_fixed_and_keys_are_private(pki: TestPKI) -> None:
     assert sorted(p.name for p in pki.directory.iterdir()) == sorted([*FILES, UNTRUSTED_DIR])
-    assert sorted(p.name for p in (pki.directory / UNTRUSTED_DIR).iterdir()) == ["ca.cnf", "ca.crt", "ca.csr", "ca.key"]
+    assert sorted(p.name for p in (pki.directory / UNTRUSTED_DIR).iterdir()) == [
+        "ca.cnf",
+        "ca.crt",
+        "ca.csr",
+        "ca.key",
+    ]
     for issued in (pki.ca, pki.server, pki.client):
         assert issued.cert_path.parent == issued.key_path.parent == pki.directory
         assert issued.cert_pem == issued.cert_path.read_bytes()

@@ -1056,7 +1056,11 @@ def test_the_untrusted_ca_secret_holds_the_ca_that_signed_nothing_or_says_the_pk
     (untrusted_dir / "ca.crt").write_bytes(b"UNTRUSTED CA PEM")
     (untrusted_dir / "ca.key").write_bytes(b"UNTRUSTED CA KEY")
     untrusted = Issued(
-        untrusted_dir / "ca.crt", untrusted_dir / "ca.key", b"UNTRUSTED CA PEM", b"UNTRUSTED CA KEY", "CN=u,O=o"
+        untrusted_dir / "ca.crt",
+        untrusted_dir / "ca.key",
+        b"UNTRUSTED CA PEM",
+        b"UNTRUSTED CA KEY",
+        "CN=u,O=o",
     )
     (secret,) = credential_secrets(refused, ctx, dataclasses.replace(old, untrusted_ca=untrusted))
     name = ctx.untrusted_ca_credential_name

@@ -73,7 +73,10 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "timeouts-and-retries-at-egress-gateway": ("1.23", {"egress-gateway", "timeouts-retries", "http"}),
     "identity-authz-on-egress-gateway": ("1.23", {"egress-gateway", "authz", "http", "negative-control"}),
     "one-host-two-ports": ("1.23", {"egress-gateway", "sidecar", "http", "tls"}),
-    "wildcard-tls-passthrough-via-egress-gateway": ("1.23", {"egress-gateway", "wildcard", "tls", "passthrough"}),
+    "wildcard-tls-passthrough-via-egress-gateway": (
+        "1.23",
+        {"egress-gateway", "wildcard", "tls", "passthrough"},
+    ),
 }
 #: the tags a scenario may carry; a new one must be added here on purpose
 TAG_VOCABULARY = {
