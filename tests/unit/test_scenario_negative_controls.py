@@ -507,3 +507,10 @@ def test_identity_authz_fails_where_the_identity_did_not_decide() -> None:
             "other-identity-denied", IDENTITY_SIDECAR, IDENTITY_GATEWAY, [*IDENTITY_RECORDS, leaked]
         )
     assert caught_external.value.hop == "external host"
+
+
+def test_an_attempt_count_needs_a_count_and_the_callers_to_tell_them_by() -> None:
+    with pytest.raises(ValueError, match="attempts must be at least 1, got 0"):
+        expect_external_attempts(lambda: TIMEOUTS_RECORDS, "rid", 0, from_ips={"10.244.1.3"})
+    with pytest.raises(ValueError, match="give from_ips or not_from_ips"):
+        expect_external_attempts(lambda: TIMEOUTS_RECORDS, "rid", 1)
