@@ -170,7 +170,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     except (E2EError, ValueError) as exc:
         print(f"egress-harness e2e up: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(state.to_json())
+    sys.stdout.write(state.to_json(redact_token=True))
     progress(f"kubeconfig: {state.kubeconfig}")
     return 0
 
