@@ -428,7 +428,12 @@ def test_down_removes_the_recorder_and_the_cluster_then_the_state(tmp_path: Path
     state.save()
     state.kubeconfig.write_text("apiVersion: v1\n")
     fakebin.rules(kind_rules())
-    assert e2e_cli.bring_down(tmp_path) == []
+    removed: list[str] = []
+    assert e2e_cli.bring_down(tmp_path, removed=removed) == []
+    assert removed[:2] == [
+        "recorder container egress-harness-recorder-1",
+        f"kind cluster {NAME} (with everything in it)",
+    ]
     assert fakebin.commands() == [
         "docker rm -f -v egress-harness-recorder-1",
         "kind get clusters",
@@ -561,7 +566,16 @@ def test_down_on_a_cluster_up_did_not_create_removes_the_runs_namespaces_crds_an
     monkeypatch.setattr("harness.common.tools.ensure_tool", lambda name, version: Path("istioctl"))
     fakebin.rules([{"tool": "istioctl", "args": ["uninstall", "--purge", "-y"]}])
     api = StandInClusterApi()
-    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api) == []
+    removed: list[str] = []
+    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api, removed=removed) == []
+    # e2e down lists what it removed (issue 14): everything of the run found by its label, and the state
+    assert removed == [
+        "namespace eabc123-http-via-egress-gateway",
+        "namespace egress-abc123",
+        "CustomResourceDefinition gateways.x",
+        "Istio 1.30.3 (istioctl uninstall)",
+        f"the run state {state.path} (with the run's token)",
+    ]
     assert api.calls == [
         ("list namespaces", "io.egress-harness.run=abc123"),
         ("delete namespace", "eabc123-http-via-egress-gateway"),
@@ -586,7 +600,9 @@ def test_down_on_a_cluster_up_did_not_create_removes_credential_secrets_left_in_
     state.save()
     state.kubeconfig.write_text("apiVersion: v1\n")
     api = StandInClusterApi()
-    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api) == []
+    removed: list[str] = []
+    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api, removed=removed) == []
+    assert "Secret istio-system/eh-client-x" in removed and "Secret istio-system/eh-ca-y" in removed
     assert api.calls[-4:] == [
         ("list secrets", "istio-system", "io.egress-harness.run=abc123"),
         ("delete secret", "istio-system", "eh-ca-y"),  # gone already: fine
