@@ -250,7 +250,7 @@ class Policy:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         shown = f"{host}:{port}"
         for *_, sockaddr in infos:
-            self.check_address(shown, ipaddress.ip_address(sockaddr[0].split("%", 1)[0]), resolved=True)
+            self.check_address(shown, ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]), resolved=True)
         last: OSError | None = None
         for family, kind, proto, _, sockaddr in infos:
             sock = socket.socket(family, kind, proto)
@@ -486,9 +486,15 @@ def make_handler(service: str, upstream: Upstream, token: str = "") -> type[Base
             except UpstreamRefused as refused:
                 ms = round((time.monotonic() - started) * 1000, 1)
                 error = str(refused)
-                hop = {"service": service, "url": url, "status": 403, "elapsed_ms": ms, "error": error}
+                record: Json = {
+                    "service": service,
+                    "url": url,
+                    "status": 403,
+                    "elapsed_ms": ms,
+                    "error": error,
+                }
                 answer: Json = {"service": service, "url": url, "status": 403, "elapsed_ms": ms}
-                answer |= {"request_id": request_id, "error": error, "failed_hop": service, "hops": [hop]}
+                answer |= {"request_id": request_id, "error": error, "failed_hop": service, "hops": [record]}
                 answer |= {"refused_host": refused.host, "hint": refused.hint}
                 return self._json(403, answer)
             except Exception as exc:  # refused, DNS, timeout, bad URL, protocol error: this hop failed
