@@ -1235,6 +1235,11 @@ def test_prepare_puts_the_relays_and_the_mission_into_the_upgrade_namespace(
         f"http://target.{ns}.svc.cluster.local:8080/proxy",
         "http://external.egress-harness.test:80/get",
     ]
+    # issue 14: the prober sends the run's token (the route requires it), and the relays may fetch the
+    # mission's host, which the saved manifest lists while it hides the token
+    assert adapter.probe_headers["x-egress-harness-token"] == cluster.run.ingress_token
+    saved = (cluster.run.run_dir / "manifests" / "relay.yaml").read_text()
+    assert "external.egress-harness.test:80" in saved and cluster.run.ingress_token not in saved
 
 
 # --- the upgrade's verdict ---------------------------------------------------------------------------
