@@ -27,7 +27,10 @@ requests carrying ``x-egress-harness-token: <token>`` (:func:`require_token`): t
 answers any other request 404 itself (no route), and the relay never sees it. The token is in the
 cluster (the VirtualService) and in the run's state only: the manifest written to the run directory
 has it redacted (:meth:`RelayApps.save`). With ``labels`` (the run's label) every object carries
-them besides its own.
+them besides its own. With ``callers`` the relays also answer only the mesh's callers the chain needs
+(:func:`caller_policies`, Istio AuthorizationPolicies): ``proxy`` the ingress gateway's identity,
+``target`` its own namespace's; any other caller in the mesh gets 403 ``RBAC: access denied`` from
+the relay's sidecar.
 
 Trusting the run's CA. With ``ca_pem`` (the run's CA certificate, ``harness.common.certs``) the relays call
 HTTPS hosts whose certificates that CA signed: the ConfigMap ``egress-harness-ca`` (key ``ca.crt``)
@@ -81,6 +84,10 @@ CA_FILE = f"{CA_MOUNT_DIR}/ca.crt"
 CA_FILE_ENV = "SSL_CERT_FILE"
 #: the relay's variable listing the ``host:port`` upstreams it may fetch (apps/relay)
 ALLOWED_ENV = "ALLOWED_UPSTREAMS"
+#: where the ingress gateway runs (its pods' identity is the one ``proxy`` answers)
+INGRESS_NAMESPACE = "istio-system"
+#: the AuthorizationPolicies that limit who may call the relays
+CALLER_POLICIES = ("relay-proxy-callers", "relay-target-callers")
 #: what stands for the run's token in a manifest written to disk
 REDACTED_TOKEN = "REDACTED-the-run-token-is-in-its-run-state.json"  # noqa: S105
 
@@ -225,6 +232,42 @@ def label_objects(docs: Sequence[dict[str, Any]], labels: Mapping[str, str]) -> 
     for doc in docs:
         metadata = doc.setdefault("metadata", {})
         metadata["labels"] = {**(metadata.get("labels") or {}), **labels}
+
+
+def ingress_principals(kube: AppsApi, namespace: str = INGRESS_NAMESPACE) -> list[str]:
+    """The identities of the ingress gateway's pods (``*/ns/<ns>/sa/<service account>``: any trust
+    domain), read from the pods that :data:`INGRESS_SELECTOR` picks in ``namespace``."""
+    selector = ",".join(f"{k}={v}" for k, v in INGRESS_SELECTOR.items())
+    accounts = {
+        (p.get("spec") or {}).get("serviceAccountName") or "default"
+        for p in kube.list_pods(namespace, selector)
+    }
+    return [f"*/ns/{namespace}/sa/{account}" for account in sorted(accounts)]
+
+
+def caller_policies(namespace: str, ingress: Sequence[str]) -> list[dict[str, Any]]:
+    """Istio AuthorizationPolicies (ALLOW) in ``namespace``: ``proxy`` answers the ``ingress``
+    principals only, ``target`` its own namespace's workloads only (``proxy``, and ``target`` itself
+    for its ``/healthz`` through its Service). A caller without a mesh identity (plain text) matches
+    neither. The sidecar answers anyone else 403; the kubelet's probes, which Istio's injector sends to
+    the sidecar's agent (port 15020), are not affected."""
+
+    def policy(name: str, app: str, source: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": {"app": app}},
+                "action": "ALLOW",
+                "rules": [{"from": [{"source": source}]}],
+            },
+        }
+
+    return [
+        policy(CALLER_POLICIES[0], "proxy", {"principals": list(ingress)}),
+        policy(CALLER_POLICIES[1], "target", {"namespaces": [namespace]}),
+    ]
 
 
 def redact(text: str, token: str | None) -> str:
@@ -419,7 +462,8 @@ class RelayApps:
     With ``ca_pem`` the ConfigMap :data:`CA_CONFIGMAP` comes first and the relays trust that CA; with
     ``pin_to_control_plane`` (the harness's own cluster only) they run on the control-plane node. The
     relays fetch :func:`chain_upstreams` and ``upstreams`` only; with ``token`` the ingress route
-    requires it; ``labels`` go on every object.
+    requires it; ``labels`` go on every object; with ``callers`` the relays answer only the callers
+    the chain needs (:func:`caller_policies`, the ingress gateway's identity read when deploying).
     """
 
     def __init__(
@@ -436,10 +480,14 @@ class RelayApps:
         token: str | None = None,
         upstreams: Sequence[str] = (),
         labels: Mapping[str, str] | None = None,
+        callers: bool = False,
     ) -> None:
         self.kube = kube
         self.pin_to_control_plane = pin_to_control_plane
         self.token = token
+        self.callers = callers
+        #: the ingress gateway's identities ``proxy`` answers (read by :meth:`deploy` with ``callers``)
+        self.ingress_principals: list[str] = []
         self.upstreams = [*chain_upstreams(namespace), *upstreams]
         self.labels = dict(labels or {})
         self.namespace = namespace
@@ -465,6 +513,11 @@ class RelayApps:
             upstreams=self.upstreams,
             labels=self.labels,
         )
+        if self.ingress_principals:
+            policies = caller_policies(self.namespace, self.ingress_principals)
+            if self.labels:
+                label_objects(policies, self.labels)
+            docs += policies
         if self.ca_pem is None:
             return docs
         configmap = ca_configmap_document(self.namespace, self.ca_pem)
@@ -477,6 +530,13 @@ class RelayApps:
         return self.text
 
     def deploy(self) -> list[ObjectRef]:
+        if self.callers and not self.ingress_principals:
+            self.ingress_principals = ingress_principals(self.kube)
+            if not self.ingress_principals:
+                progress(
+                    f"no ingress gateway pods ({', '.join(f'{k}={v}' for k, v in INGRESS_SELECTOR.items())}) in "
+                    f"{INGRESS_NAMESPACE}: the relays in {self.namespace} answer any caller in the mesh"
+                )
         text = self.render()
         progress(f"deploying the relay apps (proxy, target) into {self.namespace} with image {self.image}")
         self.refs = self.kube.apply(text, namespace=self.namespace)

@@ -249,6 +249,7 @@ class RunNamespace:
             upstreams=self.run_upstreams() if upstreams is None else upstreams,
             labels={RUN_LABEL: self.run_id},
             pin_to_control_plane=pin_to_control_plane,
+            callers=True,
         )
 
     def _kube_args(self) -> list[str]:

@@ -272,6 +272,7 @@ class E2ERun(RunNamespace):
                     token=self.ingress_token,
                     upstreams=self.run_upstreams(),
                     labels={RUN_LABEL: self.run_id},
+                    callers=True,
                 )
             )
             self.relay_manifest = self.relays.save(self.run_dir / "manifests")

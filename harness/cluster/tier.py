@@ -310,6 +310,7 @@ class ClusterStage:
             token=view.root.ingress_token or None,
             upstreams=scenario_upstreams(self.scenario, self.context, ns),
             labels={RUN_LABEL: view.run_id, SCENARIO_LABEL: dns_label(self.scenario.name)},
+            callers=True,
         )
         relays.deploy()
         view.relay_manifest = relays.save(view.run_dir / "manifests" / ns)

@@ -1,12 +1,16 @@
 """Issue 14 on the istiod tier: what the harness deploys opens no hole. On a netns cluster with real
 istiod and its real ingress gateway, a request without the run's token gets 404 from the ingress
 route (the relay never sees it), and the relays refuse a host outside their list (the cluster's own
-API server) and the cloud metadata address with 403 naming it; the run's own chain still answers."""
+API server) and the cloud metadata address with 403 naming it; inside the mesh, another workload (the
+`target` pod calling `proxy` directly) gets 403 from proxy's sidecar (the relays' AuthorizationPolicies
+answer only the callers the chain needs); the run's own chain still answers."""
 
 from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,11 +67,32 @@ def test_the_ingress_wants_the_runs_token_and_the_relays_fetch_only_the_runs_hos
                     f"{run.ingress_url}/proxy?url=http%3A%2F%2F169.254.169.254%2F",
                     headers=run.ingress_headers,
                 )
+            # a workload of the mesh that is not the ingress gateway: a process in target's pod (its
+            # traffic goes out through target's sidecar, with target's identity) calling proxy directly
+            proxy_ip = run._kube().list_pods(run.namespace, "app=proxy")[0]["status"]["podIP"]
+            in_mesh = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    _pod_netns(prefix, run.namespace, "target"),
+                    sys.executable,
+                    "-c",
+                    _GET,
+                ],
+                input=f"http://{proxy_ip}:8080/proxy?url=http%3A%2F%2F169.254.169.254%2F",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
     finally:
         problems = bring_down(run_dir)
     assert problems == []
     assert leftovers(prefix) == []
 
+    assert in_mesh.returncode == 0, in_mesh.stderr
+    assert in_mesh.stdout.startswith("403 RBAC: access denied"), in_mesh.stdout
     for refused in (no_token, wrong_token):
         # the ingress gateway's own answer: no route matched, the relay was never called
         assert refused.status == 404, refused.text
@@ -83,3 +108,24 @@ def test_the_ingress_wants_the_runs_token_and_the_relays_fetch_only_the_runs_hos
     assert (metadata.failed_hop, metadata.json["refused_host"]) == ("target", "169.254.169.254:80")
     assert first_hop.status == 403, first_hop.text
     assert (first_hop.failed_hop, first_hop.json["refused_host"]) == ("proxy", "169.254.169.254:80")
+
+
+#: GET the URL read from stdin; print the status and the body's start
+_GET = """
+import sys, urllib.error, urllib.request
+url = sys.stdin.read().strip()
+try:
+    answer = urllib.request.urlopen(url, timeout=20)
+except urllib.error.HTTPError as err:
+    answer = err
+print(answer.status, answer.read(200).decode(errors="replace"))
+"""
+
+
+def _pod_netns(prefix: str, namespace: str, app: str) -> str:
+    """The network namespace of ``app``'s pod in ``namespace`` (the harness kubelet's name for it:
+    ``<prefix>p-pod-<ns>.<pod>-<hex>``)."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30, check=True)
+    names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    (name,) = [n for n in names if n.startswith(f"{prefix}p-pod-{namespace}.{app}-")]
+    return name

@@ -196,6 +196,31 @@ def test_a_namespaces_relays_fetch_its_hosts_only_and_its_route_requires_the_run
     assert "s3cret-token" in relays.text
 
 
+def test_with_callers_the_relays_answer_the_ingress_gateway_and_their_namespace_only() -> None:
+    kube = CatalogKube()
+    ingress = pod("istio-ingressgateway-1", "10.244.0.3", "172.18.0.2", app="istio-ingressgateway")
+    ingress["spec"]["serviceAccountName"] = "istio-ingressgateway-service-account"
+    kube.pods[("istio-system", "istio=ingressgateway")] = [ingress]
+    relays = NamespaceRelays(kube, "ns-1", gateway=f"{RUN_NS}/relay-gateway", callers=True)
+    relays.deploy()
+    principal = "*/ns/istio-system/sa/istio-ingressgateway-service-account"
+    assert relays.ingress_principals == [principal]
+    docs = split_documents(relays.text)
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "AuthorizationPolicy"}
+    proxy, target = policies["relay-proxy-callers"], policies["relay-target-callers"]
+    assert proxy["spec"] == {
+        "selector": {"matchLabels": {"app": "proxy"}},
+        "action": "ALLOW",
+        "rules": [{"from": [{"source": {"principals": [principal]}}]}],
+    }
+    assert target["spec"]["selector"] == {"matchLabels": {"app": "target"}}
+    assert target["spec"]["rules"] == [{"from": [{"source": {"namespaces": ["ns-1"]}}]}]
+    # without ingress gateway pods there is nobody to name: no policy (and a progress line says so)
+    bare = NamespaceRelays(CatalogKube(), "ns-2", gateway=f"{RUN_NS}/relay-gateway", callers=True)
+    bare.deploy()
+    assert not [d for d in split_documents(bare.text) if d["kind"] == "AuthorizationPolicy"]
+
+
 def test_the_run_namespaces_route_requires_the_token_and_its_saved_manifest_hides_it(tmp_path: Path) -> None:
     relays = RelayApps(object(), RUN_NS, token="s3cret-token", upstreams=["x.test:80"])  # type: ignore[arg-type]
     docs = split_documents(relays.render())
