@@ -20,7 +20,7 @@ def run(repeats: int, requests: int = 20) -> dict[str, float]:
     flush = topo.flush_interval_ms / 1000
     wait = Wait(timeout=10 * flush, interval=0.01, settle=flush)
     latencies: list[float] = []
-    with LocalMesh(topo) as mesh, Traffic() as traffic:
+    with LocalMesh(topo) as mesh, Traffic(headers=mesh.headers) as traffic:
         gateway = mesh.entry_log("egress-gateway")
         for i in range(max(requests, repeats)):
             answer = traffic.send(mesh.chain_url(f"/latency/{i}"))

@@ -11,6 +11,22 @@ its body (first 4 KiB) is included as `body`. The answer's HTTP status is the up
 DNS failure, timeout, unusable URL) the answer is 502 with `error` and `failed_hop` naming this
 service; a relay that receives such a 502 from its upstream keeps the deeper `failed_hop`.
 
+What it fetches is limited (the relay must not be an open proxy for whoever reaches it):
+
+- only the upstreams in ALLOWED_UPSTREAMS, comma-separated `host:port` entries (`[v6]:port` for an
+  IPv6 address; `host:*` for any port of a host); the port of a URL without one is 80 (http) or 443
+  (https). Unset or empty, nothing is fetched. Any other upstream is answered **403** with
+  `refused_host` naming it and `error`/`hint` saying how to allow it;
+- never an address that is loopback (127.0.0.0/8, ::1), link-local (169.254.0.0/16, fe80::/10, e.g.
+  the cloud metadata address 169.254.169.254) or unspecified (0.0.0.0/8, ::), also when a name on the
+  list resolves to one (the name is resolved, every address checked, and the connection is made to a
+  checked address: no second lookup), unless ALLOWED_ADDRESSES (comma-separated CIDR blocks) allows
+  it. Through a forward proxy (HTTP_PROXY) the proxy resolves names: then only an address written as
+  the URL's host is checked.
+- with REQUIRED_TOKEN set, a `/proxy` request without the header `x-egress-harness-token: <token>` is
+  answered 404 (what an ingress route matching on that header answers; for a relay that clients reach
+  directly, without an ingress in front). The token is never passed on.
+
 Only the tracing headers in PROPAGATED_HEADERS are passed on. Redirects are not followed: a 3xx is
 reported as it came. Upstream calls honour HTTP_PROXY / HTTPS_PROXY / NO_PROXY (either case).
 NO_PROXY takes comma-separated entries: `*`, host names (`example.com` also covers its subdomains),
@@ -22,6 +38,9 @@ Configuration (a command-line flag overrides its variable):
     --bind   BIND              address to listen on (default 0.0.0.0; `::` for IPv6)
     --port   PORT              port (default 8080; 0 picks a free one)
     --upstream-timeout UPSTREAM_TIMEOUT   seconds for each upstream call (default 10)
+    --allow  ALLOWED_UPSTREAMS host:port entries it may fetch (default: none)
+    --allow-addresses ALLOWED_ADDRESSES   CIDR blocks of otherwise refused addresses it may reach
+    (REQUIRED_TOKEN only as a variable: a command line is visible to every user of the machine)
 
 The first line on stdout is `listening on HOST:PORT` with the bound port. One line per request goes to
 stderr. SIGTERM or SIGINT stops accepting, lets requests in flight finish and exits 0.
@@ -31,6 +50,7 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
+import hmac
 import http.client
 import ipaddress
 import json
@@ -65,6 +85,17 @@ MAX_UPSTREAM_BYTES = 1 << 20
 _BODYLESS = {HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED}
 # Characters left alone when re-quoting a URL: reserved ones and "%" so existing escapes stay as sent.
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+#: the header a client sends the relay's token in (REQUIRED_TOKEN), and an ingress route matches on
+TOKEN_HEADER = "x-egress-harness-token"  # noqa: S105 (a header name, not a secret)
+#: what is refused unless ALLOWED_ADDRESSES allows it: loopback, link-local, unspecified
+REFUSED_NETWORKS: tuple[tuple[str, str], ...] = (
+    ("127.0.0.0/8", "loopback"),
+    ("::1/128", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("fe80::/10", "link-local"),
+    ("0.0.0.0/8", "unspecified"),
+    ("::/128", "unspecified"),
+)
 
 Json = dict[str, Any]
 
@@ -103,6 +134,168 @@ def proxy_bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     return False
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_REFUSED = tuple((ipaddress.ip_network(net), why) for net, why in REFUSED_NETWORKS)
+
+
+class UpstreamRefused(Exception):
+    """The relay does not fetch this upstream: ``host`` (``host:port`` or an address) and why."""
+
+    def __init__(self, host: str, reason: str, hint: str) -> None:
+        super().__init__(f"refused: {host}: {reason}")
+        self.host = host
+        self.reason = reason
+        self.hint = hint
+
+
+def _host_key(host: str) -> str:
+    return host.strip("[]").rstrip(".").lower()
+
+
+def parse_allowed(text: str) -> dict[str, set[int] | None]:
+    """ALLOWED_UPSTREAMS: host -> its allowed ports (None: any, from `host:*`). ValueError names a bad entry."""
+    allowed: dict[str, set[int] | None] = {}
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port = entry.rpartition(":")
+        if not host or not port or (":" in host and not entry.startswith("[")):
+            raise ValueError(
+                f"{entry!r} is not host:port ([v6]:port for an IPv6 address, host:* for any port)"
+            )
+        key = _host_key(host)
+        if port == "*":
+            allowed[key] = None
+            continue
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry!r}: {port!r} is not a port number (1-65535) or *")
+        ports = allowed.setdefault(key, set())
+        if ports is not None:
+            ports.add(int(port))
+    return allowed
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """ALLOWED_ADDRESSES: comma-separated CIDR blocks (an address alone is its /32 or /128)."""
+    networks = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if entry:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError as err:
+                raise ValueError(f"{entry!r} is not an address or CIDR block: {err}") from err
+    return tuple(networks)
+
+
+class Policy:
+    """What the relay may fetch: the allowed upstreams, and which refused addresses are allowed anyway."""
+
+    def __init__(self, allowed: str = "", addresses: str = "") -> None:
+        self.allowed = parse_allowed(allowed)
+        self.addresses = parse_networks(addresses)
+
+    def describe(self) -> str:
+        entries = sorted(
+            f"{h}:*" if ports is None else ",".join(f"{h}:{p}" for p in sorted(ports))
+            for h, ports in self.allowed.items()
+        )
+        return f"allowed={','.join(entries) or '-'} allowed_addresses={','.join(map(str, self.addresses)) or '-'}"
+
+    def check_upstream(self, host: str, port: int) -> None:
+        """UpstreamRefused unless ``host:port`` is allowed and, for an address, not a refused one."""
+        key = _host_key(host)
+        ports = self.allowed.get(key, set())
+        shown = f"[{key}]:{port}" if ":" in key else f"{key}:{port}"
+        if ports is not None and port not in ports:
+            raise UpstreamRefused(
+                shown,
+                "not an upstream this relay is allowed to fetch",
+                f"allow it by adding {shown} to ALLOWED_UPSTREAMS (--allow) when the relay starts",
+            )
+        try:
+            address = ipaddress.ip_address(key)
+        except ValueError:
+            return
+        self.check_address(shown, address, resolved=False)
+
+    def check_address(self, host: str, address: IPAddress, *, resolved: bool) -> None:
+        """UpstreamRefused when ``address`` (what ``host`` names) is loopback, link-local or unspecified
+        and no ALLOWED_ADDRESSES block holds it."""
+        mapped = getattr(address, "ipv4_mapped", None)
+        checked: IPAddress = mapped if mapped is not None else address
+        for network, why in _REFUSED:
+            if checked.version == network.version and checked in network:
+                if any(checked.version == n.version and checked in n for n in self.addresses):
+                    return
+                raise UpstreamRefused(
+                    host,
+                    f"it resolves to {checked}, a {why} address" if resolved else f"a {why} address",
+                    f"allow it by adding {network} (or {checked}) to ALLOWED_ADDRESSES (--allow-addresses) "
+                    "when the relay starts, for a test only",
+                )
+
+    def connect(
+        self, address: tuple[str, int], timeout: float | None, source_address: tuple[str, int] | None
+    ) -> socket.socket:
+        """Resolve ``address``'s host, check every address it has (any refused one refuses the upstream),
+        then connect to the checked addresses in turn: the connection goes where the check looked."""
+        host, port = address
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        shown = f"{host}:{port}"
+        for *_, sockaddr in infos:
+            self.check_address(shown, ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]), resolved=True)
+        last: OSError | None = None
+        for family, kind, proto, _, sockaddr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                if timeout is not None:
+                    sock.settimeout(timeout)
+                if source_address is not None:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as err:
+                sock.close()
+                last = err
+        raise last if last is not None else OSError(f"{host} resolved to no address")
+
+
+def _checked_connection(
+    base: type[http.client.HTTPConnection], policy: Policy
+) -> type[http.client.HTTPConnection]:
+    class Checked(base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._create_connection = policy.connect
+
+    return Checked
+
+
+class _CheckedHTTP(urllib.request.HTTPHandler):
+    def __init__(self, policy: Policy) -> None:
+        super().__init__()
+        self._connection = _checked_connection(http.client.HTTPConnection, policy)
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(self._connection, req, **kwargs)
+
+
+class _CheckedHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, policy: Policy) -> None:
+        super().__init__()
+        self._connection = _checked_connection(http.client.HTTPSConnection, policy)
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(self._connection, req, **kwargs)
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # report the 3xx as it came
@@ -111,12 +304,18 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 class Upstream:
     """Makes the upstream calls: GET with a timeout, proxies from the environment, no redirects."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, policy: Policy | None = None) -> None:
         self.timeout = timeout
+        self.policy = policy if policy is not None else Policy()
         proxies = urllib.request.getproxies_environment()  # lower case wins over upper case
         self.no_proxy = proxies.pop("no", "")
         self.proxies = proxies
-        self._direct = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+        self._direct = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            _NoRedirect,
+            _CheckedHTTP(self.policy),
+            _CheckedHTTPS(self.policy),
+        )
         self._proxied = urllib.request.build_opener(urllib.request.ProxyHandler(proxies), _NoRedirect)
 
     def opener_for(self, url: str) -> urllib.request.OpenerDirector:
@@ -126,6 +325,12 @@ class Upstream:
         ):
             return self._direct
         return self._proxied
+
+    def check(self, url: str) -> None:
+        """UpstreamRefused unless the policy allows `url`'s host and port (before any network call)."""
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.policy.check_upstream(parts.hostname or "", port)
 
     def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, bool]:
         """GET `url`: (status, first MAX_UPSTREAM_BYTES of the body, whether the body was cut).
@@ -158,6 +363,10 @@ class Upstream:
             response = self.opener_for(url).open(request, timeout=self.timeout)
         except urllib.error.HTTPError as err:  # 4xx/5xx/3xx: still an answer
             response = err
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, UpstreamRefused):  # the connection's own check refused it
+                raise err.reason from err
+            raise
         with response:
             status = int(response.status if response.status is not None else response.code)
             chunks: list[bytes] = []
@@ -228,6 +437,9 @@ def relay_answer(service: str, url: str, status: int, body: bytes, *, cut: bool,
         if "failed_hop" in upstream:
             answer["failed_hop"] = upstream["failed_hop"]
             answer["error"] = upstream.get("error")
+        for key in ("refused_host", "hint"):  # a deeper relay refused its upstream: say which, and how
+            if key in upstream:
+                answer[key] = upstream[key]
     else:
         excerpt = body[:BODY_EXCERPT_BYTES]
         hop["body"] = excerpt.decode("utf-8", errors="replace")
@@ -236,7 +448,7 @@ def relay_answer(service: str, url: str, status: int, body: bytes, *, cut: bool,
     return answer
 
 
-def make_handler(service: str, upstream: Upstream) -> type[BaseHTTPRequestHandler]:
+def make_handler(service: str, upstream: Upstream, token: str = "") -> type[BaseHTTPRequestHandler]:
     class RelayHandler(BaseHTTPRequestHandler):
         server_version = "relay/1"
         disable_nagle_algorithm = True  # headers and body go out in two writes
@@ -248,6 +460,9 @@ def make_handler(service: str, upstream: Upstream) -> type[BaseHTTPRequestHandle
             request_id = self.headers.get("x-request-id")
             if parts.path == "/healthz":
                 status = self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            elif parts.path == "/proxy" and not self._token_ok():
+                # what an ingress route matching on the token header answers without it
+                status = self._json(404, {"service": service, "error": f"no route for {parts.path}"})
             elif parts.path == "/proxy":
                 status = self._proxy(parts.query, request_id)
             else:
@@ -266,7 +481,22 @@ def make_handler(service: str, upstream: Upstream) -> type[BaseHTTPRequestHandle
             headers = {h: v for h in PROPAGATED_HEADERS if (v := self.headers.get(h)) is not None}
             started = time.monotonic()
             try:
+                upstream.check(url)
                 status, body, cut = upstream.get(requote(url), headers)
+            except UpstreamRefused as refused:
+                ms = round((time.monotonic() - started) * 1000, 1)
+                error = str(refused)
+                record: Json = {
+                    "service": service,
+                    "url": url,
+                    "status": 403,
+                    "elapsed_ms": ms,
+                    "error": error,
+                }
+                answer: Json = {"service": service, "url": url, "status": 403, "elapsed_ms": ms}
+                answer |= {"request_id": request_id, "error": error, "failed_hop": service, "hops": [record]}
+                answer |= {"refused_host": refused.host, "hint": refused.hint}
+                return self._json(403, answer)
             except Exception as exc:  # refused, DNS, timeout, bad URL, protocol error: this hop failed
                 ms = round((time.monotonic() - started) * 1000, 1)
                 error = describe_error(exc, upstream.timeout)
@@ -280,6 +510,12 @@ def make_handler(service: str, upstream: Upstream) -> type[BaseHTTPRequestHandle
             if status in _BODYLESS:  # no body allowed: the hops cannot be reported
                 return self._send(status, b"", None)
             return self._json(status, answer)
+
+        def _token_ok(self) -> bool:
+            if not token:
+                return True
+            sent = self.headers.get(TOKEN_HEADER) or ""
+            return hmac.compare_digest(sent.encode(), token.encode())
 
         def _json(self, status: int, payload: Json) -> int:
             return self._send(status, json.dumps(payload).encode() + b"\n", "application/json")
@@ -344,7 +580,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--upstream-timeout", type=_positive, default=env.get("UPSTREAM_TIMEOUT", "10"), help="seconds"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--allow",
+        default=env.get("ALLOWED_UPSTREAMS", ""),
+        metavar="HOST:PORT,...",
+        help="env ALLOWED_UPSTREAMS",
+    )
+    parser.add_argument(
+        "--allow-addresses",
+        default=env.get("ALLOWED_ADDRESSES", ""),
+        metavar="CIDR,...",
+        help="env ALLOWED_ADDRESSES",
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.policy = Policy(args.allow, args.allow_addresses)
+    except ValueError as err:
+        parser.error(f"--allow/ALLOWED_UPSTREAMS or --allow-addresses/ALLOWED_ADDRESSES: {err}")
+    args.token = env.get("REQUIRED_TOKEN", "")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,13 +608,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         sys.stderr.write(f"relay[{name}] {message}\n")
 
-    upstream = Upstream(args.upstream_timeout)
-    server = make_server(args.bind, args.port, make_handler(name, upstream))
+    upstream = Upstream(args.upstream_timeout, args.policy)
+    server = make_server(args.bind, args.port, make_handler(name, upstream, args.token))
     host, port = str(server.server_address[0]), int(server.server_address[1])
     shown = f"[{host}]" if ":" in host else host
     # Credentials in a proxy URL (user:password@) stay out of the log.
     proxies = ",".join(f"{k}={re.sub(r'//[^/@]*@', '//***@', v)}" for k, v in upstream.proxies.items()) or "-"
     log(f"timeout={upstream.timeout:g}s proxies={proxies} no_proxy={upstream.no_proxy or '-'}")
+    log(f"{upstream.policy.describe()} token={'required' if args.token else 'not required'}")
     serve_until_signalled(server, f"listening on {shown}:{port}", log)
     log("stopped")
     return 0

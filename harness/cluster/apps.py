@@ -18,6 +18,20 @@ and the netns provider's): there the external host's record of its caller tells 
 from the relays'. The manifest itself places nothing, so on a cluster the harness does not own the
 scheduler puts the pods wherever they fit (a managed cluster has no schedulable control-plane node).
 
+What the relays may fetch, and who reaches them. The relays are no open proxies (issue 14): each
+relay container gets ``ALLOWED_UPSTREAMS`` (apps/relay), the ``host:port`` list of what the chain
+and the scenarios being run need (:func:`chain_upstreams` and what the caller adds), and refuses
+anything else, and any loopback or link-local address, with 403. With a ``token`` (the run's,
+``harness.common.traffic.new_token``) every ingress VirtualService route to a relay matches only
+requests carrying ``x-egress-harness-token: <token>`` (:func:`require_token`): the ingress gateway
+answers any other request 404 itself (no route), and the relay never sees it. The token is in the
+cluster (the VirtualService) and in the run's state only: the manifest written to the run directory
+has it redacted (:meth:`RelayApps.save`). With ``labels`` (the run's label) every object carries
+them besides its own. With ``callers`` the relays also answer only the mesh's callers the chain needs
+(:func:`caller_policies`, Istio AuthorizationPolicies): ``proxy`` the ingress gateway's identity,
+``target`` its own namespace's; any other caller in the mesh gets 403 ``RBAC: access denied`` from
+the relay's sidecar.
+
 Trusting the run's CA. With ``ca_pem`` (the run's CA certificate, ``harness.common.certs``) the relays call
 HTTPS hosts whose certificates that CA signed: the ConfigMap ``egress-harness-ca`` (key ``ca.crt``)
 is applied first, and each relay Deployment mounts it read-only at ``/etc/egress-harness/ca/`` and
@@ -40,6 +54,7 @@ from harness.cluster.kube import ObjectRef, split_documents
 from harness.common.certs import configmap_manifest
 from harness.common.paths import REPO_ROOT
 from harness.common.proc import CommandError, progress, run
+from harness.common.traffic import TOKEN_HEADER
 
 APPS_DIR = REPO_ROOT / "apps"
 RELAY_MANIFEST = REPO_ROOT / "manifests" / "apps" / "relay.yaml"
@@ -67,6 +82,14 @@ CA_MOUNT_DIR = "/etc/egress-harness/ca"
 CA_FILE = f"{CA_MOUNT_DIR}/ca.crt"
 #: the variable OpenSSL (and so Python's default TLS context) reads the trusted CAs from
 CA_FILE_ENV = "SSL_CERT_FILE"
+#: the relay's variable listing the ``host:port`` upstreams it may fetch (apps/relay)
+ALLOWED_ENV = "ALLOWED_UPSTREAMS"
+#: where the ingress gateway runs (its pods' identity is the one ``proxy`` answers)
+INGRESS_NAMESPACE = "istio-system"
+#: the AuthorizationPolicies that limit who may call the relays
+CALLER_POLICIES = ("relay-proxy-callers", "relay-target-callers")
+#: what stands for the run's token in a manifest written to disk
+REDACTED_TOKEN = "REDACTED-the-run-token-is-in-its-run-state.json"  # noqa: S105
 
 BUILD_TIMEOUT_S = 900.0
 TAG_TIMEOUT_S = 60.0
@@ -175,8 +198,86 @@ def ingress_host(namespace: str) -> str:
     return f"{namespace}.{INGRESS_DOMAIN}"
 
 
-def scope_ingress(docs: Sequence[dict[str, Any]], host: str) -> None:
-    """The ingress Gateway's servers and the VirtualServices bound to it match ``host`` only."""
+def chain_upstreams(namespace: str) -> list[str]:
+    """What the relays of ``namespace`` fetch for the chain itself: ``target``'s service (``proxy``
+    calls it; ``target`` calls its own ``/healthz`` through it while the chain is awaited)."""
+    return [f"target.{namespace}.svc.cluster.local:{RELAY_PORT}"]
+
+
+def require_token(spec: dict[str, Any], token: str) -> None:
+    """Every route of a VirtualService ``spec`` matches only requests whose :data:`TOKEN_HEADER` is
+    ``token`` (added to each of its match conditions; a route without any gets one)."""
+    for http in spec.get("http") or []:
+        matches = http.get("match") or [{}]
+        for match in matches:
+            match["headers"] = {**(match.get("headers") or {}), TOKEN_HEADER: {"exact": token}}
+        http["match"] = matches
+
+
+def allow_upstreams(docs: Sequence[dict[str, Any]], upstreams: Sequence[str]) -> None:
+    """Every relay container of ``docs`` fetches ``upstreams`` (``host:port``) only: its ``ALLOWED_UPSTREAMS``."""
+    value = ",".join(dict.fromkeys(upstreams))
+    for doc in docs:
+        if doc.get("kind") != "Deployment":
+            continue
+        for container in doc["spec"]["template"]["spec"].get("containers") or []:
+            if container.get("name") == "relay":
+                env = [e for e in container.get("env") or [] if e.get("name") != ALLOWED_ENV]
+                env.append({"name": ALLOWED_ENV, "value": value})
+                container["env"] = env
+
+
+def label_objects(docs: Sequence[dict[str, Any]], labels: Mapping[str, str]) -> None:
+    """Every object of ``docs`` carries ``labels`` besides its own (its pods' labels stay as they are)."""
+    for doc in docs:
+        metadata = doc.setdefault("metadata", {})
+        metadata["labels"] = {**(metadata.get("labels") or {}), **labels}
+
+
+def ingress_principals(kube: AppsApi, namespace: str = INGRESS_NAMESPACE) -> list[str]:
+    """The identities of the ingress gateway's pods (``*/ns/<ns>/sa/<service account>``: any trust
+    domain), read from the pods that :data:`INGRESS_SELECTOR` picks in ``namespace``."""
+    selector = ",".join(f"{k}={v}" for k, v in INGRESS_SELECTOR.items())
+    accounts = {
+        (p.get("spec") or {}).get("serviceAccountName") or "default"
+        for p in kube.list_pods(namespace, selector)
+    }
+    return [f"*/ns/{namespace}/sa/{account}" for account in sorted(accounts)]
+
+
+def caller_policies(namespace: str, ingress: Sequence[str]) -> list[dict[str, Any]]:
+    """Istio AuthorizationPolicies (ALLOW) in ``namespace``: ``proxy`` answers the ``ingress``
+    principals only, ``target`` its own namespace's workloads only (``proxy``, and ``target`` itself
+    for its ``/healthz`` through its Service). A caller without a mesh identity (plain text) matches
+    neither. The sidecar answers anyone else 403; the kubelet's probes, which Istio's injector sends to
+    the sidecar's agent (port 15020), are not affected."""
+
+    def policy(name: str, app: str, source: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": {"app": app}},
+                "action": "ALLOW",
+                "rules": [{"from": [{"source": source}]}],
+            },
+        }
+
+    return [
+        policy(CALLER_POLICIES[0], "proxy", {"principals": list(ingress)}),
+        policy(CALLER_POLICIES[1], "target", {"namespaces": [namespace]}),
+    ]
+
+
+def redact(text: str, token: str | None) -> str:
+    """``text`` with the run's token replaced by :data:`REDACTED_TOKEN` (for files on disk)."""
+    return text.replace(token, REDACTED_TOKEN) if token else text
+
+
+def scope_ingress(docs: Sequence[dict[str, Any]], host: str, token: str | None = None) -> None:
+    """The ingress Gateway's servers and the VirtualServices bound to it match ``host`` only (and,
+    with ``token``, requests carrying it only: :func:`require_token`)."""
     gateways = {
         g["metadata"]["name"]
         for g in docs
@@ -190,6 +291,8 @@ def scope_ingress(docs: Sequence[dict[str, Any]], host: str) -> None:
                 server["hosts"] = [host]
         elif doc.get("kind") == "VirtualService" and gateways & set(spec.get("gateways") or []):
             spec["hosts"] = [host]
+            if token:
+                require_token(spec, token)
 
 
 def check_relay_manifest(docs: Sequence[Mapping[str, Any]]) -> None:
@@ -251,18 +354,26 @@ def relay_documents(
     ca_configmap: str | None = None,
     ingress: str | None = None,
     pin_to_control_plane: bool = False,
+    token: str | None = None,
+    upstreams: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The relay manifest's objects, checked, with each relay container's image set to ``image``;
     with ``ca_configmap`` each relay also trusts the CA in that ConfigMap (:func:`trust_ca`); with
-    ``ingress`` the ingress route matches that host only (:func:`scope_ingress`); with
-    ``pin_to_control_plane`` (the harness's own cluster only) the relays run on the control-plane
-    node (:func:`pin_relays_to_control_plane`)."""
+    ``ingress`` the ingress route matches that host only and, with ``token``, requests carrying it
+    only (:func:`scope_ingress`); with ``pin_to_control_plane`` (the harness's own cluster only) the
+    relays run on the control-plane node (:func:`pin_relays_to_control_plane`); with ``upstreams``
+    the relays fetch those only (:func:`allow_upstreams`); with ``labels`` every object carries them."""
     docs = split_documents(manifest.read_text())
     check_relay_manifest(docs)
     if ingress is not None:
-        scope_ingress(docs, ingress)
+        scope_ingress(docs, ingress, token)
     if pin_to_control_plane:
         pin_relays_to_control_plane(docs)
+    if upstreams is not None:
+        allow_upstreams(docs, upstreams)
+    if labels:
+        label_objects(docs, labels)
     for doc in docs:
         if doc["kind"] == "Deployment":
             for container in doc["spec"]["template"]["spec"]["containers"]:
@@ -349,7 +460,10 @@ class RelayApps:
     """``proxy`` and ``target`` (and the ingress route) in ``namespace``; removed on exit unless ``keep``.
 
     With ``ca_pem`` the ConfigMap :data:`CA_CONFIGMAP` comes first and the relays trust that CA; with
-    ``pin_to_control_plane`` (the harness's own cluster only) they run on the control-plane node.
+    ``pin_to_control_plane`` (the harness's own cluster only) they run on the control-plane node. The
+    relays fetch :func:`chain_upstreams` and ``upstreams`` only; with ``token`` the ingress route
+    requires it; ``labels`` go on every object; with ``callers`` the relays answer only the callers
+    the chain needs (:func:`caller_policies`, the ingress gateway's identity read when deploying).
     """
 
     def __init__(
@@ -363,9 +477,19 @@ class RelayApps:
         keep: bool = False,
         ca_pem: bytes | None = None,
         pin_to_control_plane: bool = False,
+        token: str | None = None,
+        upstreams: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        callers: bool = False,
     ) -> None:
         self.kube = kube
         self.pin_to_control_plane = pin_to_control_plane
+        self.token = token
+        self.callers = callers
+        #: the ingress gateway's identities ``proxy`` answers (read by :meth:`deploy` with ``callers``)
+        self.ingress_principals: list[str] = []
+        self.upstreams = [*chain_upstreams(namespace), *upstreams]
+        self.labels = dict(labels or {})
         self.namespace = namespace
         self.image = image
         self.manifest = manifest
@@ -379,19 +503,40 @@ class RelayApps:
         """The manifest's objects for this namespace (the ingress route matching its
         :func:`ingress_host` only): with a CA, its ConfigMap first."""
         host = ingress_host(self.namespace)
-        pin = self.pin_to_control_plane
-        if self.ca_pem is None:
-            return relay_documents(self.image, self.manifest, ingress=host, pin_to_control_plane=pin)
         docs = relay_documents(
-            self.image, self.manifest, ca_configmap=CA_CONFIGMAP, ingress=host, pin_to_control_plane=pin
+            self.image,
+            self.manifest,
+            ca_configmap=CA_CONFIGMAP if self.ca_pem is not None else None,
+            ingress=host,
+            pin_to_control_plane=self.pin_to_control_plane,
+            token=self.token,
+            upstreams=self.upstreams,
+            labels=self.labels,
         )
-        return [ca_configmap_document(self.namespace, self.ca_pem), *docs]
+        if self.ingress_principals:
+            policies = caller_policies(self.namespace, self.ingress_principals)
+            if self.labels:
+                label_objects(policies, self.labels)
+            docs += policies
+        if self.ca_pem is None:
+            return docs
+        configmap = ca_configmap_document(self.namespace, self.ca_pem)
+        if self.labels:
+            label_objects([configmap], self.labels)
+        return [configmap, *docs]
 
     def render(self) -> str:
         self.text = yaml.safe_dump_all(self.relay_documents(), sort_keys=False)
         return self.text
 
     def deploy(self) -> list[ObjectRef]:
+        if self.callers and not self.ingress_principals:
+            self.ingress_principals = ingress_principals(self.kube)
+            if not self.ingress_principals:
+                progress(
+                    f"no ingress gateway pods ({', '.join(f'{k}={v}' for k, v in INGRESS_SELECTOR.items())}) in "
+                    f"{INGRESS_NAMESPACE}: the relays in {self.namespace} answer any caller in the mesh"
+                )
         text = self.render()
         progress(f"deploying the relay apps (proxy, target) into {self.namespace} with image {self.image}")
         self.refs = self.kube.apply(text, namespace=self.namespace)
@@ -420,10 +565,10 @@ class RelayApps:
             self.refs = []
 
     def save(self, directory: Path) -> Path:
-        """Write the applied manifest (for the diagnostics)."""
+        """Write the applied manifest (for the diagnostics), the run's token redacted."""
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "relay.yaml"
-        path.write_text(self.text or self.render())
+        path.write_text(redact(self.text or self.render(), self.token))
         return path
 
     def __enter__(self) -> RelayApps:

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from harness.cluster.apps import RELAY_IMAGE, RelayApps, ingress_host
+from harness.cluster.apps import RELAY_IMAGE, RelayApps, ingress_host, require_token
 from harness.cluster.errors import ChainNotReadyError
 from harness.common.proc import progress
 from harness.common.traffic import ChainResponse, TrafficError, chain_url
@@ -203,15 +203,17 @@ def ingress_prefix(namespace: str) -> str:
     return f"/{namespace}{INGRESS_PATH}"
 
 
-def ingress_route(namespace: str, gateway: str) -> dict[str, Any]:
+def ingress_route(namespace: str, gateway: str, token: str | None = None) -> dict[str, Any]:
     """The VirtualService that reaches ``namespace``'s ``proxy`` through the shared ingress ``gateway``.
 
     ``gateway`` is ``<ns>/<name>`` of the run's ingress Gateway; the route matches that run's
     :func:`~harness.cluster.apps.ingress_host` only, as the Gateway does. Istio merges the routes of several
     VirtualServices bound to one ingress gateway for one host, so every namespace adds its own
     prefix ``/<ns>/proxy``, rewritten to ``/proxy`` (the query string stays) before ``proxy`` gets it.
+    With ``token`` the route matches requests carrying the run's token only
+    (:func:`~harness.cluster.apps.require_token`).
     """
-    return {
+    route: dict[str, Any] = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": "relay-ingress", "namespace": namespace},
@@ -235,6 +237,9 @@ def ingress_route(namespace: str, gateway: str) -> dict[str, Any]:
             ],
         },
     }
+    if token:
+        require_token(route["spec"], token)
+    return route
 
 
 class NamespaceRelays(RelayApps):
@@ -249,7 +254,10 @@ class NamespaceRelays(RelayApps):
 
     def documents(self) -> list[dict[str, Any]]:
         docs = [d for d in self.relay_documents() if d["kind"] not in ("Gateway", "VirtualService")]
-        return [*docs, ingress_route(self.namespace, self.gateway)]
+        route = ingress_route(self.namespace, self.gateway, self.token)
+        if self.labels:
+            route["metadata"]["labels"] = dict(self.labels)
+        return [*docs, route]
 
     def render(self) -> str:
         self.text = yaml.safe_dump_all(self.documents(), sort_keys=False)

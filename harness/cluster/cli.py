@@ -16,8 +16,9 @@ does), creating and deleting nothing but their scenario namespaces.
 ``down`` removes what the state says ``up`` created: the recorder containers, then the kind cluster
 (which takes everything in it along); on a cluster ``up`` did not create, the namespaces of the run,
 credential Secrets of its scenarios left in istio-system, the Gateway API CRDs it installed and the
-Istio it installed. It is idempotent: what is gone already counts as removed, and without a state
-file there is nothing to do. The state file and the run's PKI are deleted only when everything is
+Istio it installed (the run's namespaces are found by the run's label, ``io.egress-harness.run``). It
+lists what it removed on stdout, one ``removed ...`` line each. It is idempotent: what is gone
+already counts as removed, and without a state file there is nothing to do. The state file and the run's PKI are deleted only when everything is
 gone, so a failed ``down`` can be run again.
 
     egress-harness e2e up [--istio-version V] [--access-log-encoding text|json]
@@ -170,7 +171,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     except (E2EError, ValueError) as exc:
         print(f"egress-harness e2e up: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(state.to_json())
+    sys.stdout.write(state.to_json(redact_token=True))
     progress(f"kubeconfig: {state.kubeconfig}")
     return 0
 
@@ -259,36 +260,43 @@ def run_secrets(kube: Any, run_id: str, namespace: str) -> list[str]:
     return sorted(str(item["metadata"]["name"]) for item in items)
 
 
-def delete_run_secrets(kube: Any, run_id: str, namespace: str) -> None:
-    """Delete the run's Secrets in ``namespace``; one gone already is fine."""
+def delete_run_secrets(kube: Any, run_id: str, namespace: str) -> list[str]:
+    """Delete the run's Secrets in ``namespace`` (one gone already is fine); their names."""
     from harness.cluster.kube import REQUEST_TIMEOUT_S
 
-    for name in run_secrets(kube, run_id, namespace):
+    names = run_secrets(kube, run_id, namespace)
+    for name in names:
         progress(f"deleting Secret {namespace}/{name} left by a scenario of run {run_id}")
         try:
             kube.core.delete_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
         except Exception as exc:
             if getattr(exc, "status", None) != 404:
                 raise
+    return names
 
 
-def clean_existing_cluster(state: RunState, kube: Any) -> None:
-    """On a cluster ``up`` did not create: the run's namespaces, the credential Secrets its scenarios
-    left in istio-system, its Gateway API CRDs, its Istio."""
+def clean_existing_cluster(state: RunState, kube: Any, removed: list[str] | None = None) -> None:
+    """On a cluster ``up`` did not create: the run's namespaces (found by the run's label, with
+    everything in them: relays, routes, scenarios), the credential Secrets its scenarios left in
+    istio-system, its Gateway API CRDs, its Istio; each named in ``removed`` once it is gone."""
     from harness.cluster.istio import ISTIO_NAMESPACE
 
+    done = removed if removed is not None else []
     names = set(run_namespaces(kube, state.run_id))
     if state.namespace_created:
         names.add(state.namespace)
     for name in sorted(names):
         progress(f"deleting namespace {name}")
         kube.delete_namespace(name, deadline_s=NAMESPACE_DELETE_S)
+        done.append(f"namespace {name}")
     if state.pki_dir is not None:
         # only a run with certificates made credential Secrets
-        delete_run_secrets(kube, state.run_id, ISTIO_NAMESPACE)
+        for secret in delete_run_secrets(kube, state.run_id, ISTIO_NAMESPACE):
+            done.append(f"Secret {ISTIO_NAMESPACE}/{secret}")
     if state.gateway_api_objects:
         progress("removing the Gateway API CRDs the run installed")
         kube.delete_objects(list(state.gateway_api_objects))
+        done += [f"{r.kind} {r.name}" for r in state.gateway_api_objects]
     if state.istio_installed:
         from harness.cluster.istio import IstioInstall
         from harness.common.tools import ensure_tool
@@ -303,20 +311,31 @@ def clean_existing_cluster(state: RunState, kube: Any) -> None:
         )
         install.installed_by_us = True
         install.uninstall()
+        done.append(f"Istio {state.istio_version} (istioctl uninstall)")
 
 
-def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None = None) -> list[str]:
-    """Remove what ``state`` says ``up`` created; each part on its own. Returns what failed."""
+def tear_down(
+    state: RunState,
+    *,
+    kube_factory: Callable[[RunState], Any] | None = None,
+    removed: list[str] | None = None,
+) -> list[str]:
+    """Remove what ``state`` says ``up`` created; each part on its own. Returns what failed; what was
+    removed is added to ``removed``."""
     from harness.cluster.errors import E2EError
 
     problems: list[str] = []
+    done = removed if removed is not None else []
 
-    def step(what: str, action: Callable[[], None]) -> None:
+    def step(what: str, action: Callable[[], None], gone: str | None = None) -> None:
         try:
             action()
         except (E2EError, CommandError, RuntimeError, OSError) as exc:
             problems.append(f"{what}: {exc}")
             progress(f"{what} failed: {exc}")
+        else:
+            if gone:
+                done.append(gone)
 
     def remover(name: str) -> Callable[[], None]:
         return lambda: remove_container(name)
@@ -326,14 +345,27 @@ def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None
             step(
                 f"stopping the recorder {recorder.name}",
                 functools.partial(stop_recorder, recorder, state.run_dir),
+                f"recorder {recorder.name} (processes {', '.join(str(p) for p, _ in recorder.processes)})",
             )
         elif recorder is not None:
-            step(f"removing the recorder container {recorder.name}", remover(recorder.name))
+            step(
+                f"removing the recorder container {recorder.name}",
+                remover(recorder.name),
+                f"recorder container {recorder.name}",
+            )
     if state.cluster == "kind" and state.cluster_created:
-        step(f"deleting kind cluster {state.cluster_name}", lambda: delete_kind_cluster(state))
+        step(
+            f"deleting kind cluster {state.cluster_name}",
+            lambda: delete_kind_cluster(state),
+            f"kind cluster {state.cluster_name} (with everything in it)",
+        )
         return problems
     if state.cluster == "netns":
-        step(f"removing netns cluster {state.run_id}", lambda: remove_netns_cluster(state))
+        step(
+            f"removing netns cluster {state.run_id}",
+            lambda: remove_netns_cluster(state),
+            f"netns cluster of run {state.run_id} (its processes, network namespaces and files)",
+        )
         return problems
     if not state.kubeconfig.is_file():
         problems.append(f"the kubeconfig {state.kubeconfig} is gone: cannot reach the cluster to clean it")
@@ -344,7 +376,7 @@ def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None
 
         kube = kube_factory(state) if kube_factory is not None else Kube(state.kubeconfig, state.context)
         try:
-            clean_existing_cluster(state, kube)
+            clean_existing_cluster(state, kube, done)
         finally:
             close = getattr(kube, "close", None)
             if callable(close):
@@ -354,8 +386,14 @@ def tear_down(state: RunState, *, kube_factory: Callable[[RunState], Any] | None
     return problems
 
 
-def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None = None) -> list[str]:
-    """``e2e down``: what failed (empty when the run is gone); the state file goes only then."""
+def bring_down(
+    run_dir: Path,
+    *,
+    kube_factory: Callable[[RunState], Any] | None = None,
+    removed: list[str] | None = None,
+) -> list[str]:
+    """``e2e down``: what failed (empty when the run is gone); the state file goes only then. What
+    was removed is added to ``removed`` and listed at the end."""
     from harness.cluster.state import RunState
 
     path = state_path(run_dir)
@@ -372,7 +410,10 @@ def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None 
         return []
     state = RunState.load(path)
     progress(f"tearing down run {state.run_id} ({path})")
-    problems = tear_down(state, kube_factory=kube_factory)
+    done = removed if removed is not None else []
+    problems = tear_down(state, kube_factory=kube_factory, removed=done)
+    for item in done:
+        progress(f"removed {item}")
     if problems:
         progress(f"the run state stays at {path}; run `egress-harness e2e down --run-dir {run_dir}` again")
         return problems
@@ -383,7 +424,9 @@ def bring_down(run_dir: Path, *, kube_factory: Callable[[RunState], Any] | None 
     if state.pki_dir is not None and state.pki_dir.resolve().parent == run_dir.resolve():
         # the run's keys: only a PKI directory of this run directory (never one elsewhere)
         shutil.rmtree(state.pki_dir, ignore_errors=True)
-    progress(f"run {state.run_id} is down")
+        done.append(f"the run's certificates and keys ({state.pki_dir})")
+    done.append(f"the run state {path} (with the run's token)")
+    progress(f"run {state.run_id} is down; removed: {'; '.join(done)}")
     return []
 
 
@@ -391,11 +434,14 @@ def _cmd_down(args: argparse.Namespace) -> int:
     from harness.cluster.errors import RunStateError
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir()
+    removed: list[str] = []
     try:
-        problems = bring_down(run_dir)
+        problems = bring_down(run_dir, removed=removed)
     except RunStateError as exc:
         print(f"egress-harness e2e down: {exc}", file=sys.stderr)
         return 2
+    for item in removed:
+        print(f"removed {item}")
     for problem in problems:
         print(f"egress-harness e2e down: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -29,8 +29,9 @@ from typing import Any, Literal
 import yaml
 
 from harness.cluster.acks import ACK_INTERVAL_S, proxy_status, wait_for_acks
-from harness.cluster.apps import ingress_host
+from harness.cluster.apps import RelayApps, ingress_host
 from harness.cluster.chain import (
+    CANARY_PORT,
     CHAIN_READY_TIMEOUT_S,
     RELAY_PORT,
     TARGET_APP,
@@ -93,7 +94,7 @@ from harness.cluster.state import RunState
 from harness.cluster.witness import RunDiagnostics, caller_addresses
 from harness.common.certs import TestPKI
 from harness.common.proc import progress
-from harness.common.traffic import ChainResponse, Traffic, new_request_id, with_path_token
+from harness.common.traffic import TOKEN_HEADER, ChainResponse, Traffic, new_request_id, with_path_token
 from harness.evidence import EntryLog, RequestRef, Wait
 from harness.evidence.external import Record, expect_external_record
 from harness.scenarios.preflight import FILE_ONLY_TOLERATED, AnalyzeMessage, analyze
@@ -167,6 +168,8 @@ class RunNamespace:
     ingress_gateway: str
     relay_image: str
     relay_manifest: Path | None
+    #: the run's token, which its ingress routes require (``harness.cluster.apps.require_token``)
+    ingress_token: str
     #: whether the cluster has the Gateway API CRDs (known once the run started)
     gateway_api_present: bool
     parent: RunNamespace | None
@@ -209,8 +212,45 @@ class RunNamespace:
     @property
     def ingress_headers(self) -> dict[str, str]:
         """What the client sends the ingress gateway: the run's own host (its ingress route matches
-        only that one, :func:`harness.cluster.apps.ingress_host`)."""
-        return {"Host": ingress_host(self.root.namespace)}
+        only that one, :func:`harness.cluster.apps.ingress_host`) and the run's token (without it the
+        route answers 404)."""
+        headers = {"Host": ingress_host(self.root.namespace)}
+        if self.root.ingress_token:
+            headers[TOKEN_HEADER] = self.root.ingress_token
+        return headers
+
+    def run_upstreams(self) -> list[str]:
+        """What this namespace's relays may fetch besides the chain (``host:port``): its external
+        hosts (the host, the unregistered and the mTLS one) on the plain and TLS ports, and the
+        default egress gateway's service on the canaries' port. Nothing else: no relay of the harness
+        fetches what a request names unless it is one of these (apps/relay refuses it with 403)."""
+        ports = (self.options.external_port, EXTERNAL_TLS_PORT)
+        hosts = dict.fromkeys((self.external_host, self.unregistered_host, self.mtls_host))
+        return [*(f"{h}:{p}" for h in hosts for p in ports), f"{DEFAULT_GATEWAY.service}:{CANARY_PORT}"]
+
+    def relay_apps(
+        self,
+        *,
+        keep: bool = False,
+        upstreams: Sequence[str] | None = None,
+        image: str | None = None,
+        pin_to_control_plane: bool = False,
+    ) -> RelayApps:
+        """This namespace's relays (not deployed yet) as the run makes them: fetching the chain and
+        ``upstreams`` (default :meth:`run_upstreams`) only, reached through an ingress route that
+        requires the run's token, every object labelled with the run."""
+        return RelayApps(
+            self._kube(),
+            self.namespace,
+            image=image or self.relay_image,
+            keep=keep,
+            ca_pem=self.ca_pem,
+            token=self.root.ingress_token or None,
+            upstreams=self.run_upstreams() if upstreams is None else upstreams,
+            labels={RUN_LABEL: self.run_id},
+            pin_to_control_plane=pin_to_control_plane,
+            callers=True,
+        )
 
     def _kube_args(self) -> list[str]:
         """istioctl's flags for this run's cluster."""

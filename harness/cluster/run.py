@@ -91,7 +91,7 @@ from harness.common import tools, versions
 from harness.common.certs import PkiError, TestPKI, generate_pki
 from harness.common.paths import REPO_ROOT
 from harness.common.proc import progress
-from harness.common.traffic import Traffic
+from harness.common.traffic import Traffic, new_token
 from harness.report.results import utc_now
 
 #: the netns provider's Istio install overlay, applied after the harness's own
@@ -147,6 +147,9 @@ class E2ERun(RunNamespace):
         )
         self.relay_image = options.relay_image or RELAY_IMAGE
         self.relay_manifest = None
+        # made with the run, kept in its state only (a state from before the harness had one: a fresh one
+        # for what this process makes)
+        self.ingress_token = (state.ingress_token if state is not None else "") or new_token()
         self.gateway_api_present = False
         #: the run this one is a view of (:meth:`scoped`), None for the run itself
         self.parent = None
@@ -266,6 +269,10 @@ class E2ERun(RunNamespace):
                     keep=o.keep_cluster,
                     ca_pem=self.ca_pem,
                     pin_to_control_plane=self.own_cluster,
+                    token=self.ingress_token,
+                    upstreams=self.run_upstreams(),
+                    labels={RUN_LABEL: self.run_id},
+                    callers=True,
                 )
             )
             self.relay_manifest = self.relays.save(self.run_dir / "manifests")
@@ -562,6 +569,7 @@ class E2ERun(RunNamespace):
             created=utc_now(),
             pki_dir=self.pki.directory.resolve() if self.pki is not None else None,
             mtls_recorder=mtls,
+            ingress_token=self.ingress_token,
         )
 
     # views: another namespace of the run

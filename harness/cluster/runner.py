@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.cluster.apps import RelayApps
 from harness.cluster.chain import CHAIN_READY_TIMEOUT_S, INGRESS_GATEWAY_NAME, chain_for
 from harness.cluster.convergence import CONVERGE_TIMEOUT_S
 from harness.cluster.errors import E2EError
@@ -227,14 +226,8 @@ class UpgradeCatalog:
         """The relays, the shared ingress Gateway and the mission in the upgrade namespace; the probe URL."""
         from harness.scenarios import render_request
 
-        relays = RelayApps(
-            run._kube(),
-            run.namespace,
-            image=run.relay_image,
-            keep=True,
-            ca_pem=run.ca_pem,
-            pin_to_control_plane=run.own_cluster,
-        )
+        # issue 14: the run's relays (token on the ingress route, fetching the run's hosts only)
+        relays = run.relay_apps(keep=True, pin_to_control_plane=run.own_cluster)
         relays.deploy()
         run.relay_manifest = relays.save(run.run_dir / "manifests")
         run.wait_chain_ready()

@@ -1,6 +1,7 @@
 """The state of a cluster run made by ``egress-harness e2e up``: :class:`RunState`, one JSON file.
 
-``up`` writes it (``<run dir>/run-state.json``, atomically); every pytest-xdist worker reads it and
+``up`` writes it (``<run dir>/run-state.json``, atomically, readable by its owner only: mode 0600,
+for it holds the run's ingress token); every pytest-xdist worker reads it and
 attaches to the run (``E2ERun(..., state=RunState.load(path))``: nothing is created or deleted but
 scenario namespaces); ``down`` removes what it says was created. Reading is strict: a file that is
 not such a state raises :class:`RunStateError` naming the file and the field.
@@ -215,6 +216,9 @@ class RunState:
     pki_dir: Path | None = None
     #: the recorder that requires client certificates (``requires.external: mtls``)
     mtls_recorder: RecorderState | None = None
+    #: the run's token: its ingress routes answer a request without it 404 (``harness.cluster.apps``);
+    #: kept here only ("" for a state written before the harness had one)
+    ingress_token: str = ""
 
     @property
     def path(self) -> Path:
@@ -275,10 +279,16 @@ class RunState:
             "mtls_recorder": self.mtls_recorder.to_dict() if self.mtls_recorder is not None else None,
             "pki_dir": str(self.pki_dir) if self.pki_dir is not None else None,
             "created": self.created,
+            "ingress_token": self.ingress_token,
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+    def to_json(self, *, redact_token: bool = False) -> str:
+        """The state as JSON; ``redact_token`` for showing it (a terminal, a CI log): the token is
+        replaced by where it is kept."""
+        data = self.to_dict()
+        if redact_token and self.ingress_token:
+            data["ingress_token"] = f"<redacted: in {self.path}>"
+        return json.dumps(data, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "run state") -> RunState:
@@ -335,6 +345,7 @@ class RunState:
             mtls_recorder=RecorderState.from_dict(mtls_recorder, where, "mtls_recorder")
             if mtls_recorder is not None
             else None,
+            ingress_token=r.text("ingress_token", optional=True),
         )
 
     @classmethod
@@ -350,11 +361,13 @@ class RunState:
         return cls.from_dict(data, str(path))
 
     def save(self, path: Path | None = None) -> Path:
-        """Write the state atomically (a reader never sees half a file)."""
+        """Write the state atomically (a reader never sees half a file), readable and writable by its
+        owner only (mode 0600: it holds the run's token)."""
         target = path or self.path
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         try:
+            os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(self.to_json())
             os.replace(tmp, target)

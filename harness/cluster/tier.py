@@ -47,7 +47,7 @@ from harness.cluster.chain import (
     liveness_gateway,
     send_canary,
 )
-from harness.cluster.convergence import CONVERGE_TIMEOUT_S, DEFAULT_GATEWAY, ScenarioGateway
+from harness.cluster.convergence import CONVERGE_TIMEOUT_S, DEFAULT_GATEWAY, ScenarioGateway, scenario_gateway
 from harness.cluster.errors import ConvergenceError, E2EError
 from harness.cluster.hosts import (
     RUN_LABEL,
@@ -74,7 +74,7 @@ from harness.evidence.external import (
 from harness.scenarios.expect import needs_canary
 from harness.scenarios.model import RenderContext, ResolvedRequest, Scenario
 from harness.scenarios.preflight import AnalyzeError
-from harness.scenarios.render import render_scenario
+from harness.scenarios.render import render_request, render_scenario
 from harness.tier import HopLogs, Sent, TierVersions
 
 #: how the catalog's requests are judged where Envoy flushes access logs every second (Istio's default)
@@ -253,6 +253,14 @@ class ClusterTier:
         return ClusterStage(self, scenario, view, exclusive=alone is not None)
 
 
+def scenario_upstreams(scenario: Scenario, context: RenderContext, namespace: str) -> list[str]:
+    """What the relays of ``scenario``'s namespace may fetch besides the chain (``host:port``): the
+    hosts and ports of its requests, and its egress gateway's service on the canaries' port."""
+    requests = [render_request(r, context, source=scenario.file) for r in scenario.requests]
+    gateway = scenario_gateway([d.body for d in render_scenario(scenario, context).documents], namespace)
+    return [*(f"{r.host}:{r.port}" for r in requests), f"{gateway.service}:{CANARY_PORT}"]
+
+
 class ClusterStage:
     """One scenario on the cluster tier: its namespace, relays and objects while it is applied."""
 
@@ -294,7 +302,15 @@ class ClusterStage:
         # tier waits for it to be gone (its exit), not the scenario
         self.made.callback(self.tier.delete_later, ns)
         relays = NamespaceRelays(
-            self.kube, ns, gateway=view.ingress_gateway, image=view.relay_image, ca_pem=view.ca_pem
+            self.kube,
+            ns,
+            gateway=view.ingress_gateway,
+            image=view.relay_image,
+            ca_pem=view.ca_pem,
+            token=view.root.ingress_token or None,
+            upstreams=scenario_upstreams(self.scenario, self.context, ns),
+            labels={RUN_LABEL: view.run_id, SCENARIO_LABEL: dns_label(self.scenario.name)},
+            callers=True,
         )
         relays.deploy()
         view.relay_manifest = relays.save(view.run_dir / "manifests" / ns)

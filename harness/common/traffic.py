@@ -22,6 +22,7 @@ by the relays (502 with `failed_hop`) instead of surfacing as a client-side time
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -34,12 +35,20 @@ import httpx
 
 DEFAULT_TIMEOUT: Final = 30.0
 REQUEST_ID_HEADER: Final = "x-request-id"
+#: the header carrying a run's token: its ingress route (and a relay with REQUIRED_TOKEN) answers a
+#: request without it 404; the relays never pass it on (apps/relay's TOKEN_HEADER)
+TOKEN_HEADER: Final = "x-egress-harness-token"  # noqa: S105 (a header name, not a secret)
 URL_PARAM: Final = "url"
 
 
 def new_request_id() -> str:
     """A fresh x-request-id: a random UUID (version 4) in its canonical text form."""
     return str(uuid.uuid4())
+
+
+def new_token() -> str:
+    """A fresh per-run token for :data:`TOKEN_HEADER`: 256 random bits, URL-safe text."""
+    return secrets.token_urlsafe(32)
 
 
 def chain_url(hops: Sequence[str], target: str, *, param: str = URL_PARAM) -> str:

@@ -9,6 +9,12 @@ No cluster runs here, but Istio's data plane does: Envoy. ``LocalMesh`` starts
   the ``target`` sidecar's routes are where the modes differ (see ``Mode``);
 - the two relays (``apps/relay``) as ``proxy`` and ``target``: client -> proxy -> target -> external.
 
+The relays follow the cluster's rules (issue 14): each fetches only what the mesh routes
+(``Topology.relay_upstreams``: the target service, the external host, the plan's hosts and what the
+caller adds), and ``proxy``, which the client reaches directly (there is no ingress here), answers
+404 to a request without the mesh's token (``LocalMesh.headers``, made at start). They listen on
+their own loopback address only.
+
 Each part has its own 127.0.0.x address, as each pod has its own IP, so the external host's record
 of the caller tells the gateway from the workload. Every Envoy writes Istio's access-log format
 (TEXT or JSON) to a file, flushed every second as Istio's proxies do.
@@ -37,7 +43,7 @@ import httpx
 
 from harness.accesslog import ISTIO_JSON_LABELS, ISTIO_TEXT_FORMAT
 from harness.common.paths import REPO_ROOT
-from harness.common.traffic import chain_url
+from harness.common.traffic import TOKEN_HEADER, chain_url, new_token
 from harness.evidence import EntryLog, FileLogSource, RequestRef, new_canary_token
 from harness.localmesh import envoyconfig as ec
 from harness.localmesh.envoy import EnvoyError, EnvoyProcess
@@ -125,6 +131,8 @@ class Topology:
     start_timeout: float = 30.0
     #: The routing; when left out, the preset of ``mode`` for ``external_host``.
     plan: RoutingPlan | None = None
+    #: what the relays may fetch besides :attr:`relay_upstreams`' own (``host:port``: a scenario's requests)
+    upstreams: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -139,6 +147,20 @@ class Topology:
     @property
     def target_service(self) -> str:
         return f"target.{self.namespace}.svc.cluster.local"
+
+    @property
+    def relay_upstreams(self) -> list[str]:
+        """What the relays may fetch (their ``ALLOWED_UPSTREAMS``): the target service, the external
+        host, every host the plan routes (wildcards aside) and :attr:`upstreams`."""
+        plan = self.routing
+        hosts = [
+            f"{self.target_service}:8080",
+            f"{self.external_host}:80",
+            *(f"{r.host}:{r.port}" for r in plan.sidecar_routes),
+            *(f"{r.host}:{r.port}" for r in plan.gateway_routes),
+            *self.upstreams,
+        ]
+        return [h for h in dict.fromkeys(hosts) if "*" not in h]
 
     def access_log(self, path: Path) -> ec.Config:
         if self.encoding == "json":
@@ -302,9 +324,15 @@ class AppProcess:
         self.stop()
 
     def start(self) -> Self:
-        env = {
-            k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "no_proxy")
-        }
+        dropped = (
+            "http_proxy",
+            "https_proxy",
+            "no_proxy",
+            "allowed_upstreams",
+            "allowed_addresses",
+            "required_token",
+        )
+        env = {k: v for k, v in os.environ.items() if k.lower() not in dropped}
         env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"
         argv = [
@@ -397,6 +425,13 @@ class LocalMesh:
     proxy: AppProcess | None = None
     _stack: contextlib.ExitStack | None = None
     _gateway_config: Any = None
+    #: what the client must send ``proxy`` (:attr:`headers`); a fresh one per mesh
+    token: str = field(default_factory=new_token)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a client sends with every request down the chain: the mesh's token."""
+        return {TOKEN_HEADER: self.token}
 
     def __enter__(self) -> Self:
         self.start()
@@ -436,12 +471,13 @@ class LocalMesh:
                 )
             )
             target_proxy = "http://{}:{}".format(*self.target_sidecar.address("sidecar_outbound"))
+            upstreams = ",".join(topo.relay_upstreams)
             self.target = stack.enter_context(
                 self._app(
                     RELAY_APP,
                     "target",
                     topo.target_ip,
-                    env={"HTTP_PROXY": target_proxy},
+                    env={"HTTP_PROXY": target_proxy, "ALLOWED_UPSTREAMS": upstreams},
                     args=["--name", "target"],
                 )
             )
@@ -458,7 +494,12 @@ class LocalMesh:
                     RELAY_APP,
                     "proxy",
                     topo.proxy_ip,
-                    env={"HTTP_PROXY": proxy_proxy},
+                    # the chain's entry: without an ingress here, the relay requires the token itself
+                    env={
+                        "HTTP_PROXY": proxy_proxy,
+                        "ALLOWED_UPSTREAMS": upstreams,
+                        "REQUIRED_TOKEN": self.token,
+                    },
                     args=["--name", "proxy"],
                 )
             )
@@ -528,7 +569,8 @@ class LocalMesh:
         return EntryLog(FileLogSource(self.log_dir / f"{part}.log"), hop=hop, encoding=self.topology.encoding)
 
     def chain_url(self, path: str = "/", *, host: str | None = None, port: int = 80) -> str:
-        """client -> proxy -> target -> external host, nested as the relays expect."""
+        """client -> proxy -> target -> external host, nested as the relays expect (send it with
+        :attr:`headers`)."""
         assert self.proxy is not None
         authority = host or self.topology.external_host
         if port != 80:

@@ -191,7 +191,7 @@ def _rows(mesh: LocalMesh, logs: dict[str, EntryLog], request_id: str) -> list[H
 def run_once(mesh: LocalMesh, path: str = "/", *, wait: Wait = LOCAL_WAIT) -> Verdict:
     """Send one request down the chain and judge it by the evidence."""
     logs = {part: mesh.entry_log(part) for part in ("proxy-sidecar", "target-sidecar", "egress-gateway")}
-    response: ChainResponse = send(mesh.chain_url(path))
+    response: ChainResponse = send(mesh.chain_url(path), headers=mesh.headers)
     verdict = Verdict(mesh.topology.mode, response.request_id, response.status, None, None)
     try:
         verdict.proof = check_through_gateway(mesh, logs, response.request_id, wait=wait)

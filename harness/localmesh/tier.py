@@ -35,7 +35,7 @@ from harness.localmesh.mesh import GATEWAY_SERVICE, LocalMesh, LogEncoding, Rout
 from harness.localmesh.plan import NotEmulable, plan_for
 from harness.localmesh.run import LOCAL_WAIT
 from harness.scenarios.model import RenderContext, ResolvedRequest, Scenario
-from harness.scenarios.render import render_scenario
+from harness.scenarios.render import render_request, render_scenario
 from harness.tier import HopLogs, Sent, TierVersions
 
 #: The Istio version the local tier stands for when rendering (its CRD schema is not involved).
@@ -106,15 +106,22 @@ class LocalTier:
 
     def stage(self, scenario: Scenario) -> LocalStage:
         ctx = self.render_context()
-        return LocalStage(self, self.routing(scenario, ctx), ctx)
+        requests = [render_request(r, ctx, source=scenario.file) for r in scenario.requests]
+        return LocalStage(
+            self, self.routing(scenario, ctx), ctx, tuple(f"{r.host}:{r.port}" for r in requests)
+        )
 
 
 class LocalStage:
     """One scenario on the local tier: a local mesh routing as its manifests say, while it is applied."""
 
-    def __init__(self, tier: LocalTier, plan: RoutingPlan, context: RenderContext) -> None:
+    def __init__(
+        self, tier: LocalTier, plan: RoutingPlan, context: RenderContext, upstreams: tuple[str, ...] = ()
+    ) -> None:
         self.tier = tier
         self.plan = plan
+        #: what the relays may fetch besides the mesh's own hosts: the scenario's requests
+        self.upstreams = upstreams
         self.context = context
         self.wait: Wait | None = LOCAL_WAIT
         #: the gateway's log is watched this long for an entry that must not appear: a flush and some
@@ -131,7 +138,10 @@ class LocalStage:
     def apply(self) -> float:
         """Start the local mesh with the scenario's routing; the seconds until every part answered."""
         topology = Topology(
-            encoding=self.tier.encoding, plan=self.plan, flush_interval_ms=self.tier.flush_interval_ms
+            encoding=self.tier.encoding,
+            plan=self.plan,
+            flush_interval_ms=self.tier.flush_interval_ms,
+            upstreams=self.upstreams,
         )
         started = time.monotonic()
         # kept until ``remove`` decides (a mesh that fails to start removes its directory unless kept)
@@ -142,7 +152,7 @@ class LocalStage:
             gateway=self.mesh.entry_log("egress-gateway"),
             gateway_service=GATEWAY_SERVICE,
         )
-        self._traffic = Traffic()
+        self._traffic = Traffic(headers=self.mesh.headers)
         return round(time.monotonic() - started, 3)
 
     def send(self, request: ResolvedRequest) -> Sent:

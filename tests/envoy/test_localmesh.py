@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_the_external_witness_alone_catches_a_wrong_caller() -> None:
         from harness.common.traffic import send
 
         logs = {part: m.entry_log(part) for part in ("proxy-sidecar", "target-sidecar", "egress-gateway")}
-        rid = send(m.chain_url("/")).request_id
+        rid = send(m.chain_url("/"), headers=m.headers).request_id
         object.__setattr__(m, "topology", Topology(gateway_ip="127.0.0.99", flush_interval_ms=FLUSH_MS))
         with pytest.raises(ExternalEvidenceError) as info:
             check_through_gateway(m, logs, rid, wait=LOCAL_WAIT)
@@ -228,3 +229,41 @@ def test_the_logs_cli_parses_real_envoy_output_of_the_mesh() -> None:
         "NR",
         "route_not_found",
     )
+
+
+def test_the_local_relays_fetch_only_the_meshs_hosts_and_proxy_wants_the_token() -> None:
+    """Issue 14 on the emulated tier: the real relays behind real Envoy sidecars refuse a host outside
+    their list and the metadata address (403, before anything reaches the sidecar), and the chain's
+    entry answers 404 without the mesh's token; the allowed chain still passes."""
+    from harness.common.traffic import Traffic, chain_url
+
+    with LocalMesh(Topology(flush_interval_ms=FLUSH_MS)) as m, Traffic(timeout=10.0) as client:
+        assert m.proxy is not None and m.target is not None
+        sidecar = m.entry_log("target-sidecar")
+        outside = client.send(m.chain_url("/x", host="elsewhere.example"), headers=m.headers)
+        metadata = client.send(
+            chain_url(
+                [f"{m.proxy.url}/proxy", f"http://{m.topology.target_service}:8080/proxy"],
+                "http://169.254.169.254/latest/meta-data/",
+            ),
+            headers=m.headers,
+        )
+        no_token = client.send(m.chain_url("/"))
+        allowed = client.send(m.chain_url("/"), headers=m.headers)
+        # the relays listen on their own loopback address only
+        assert (m.proxy.bind, m.target.bind) == (m.topology.proxy_ip, m.topology.target_ip)
+        # the sidecar's log, until the allowed request's entry is there (the earlier ones would be too)
+        seen: list[str | None] = []
+        deadline = time.monotonic() + 10 * FLUSH_MS / 1000 + 5
+        while allowed.request_id not in seen and time.monotonic() < deadline:
+            seen += [e.request_id for e in sidecar.poll()]
+            time.sleep(FLUSH_MS / 4000)
+
+    assert outside.status == 403, outside.text
+    assert (outside.failed_hop, outside.json["refused_host"]) == ("target", "elsewhere.example:80")
+    assert metadata.status == 403, metadata.text
+    assert (metadata.failed_hop, metadata.json["refused_host"]) == ("target", "169.254.169.254:80")
+    assert no_token.status == 404 and no_token.services == []
+    assert allowed.status == 200 and allowed.services == ["proxy", "target"], allowed.text
+    # only the allowed request went out through the target's sidecar
+    assert seen == [allowed.request_id]

@@ -207,7 +207,10 @@ def test_outages_group_consecutive_failures() -> None:
     reason="LocalMesh.restart_gateway() (stop the gateway Envoy, start a new one on the same port) is not there yet",
 )
 def test_prober_through_the_mesh_while_the_gateway_restarts() -> None:
-    with LocalMesh(Topology(flush_interval_ms=200)) as mesh, Traffic(timeout=5.0) as traffic:
+    with (
+        LocalMesh(Topology(flush_interval_ms=200)) as mesh,
+        Traffic(timeout=5.0, headers=mesh.headers) as traffic,
+    ):
         url = mesh.chain_url("/probe")
         prober = Prober(lambda: traffic.send(url), interval_s=0.05, target=url)
         assert mesh.gateway is not None

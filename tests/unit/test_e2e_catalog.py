@@ -62,10 +62,11 @@ from harness.cluster import runner as cluster_runner
 from harness.cluster.apps import RelayApps
 from harness.cluster.kube import ObjectRef, split_documents
 from harness.cluster.providers.kind import ExistingCluster
+from harness.cluster.tier import scenario_upstreams
 from harness.common.traffic import ChainResponse, unwrap_chain
 from harness.evidence import Wait
 from harness.report.results import ProberStats, RunResult, ScenarioResult, StepResult
-from harness.scenarios import RenderContext, load_catalog, render_scenario
+from harness.scenarios import RenderContext, load_catalog, render_request, render_scenario
 from harness.upgrade import UpgradePlan
 from tests.unit.accesslog_samples import (
     CANARY_GATEWAY,
@@ -168,6 +169,86 @@ def test_namespace_relays_bind_to_the_shared_ingress_gateway_instead_of_their_ow
     assert docs[-1]["spec"]["gateways"] == [f"{RUN_NS}/relay-gateway"]
 
 
+def test_a_namespaces_relays_fetch_its_hosts_only_and_its_route_requires_the_runs_token() -> None:
+    """Issue 14: the relays are no open proxy and the ingress route answers only the run's client."""
+    relays = NamespaceRelays(
+        object(),
+        "ns-1",
+        gateway=f"{RUN_NS}/relay-gateway",
+        token="s3cret-token",
+        upstreams=["h.egress-harness.test:80"],
+        labels={"io.egress-harness.run": "abc123"},
+    )
+    docs = split_documents(relays.render())
+    for doc in docs:
+        assert doc["metadata"]["labels"]["io.egress-harness.run"] == "abc123", doc["metadata"]
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["ALLOWED_UPSTREAMS"] == "target.ns-1.svc.cluster.local:8080,h.egress-harness.test:80"
+        assert "ALLOWED_ADDRESSES" not in env  # loopback and link-local stay refused
+        # the pods' labels stay the manifest's own (the Services select them by app)
+        assert "io.egress-harness.run" not in deployment["spec"]["template"]["metadata"]["labels"]
+    (route,) = docs[-1]["spec"]["http"]
+    assert route["match"] == [
+        {"uri": {"prefix": "/ns-1/proxy"}, "headers": {"x-egress-harness-token": {"exact": "s3cret-token"}}}
+    ]
+    assert "s3cret-token" in relays.text
+
+
+def test_with_callers_the_relays_answer_the_ingress_gateway_and_their_namespace_only() -> None:
+    kube = CatalogKube()
+    ingress = pod("istio-ingressgateway-1", "10.244.0.3", "172.18.0.2", app="istio-ingressgateway")
+    ingress["spec"]["serviceAccountName"] = "istio-ingressgateway-service-account"
+    kube.pods[("istio-system", "istio=ingressgateway")] = [ingress]
+    relays = NamespaceRelays(kube, "ns-1", gateway=f"{RUN_NS}/relay-gateway", callers=True)
+    relays.deploy()
+    principal = "*/ns/istio-system/sa/istio-ingressgateway-service-account"
+    assert relays.ingress_principals == [principal]
+    docs = split_documents(relays.text)
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "AuthorizationPolicy"}
+    proxy, target = policies["relay-proxy-callers"], policies["relay-target-callers"]
+    assert proxy["spec"] == {
+        "selector": {"matchLabels": {"app": "proxy"}},
+        "action": "ALLOW",
+        "rules": [{"from": [{"source": {"principals": [principal]}}]}],
+    }
+    assert target["spec"]["selector"] == {"matchLabels": {"app": "target"}}
+    assert target["spec"]["rules"] == [{"from": [{"source": {"namespaces": ["ns-1"]}}]}]
+    # without ingress gateway pods there is nobody to name: no policy (and a progress line says so)
+    bare = NamespaceRelays(CatalogKube(), "ns-2", gateway=f"{RUN_NS}/relay-gateway", callers=True)
+    bare.deploy()
+    assert not [d for d in split_documents(bare.text) if d["kind"] == "AuthorizationPolicy"]
+
+
+def test_the_run_namespaces_route_requires_the_token_and_its_saved_manifest_hides_it(tmp_path: Path) -> None:
+    relays = RelayApps(object(), RUN_NS, token="s3cret-token", upstreams=["x.test:80"])  # type: ignore[arg-type]
+    docs = split_documents(relays.render())
+    (vs,) = [d for d in docs if d["kind"] == "VirtualService"]
+    for route in vs["spec"]["http"]:
+        assert route["match"], route
+        for match in route["match"]:
+            assert match["headers"] == {"x-egress-harness-token": {"exact": "s3cret-token"}}
+    saved = relays.save(tmp_path).read_text()
+    assert "s3cret-token" not in saved
+    assert "REDACTED-the-run-token-is-in-its-run-state.json" in saved
+    assert split_documents(saved)[0]["kind"] == "Deployment"
+
+
+def test_a_scenarios_relays_may_fetch_its_requests_hosts_and_its_gateway_for_canaries() -> None:
+    scenario = CATALOG.get("registry-only-blocked")
+    context = RenderContext(
+        istio_version="1.30.3",
+        namespace="ns-1",
+        external_host="r.egress-harness.test",
+        unregistered_host="unregistered-r.egress-harness.test",
+    )
+    upstreams = scenario_upstreams(scenario, context, "ns-1")
+    assert upstreams[-1] == f"{DEFAULT_GATEWAY.service}:80"
+    assert set(upstreams[:-1]) == {f"{r.host}:{r.port}" for r in resolve_requests(scenario, context)}
+    assert all(h.endswith((".egress-harness.test:80", ".egress-harness.test:443")) for h in upstreams[:-1])
+
+
 # --- what a scenario needs ---------------------------------------------------------------------------
 
 
@@ -244,8 +325,13 @@ def test_a_run_and_its_scenario_namespaces_send_the_runs_ingress_host(tmp_path: 
     view = run.scoped(
         "abc-ns2", external_host="a.egress-harness.test", unregistered_host="u.egress-harness.test"
     )
-    assert run.ingress_headers == {"Host": f"{run.namespace}.ingress.egress-harness.test"}
+    assert run.ingress_headers == {
+        "Host": f"{run.namespace}.ingress.egress-harness.test",
+        "x-egress-harness-token": run.ingress_token,
+    }
+    assert len(run.ingress_token) >= 40  # 256 random bits
     assert view.ingress_headers == run.ingress_headers
+    assert started_run(tmp_path).ingress_token != run.ingress_token  # one per run
     assert ingress_route(view.namespace, f"{run.namespace}/relay-gateway")["spec"]["hosts"] == [
         run.ingress_headers["Host"]
     ]
@@ -669,7 +755,9 @@ def test_a_scenario_runs_in_its_own_namespace_and_leaves_nothing_behind(cluster:
     assert destination == "http://http-via-egress-gateway.egress-harness.test:80/get" and token
     manifest = cluster.run.run_dir / "scenarios" / MISSION / "manifests.yaml"
     assert f"namespace: {NS1}" in manifest.read_text()
-    assert (cluster.run.run_dir / "manifests" / NS1 / "relay.yaml").is_file()
+    saved = (cluster.run.run_dir / "manifests" / NS1 / "relay.yaml").read_text()
+    assert cluster.run.ingress_token and cluster.run.ingress_token not in saved  # issue 14
+    assert "ALLOWED_UPSTREAMS" in saved and "http-via-egress-gateway.egress-harness.test:80" in saved
     assert cluster.run.applied == []  # the view kept its own list
 
 
@@ -1172,6 +1260,11 @@ def test_prepare_puts_the_relays_and_the_mission_into_the_upgrade_namespace(
         f"http://target.{ns}.svc.cluster.local:8080/proxy",
         "http://external.egress-harness.test:80/get",
     ]
+    # issue 14: the prober sends the run's token (the route requires it), and the relays may fetch the
+    # mission's host, which the saved manifest lists while it hides the token
+    assert adapter.probe_headers["x-egress-harness-token"] == cluster.run.ingress_token
+    saved = (cluster.run.run_dir / "manifests" / "relay.yaml").read_text()
+    assert "external.egress-harness.test:80" in saved and cluster.run.ingress_token not in saved
 
 
 # --- the upgrade's verdict ---------------------------------------------------------------------------
@@ -1385,3 +1478,7 @@ def test_evidence_waits_follow_the_flush_interval_of_the_install(tmp_path: Path)
     assert fast.flush_interval_s == 0.1 and fast.wait.settle == 0.5 and fast.wait.interval == 0.1
     assert tier("1.28.10", installed=True).wait == SCENARIO_WAIT
     assert tier("1.31-dev", installed=False).wait == SCENARIO_WAIT
+
+
+def resolve_requests(scenario: Any, context: RenderContext) -> list[Any]:
+    return [render_request(r, context, source=scenario.file) for r in scenario.requests]

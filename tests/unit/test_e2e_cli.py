@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,7 @@ def state_of(tmp_path: Path, **changes: Any) -> RunState:
             ("external.egress-harness.test",),
         ),
         created="2026-11-28T07:00:00.000Z",
+        ingress_token="t0ken-of-the-run",
     )
     return dataclasses.replace(state, **changes)
 
@@ -297,6 +299,22 @@ def test_a_bad_state_names_the_file_and_the_field(
         RunState.load(path)
 
 
+def test_the_state_keeps_the_runs_token_readable_by_its_owner_only_and_shows_it_redacted(
+    tmp_path: Path,
+) -> None:
+    state = state_of(tmp_path)
+    path = state.save()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert RunState.load(path).ingress_token == "t0ken-of-the-run"
+    shown = state.to_json(redact_token=True)
+    assert "t0ken-of-the-run" not in shown
+    assert json.loads(shown)["ingress_token"] == f"<redacted: in {path}>"
+    # a state written before the harness had a token still loads (the run's routes need none)
+    data = state.to_dict()
+    del data["ingress_token"]
+    assert RunState.from_dict(data).ingress_token == ""
+
+
 def test_a_missing_or_broken_state_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(RunStateError, match=f"{tmp_path / 'none.json'}: cannot read the run state"):
         RunState.load(tmp_path / "none.json")
@@ -345,8 +363,10 @@ def test_an_attached_run_creates_nothing_and_closes_only_its_connections(
             run.detach()
     assert events == [
         f"open Kube {(state.kubeconfig, state.context)}",
-        # the client sends the run's own ingress host (its ingress route matches that one only)
-        "open Traffic () {'headers': {'Host': 'egress-abc123.ingress.egress-harness.test'}}",
+        # the client sends the run's own ingress host (its ingress route matches that one only) and
+        # the run's token from its state (without it the route answers 404)
+        "open Traffic () {'headers': {'Host': 'egress-abc123.ingress.egress-harness.test', "
+        "'x-egress-harness-token': 't0ken-of-the-run'}}",
         "close Traffic",
         "close Kube",
     ]
@@ -408,7 +428,12 @@ def test_down_removes_the_recorder_and_the_cluster_then_the_state(tmp_path: Path
     state.save()
     state.kubeconfig.write_text("apiVersion: v1\n")
     fakebin.rules(kind_rules())
-    assert e2e_cli.bring_down(tmp_path) == []
+    removed: list[str] = []
+    assert e2e_cli.bring_down(tmp_path, removed=removed) == []
+    assert removed[:2] == [
+        "recorder container egress-harness-recorder-1",
+        f"kind cluster {NAME} (with everything in it)",
+    ]
     assert fakebin.commands() == [
         "docker rm -f -v egress-harness-recorder-1",
         "kind get clusters",
@@ -541,7 +566,16 @@ def test_down_on_a_cluster_up_did_not_create_removes_the_runs_namespaces_crds_an
     monkeypatch.setattr("harness.common.tools.ensure_tool", lambda name, version: Path("istioctl"))
     fakebin.rules([{"tool": "istioctl", "args": ["uninstall", "--purge", "-y"]}])
     api = StandInClusterApi()
-    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api) == []
+    removed: list[str] = []
+    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api, removed=removed) == []
+    # e2e down lists what it removed (issue 14): everything of the run found by its label, and the state
+    assert removed == [
+        "namespace eabc123-http-via-egress-gateway",
+        "namespace egress-abc123",
+        "CustomResourceDefinition gateways.x",
+        "Istio 1.30.3 (istioctl uninstall)",
+        f"the run state {state.path} (with the run's token)",
+    ]
     assert api.calls == [
         ("list namespaces", "io.egress-harness.run=abc123"),
         ("delete namespace", "eabc123-http-via-egress-gateway"),
@@ -566,7 +600,9 @@ def test_down_on_a_cluster_up_did_not_create_removes_credential_secrets_left_in_
     state.save()
     state.kubeconfig.write_text("apiVersion: v1\n")
     api = StandInClusterApi()
-    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api) == []
+    removed: list[str] = []
+    assert e2e_cli.bring_down(tmp_path, kube_factory=lambda s: api, removed=removed) == []
+    assert "Secret istio-system/eh-client-x" in removed and "Secret istio-system/eh-ca-y" in removed
     assert api.calls[-4:] == [
         ("list secrets", "istio-system", "io.egress-harness.run=abc123"),
         ("delete secret", "istio-system", "eh-ca-y"),  # gone already: fine

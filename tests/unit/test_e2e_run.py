@@ -534,7 +534,9 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
     class FakeTraffic(Part):
         def __init__(self, headers: dict[str, str] | None = None) -> None:
             super().__init__("traffic")
-            assert headers == {"Host": "egress-abc123.ingress.egress-harness.test"}, headers
+            assert headers is not None
+            assert headers["Host"] == "egress-abc123.ingress.egress-harness.test", headers
+            assert len(headers["x-egress-harness-token"]) >= 40, headers  # the run's token, sent every time
 
         def send(self, url: str) -> ChainResponse:
             Part.events.append("send")

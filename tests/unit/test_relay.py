@@ -38,7 +38,23 @@ NOT_PROPAGATED = {"x-secret": "nope", "authorization": "Bearer nope", "cookie": 
 START_DEADLINE = 10.0
 STOP_DEADLINE = 5.0
 # Configuration a developer's shell may carry that must not leak into the apps under test.
-_APP_ENV = ("SERVICE_NAME", "PORT", "BIND", "UPSTREAM_TIMEOUT", "RECORDER_MAX_RECORDS", "REQUEST_METHOD")
+_APP_ENV = (
+    "SERVICE_NAME",
+    "PORT",
+    "BIND",
+    "UPSTREAM_TIMEOUT",
+    "RECORDER_MAX_RECORDS",
+    "REQUEST_METHOD",
+    "ALLOWED_UPSTREAMS",
+    "ALLOWED_ADDRESSES",
+    "REQUIRED_TOKEN",
+)
+#: what these tests' relays may fetch unless a test says otherwise: every port of 127.0.0.1 (where the
+#: recorders and the other relays listen, on ports picked at start), explicitly allowed as loopback
+LOOPBACK_ALLOWED = {
+    "ALLOWED_UPSTREAMS": "127.0.0.1:*,external.example:80",
+    "ALLOWED_ADDRESSES": "127.0.0.0/8",
+}
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -112,7 +128,7 @@ def start_relay(name: str, args: list[str], env: Mapping[str, str], log: Path) -
             stderr=err,
             stdin=subprocess.DEVNULL,
             text=True,
-            env=clean_env(env),
+            env=clean_env({**LOOPBACK_ALLOWED, **env}),
         )
     assert proc.stdout is not None
     line = _first_line(proc.stdout, time.monotonic() + START_DEADLINE)
