@@ -5,6 +5,7 @@ starts anything. The run itself is tests/netns/test_netns_upgrade.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -204,3 +205,30 @@ def test_a_canary_verifies_the_proxies_with_the_new_revisions_istiod(
         istiod_prefix="istiod-1-31-dev-",
     )
     assert any(problem in p for p in stale), stale
+
+
+def test_a_scenario_too_new_for_a_is_new_on_b_not_a_regression() -> None:
+    from harness.cluster.runner import upgrade_problems
+
+    def run(after: str) -> RunResult:
+        return RunResult(
+            run_id="u",
+            started="2026-12-07T07:00:00Z",
+            istio_versions=["1.30-dev", "1.31-dev"],
+            mode="in-place",
+            prober=ProberStats("mission", 100, 100, 0.95, 0.2, "2026-12-07T07:01:00Z", 20.0),
+            scenarios=[
+                ScenarioResult("needs-1-31", "before", "1.30-dev", "skipped", "needs Istio >= 1.31"),
+                ScenarioResult("needs-1-31", "after", "1.31-dev", after, proxy_versions=["1.31-dev"]),
+                ScenarioResult("mission", "before", "1.30-dev", "passed", proxy_versions=["1.30-dev"]),
+                ScenarioResult("mission", "after", "1.31-dev", "passed", proxy_versions=["1.31-dev"]),
+            ],
+        )
+
+    assert upgrade_problems(run("passed"), "1.31-dev") == []
+    assert run("failed").regressions() == []
+    regressed = dataclasses.replace(run("passed"))
+    regressed.scenarios[3] = ScenarioResult("mission", "after", "1.31-dev", "failed", "hop 'egress gateway'")
+    assert upgrade_problems(regressed, "1.31-dev") == [
+        "mission regressed: passed on 1.30-dev, failed on 1.31-dev: hop 'egress gateway'"
+    ]
