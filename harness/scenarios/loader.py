@@ -27,6 +27,7 @@ from harness.scenarios.model import (
     ACCESS_LOG_ENCODINGS,
     ACCESS_LOG_FIELDS,
     BLOCKED_AT,
+    CALLER_SIDECARS,
     CREDENTIAL_VARIABLES,
     DEFAULT_CHAIN,
     EXTERNAL_CALLERS,
@@ -35,6 +36,8 @@ from harness.scenarios.model import (
     LOG_HOPS,
     OUTBOUND_TRAFFIC_POLICIES,
     SCHEMES,
+    SIDECAR_ABSENT,
+    Caller,
     Catalog,
     Expectation,
     IstioVersion,
@@ -272,7 +275,7 @@ class _Reader:
 # -------------------------------------------------------------------------------------- the loader
 
 _TOP_REQUIRED = ("name", "description", "istio", "manifests", "requests")
-_TOP_OPTIONAL = ("requires", "tags")
+_TOP_OPTIONAL = ("requires", "caller", "tags")
 _REQUEST_REQUIRED = ("name", "host", "expect")
 _REQUEST_OPTIONAL = ("chain", "scheme", "method", "port", "path")
 _EXPECT_REQUIRED = ("status", "via_gateway")
@@ -362,6 +365,7 @@ def _load_scenario(directory: Path, issues: list[ScenarioIssue]) -> Scenario | N
     requires = _requirements(r, top.get("requires", {}))
     manifests = _manifests(r, directory, top.get("manifests", _MISSING))
     requests = _requests(r, top.get("requests", _MISSING))
+    caller = _caller(r, top.get("caller", {}))
     tags = r.string_list(("tags",), top.get("tags", []))
 
     if (
@@ -372,10 +376,12 @@ def _load_scenario(directory: Path, issues: list[ScenarioIssue]) -> Scenario | N
         or requires is None
         or manifests is None
         or requests is None
+        or caller is None
         or tags is None
     ):
         return None
     _requirement_issues(r, requires, manifests, requests)
+    _caller_issues(r, caller, requests)
     if len(issues) > before:
         return None
     return Scenario(
@@ -387,6 +393,7 @@ def _load_scenario(directory: Path, issues: list[ScenarioIssue]) -> Scenario | N
         manifests=manifests,
         requests=requests,
         tags=tuple(tags),
+        caller=caller,
     )
 
 
@@ -508,6 +515,46 @@ def _requirement_issues(
                 ("requests", i, "scheme"),
                 "an https request needs an external host that serves TLS: set requires.external "
                 f"to tls or mtls (it is {requires.external})",
+            )
+
+
+def _caller(r: _Reader, value: object) -> Caller | None:
+    data = r.mapping(("caller",), value, (), ("sidecar",))
+    if data is None:
+        return None
+    sidecar = r.choice(("caller", "sidecar"), data.get("sidecar", "injected"), CALLER_SIDECARS)
+    return None if sidecar is None else Caller(sidecar)
+
+
+def _caller_issues(r: _Reader, caller: Caller, requests: Sequence[RequestSpec]) -> None:
+    """What ``caller`` says against the requests: a caller whose sidecar does not capture the request
+    (``none``, ``excludes-external``) goes straight to the external host, whatever the mesh routes,
+    and only the external host's record shows where it came from; a captured one is always logged."""
+    for i, request in enumerate(requests):
+        exp, path = request.expect, ("requests", i, "expect")
+        if caller.captured:
+            if exp.sidecar_absent:
+                r.issue(
+                    (*path, "sidecar"),
+                    f"{SIDECAR_ABSENT}: the calling workload's sidecar captures and logs every request it "
+                    "sends; set caller.sidecar to none or excludes-external for a workload that bypasses it",
+                )
+            continue
+        why = f"the caller's sidecar is {caller.sidecar!r}: it does not capture the request, which goes "
+        if exp.via_gateway or exp.blocked is not None:
+            r.issue(
+                (*path, "via_gateway" if exp.blocked is None else "blocked"),
+                why + "straight to the external host (use via_gateway: false, no blocked)",
+            )
+        if not exp.sidecar_absent:
+            r.issue(
+                (*path, "sidecar"),
+                why + f"past the sidecar's log: expect sidecar: {SIDECAR_ABSENT}",
+            )
+        if exp.external_caller != "workload":
+            r.issue(
+                (*path, "external_caller"),
+                why + "direct, and only the external host's record shows it: expect external_caller: workload",
             )
 
 
@@ -665,8 +712,13 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
             )
     caller, attempts = _external_fields(r, path, data)
     logs: dict[str, Mapping[str, LogValue]] = {}
+    sidecar_absent = data.get("sidecar") == SIDECAR_ABSENT
     for hop in LOG_HOPS:
-        logs[hop] = _log_match(r, (*path, hop), data.get(hop, {}))
+        if hop == "sidecar" and sidecar_absent:
+            logs[hop] = MappingProxyType({})
+            continue
+        hint = f" (or {SIDECAR_ABSENT!r}: no entry of the request there)" if hop == "sidecar" else ""
+        logs[hop] = _log_match(r, (*path, hop), data.get(hop, {}), hint=hint)
     if len(r.issues) > before or status is _MISSING or via_gateway is _MISSING:
         return None
     # what the fields say together must be possible
@@ -678,6 +730,12 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
         r.issue((*path, "via_gateway"), "a request blocked at the gateway went via the gateway: use true")
     if logs["gateway"] and not via_gateway:
         r.issue((*path, "gateway"), "gateway log fields are expected, but via_gateway is false")
+    if sidecar_absent and (via_gateway or blocked is not None):
+        r.issue(
+            (*path, "sidecar"),
+            f"{SIDECAR_ABSENT}: a request that leaves via the gateway or is blocked on the way passed the "
+            "calling sidecar, which logged it",
+        )
     _external_issues(
         r, path, via_gateway=bool(via_gateway), blocked=blocked, caller=caller, attempts=attempts
     )
@@ -689,8 +747,9 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
         blocked=cast(Literal["sidecar", "gateway"] | None, blocked),
         sidecar=logs["sidecar"],
         gateway=logs["gateway"],
-        external_caller=cast(Literal["not-gateway"] | None, caller),
+        external_caller=cast(Literal["not-gateway", "workload"] | None, caller),
         external_attempts=attempts,
+        sidecar_absent=sidecar_absent,
     )
 
 
@@ -722,10 +781,10 @@ def _external_issues(
     attempts: int | None,
 ) -> None:
     """What ``external_caller`` and ``external_attempts`` say against the rest of the expectation."""
-    if caller == "not-gateway" and via_gateway:
+    if caller is not None and via_gateway:
         r.issue(
             (*path, "external_caller"),
-            "not-gateway: the external host's caller of a request that went via the gateway is the gateway; "
+            f"{caller}: the external host's caller of a request that went via the gateway is the gateway; "
             "use via_gateway: false (or drop external_caller)",
         )
     elif caller is not None and blocked is not None:
@@ -739,12 +798,15 @@ def _external_issues(
         r.issue(
             (*path, "external_attempts"),
             "counts the external host's records of a request it witnesses: one via the gateway, or a "
-            "direct one with external_caller: not-gateway"
+            "direct one with external_caller (not-gateway or workload)"
             + (f" (this one is blocked at the {blocked})" if blocked else ""),
         )
 
 
-def _log_match(r: _Reader, path: FieldPath, value: object) -> Mapping[str, LogValue]:
+def _log_match(r: _Reader, path: FieldPath, value: object, *, hint: str = "") -> Mapping[str, LogValue]:
+    if hint and not isinstance(value, dict):
+        r.issue(path, f"expected a mapping of access-log fields{hint}, got {_type_name(value)} {value!r}")
+        return MappingProxyType({})
     data = r.mapping(path, value, (), ACCESS_LOG_FIELDS)
     out: dict[str, LogValue] = {}
     for key, item in (data or {}).items():

@@ -34,13 +34,30 @@ errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderC
           external_attempts: 3              # the external host got the request this many times
           sidecar: {upstream_cluster: "outbound|80|external|{{ egress_gateway_service }}"}
           gateway: {upstream_cluster: "outbound|80||{{ external_host }}", response_flags: null}
+    caller: {sidecar: injected}               # or none | excludes-external: see below
     tags: [egress-gateway, http]
+
+``caller.sidecar`` says how the calling workload (the chain's last hop, ``target``) is deployed:
+
+* ``injected`` (the default): with Istio's sidecar, which captures all its outbound traffic;
+* ``none``: without a sidecar (its pod carries the label ``sidecar.istio.io/inject: "false"``);
+* ``excludes-external``: with a sidecar whose capture leaves out the external host's address (the
+  pod annotation ``traffic.sidecar.istio.io/excludeOutboundIPRanges: <address>/32``).
+
+A caller that is not ``injected`` bypasses whatever the mesh says of the external host: each of its
+requests must expect ``via_gateway: false``, ``sidecar: absent`` (the calling workload's sidecar has
+no entry of it, or there is none) and ``external_caller: workload``, and no ``blocked``. ``sidecar:
+absent`` in a scenario whose caller is ``injected`` is an error: a sidecar that captures the request
+logs it.
 
 ``external_caller: not-gateway`` (a request with ``via_gateway: false``, not blocked) asks for the
 external host's record of the request too: it must be there, from a caller that is not the egress
 gateway (the workload itself), and over TLS with the host as SNI when the last leg is TLS (the
 sidecar's expected ``upstream_cluster`` is on the external TLS port). Without it such a request is
 judged by the hop logs alone; a request via the gateway is always witnessed at the external host.
+``external_caller: workload`` says more: the caller the external host recorded is the calling
+workload's own address (its pod's, or its node's where pods are source-NATed), which must differ
+from every egress gateway address.
 
 ``external_attempts: N`` (a request the external host witnesses: via the gateway, or with
 ``external_caller``) says how many times the request reached the external host: every record of it
@@ -91,6 +108,7 @@ __all__ = [
     "ACCESS_LOG_ENCODINGS",
     "ACCESS_LOG_FIELDS",
     "BLOCKED_AT",
+    "CALLER_SIDECARS",
     "CREDENTIAL_VARIABLES",
     "DEFAULT_CHAIN",
     "EXTERNAL_CALLERS",
@@ -99,7 +117,9 @@ __all__ = [
     "LOG_HOPS",
     "OUTBOUND_TRAFFIC_POLICIES",
     "SCHEMES",
+    "SIDECAR_ABSENT",
     "TEMPLATE_VARIABLES",
+    "Caller",
     "Catalog",
     "Expectation",
     "IstioVersion",
@@ -129,7 +149,12 @@ CREDENTIAL_VARIABLES: Mapping[str, str] = {
     "untrusted_ca_credential_name": "untrusted_ca_credential",
 }
 #: What ``expect.external_caller`` can say of the external host's record of a request.
-EXTERNAL_CALLERS: tuple[str, ...] = ("not-gateway",)
+EXTERNAL_CALLERS: tuple[str, ...] = ("not-gateway", "workload")
+#: How the calling workload (the chain's last hop) is deployed: with a sidecar that captures all its
+#: outbound traffic, without one, or with one that does not capture the external host's address.
+CALLER_SIDECARS: tuple[str, ...] = ("injected", "none", "excludes-external")
+#: What ``expect.sidecar`` says when the calling workload's sidecar must have no entry of the request.
+SIDECAR_ABSENT = "absent"
 #: Where a request can be refused.
 BLOCKED_AT: tuple[str, ...] = ("sidecar", "gateway")
 #: The proxies whose access-log entry an expectation can match: the sidecar of the workload that
@@ -288,10 +313,35 @@ class Expectation:
     blocked: Literal["sidecar", "gateway"] | None = None
     sidecar: Mapping[str, LogValue] = field(default_factory=dict)
     gateway: Mapping[str, LogValue] = field(default_factory=dict)
-    #: ``not-gateway``: the external host recorded the request from a caller that is not the gateway
-    external_caller: Literal["not-gateway"] | None = None
+    #: ``not-gateway``: the external host recorded the request from a caller that is not the gateway;
+    #: ``workload``: from the calling workload's own address
+    external_caller: Literal["not-gateway", "workload"] | None = None
     #: how many records of the request the external host must have (its attempts); None: at least one
     external_attempts: int | None = None
+    #: ``sidecar: absent``: the calling workload's sidecar has no entry of the request (it has no
+    #: sidecar, or its sidecar did not capture the request: ``Caller``)
+    sidecar_absent: bool = False
+
+
+@dataclass(frozen=True)
+class Caller:
+    """How the calling workload (the chain's last hop, ``target``) is deployed: ``sidecar`` is one of
+    :data:`CALLER_SIDECARS` (see the module docstring)."""
+
+    sidecar: str = "injected"
+
+    def __post_init__(self) -> None:
+        if self.sidecar not in CALLER_SIDECARS:
+            raise ValueError(f"Caller.sidecar: expected one of {', '.join(CALLER_SIDECARS)}, got {self.sidecar!r}")
+
+    @property
+    def captured(self) -> bool:
+        """Its sidecar captures everything it sends (the mesh's routing applies to it)."""
+        return self.sidecar == "injected"
+
+    @property
+    def has_sidecar(self) -> bool:
+        return self.sidecar != "none"
 
 
 @dataclass(frozen=True)
@@ -340,6 +390,8 @@ class Scenario:
     manifests: tuple[Path, ...]
     requests: tuple[RequestSpec, ...]
     tags: tuple[str, ...] = ()
+    #: how the calling workload is deployed (``caller:``)
+    caller: Caller = field(default_factory=Caller)
 
     @property
     def directory(self) -> Path:

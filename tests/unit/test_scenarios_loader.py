@@ -250,10 +250,10 @@ def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) ->
         ),
         (
             "      status: 200",
-            "      status: 200\n      external_caller: workload",
+            "      status: 200\n      external_caller: anyone",
             11,
             "requests[0].expect.external_caller",
-            "expected one of not-gateway, got 'workload'",
+            "expected one of not-gateway, workload, got 'anyone'",
         ),
         (
             "      status: 200",
@@ -293,7 +293,7 @@ def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) ->
             12,
             "requests[0].expect.external_attempts",
             "counts the external host's records of a request it witnesses: one via the gateway, or a "
-            "direct one with external_caller: not-gateway",
+            "direct one with external_caller (not-gateway or workload)",
         ),
         (
             "      status: 200\n      via_gateway: true\n      gateway:\n"
@@ -302,7 +302,62 @@ def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) ->
             13,
             "requests[0].expect.external_attempts",
             "counts the external host's records of a request it witnesses: one via the gateway, or a "
-            "direct one with external_caller: not-gateway (this one is blocked at the gateway)",
+            "direct one with external_caller (not-gateway or workload) (this one is blocked at the gateway)",
+        ),
+        (
+            "      status: 200",
+            "      status: 200\n      external_caller: workload",
+            11,
+            "requests[0].expect.external_caller",
+            "workload: the external host's caller of a request that went via the gateway is the gateway; "
+            "use via_gateway: false (or drop external_caller)",
+        ),
+        (
+            "      gateway:\n",
+            "      sidecar: absent\n      gateway:\n",
+            12,
+            "requests[0].expect.sidecar",
+            "absent: a request that leaves via the gateway or is blocked on the way passed the calling "
+            "sidecar, which logged it",
+        ),
+        (
+            "      gateway:\n",
+            "      sidecar: missing\n      gateway:\n",
+            12,
+            "requests[0].expect.sidecar",
+            "expected a mapping of access-log fields (or 'absent': no entry of the request there), got str "
+            "'missing'",
+        ),
+        (
+            "      status: 200\n      via_gateway: true\n      gateway:\n"
+            '        upstream_cluster: "outbound|80||{{ external_host }}"\n',
+            "      status: 200\n      via_gateway: false\n      sidecar: absent\n"
+            "      external_caller: workload\n",
+            12,
+            "requests[0].expect.sidecar",
+            "absent: the calling workload's sidecar captures and logs every request it sends; set "
+            "caller.sidecar to none or excludes-external",
+        ),
+        (
+            "istio:\n",
+            "caller: {sidecar: off}\nistio:\n",
+            3,
+            "caller.sidecar",
+            "expected str, got bool",
+        ),
+        (
+            "istio:\n",
+            "caller: {sidecar: absent}\nistio:\n",
+            3,
+            "caller.sidecar",
+            "expected one of injected, none, excludes-external, got 'absent'",
+        ),
+        (
+            "istio:\n",
+            "caller: {sidecars: none}\nistio:\n",
+            3,
+            "caller.sidecars",
+            "unknown key (did you mean 'sidecar'?)",
         ),
         (
             "      status: 200",
@@ -435,6 +490,13 @@ def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) ->
         "attempts-not-int",
         "attempts-of-an-unwitnessed-direct-request",
         "attempts-of-a-blocked-request",
+        "workload-caller-via-gateway",
+        "sidecar-absent-via-gateway",
+        "sidecar-neither-fields-nor-absent",
+        "sidecar-absent-of-a-captured-caller",
+        "caller-sidecar-not-a-string",
+        "caller-sidecar-unknown",
+        "caller-unknown-key",
         "status-out-of-range",
         "relative-path",
         "port-out-of-range",
@@ -463,6 +525,35 @@ def test_field_errors_name_line_and_field(tmp_path: Path, case: tuple[str, str, 
     got_line, got_field, got_message = one_issue(tmp_path, GOOD.replace(old, new, 1))
     assert (got_line, got_field) == (line, field)
     assert got_message.startswith(message)
+
+
+def test_a_caller_that_bypasses_its_sidecar_needs_a_direct_witnessed_expectation(tmp_path: Path) -> None:
+    """A workload whose sidecar does not capture the request goes straight out, whatever the mesh
+    routes: each of its requests must say so (via_gateway false, sidecar absent, external_caller
+    workload), each missing piece an issue of its own."""
+    write_scenario(tmp_path, GOOD.replace("istio:\n", "caller: {sidecar: none}\nistio:\n", 1))
+    issues = [(i.line, i.field, i.message) for i in raw_issues(tmp_path)]
+    why = "the caller's sidecar is 'none': it does not capture the request, which goes "
+    assert issues == [
+        (12, "requests[0].expect.via_gateway", why + "straight to the external host (use via_gateway: false, no blocked)"),
+        (10, "requests[0].expect.sidecar", why + "past the sidecar's log: expect sidecar: absent"),
+        (
+            10,
+            "requests[0].expect.external_caller",
+            why + "direct, and only the external host's record shows it: expect external_caller: workload",
+        ),
+    ]
+    bypass = GOOD.replace("istio:\n", "caller: {sidecar: excludes-external}\nistio:\n", 1).replace(
+        "      via_gateway: true\n      gateway:\n        upstream_cluster: \"outbound|80||{{ external_host }}\"\n",
+        "      via_gateway: false\n      sidecar: absent\n      external_caller: workload\n",
+    )
+    folder = tmp_path / "ok"
+    write_scenario(folder, bypass)
+    scenario = load_catalog(folder).get("demo")
+    assert scenario.caller.sidecar == "excludes-external" and not scenario.caller.captured
+    [request] = scenario.requests
+    assert request.expect.sidecar_absent and request.expect.external_caller == "workload"
+    assert dict(request.expect.sidecar) == {}
 
 
 # ------------------------------------------------------- the external host and its credentials
