@@ -11,7 +11,8 @@ rendered, sent and judged:
 2. by the status the client got;
 3. by the external host: for a request that had to leave through the egress gateway (``via_gateway:
    true`` and not blocked) its record's caller was the gateway; for a direct one that asks for it
-   (``external_caller: not-gateway``) its record's caller was not the gateway; a refused request
+   its record's caller was not the gateway (``external_caller: not-gateway``) or was the calling
+   workload itself (``external_caller: workload``); a refused request
    (``blocked``) has no record there.
 
 Afterwards the stage is removed, whatever happened (also on Ctrl-C), unless the tier keeps a failed
@@ -173,7 +174,7 @@ def exercise(
             )
         if exp.blocked:
             stage.witness_absence(request, sent)
-        elif exp.via_gateway or exp.external_caller == "not-gateway":
+        elif exp.via_gateway or exp.external_caller is not None:
             outcome.witness = stage.witness(request, sent)
     except failures as exc:
         outcome.error = exc

@@ -109,7 +109,8 @@ class HopLogs:
     """The access logs the evidence engine judges a request by, and the egress gateway's service
     (the cluster name the sidecar's entry must name to have sent the request there)."""
 
-    sidecar: EntryLog
+    #: None: the calling workload has no sidecar (``caller.sidecar: none``), so no log of one
+    sidecar: EntryLog | None
     gateway: EntryLog
     gateway_service: str = EGRESS_GATEWAY_SERVICE
 

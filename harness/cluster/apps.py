@@ -32,6 +32,13 @@ them besides its own. With ``callers`` the relays also answer only the mesh's ca
 ``target`` its own namespace's; any other caller in the mesh gets 403 ``RBAC: access denied`` from
 the relay's sidecar.
 
+The calling relay. ``target`` calls the external host; a scenario's ``caller.sidecar`` says how its
+pod is made (:func:`caller_pod`): with the sidecar (the default), without one (the pod label
+``sidecar.istio.io/inject: "false"``, which Istio's injection webhook skips by its object selector),
+or with a sidecar whose capture leaves out the external host's address (the pod annotation
+``traffic.sidecar.istio.io/excludeOutboundIPRanges: <address>/32``, which the injector turns into the
+iptables rules' exclusions). The deployment then checks that the pod has (or has not) the sidecar.
+
 Trusting the run's CA. With ``ca_pem`` (the run's CA certificate, ``harness.common.certs``) the relays call
 HTTPS hosts whose certificates that CA signed: the ConfigMap ``egress-harness-ca`` (key ``ca.crt``)
 is applied first, and each relay Deployment mounts it read-only at ``/etc/egress-harness/ca/`` and
@@ -41,8 +48,10 @@ sets ``SSL_CERT_FILE=/etc/egress-harness/ca/ca.crt``, which Python's default TLS
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -61,6 +70,12 @@ RELAY_MANIFEST = REPO_ROOT / "manifests" / "apps" / "relay.yaml"
 RELAY_IMAGE = "istio-egress-harness/relay:dev"
 RECORDER_IMAGE = "istio-egress-harness/recorder:dev"
 RELAY_DEPLOYMENTS: tuple[str, ...] = ("proxy", "target")
+#: the relay that calls the external host (the chain's last hop)
+CALLER_DEPLOYMENT = "target"
+#: the pod label Istio's injection webhook skips a pod by (its object selector: NotIn ["false"])
+INJECT_LABEL = "sidecar.istio.io/inject"
+#: the pod annotation whose CIDRs the sidecar's iptables rules do not redirect to the sidecar
+EXCLUDE_OUTBOUND_ANNOTATION = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
 RELAY_PORT = 8080
 #: the path prefix the ingress VirtualService routes to the ``proxy`` service
 INGRESS_PREFIX = "/proxy"
@@ -177,6 +192,53 @@ def prepare_relay_image(
     if cluster is not None:
         cluster.load_image(tag)
     return tag
+
+
+# --- the calling relay ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallerPod:
+    """What the calling relay's pod gets: ``sidecar`` (whether it must have one), and the labels and
+    annotations that make it so."""
+
+    sidecar: bool = True
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def caller_pod(sidecar: str, external_address: str | None = None) -> CallerPod:
+    """The calling relay's pod for a scenario's ``caller.sidecar``: ``injected``, ``none``, or
+    ``excludes-external`` (which needs the external host's IP address)."""
+    if sidecar == "injected":
+        return CallerPod()
+    if sidecar == "none":
+        return CallerPod(sidecar=False, labels={INJECT_LABEL: "false"})
+    if sidecar == "excludes-external":
+        if not external_address:
+            raise AppsError("caller.sidecar excludes-external needs the external host's address")
+        try:
+            address = ipaddress.ip_address(external_address)
+        except ValueError as exc:
+            raise AppsError(f"the external host's address {external_address!r} is not an IP address") from exc
+        return CallerPod(annotations={EXCLUDE_OUTBOUND_ANNOTATION: f"{address}/{address.max_prefixlen}"})
+    raise AppsError(f"unknown caller.sidecar {sidecar!r}: expected injected, none or excludes-external")
+
+
+def apply_caller_pod(docs: Sequence[dict[str, Any]], caller: CallerPod, app: str = CALLER_DEPLOYMENT) -> None:
+    """The labels and annotations of ``caller`` on the pod template of Deployment ``app``."""
+    if not caller.labels and not caller.annotations:
+        return
+    found = False
+    for doc in docs:
+        if doc.get("kind") != "Deployment" or (doc.get("metadata") or {}).get("name") != app:
+            continue
+        found = True
+        meta = doc["spec"]["template"].setdefault("metadata", {})
+        meta["labels"] = {**(meta.get("labels") or {}), **caller.labels}
+        meta["annotations"] = {**(meta.get("annotations") or {}), **caller.annotations}
+    if not found:
+        raise AppsError(f"the relay manifest has no Deployment {app!r} to make the caller")
 
 
 # --- the manifest ---------------------------------------------------------------------------------
@@ -481,8 +543,10 @@ class RelayApps:
         upstreams: Sequence[str] = (),
         labels: Mapping[str, str] | None = None,
         callers: bool = False,
+        caller: CallerPod | None = None,
     ) -> None:
         self.kube = kube
+        self.caller = caller or CallerPod()
         self.pin_to_control_plane = pin_to_control_plane
         self.token = token
         self.callers = callers
@@ -513,6 +577,7 @@ class RelayApps:
             upstreams=self.upstreams,
             labels=self.labels,
         )
+        apply_caller_pod(docs, self.caller)
         if self.ingress_principals:
             policies = caller_policies(self.namespace, self.ingress_principals)
             if self.labels:
@@ -551,6 +616,14 @@ class RelayApps:
         pods = self.kube.list_pods(self.namespace, f"app={app}")
         if not pods:
             raise AppsError(f"no pod of {app!r} in {self.namespace} after its rollout")
+        if app == CALLER_DEPLOYMENT and not self.caller.sidecar:
+            injected = [p["metadata"]["name"] for p in pods if has_sidecar(p)]
+            if injected:
+                raise AppsError(
+                    f"pods of {app!r} with the {SIDECAR_CONTAINER} sidecar although the scenario's caller has "
+                    f"none ({INJECT_LABEL}=false on the pod): {', '.join(injected)}"
+                )
+            return pods
         bare = [p["metadata"]["name"] for p in pods if not has_sidecar(p)]
         if bare:
             raise AppsError(

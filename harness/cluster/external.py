@@ -546,6 +546,11 @@ class RecorderClient:
     def url(self) -> str:
         raise NotImplementedError
 
+    @property
+    def address(self) -> str:
+        """The IP address the cluster's pods reach the recorder at (what its aliases resolve to)."""
+        raise NotImplementedError(f"recorder {self.name!r} does not say which address it listens on")
+
     def network_url(self, alias: str | None = None, *, scheme: str = "http") -> str:
         """The base URL other containers on the network use, e.g. ``https://<alias>`` (the port
         only when it is not the scheme's default)."""
@@ -619,8 +624,10 @@ class AttachedRecorder(RecorderClient):
         port: int,
         tls_port: int | None,
         log_file: Path | None = None,
+        address: str | None = None,
     ) -> None:
         self._url = url
+        self._address = address
         self.log_file = log_file
         self.name = name
         self.alias = alias
@@ -631,6 +638,15 @@ class AttachedRecorder(RecorderClient):
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def address(self) -> str:
+        if self._address is None:
+            raise LookupError(
+                f"the run state names no address of recorder {self.name!r} (a run brought up before the "
+                "state kept it): `egress-harness e2e down`, then `up` again"
+            )
+        return self._address
 
     def logs(self) -> str:
         """The recorder's log, read from the file the process that started it writes."""
@@ -700,3 +716,8 @@ class RecorderContainer(RecorderClient, Container):
         if self._url is None:
             self._url = f"http://127.0.0.1:{self.host_port(self.port)}"
         return self._url
+
+    @property
+    def address(self) -> str:
+        """Its address on the network (where kind's pods reach it, source-NATed by their node)."""
+        return self.container_ip

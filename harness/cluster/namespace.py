@@ -398,6 +398,43 @@ class RunNamespace:
             path_token=path_token,
         )
 
+    def expect_external_from_workload(
+        self,
+        request_id: str,
+        *,
+        timeout: float = 5.0,
+        gateway: ScenarioGateway | None = None,
+        recorder: RecorderClient | None = None,
+        path_token: str | None = None,
+        app: str = TARGET_APP,
+    ) -> Record:
+        """The record of ``request_id`` at the external host (``recorder``, default the run's
+        recorder), whose caller is the calling workload's own address (``app``'s pods, or their
+        nodes' under source NAT): it went straight out, past every proxy. E2EError when the host
+        cannot tell the gateway from the workload by address."""
+        recorder = recorder or self.recorder
+        if recorder is None:
+            raise E2EError("no recorder in this run (--external internet): the external host keeps no record")
+        workload = self.workload_callers(app)
+        if not workload:
+            raise E2EError(f"no pod of {app!r} in {self.namespace} to tell the external host's caller by")
+        shared = self.gateway_callers(gateway) & workload
+        if shared:
+            raise E2EError(
+                f"the external host sees the egress gateway and the workload from the same address "
+                f"({', '.join(sorted(shared))}): a direct call cannot be told from one through the gateway"
+            )
+        return expect_external_record(
+            (lambda: recorder.records(path_contains=path_token))
+            if path_token
+            else (lambda: recorder.records(request_id)),
+            request_id,
+            from_ips=workload,
+            timeout=timeout,
+            path_token=path_token,
+            expected_caller=f"the calling workload {app!r}",
+        )
+
     def proxy_versions(self, gateway: ScenarioGateway | None = None) -> list[str]:
         """The Istio versions of the target's sidecar and the gateway (their istio-proxy image tags)."""
         gw = gateway or DEFAULT_GATEWAY

@@ -99,6 +99,8 @@ class RecorderState:
     control_url: str | None = None
     #: the processes of a recorder that is not a container (pid, binary), for ``e2e down``
     processes: tuple[tuple[int, str], ...] = ()
+    #: the address pods reach a recorder that is not a container at (a container's is asked of Docker)
+    address: str | None = None
 
     def handle(self, run_dir: Path | None = None) -> RecorderClient:
         """A handle on the running recorder (nothing is started; do not enter it). A netns run's
@@ -112,6 +114,7 @@ class RecorderState:
                 port=self.port,
                 tls_port=self.tls_port,
                 log_file=run_dir / self.name / f"{self.name}.log" if run_dir is not None else None,
+                address=self.address,
             )
         recorder = RecorderContainer(
             self.image, network=self.network, alias=self.aliases[0] if self.aliases else EXTERNAL_ALIAS,
@@ -132,6 +135,7 @@ class RecorderState:
             "tls_port": self.tls_port,
             "control_url": self.control_url,
             "processes": [list(p) for p in self.processes],
+            "address": self.address,
         }
 
     @classmethod
@@ -147,6 +151,7 @@ class RecorderState:
             tls_port=r.optional_integer("tls_port"),
             control_url=r.text("control_url", optional=True) or None,
             processes=tuple((int(p[0]), str(p[1])) for p in data.get("processes") or ()),
+            address=r.text("address", optional=True) or None,
         )
 
 
@@ -169,6 +174,7 @@ def recorder_state(recorder: Any) -> RecorderState:
             tls_port=recorder.tls_port,
             control_url=recorder.url,
             processes=tuple((r.pid, r.binary) for r in recorder.records_of_processes),
+            address=recorder.ip,
         )
     return RecorderState(
         name=recorder.name,

@@ -39,6 +39,7 @@ from typing import Self
 
 import yaml
 
+from harness.cluster.apps import CallerPod, caller_pod, has_sidecar
 from harness.cluster.chain import (
     CANARY_PORT,
     CHAIN_READY_TIMEOUT_S,
@@ -311,6 +312,7 @@ class ClusterStage:
             upstreams=scenario_upstreams(self.scenario, self.context, ns),
             labels={RUN_LABEL: view.run_id, SCENARIO_LABEL: dns_label(self.scenario.name)},
             callers=True,
+            caller=self.caller_pod(),
         )
         relays.deploy()
         view.relay_manifest = relays.save(view.run_dir / "manifests" / ns)
@@ -327,6 +329,24 @@ class ClusterStage:
             text = yaml.safe_dump(liveness_gateway(ns, self.gateway.labels), sort_keys=False)
             self.made.callback(self.kube.delete_objects, self.kube.apply(text, namespace=ns))
         return applied.converged_s
+
+    def caller_pod(self) -> CallerPod:
+        """How the calling relay's pod is made for the scenario's ``caller.sidecar``; a sidecar that
+        leaves the external host out of its capture needs the address the recorder listens on."""
+        sidecar = self.scenario.caller.sidecar
+        if sidecar != "excludes-external":
+            return caller_pod(sidecar)
+        recorder = self.view.recorder_for(self.scenario)
+        if recorder is None:
+            raise E2EError(
+                f"scenario {self.scenario.name}: caller.sidecar excludes-external needs the external host's "
+                "address, and this run has no recorder (--external internet)"
+            )
+        try:
+            address = recorder.address
+        except (LookupError, NotImplementedError) as exc:
+            raise E2EError(f"scenario {self.scenario.name}: caller.sidecar excludes-external: {exc}") from exc
+        return caller_pod(sidecar, address)
 
     def send(self, request: ResolvedRequest) -> Sent:
         """``client -> ingress -> proxy -> target -> request's URL`` through the namespace's ingress path."""
@@ -350,11 +370,26 @@ class ClusterStage:
         """The target sidecar's and the scenario's gateway's pod logs, from a little before the sending
         (the clocks of the pods and the client differ)."""
         since = sent.sent_at - timedelta(seconds=LOG_SLACK_S)
+        if not self.scenario.caller.has_sidecar:
+            # no sidecar, no log of one: that the pod has none is checked again (its deployment did)
+            self._check_caller_bare()
+            return HopLogs(
+                None, self.view.gateway_log(since=since, gateway=self.gateway), self.gateway.service
+            )
         return HopLogs(
             self.view.sidecar_log(TARGET_APP, since=since),
             self.view.gateway_log(since=since, gateway=self.gateway),
             self.gateway.service,
         )
+
+    def _check_caller_bare(self) -> None:
+        pods = self.kube.list_pods(self.namespace, f"app={TARGET_APP}")
+        injected = [p["metadata"]["name"] for p in pods if has_sidecar(p)]
+        if not pods or injected:
+            raise E2EError(
+                f"scenario {self.scenario.name}: the caller {TARGET_APP!r} must run without a sidecar; "
+                + (f"these pods have one: {', '.join(injected)}" if injected else "it has no pod")
+            )
 
     def witness(self, request: ResolvedRequest, sent: Sent) -> str | None:
         """The recorder's record of the request: its caller is a gateway address (for a direct request,
@@ -371,6 +406,8 @@ class ClusterStage:
             expect = (
                 view.expect_external_from_gateway
                 if request.expect.via_gateway
+                else view.expect_external_from_workload
+                if request.expect.external_caller == "workload"
                 else view.expect_external_direct
             )
             record = expect(
@@ -381,6 +418,10 @@ class ClusterStage:
                 exc.args = (f"{exc}{handshake_hint(recorder, request.host)}",)
             raise
         seen = f"external host (called from {record.get('client_ip')})"
+        if request.expect.external_caller == "workload":
+            seen = (
+                f"external host (called from {record.get('client_ip')}: {TARGET_APP} itself, not the gateway)"
+            )
         if tls:
             mutual = external_requirement(self.scenario) == "mtls"
             subject = view.pki.client.subject if mutual and view.pki is not None else None

@@ -77,10 +77,12 @@ def expect_external_record(
     timeout: float = 5.0,
     interval: float = 0.05,
     path_token: str | None = None,
+    expected_caller: str = "the egress gateway",
 ) -> Record:
     """The record of ``request_id`` (or, with ``path_token``, of the request whose path holds that
-    token) at the external host, whose caller is one of ``from_ips`` or, with ``not_from_ips``
-    instead, none of those (a direct call: not from the egress gateway's addresses).
+    token) at the external host, whose caller is one of ``from_ips`` (the addresses of
+    ``expected_caller``, for the messages) or, with ``not_from_ips`` instead, none of those (a direct
+    call: not from the egress gateway's addresses).
 
     ``fetch`` returns the host's records (the recorder's ``/__recorder/requests``). The record of a
     request is written before its response, so the wait is short; it covers a slow fetch.
@@ -110,7 +112,7 @@ def expect_external_record(
         time.sleep(interval)
     if from_ips is not None:
         expected = f"from {', '.join(sorted(from_ips))}"
-        wrong = f"not from the egress gateway ({', '.join(sorted(from_ips))})"
+        wrong = f"not from {expected_caller} ({', '.join(sorted(from_ips))})"
     else:
         gateway = ", ".join(sorted(not_from_ips or ()))
         expected = f"from anyone but the egress gateway ({gateway})"

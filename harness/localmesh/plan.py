@@ -11,8 +11,8 @@ so that the scenarios the local Envoy tier can emulate run there from the same `
   the route's hosts (``*.domain`` too) to its destination's cluster ``outbound|P||DEST``;
 - ``outboundTrafficPolicy`` REGISTRY_ONLY turns the sidecar's catch-all into ``block_all`` (502).
 
-What it cannot emulate (TLS, TCP, AuthorizationPolicy, the Kubernetes Gateway API, other kinds) is
-refused with ``NotEmulable`` and the reason, and such a scenario is skipped on the local tier.
+What it cannot emulate (TLS, TCP, AuthorizationPolicy, the Kubernetes Gateway API, other kinds, a
+calling workload that bypasses its sidecar) is refused with ``NotEmulable`` and the reason, and such a scenario is skipped on the local tier.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ def _spec(doc: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def plan_for(scenario: Scenario, documents: Iterable[Mapping[str, Any]], ctx: RenderContext) -> RoutingPlan:
     """The routing the scenario's manifests give, or ``NotEmulable`` with the reason."""
+    if not scenario.caller.captured:
+        raise NotEmulable(
+            f"its calling workload bypasses the sidecar (caller.sidecar: {scenario.caller.sidecar}), and the "
+            "local mesh's workload sends everything through its sidecar Envoy (there is no iptables capture "
+            "to leave out or go without)"
+        )
     docs = list(documents)
     for doc in docs:
         kind, api = doc.get("kind"), str(doc.get("apiVersion", ""))

@@ -11,7 +11,11 @@ hops must show what:
 - ``via_gateway: true``: the sidecar sent it to the gateway, the gateway to the external host;
 - ``via_gateway: false``: the sidecar sent it straight out, and the gateway has no entry of it,
   proven on a live gateway log: a canary sent through the gateway must show up in it
-  (``harness.evidence.expect_absent``).
+  (``harness.evidence.expect_absent``);
+- ``sidecar: absent`` (a calling workload that bypasses its sidecar: ``caller.sidecar``): neither
+  the calling workload's sidecar nor the gateway has an entry of it, each proven live by a canary
+  (the canary to the gateway passes the calling sidecar too); a workload without a sidecar has no
+  log there (``sidecar=None``), and what shows where the request went is the external host's record.
 
 The ``sidecar:`` and ``gateway:`` field maps add exact checks on those hops' entries. How a request
 is found at each hop (``RequestRef``: a TLS request by its SNI in its time window) is the caller's.
@@ -48,21 +52,32 @@ def field_checks(fields: Mapping[str, LogValue]) -> list[p.Predicate]:
 
 def needs_canary(expect: Expectation) -> bool:
     """Whether judging ``expect`` watches the gateway for an entry that must not appear (``via_gateway:
-    false``, not blocked: ``hop_checks``' absent gateway check), which a canary must prove live."""
+    false``, not blocked: ``hop_checks``' absent gateway check), which a canary must prove live (with
+    ``sidecar: absent`` the calling sidecar's absence too)."""
     return not expect.via_gateway and expect.blocked is None
 
 
 def hop_checks(
     request: ResolvedRequest,
     *,
-    sidecar: EntryLog,
+    sidecar: EntryLog | None,
     gateway: EntryLog,
     gateway_service: str = EGRESS_GATEWAY_SERVICE,
     canary: Callable[[], RequestRef] | None = None,
 ) -> list[HopCheck]:
     """The checks, in path order, that the request's expectation asks of each hop; ``canary`` goes
-    with the gateway's absence check."""
+    with the absence checks. ``sidecar`` None: the calling workload has no sidecar, which only a
+    request expected with ``sidecar: absent`` can have (``ValueError`` otherwise)."""
     exp = request.expect
+    if exp.sidecar_absent:
+        # the workload bypassed its sidecar (or has none): no hop of the mesh has an entry of it
+        nothing = [] if sidecar is None else [HopCheck(sidecar, absent=True, canary=canary)]
+        return [*nothing, HopCheck(gateway, absent=True, canary=canary)]
+    if sidecar is None:
+        raise ValueError(
+            f"request {request.name}: the calling workload has no sidecar, so no sidecar entry can show "
+            "where it sent the request; only an expectation with sidecar: absent fits such a caller"
+        )
     side_extra = field_checks(exp.sidecar)
     gw_extra = field_checks(exp.gateway)
     # Any port of the gateway service: plain HTTP reaches it on 80, TLS origination on 443 (ISTIO_MUTUAL);
@@ -100,7 +115,7 @@ def judge(
     request: ResolvedRequest,
     ref: RequestRef,
     *,
-    sidecar: EntryLog,
+    sidecar: EntryLog | None,
     gateway: EntryLog,
     wait: Wait | None = None,
     absence_window: float = 2.0,
@@ -117,9 +132,9 @@ def judge(
     checks = hop_checks(
         request, sidecar=sidecar, gateway=gateway, gateway_service=gateway_service, canary=canary
     )
-    if any(c.absent and c.canary is None for c in checks):
+    for check in (c for c in checks if c.absent and c.canary is None):
         raise ValueError(
-            f"request {request.name}: its absence at {gateway.hop!r} needs a canary sent through that hop "
+            f"request {request.name}: its absence at {check.log.hop!r} needs a canary sent through that hop "
             "(judge(..., canary=...)): an empty or wrong log source shows no entry either"
         )
     return assert_hops(ref, checks, wait=wait, absence_window=absence_window)

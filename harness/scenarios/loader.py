@@ -554,7 +554,8 @@ def _caller_issues(r: _Reader, caller: Caller, requests: Sequence[RequestSpec]) 
         if exp.external_caller != "workload":
             r.issue(
                 (*path, "external_caller"),
-                why + "direct, and only the external host's record shows it: expect external_caller: workload",
+                why
+                + "direct, and only the external host's record shows it: expect external_caller: workload",
             )
 
 
@@ -711,14 +712,7 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
                 (*path, "blocked"), f"expected one of {', '.join(BLOCKED_AT)} or false, got {blocked_raw!r}"
             )
     caller, attempts = _external_fields(r, path, data)
-    logs: dict[str, Mapping[str, LogValue]] = {}
-    sidecar_absent = data.get("sidecar") == SIDECAR_ABSENT
-    for hop in LOG_HOPS:
-        if hop == "sidecar" and sidecar_absent:
-            logs[hop] = MappingProxyType({})
-            continue
-        hint = f" (or {SIDECAR_ABSENT!r}: no entry of the request there)" if hop == "sidecar" else ""
-        logs[hop] = _log_match(r, (*path, hop), data.get(hop, {}), hint=hint)
+    logs, sidecar_absent = _log_matches(r, path, data)
     if len(r.issues) > before or status is _MISSING or via_gateway is _MISSING:
         return None
     # what the fields say together must be possible
@@ -751,6 +745,22 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
         external_attempts=attempts,
         sidecar_absent=sidecar_absent,
     )
+
+
+def _log_matches(
+    r: _Reader, path: FieldPath, data: Mapping[str, object]
+) -> tuple[dict[str, Mapping[str, LogValue]], bool]:
+    """The ``sidecar`` and ``gateway`` field maps of an ``expect:`` block, and whether it says
+    ``sidecar: absent`` instead of a map."""
+    logs: dict[str, Mapping[str, LogValue]] = {}
+    sidecar_absent = data.get("sidecar") == SIDECAR_ABSENT
+    for hop in LOG_HOPS:
+        if hop == "sidecar" and sidecar_absent:
+            logs[hop] = MappingProxyType({})
+            continue
+        hint = f" (or {SIDECAR_ABSENT!r}: no entry of the request there)" if hop == "sidecar" else ""
+        logs[hop] = _log_match(r, (*path, hop), data.get(hop, {}), hint=hint)
+    return logs, sidecar_absent
 
 
 def _external_fields(

@@ -332,7 +332,9 @@ class Caller:
 
     def __post_init__(self) -> None:
         if self.sidecar not in CALLER_SIDECARS:
-            raise ValueError(f"Caller.sidecar: expected one of {', '.join(CALLER_SIDECARS)}, got {self.sidecar!r}")
+            raise ValueError(
+                f"Caller.sidecar: expected one of {', '.join(CALLER_SIDECARS)}, got {self.sidecar!r}"
+            )
 
     @property
     def captured(self) -> bool:

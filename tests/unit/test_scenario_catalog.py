@@ -73,6 +73,8 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "timeouts-and-retries-at-egress-gateway": ("1.23", {"egress-gateway", "timeouts-retries", "http"}),
     "identity-authz-on-egress-gateway": ("1.23", {"egress-gateway", "authz", "http", "negative-control"}),
     "one-host-two-ports": ("1.23", {"egress-gateway", "sidecar", "http", "tls"}),
+    "bypass-without-sidecar": ("1.23", {"egress-gateway", "bypass", "http"}),
+    "bypass-sidecar-excludes-external": ("1.23", {"egress-gateway", "bypass", "http"}),
     "wildcard-tls-passthrough-via-egress-gateway": (
         "1.23",
         {"egress-gateway", "wildcard", "tls", "passthrough"},
@@ -93,6 +95,7 @@ TAG_VOCABULARY = {
     "registry-only",
     "negative-control",
     "timeouts-retries",
+    "bypass",
 }
 #: a context that differs from the offline one in every value
 OTHER_CONTEXT = RenderContext(
@@ -147,6 +150,8 @@ def test_version_range_and_tags(name: str) -> None:
         f"{name}: unknown tags {sorted(set(scenario.tags) - TAG_VOCABULARY)}"
     )
     assert scenario.requires.gateway_api == ("gateway-api" in scenario.tags)
+    # a scenario whose caller goes around its sidecar is a bypass scenario, and only such a one
+    assert scenario.caller.captured == ("bypass" not in scenario.tags)
 
 
 def test_gateway_api_tls_passthrough_excludes_releases_before_1_30() -> None:

@@ -535,7 +535,11 @@ def test_a_caller_that_bypasses_its_sidecar_needs_a_direct_witnessed_expectation
     issues = [(i.line, i.field, i.message) for i in raw_issues(tmp_path)]
     why = "the caller's sidecar is 'none': it does not capture the request, which goes "
     assert issues == [
-        (12, "requests[0].expect.via_gateway", why + "straight to the external host (use via_gateway: false, no blocked)"),
+        (
+            12,
+            "requests[0].expect.via_gateway",
+            why + "straight to the external host (use via_gateway: false, no blocked)",
+        ),
         (10, "requests[0].expect.sidecar", why + "past the sidecar's log: expect sidecar: absent"),
         (
             10,
@@ -544,7 +548,7 @@ def test_a_caller_that_bypasses_its_sidecar_needs_a_direct_witnessed_expectation
         ),
     ]
     bypass = GOOD.replace("istio:\n", "caller: {sidecar: excludes-external}\nistio:\n", 1).replace(
-        "      via_gateway: true\n      gateway:\n        upstream_cluster: \"outbound|80||{{ external_host }}\"\n",
+        '      via_gateway: true\n      gateway:\n        upstream_cluster: "outbound|80||{{ external_host }}"\n',
         "      via_gateway: false\n      sidecar: absent\n      external_caller: workload\n",
     )
     folder = tmp_path / "ok"

@@ -55,6 +55,11 @@ class NetnsRecorder(RecorderClient):
         self.forwarder: Forwarder | None = None
 
     @property
+    def address(self) -> str:
+        """Its own address in the external namespace (what its aliases resolve to in every pod)."""
+        return self.ip
+
+    @property
     def url(self) -> str:
         if self.forwarder is None:
             raise RuntimeError(f"recorder {self.name} is not started")
