@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from harness.cluster.apps import has_sidecar
 from harness.cluster.chain import TARGET_APP
 from harness.cluster.errors import ConvergenceError, E2EError
 from harness.cluster.gatewayapi import GATEWAY_API_GROUP
@@ -300,9 +301,14 @@ def proxy_config(
 def proxy_pods(
     kube: Any, namespace: str, gateway: ScenarioGateway | None = None
 ) -> dict[ProxyKind, list[tuple[str, str]]]:
-    """``(pod, namespace)`` of the target's sidecars in ``namespace`` and of the gateway's pods."""
+    """``(pod, namespace)`` of the target's sidecars in ``namespace`` (its pods that have one: a
+    scenario's caller may run without) and of the gateway's pods."""
     gw = gateway or DEFAULT_GATEWAY
-    sidecars = [(p["metadata"]["name"], namespace) for p in kube.list_pods(namespace, f"app={TARGET_APP}")]
+    sidecars = [
+        (p["metadata"]["name"], namespace)
+        for p in kube.list_pods(namespace, f"app={TARGET_APP}")
+        if has_sidecar(p)
+    ]
     gateways = [(p["metadata"]["name"], gw.namespace) for p in kube.list_pods(gw.namespace, gw.selector)]
     return {"sidecar": sidecars, "gateway": gateways}
 

@@ -575,6 +575,9 @@ class RunNamespace:
             raise
         gateway = scenario_gateway(documents, self.namespace)
         markers = convergence_markers(documents, self.namespace, gateway_labels=gateway.labels)
+        if not scenario.caller.has_sidecar:
+            # the calling workload has no sidecar to take the scenario: only the gateway's is awaited
+            markers = [m for m in markers if m.proxy != "sidecar"]
         applied = AppliedScenario(
             scenario,
             rendered,

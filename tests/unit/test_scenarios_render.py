@@ -240,6 +240,25 @@ def test_requests_render_with_ports_and_log_expectations() -> None:
     assert resolved.chain == ("ingress", "proxy", "target")
 
 
+def test_a_rendered_request_keeps_every_field_of_its_expectation() -> None:
+    """Rendering fills the templates of the log fields and keeps the rest as written: a field it
+    dropped would judge the request by another expectation than its scenario's."""
+    expect = Expectation(
+        200,
+        False,
+        sidecar={"upstream_cluster": "outbound|80||{{ external_host }}"},
+        external_caller="workload",
+        external_attempts=2,
+        sidecar_absent=True,
+    )
+    resolved = render_request(
+        RequestSpec(name="r", host="{{ external_host }}", expect=expect),
+        ctx(external_host="h.example"),
+        source=Path("s.yaml"),
+    )
+    assert resolved.expect == replace(expect, sidecar={"upstream_cluster": "outbound|80||h.example"})
+
+
 @pytest.mark.parametrize(
     ("scheme", "port", "expected"),
     [("http", None, 81), ("https", None, 444), ("http", 9000, 9000), ("https", "{{ external_port }}", 81)],
