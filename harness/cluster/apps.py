@@ -235,8 +235,9 @@ def apply_caller_pod(docs: Sequence[dict[str, Any]], caller: CallerPod, app: str
             continue
         found = True
         meta = doc["spec"]["template"].setdefault("metadata", {})
-        meta["labels"] = {**(meta.get("labels") or {}), **caller.labels}
-        meta["annotations"] = {**(meta.get("annotations") or {}), **caller.annotations}
+        for key, extra in (("labels", caller.labels), ("annotations", caller.annotations)):
+            if extra:
+                meta[key] = {**(meta.get(key) or {}), **extra}
     if not found:
         raise AppsError(f"the relay manifest has no Deployment {app!r} to make the caller")
 

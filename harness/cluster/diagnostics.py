@@ -113,6 +113,13 @@ def run_bounded(name: str, step: Callable[[], list[Path]], timeout_s: float) -> 
     return StepResult(name, True, took, files=list(box.get("files") or []))
 
 
+def _bare(pod: Mapping[str, Any]) -> bool:
+    """The pod's spec names its containers, and Istio's proxy is not among them."""
+    spec = pod.get("spec") or {}
+    names = {c.get("name") for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]}
+    return bool(spec) and "istio-proxy" not in names
+
+
 def _pod_names(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted(str(p["metadata"]["name"]) for p in pods)
 
@@ -222,9 +229,9 @@ class Diagnostics:
 
     def proxy_configs(self, directory: Path) -> list[Path]:
         kube = self._need_kube()
-        targets = [
-            (p, self.namespace) for p in _pod_names(kube.list_pods(self.namespace, self.sidecar_selector))
-        ]
+        # a calling workload without a sidecar (a bypass scenario's) has no configuration to read
+        sidecars = [p for p in kube.list_pods(self.namespace, self.sidecar_selector) if not _bare(p)]
+        targets = [(p, self.namespace) for p in _pod_names(sidecars)]
         targets += [
             (p, self.gateway_namespace)
             for p in _pod_names(kube.list_pods(self.gateway_namespace, self.gateway_selector))

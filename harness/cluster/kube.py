@@ -389,7 +389,9 @@ class Kube:
         since_seconds: int | None = None,
         since_time: datetime | None = None,
     ) -> dict[str, str]:
-        """The whole log of ``container`` in every pod matching ``selector``, keyed by pod name.
+        """The whole log of ``container`` in every pod matching ``selector`` that has one, keyed by
+        pod name (a pod without that container, such as a workload without a sidecar among others
+        with one, has no log of it and is left out).
 
         No tail limit. ``since_time`` (timezone-aware) is exact: the server is asked for a window
         covering it with timestamps, and lines before it are dropped here.
@@ -399,6 +401,12 @@ class Kube:
         logs: dict[str, str] = {}
         for pod in self.list_pods(namespace, selector):
             name = pod["metadata"]["name"]
+            spec = pod.get("spec") or {}
+            named = {
+                c.get("name") for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+            }
+            if spec and container not in named:
+                continue
             window = since_seconds
             if since_time is not None:
                 window = since_seconds_for(since_time, datetime.now(UTC))

@@ -29,14 +29,17 @@ class StandInKube:
         self.calls: list[tuple[Any, ...]] = []
         self.fail_events = False
         self.hang_logs_s = 0.0
+        #: the target runs without a sidecar (a bypass scenario's caller)
+        self.bare_target = False
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         self.calls.append(("pods", namespace, selector))
         if namespace == "istio-system":
             return [pod("gw-1", "istio-proxy"), pod("gw-2", "istio-proxy")]
+        target = pod("target-1", "relay") if self.bare_target else pod("target-1", "relay", "istio-proxy")
         if selector == "app=target":
-            return [pod("target-1", "relay", "istio-proxy")]
-        return [pod("proxy-1", "relay", "istio-proxy"), pod("target-1", "relay", "istio-proxy")]
+            return [target]
+        return [pod("proxy-1", "relay", "istio-proxy"), target]
 
     def pod_logs(
         self,
@@ -50,7 +53,11 @@ class StandInKube:
         self.calls.append(("logs", namespace, selector, container, since_time))
         if self.hang_logs_s and namespace == "istio-system":
             time.sleep(self.hang_logs_s)
-        names = [p["metadata"]["name"] for p in self.list_pods(namespace, selector)]
+        # as Kube.pod_logs: the pods that have the container
+        pods = self.list_pods(namespace, selector)
+        names = [
+            p["metadata"]["name"] for p in pods if container in {c["name"] for c in p["spec"]["containers"]}
+        ]
         return {n: f"{container} log of {n}\n" for n in names}
 
     def events(self, namespace: str) -> list[dict[str, Any]]:
@@ -157,6 +164,22 @@ def test_collect_writes_every_piece(tmp_path: Path, fakebin: Any) -> None:
     assert f"istioctl proxy-config listeners gw-2.istio-system {k}" in cmds
     assert f"istioctl analyze -n {NS} {k}" in cmds
     assert len(cmds) == 10
+
+
+def test_a_target_without_a_sidecar_has_its_relay_log_and_no_proxy_config(
+    tmp_path: Path, fakebin: Any
+) -> None:
+    fakebin.rules(ISTIOCTL_OK)
+    kube = StandInKube()
+    kube.bare_target = True
+    directory = diagnostics(tmp_path, kube).collect("bypass")
+    files = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+    assert {"target-1.relay.log", "proxy-1.istio-proxy.log"} <= files
+    assert not {
+        f for f in files if f.startswith(("target-1.istio-proxy", "proxy-config/")) and "target-1" in f
+    }
+    assert "FAILED" not in (directory / "summary.txt").read_text()
+    assert not [c for c in fakebin.commands() if "target-1." in c]
 
 
 def test_each_step_is_independent(tmp_path: Path, fakebin: Any) -> None:

@@ -301,6 +301,32 @@ def test_pod_logs_reads_every_pod_whole(client: Any) -> None:
         assert call["_preload_content"] is False
 
 
+class SpecCore(FakeCore):
+    """Pods with their containers: ``bare`` has no sidecar, ``native`` has it as an init container."""
+
+    def list_namespaced_pod(self, *, namespace: str, label_selector: str, **kw: Any) -> dict[str, Any]:
+        specs = {
+            "proxy-1": {"containers": [{"name": "relay"}, {"name": "istio-proxy"}]},
+            "bare": {"containers": [{"name": "relay"}]},
+            "native": {"containers": [{"name": "relay"}], "initContainers": [{"name": "istio-proxy"}]},
+        }
+        return {
+            "items": [{"metadata": {"name": p, "namespace": namespace}, "spec": specs[p]} for p in self.pods]
+        }
+
+
+def test_pod_logs_leave_out_a_pod_without_the_container(client: Any) -> None:
+    logs = {"proxy-1": "a\n", "bare": "relay only\n", "native": "n\n"}
+    client.core = SpecCore(["proxy-1", "bare", "native"], logs)
+    assert client.pod_logs("ns", "app") == {"proxy-1": "a\n", "native": "n\n"}
+    assert [c["name"] for c in client.core.log_calls] == ["proxy-1", "native"]
+    assert client.pod_logs("ns", "app", container="relay") == {
+        "proxy-1": "a\n",
+        "bare": "relay only\n",
+        "native": "n\n",
+    }
+
+
 def test_pod_logs_since_time_is_exact(client: Any) -> None:
     since = datetime.now(UTC) - timedelta(seconds=30)
     before = (since - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -514,3 +514,169 @@ def test_an_attempt_count_needs_a_count_and_the_callers_to_tell_them_by() -> Non
         expect_external_attempts(lambda: TIMEOUTS_RECORDS, "rid", 0, from_ips={"10.244.1.3"})
     with pytest.raises(ValueError, match="give from_ips or not_from_ips"):
         expect_external_attempts(lambda: TIMEOUTS_RECORDS, "rid", 1)
+
+
+# ------------------------------------ bypass-sidecar-excludes-external, bypass-without-sidecar
+
+BYPASS_GATEWAY_ADDRESS = "10.244.1.3"
+#: the calling workload's pod in the excluded run, and the one without a sidecar
+EXCLUDED_TARGET_ADDRESS = "10.244.1.20"
+BARE_TARGET_ADDRESS = "10.244.1.15"
+EXCLUDED_SIDECAR = recorded("bypass-excluded.sidecar.log")
+EXCLUDED_GATEWAY = recorded("bypass-excluded.gateway.log")
+[EXCLUDED_RECORD] = json.loads((RECORDED / "bypass-excluded.records.json").read_text())
+EXCLUDED_TOKEN = str(EXCLUDED_RECORD["path"]).partition("egh-token=")[2]
+#: the same request of the same scenario with the annotation removed (a captured caller): what its
+#: sidecar, the gateway and the external host recorded
+[CAPTURED_SIDECAR_LINE] = recorded("bypass-excluded.captured.sidecar.log")
+[CAPTURED_GATEWAY_LINE] = recorded("bypass-excluded.captured.gateway.log")
+[CAPTURED_RECORD] = json.loads((RECORDED / "bypass-excluded.captured.records.json").read_text())
+CAPTURED_TOKEN = str(CAPTURED_RECORD["path"]).partition("egh-token=")[2]
+BARE_GATEWAY = recorded("bypass-without-sidecar.gateway.log")
+[BARE_RECORD] = json.loads((RECORDED / "bypass-without-sidecar.records.json").read_text())
+BARE_TOKEN = str(BARE_RECORD["path"]).partition("egh-token=")[2]
+
+
+def canaries(lines: Sequence[str]) -> list[RequestRef]:
+    """The canaries a log holds, in the order they were sent (one per absence check)."""
+    tokens = [line.split("egh-token=")[1].split(" ")[0] for line in lines if '"GET /egh-live-' in line]
+    return [RequestRef(path_token=t) for t in dict.fromkeys(tokens)]
+
+
+def judge_bypass(
+    name: str,
+    sidecar: Sequence[str] | None,
+    gateway: Sequence[str],
+    record: dict[str, Any],
+    *,
+    workload: str,
+    token: str,
+) -> str:
+    """The hop logs and the external host's record of a bypass scenario's request, as the runner
+    and ``ClusterStage.witness`` (``external_caller: workload``) judge them; the caller it saw."""
+    scenario = CATALOG.get(name)
+    assert not scenario.caller.captured
+    [spec] = scenario.requests
+    host = f"{name}.egress-harness.test"
+    request = render_request(
+        spec,
+        RenderContext(istio_version="1.31-dev", external_host=host, run_id="476f1f"),
+        source=scenario.file,
+    )
+    assert request.expect.sidecar_absent and request.expect.external_caller == "workload"
+    sent = canaries([*(sidecar or []), *gateway])
+    judge(
+        request,
+        RequestRef(path_token=token),
+        sidecar=None
+        if sidecar is None
+        else EntryLog(LinesLogSource("target sidecar", sidecar), hop="target sidecar"),
+        gateway=EntryLog(LinesLogSource("egress gateway", gateway), hop="egress gateway"),
+        wait=QUICK,
+        absence_window=0.05,
+        canary=lambda: sent.pop(0),
+    )
+    found = expect_external_record(
+        lambda: [record],
+        "rid",
+        from_ips={workload},
+        path_token=token,
+        timeout=0.1,
+        expected_caller="the calling workload 'target'",
+    )
+    assert workload != BYPASS_GATEWAY_ADDRESS
+    return str(found["client_ip"])
+
+
+def judge_excluded(
+    sidecar: Sequence[str] = EXCLUDED_SIDECAR,
+    gateway: Sequence[str] = EXCLUDED_GATEWAY,
+    record: dict[str, Any] = EXCLUDED_RECORD,
+) -> str:
+    return judge_bypass(
+        "bypass-sidecar-excludes-external",
+        sidecar,
+        gateway,
+        record,
+        workload=EXCLUDED_TARGET_ADDRESS,
+        token=EXCLUDED_TOKEN,
+    )
+
+
+def test_the_excluded_address_bypasses_sidecar_and_gateway_on_what_the_istiod_tier_recorded() -> None:
+    # the sidecar logged the request coming in (inbound) and the canaries going out, not the request
+    assert any(EXCLUDED_TOKEN in line and "inbound|8080||" in line for line in EXCLUDED_SIDECAR)
+    assert len(canaries(EXCLUDED_SIDECAR)) == len(canaries(EXCLUDED_GATEWAY)) == 2
+    assert judge_excluded() == EXCLUDED_TARGET_ADDRESS
+
+
+def test_the_bare_workload_bypasses_the_gateway_on_what_the_istiod_tier_recorded() -> None:
+    assert (
+        judge_bypass(
+            "bypass-without-sidecar",
+            None,
+            BARE_GATEWAY,
+            BARE_RECORD,
+            workload=BARE_TARGET_ADDRESS,
+            token=BARE_TOKEN,
+        )
+        == BARE_TARGET_ADDRESS
+    )
+
+
+def test_a_captured_request_fails_the_bypass_at_the_hop_that_logged_it() -> None:
+    """The lines the sidecar and the gateway really wrote when the same scenario ran without the
+    annotation (the request captured and sent through the gateway), put in for this request."""
+    assert CAPTURED_TOKEN in CAPTURED_SIDECAR_LINE and CAPTURED_TOKEN in CAPTURED_GATEWAY_LINE
+    assert "outbound|80|external|istio-egressgateway" in CAPTURED_SIDECAR_LINE
+    sidecar_entry = CAPTURED_SIDECAR_LINE.replace(CAPTURED_TOKEN, EXCLUDED_TOKEN)
+    with pytest.raises(EvidenceError) as caught:
+        judge_excluded(sidecar=[*EXCLUDED_SIDECAR, sidecar_entry])
+    assert caught.value.hop == "target sidecar"
+    assert "an entry that should not exist" in str(caught.value)
+    gateway_entry = CAPTURED_GATEWAY_LINE.replace(CAPTURED_TOKEN, EXCLUDED_TOKEN)
+    for judged in (
+        lambda: judge_excluded(gateway=[*EXCLUDED_GATEWAY, gateway_entry]),
+        lambda: judge_bypass(
+            "bypass-without-sidecar",
+            None,
+            [
+                *BARE_GATEWAY,
+                CAPTURED_GATEWAY_LINE.replace(CAPTURED_TOKEN, BARE_TOKEN),
+            ],
+            BARE_RECORD,
+            workload=BARE_TARGET_ADDRESS,
+            token=BARE_TOKEN,
+        ),
+    ):
+        with pytest.raises(EvidenceError) as caught:
+            judged()
+        assert caught.value.hop == "egress gateway"
+
+
+def test_a_bypass_the_external_host_saw_from_the_gateway_fails_there() -> None:
+    # the record of the captured run: the external host's caller was the gateway
+    assert CAPTURED_RECORD["client_ip"] == BYPASS_GATEWAY_ADDRESS
+    from_gateway = {**CAPTURED_RECORD, "path": EXCLUDED_RECORD["path"], "target": EXCLUDED_RECORD["target"]}
+    with pytest.raises(ExternalEvidenceError) as caught:
+        judge_excluded(record=from_gateway)
+    assert caught.value.hop == "external host"
+    assert "not from the calling workload 'target' (10.244.1.20)" in str(caught.value)
+    # nor does another workload's address pass for the caller's own
+    with pytest.raises(ExternalEvidenceError):
+        judge_excluded(record={**EXCLUDED_RECORD, "client_ip": BARE_TARGET_ADDRESS})
+    # and a request the host never saw is no bypass at all
+    with pytest.raises(ExternalEvidenceError, match="never reached the external host"):
+        judge_excluded(
+            record={**EXCLUDED_RECORD, "path": "/get?egh-token=other", "target": "/get?egh-token=other"}
+        )
+
+
+def test_a_bypass_absence_needs_its_canaries_in_both_logs() -> None:
+    for sidecar, gateway, hop in (
+        ([line for line in EXCLUDED_SIDECAR if "egh-live-" not in line], EXCLUDED_GATEWAY, "target sidecar"),
+        (EXCLUDED_SIDECAR, [], "egress gateway"),
+    ):
+        with pytest.raises(EvidenceError, match="canary") as caught:
+            judge_excluded(sidecar=sidecar, gateway=gateway)
+        assert caught.value.hop == hop
