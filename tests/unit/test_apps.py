@@ -244,8 +244,22 @@ class StandInKube:
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         self.calls.append(("pods", namespace, selector))
-        containers = [{"name": "relay"}] + ([{"name": "istio-proxy"}] if self.sidecar else [])
-        return [{"metadata": {"name": f"{selector[4:]}-abc"}, "spec": {"containers": containers}}]
+        app = selector[4:]
+        template = next(
+            (
+                d["spec"]["template"]
+                for d in self.applied
+                if d["kind"] == "Deployment" and d["metadata"]["name"] == app
+            ),
+            {},
+        )
+        # as Istio's injection webhook: a pod labelled sidecar.istio.io/inject=false gets no sidecar
+        skipped = ((template.get("metadata") or {}).get("labels") or {}).get(
+            "sidecar.istio.io/inject"
+        ) == "false"
+        sidecar = self.sidecar and not skipped
+        containers = [{"name": "relay"}] + ([{"name": "istio-proxy"}] if sidecar else [])
+        return [{"metadata": {"name": f"{app}-abc"}, "spec": {"containers": containers}}]
 
 
 def test_relay_apps_deploy_wait_verify_and_delete() -> None:
@@ -272,6 +286,52 @@ def test_a_pod_without_sidecar_fails_and_the_apps_are_removed() -> None:
     ):
         pass
     assert kube.calls[-1] == ("delete", 6)
+
+
+def _template(docs: list[dict[str, Any]], app: str) -> dict[str, Any]:
+    [doc] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == app]
+    return dict(doc["spec"]["template"]["metadata"])
+
+
+def test_a_caller_without_a_sidecar_is_labelled_so_and_checked_to_have_none() -> None:
+    kube = StandInKube()
+    with RelayApps(kube, "egress-r1", caller=apps.caller_pod("none")) as relays:
+        assert _template(kube.applied, "target")["labels"]["sidecar.istio.io/inject"] == "false"
+        assert "sidecar.istio.io/inject" not in _template(kube.applied, "proxy")["labels"]
+        assert "annotations" not in _template(kube.applied, "target")
+        assert relays.caller.sidecar is False
+    # a target that got a sidecar anyway (the label ignored) is refused
+    kube = StandInKube()
+    kube.list_pods = (
+        lambda namespace, selector: [  # type: ignore[method-assign]
+            {"metadata": {"name": f"{selector[4:]}-abc"}, "spec": {"containers": [{"name": "istio-proxy"}]}}
+        ]
+    )
+    with (
+        pytest.raises(
+            AppsError, match=r"pods of 'target' with the istio-proxy sidecar although the scenario's caller"
+        ),
+        RelayApps(kube, "egress-r1", caller=apps.caller_pod("none")),
+    ):
+        pass
+
+
+def test_a_caller_whose_sidecar_excludes_the_external_address_is_annotated_with_it() -> None:
+    kube = StandInKube()
+    with RelayApps(kube, "egress-r1", caller=apps.caller_pod("excludes-external", "10.250.0.2")):
+        target = _template(kube.applied, "target")
+        assert target["annotations"] == {"traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.250.0.2/32"}
+        assert "annotations" not in _template(kube.applied, "proxy")
+    assert apps.caller_pod("excludes-external", "fd00::2").annotations == {
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges": "fd00::2/128"
+    }
+    assert apps.caller_pod("injected") == apps.CallerPod()
+    with pytest.raises(AppsError, match="needs the external host's address"):
+        apps.caller_pod("excludes-external")
+    with pytest.raises(AppsError, match=r"'external\.test' is not an IP address"):
+        apps.caller_pod("excludes-external", "external.test")
+    with pytest.raises(AppsError, match=r"unknown caller\.sidecar 'off'"):
+        apps.caller_pod("off")
 
 
 def test_native_sidecars_count_as_sidecars() -> None:
