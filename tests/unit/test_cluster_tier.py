@@ -273,3 +273,67 @@ def test_the_authz_scenario_is_refused_by_rbac_at_the_gateway_and_never_reaches_
     assert (run.result.outcome, run.result.hop) == ("failed", "external host")
     assert "the refused request with path token" in run.result.message
     assert "reached the external host anyway" in run.result.message
+
+
+BYPASSES = ("bypass-without-sidecar", "bypass-sidecar-excludes-external")
+
+
+@pytest.mark.parametrize("name", BYPASSES)
+def test_a_bypass_is_reported_not_through_the_gateway_by_the_workloads_own_address(
+    cluster: Cluster, name: str
+) -> None:
+    ns = scenario_namespace_name("eabc123", name)
+    cluster.proxy_config(ns, name)
+    cluster.mode = "bypass"
+    cluster.kube.app_host_ip = "172.18.0.3"  # the relays' node; the gateway's is 172.18.0.2
+    cluster.kube.bare_target = name == "bypass-without-sidecar"
+    with tier_of(cluster) as tier:
+        run = run_scenario(tier, CATALOG.get(name))
+    assert run.result.outcome == "passed", run.result.message
+    [outcome] = run.requests
+    assert outcome.line == (
+        f"{outcome.request.name}: HTTP 200, external host (called from 172.18.0.3: target itself, not the gateway)"
+    )
+    relays = next(t for t in cluster.kube.texts if "kind: Deployment" in t)
+    if cluster.kube.bare_target:
+        assert "sidecar.istio.io/inject: 'false'" in relays
+    else:
+        assert "traffic.sidecar.istio.io/excludeOutboundIPRanges: 172.18.0.9/32" in relays
+    # the absences were watched with canaries (one per log that must show nothing)
+    assert len([u for u in cluster.sent if "egh-live-" in u]) == (1 if cluster.kube.bare_target else 2)
+
+
+@pytest.mark.parametrize(("name", "hop"), [(BYPASSES[0], "egress gateway"), (BYPASSES[1], "target sidecar")])
+def test_a_captured_request_fails_a_bypass_at_the_first_proxy_that_logged_it(
+    cluster: Cluster, name: str, hop: str
+) -> None:
+    cluster.proxy_config(scenario_namespace_name("eabc123", name), name)
+    cluster.kube.app_host_ip = "172.18.0.3"
+    cluster.kube.bare_target = name == "bypass-without-sidecar"
+    # mode via-gateway: the sidecar sent it to the gateway, which called the host
+    with tier_of(cluster) as tier:
+        run = run_scenario(tier, CATALOG.get(name))
+    assert (run.result.outcome, run.result.hop) == ("failed", hop), run.result.message
+    assert "an entry that should not exist" in run.result.message
+
+
+def test_a_bypass_seen_from_the_gateways_node_fails_at_the_external_host(cluster: Cluster) -> None:
+    name = BYPASSES[1]
+    cluster.proxy_config(scenario_namespace_name("eabc123", name), name)
+    cluster.mode = "bypass"
+    cluster.kube.app_host_ip = "172.18.0.3"
+    with tier_of(cluster) as tier:
+        stage = tier.stage(CATALOG.get(name))
+        try:
+            stage.apply()
+            request = render_request(
+                CATALOG.get(name).requests[0], stage.context, source=CATALOG.get(name).file
+            )
+            sent = stage.send(request)
+            cluster.recorder.seen[sent.request_id] = "172.18.0.2"  # the gateway's node
+            with pytest.raises(
+                AssertionError, match=r"not from the calling workload 'target' \(172\.18\.0\.3\)"
+            ):
+                stage.witness(request, sent)
+        finally:
+            stage.remove(failed=False)

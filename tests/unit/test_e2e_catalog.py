@@ -484,14 +484,25 @@ class CatalogKube(StandInKube):
         self.fail_create = False
         #: the namespaces the tier waited for, with how many calls had been made by then
         self.awaited: list[tuple[str, int]] = []
+        #: the node the relays' pods run on; the target's pod has no sidecar (a bypass's caller)
+        self.app_host_ip = "172.18.0.2"
+        self.bare_target = False
+        #: the text of every apply, in order
+        self.texts: list[str] = []
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         if selector.startswith("app=") and namespace != "istio-system":
             app = selector[4:]
-            listed = pod(f"{app}-1", "10.244.0.12", "172.18.0.2", app=app)
+            listed = pod(f"{app}-1", "10.244.0.12", self.app_host_ip, app=app)
             listed["spec"]["containers"][0]["image"] = "docker.io/istio/proxyv2:1.30.3"
+            if app == "target" and self.bare_target:
+                listed["spec"]["containers"] = [{"name": "relay", "image": "istio-egress-harness/relay:dev"}]
             return [listed]
         return super().list_pods(namespace, selector)
+
+    def apply(self, text: str, namespace: str | None = None) -> list[ObjectRef]:
+        self.texts.append(text)
+        return super().apply(text, namespace)
 
     def create_namespace(self, name: str, labels: Any = None) -> None:
         self.calls.append(("create namespace", name, dict(labels or {})))
@@ -519,6 +530,8 @@ class StandInRecorder:
     tls_port: int | None = None
     tls: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: where the cluster's pods reach it (for a sidecar that leaves it out of its capture)
+    address: str = "172.18.0.9"
 
     def records(
         self, request_id: str | None = None, *, path_contains: str | None = None
@@ -654,6 +667,10 @@ class Cluster:
             self.kube.logs["target-1"].append(mine(relayed))
             self.gateway_prints(mine(RBAC_GATEWAY_DENIED))
             return response(403, rid=rid)
+        if self.mode == "bypass":  # the workload went around its sidecar: no proxy logged it
+            self.recorder.seen[rid] = self.kube.app_host_ip  # its node's address (source NAT)
+            self.recorder.paths[rid] = urlsplit(destination).path + "?" + urlsplit(destination).query
+            return response(200, rid=rid)
         if self.mode == "passthrough":
             self.kube.logs["target-1"].append(mine(SIDECAR_PASSTHROUGH))
         elif self.mode == "direct":  # a ServiceEntry host without egress routing: its own cluster
