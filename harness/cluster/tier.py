@@ -313,6 +313,10 @@ class ClusterStage:
             labels={RUN_LABEL: view.run_id, SCENARIO_LABEL: dns_label(self.scenario.name)},
             callers=True,
             caller=self.caller_pod(),
+            # on the harness's own cluster the relays run on the control-plane node, apart from the
+            # egress gateway on the worker: under kind's source NAT the external host tells the
+            # gateway from a workload that went direct only by their nodes' addresses
+            pin_to_control_plane=view.own_cluster,
         )
         relays.deploy()
         view.relay_manifest = relays.save(view.run_dir / "manifests" / ns)

@@ -337,3 +337,29 @@ def test_a_bypass_seen_from_the_gateways_node_fails_at_the_external_host(cluster
                 stage.witness(request, sent)
         finally:
             stage.remove(failed=False)
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_a_scenarios_relays_run_on_the_control_plane_of_the_harnesss_own_cluster_only(
+    cluster: Cluster, own: bool
+) -> None:
+    import yaml
+
+    from harness.cluster.apps import CONTROL_PLANE_NODE_SELECTOR
+
+    if not own:  # a cluster given by --kubeconfig: its nodes are not the harness's to choose
+        cluster.run.options = dataclasses.replace(cluster.run.options, kubeconfig=Path("/elsewhere"))
+    cluster.proxy_config(NS1)
+    with tier_of(cluster) as tier, staged(tier, CATALOG.get(MISSION)):
+        pass
+    deployments = [
+        doc
+        for text in cluster.kube.texts
+        for doc in yaml.safe_load_all(text)
+        if doc and doc.get("kind") == "Deployment"
+    ]
+    assert sorted(d["metadata"]["name"] for d in deployments) == ["proxy", "target"]
+    for d in deployments:
+        selector = d["spec"]["template"]["spec"].get("nodeSelector") or {}
+        pinned = all(selector.get(k) == v for k, v in CONTROL_PLANE_NODE_SELECTOR.items())
+        assert pinned is own, (d["metadata"]["name"], selector)
