@@ -59,7 +59,7 @@ def plan_for(scenario: Scenario, documents: Iterable[Mapping[str, Any]], ctx: Re
     sidecar: dict[tuple[str, int], SidecarRoute] = {}
     gateway: list[GatewayRoute] = []
     for doc in (d for d in docs if d["kind"] == "VirtualService"):
-        _virtual_service(_spec(doc), ctx, egress_gateways, sidecar, gateway, _namespace(doc, ctx))
+        _virtual_service(_spec(doc), ctx, egress_gateways, sidecar, gateway, namespace=_namespace(doc, ctx))
     for host, port in registered:
         sidecar.setdefault((host, port), SidecarRoute(host, port, via_gateway=False))
     policy = scenario.requires.outbound_traffic_policy or "ALLOW_ANY"
@@ -88,6 +88,7 @@ def _virtual_service(
     egress_gateways: set[tuple[str, str]],
     sidecar: dict[tuple[str, int], SidecarRoute],
     gateway: list[GatewayRoute],
+    *,
     namespace: str,
 ) -> None:
     """Add what one VirtualService (in ``namespace``) routes, at the sidecars (``mesh``) and at the

@@ -41,7 +41,9 @@ def documents(name: str, ctx: RenderContext = CTX) -> list[Doc]:
     return [copy.deepcopy(d.document.value) for d in rendered.documents]
 
 
-def plan(name: str, edit: Callable[[list[Doc]], object] | None = None, ctx: RenderContext = CTX) -> RoutingPlan:
+def plan(
+    name: str, edit: Callable[[list[Doc]], object] | None = None, ctx: RenderContext = CTX
+) -> RoutingPlan:
     docs = documents(name, ctx)
     if edit is not None:
         edit(docs)
@@ -213,8 +215,14 @@ def test_a_route_to_the_gateway_keeps_the_registered_port_routed_to_the_gateway(
     ("name", "reason"),
     [
         ("https-passthrough-via-egress-gateway", r"ServiceEntry port 443 is (TLS|HTTPS), not HTTP"),
-        ("gateway-api-http-via-egress-gateway", r"Gateway \(gateway\.networking\.k8s\.io/v1\) has no local image"),
-        ("authz-policy-on-egress-gateway", r"AuthorizationPolicy \(security\.istio\.io/v1\) has no local image"),
+        (
+            "gateway-api-http-via-egress-gateway",
+            r"Gateway \(gateway\.networking\.k8s\.io/v1\) has no local image",
+        ),
+        (
+            "authz-policy-on-egress-gateway",
+            r"AuthorizationPolicy \(security\.istio\.io/v1\) has no local image",
+        ),
     ],
 )
 def test_what_the_local_tier_cannot_emulate_is_refused_with_the_reason(name: str, reason: str) -> None:
@@ -242,9 +250,16 @@ def test_a_service_entry_port_without_protocol_is_refused() -> None:
 
 def test_a_document_without_spec_is_no_routing() -> None:
     def bare(docs: list[Doc]) -> None:
-        docs.append({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "x"}})
         docs.append(
-            {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "y"}, "spec": []}
+            {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "x"}}
+        )
+        docs.append(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "ServiceEntry",
+                "metadata": {"name": "y"},
+                "spec": [],
+            }
         )
 
     assert plan("sidecar-only-egress", bare) == plan("sidecar-only-egress")

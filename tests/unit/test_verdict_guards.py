@@ -15,6 +15,7 @@ import http.client
 from collections.abc import Sequence
 
 import pytest
+from recorder import Recorder
 
 from harness.evidence import (
     EgressTarget,
@@ -29,7 +30,6 @@ from harness.evidence import (
     expect_no_external_record,
 )
 from harness.evidence.external import Record
-from recorder import Recorder
 from tests.unit import accesslog_samples as s
 
 FAST = Wait(timeout=1.0, interval=0.02, settle=0.2)
