@@ -122,8 +122,8 @@ def clean_value(key: str, value: object) -> str | int | float | bool | None:
 
     A value that should be an integer but is not one stays a string: the parser never raises.
     """
-    if value is None or value in {"-", ""}:
-        return None
+    if value is None or (isinstance(value, str) and value in {"-", ""}):
+        return None  # a list or object (any JSON value) is no set member: it would raise here
     if key in INT_FIELDS:
         if isinstance(value, bool):
             return None
