@@ -139,7 +139,7 @@ def clean_value(key: str, value: object) -> str | int | float | bool | None:
         return None
     if key == "upstream_cluster" and isinstance(value, str) and value.endswith(";"):
         # %UPSTREAM_CLUSTER% on Istio 1.23+ clusters prints the alt stat name with a trailing ';'.
-        value = value.rstrip(";") or None
+        return value.rstrip(";") or None  # only ';' is no cluster (as TEXT's "-"), not the text "None"
     if isinstance(value, str | int | float | bool):
         return value
     return str(value)
