@@ -9,6 +9,7 @@ clock is measured.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from harness.evidence import (
     EgressTarget,
     EntryLog,
     EvidenceError,
+    FileLogSource,
     HopCheck,
     LinesLogSource,
     RequestRef,
@@ -643,3 +645,71 @@ def test_an_evidence_error_without_entries_says_the_log_has_none() -> None:
     twice = log_of("egress gateway", s.GATEWAY_NO_ROUTE, s.GATEWAY_NO_ROUTE)
     with pytest.raises(EvidenceError, match="2 entries of the request, none as expected"):
         expect_entry(twice, RequestRef(request_id="rid-4"), p.status(200), wait=NOW)
+
+
+# --- predicates: what a failure message says ----------------------------------------------------------
+
+
+def test_a_predicates_description_and_mismatches_are_its_words() -> None:
+    tcp, http = entry(s.GATEWAY_TLS), entry(s.GATEWAY_TO_EXTERNAL)
+    assert p.tcp().mismatches(tcp) == [] and p.tcp().mismatches(http) == ["a TCP entry"]
+    assert p.http().mismatches(http) == [] and p.http().mismatches(tcp) == ["an HTTP entry"]
+    assert str(p.field_matches("upstream_host", r"172\..*")) == r"upstream_host ~ /172\..*/"
+    assert str(p.flags()) == "no response flags"
+    assert str(p.flags("UF", "NR")) == "response_flags has NR,UF"
+    assert str(p.authority(HOST)) == f"authority == {HOST}"
+    assert str(p.authority(HOST, 80)) == f"authority == {HOST}:80"
+    assert p.flags().mismatches(entry(s.GATEWAY_NO_ROUTE)) == ["no response flags (got 'NR')"]
+    # an any_of names each alternative's own mismatches, an all_of's joined by '/'
+    either = p.any_of(p.all_of(p.status(503), p.route("r")), p.status(404))
+    assert either.mismatches(http) == [
+        "none of: response_code == 503 (got 200)/route_name == 'r' (got None); response_code == 404 (got 200)"
+    ]
+
+
+def test_authority_accepts_the_default_ports_bare_and_nothing_else() -> None:
+    bare = AccessLogEntry(authority=HOST)
+    assert p.authority(HOST, 80)(bare) and p.authority(HOST, 443)(bare)
+    assert not p.authority(HOST, 8443)(bare) and not p.authority(HOST, 444)(bare)
+    assert p.authority(HOST, 8443)(AccessLogEntry(authority=f"{HOST}:8443"))
+    assert p.authority(HOST)(AccessLogEntry(authority=f"{HOST}:8443")) and p.authority(HOST)(bare)
+    assert not p.authority(HOST)(AccessLogEntry(authority="other.example"))
+    assert not p.authority(HOST)(AccessLogEntry(authority=f"{HOST}.evil"))
+    assert not p.authority(HOST)(AccessLogEntry()) and not p.authority(HOST, 80)(AccessLogEntry())
+
+
+# --- the file source -----------------------------------------------------------------------------------
+
+
+def test_a_replaced_log_file_is_read_from_its_start(tmp_path: Path) -> None:
+    # kubelet's rotation or a restarted container: a new file (new inode) under the same name, here
+    # longer than what was read of the old one
+    path = tmp_path / "gw.log"
+    path.write_text("old 1\n")
+    src = FileLogSource(path)
+    assert src.read_new() == ["old 1"]
+    fresh = tmp_path / "gw.log.new"
+    fresh.write_text("new 1\nnew 2\nnew 3\n")
+    fresh.replace(path)
+    assert src.read_new() == ["new 1", "new 2", "new 3"]
+    assert src.read_new() == []
+    # from the end of a file that exists: only what comes after
+    ended = FileLogSource(path, from_end=True)
+    with path.open("a") as fh:
+        fh.write("new 4\n")
+    assert ended.read_new() == ["new 4"]
+    # from the end of a file not there yet: all of it once it is
+    later = tmp_path / "later.log"
+    waiting = FileLogSource(later, from_end=True)
+    assert waiting.read_new() == []
+    later.write_text("first\n")
+    assert waiting.read_new() == ["first"]
+
+
+def test_bytes_that_are_not_utf8_are_replaced_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "gw.log"
+    path.write_bytes(b"caf\xe9\n" + s.GATEWAY_TO_EXTERNAL.encode() + b"\n")
+    src = FileLogSource(path)
+    lines = src.read_new()
+    assert lines[0] == "caf\ufffd" and lines[1] == s.GATEWAY_TO_EXTERNAL
+    assert src.name == str(path)

@@ -152,3 +152,96 @@ def test_a_refused_request_that_reached_the_host_names_its_caller(recorder_app: 
     expect_no_external_record(lambda: _fetch(recorder_app), "rid-other")
     with pytest.raises(ExternalEvidenceError, match=rf"anyway \(called from {WORKLOAD_IP}:\d+\)"):
         expect_no_external_record(lambda: _fetch(recorder_app), "rid-refused")
+
+
+class Fetches:
+    """The recorder's records as a tier fetches them, counting the fetches; ``hold`` first fetches
+    see none (the request has not reached the host yet)."""
+
+    def __init__(self, recorder: Recorder, *, hold: int = 0, drop: tuple[str, ...] = ()) -> None:
+        self.recorder, self.hold, self.drop, self.count = recorder, hold, drop, 0
+
+    def __call__(self) -> Sequence[Record]:
+        self.count += 1
+        if self.count <= self.hold:
+            return []
+        return [{k: v for k, v in r.items() if k not in self.drop} for r in self.recorder.records()]
+
+
+def test_the_record_is_awaited_until_the_timeout(recorder_app: Recorder) -> None:
+    _call(recorder_app, GATEWAY_IP, "rid-late")
+    fetch = Fetches(recorder_app, hold=2)
+    record = expect_external_record(fetch, "rid-late", from_ips={GATEWAY_IP}, timeout=5.0, interval=0.01)
+    assert record["client_ip"] == GATEWAY_IP and fetch.count == 3
+    with pytest.raises(ExternalEvidenceError) as caught:
+        expect_external_record(Fetches(recorder_app, hold=2), "rid-late", from_ips={GATEWAY_IP}, timeout=0)
+    assert caught.value.records == []
+
+
+def test_a_record_from_another_caller_fails_at_once(recorder_app: Recorder) -> None:
+    # the request has reached the host: waiting longer cannot change who called
+    _call(recorder_app, WORKLOAD_IP, "rid-direct")
+    fetch = Fetches(recorder_app)
+    with pytest.raises(ExternalEvidenceError):
+        expect_external_record(fetch, "rid-direct", from_ips={GATEWAY_IP}, timeout=5.0, interval=0.01)
+    assert fetch.count == 1
+
+
+def test_the_failures_name_the_request_the_callers_and_the_expected_ones(recorder_app: Recorder) -> None:
+    _call(recorder_app, WORKLOAD_IP, "rid-a", path="/get?egh-token=tok-1")
+    _call(recorder_app, "127.0.0.13", "rid-b", path="/get?egh-token=tok-1")
+    by_token = Fetches(recorder_app)
+    with pytest.raises(ExternalEvidenceError) as caught:
+        expect_external_record(
+            by_token, "rid-none", path_token="tok-1", from_ips={GATEWAY_IP, "127.0.0.8"}, timeout=0
+        )
+    message = str(caught.value)
+    ports = [r["client_port"] for r in recorder_app.records()]
+    assert message == (
+        "hop 'external host': the request with path token 'tok-1' reached the external host from "
+        f"{WORKLOAD_IP}:{ports[0]}, 127.0.0.13:{ports[1]}, not from the egress gateway (127.0.0.7, 127.0.0.8)"
+    )
+    with pytest.raises(ExternalEvidenceError) as caught:
+        expect_external_record(
+            Fetches(recorder_app),
+            "rid-a",
+            path_token="tok-2",
+            from_ips={GATEWAY_IP},
+            hop="recorder",
+            timeout=0,
+        )
+    assert str(caught.value) == (
+        "hop 'recorder': the request with path token 'tok-2' never reached the external host "
+        f"(waited 0s; expected it from {GATEWAY_IP})"
+    )
+    assert caught.value.hop == "recorder" and caught.value.records == []
+    with pytest.raises(ExternalEvidenceError, match=r"the request x-request-id=rid-c never reached"):
+        expect_external_record(Fetches(recorder_app), "rid-c", from_ips={GATEWAY_IP}, timeout=0)
+
+
+def test_a_refused_request_is_watched_for_the_window(recorder_app: Recorder) -> None:
+    _call(recorder_app, WORKLOAD_IP, "rid-r", path="/x?egh-token=tok-r")
+    # nothing recorded during the window: passes after watching it, sleeping between fetches
+    quiet = Fetches(recorder_app, hold=1000)
+    expect_no_external_record(quiet, "rid-r", window=0.2, interval=0.01)
+    assert quiet.count > 2
+    # a record that shows during the window fails, whenever it shows
+    with pytest.raises(ExternalEvidenceError):
+        expect_no_external_record(Fetches(recorder_app, hold=2), "rid-r", window=0.5, interval=0.01)
+    # without a window, one look
+    once = Fetches(recorder_app, hold=2)
+    expect_no_external_record(once, "rid-r")
+    assert once.count == 1
+    # a record without its port still names its caller
+    with pytest.raises(ExternalEvidenceError) as caught:
+        expect_no_external_record(Fetches(recorder_app, drop=("client_port",)), "x", path_token="tok-r")
+    assert str(caught.value) == (
+        "hop 'external host': the refused request with path token 'tok-r' reached the external host anyway "
+        f"(called from {WORKLOAD_IP}:?)"
+    )
+    _call(recorder_app, GATEWAY_IP, "rid-r")
+    with pytest.raises(ExternalEvidenceError) as caught:
+        expect_no_external_record(Fetches(recorder_app), "rid-r", hop="recorder")
+    ports = [r["client_port"] for r in recorder_app.records()]
+    assert str(caught.value).endswith(f"(called from {WORKLOAD_IP}:{ports[0]}, {GATEWAY_IP}:{ports[1]})")
+    assert caught.value.hop == "recorder" and len(caught.value.records) == 2
