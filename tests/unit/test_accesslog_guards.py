@@ -329,3 +329,42 @@ def test_the_entry_model() -> None:
         "[2026-11-28T07:00:05.000Z] TCP 0 UH - authority=None sni=unregistered.example "
         "cluster=BlackHoleCluster route=None id=None"
     )
+
+
+def test_compiler_edge_cases_of_formats() -> None:
+    # the first unmatched '%' is the one reported
+    with pytest.raises(FormatError, match=r"column 13: '% and 6%'$"):
+        tokenize("%PROTOCOL% 5% and 6%")
+    # a trailing literal (other than the newline) is part of the line
+    tail = TextFormat("%PROTOCOL%X\n")
+    e = tail.parse("HTTP/1.1X")
+    assert e is not None and e.protocol == "HTTP/1.1"
+    assert TextFormat("%PROTOCOL% ").parse("HTTP/1.1") is None  # cut off before its last literal
+    # only the cluster drops its trailing ';' and only the integer fields are converted
+    semi = TextFormat("%ROUTE_NAME% %UPSTREAM_CLUSTER%")
+    e = semi.parse("r; c;")
+    assert e is not None and (e.route_name, e.upstream_cluster) == ("r;", "c")
+    # two extra keys
+    extra = TextFormat("%REQ(A)% %REQ(B)% %RESPONSE_CODE%")
+    e = extra.parse("1 2 200")
+    assert e is not None and e.extra == {"req_a": "1", "req_b": "2"} and e.response_code == 200
+    # the first value of a line is not quoted: it ends at the first character of the literal after it
+    first = TextFormat('%REQ(USER-AGENT)%" "%ROUTE_NAME%"')
+    assert first.parse('a"b" "r"') is None
+    e = first.parse('ab" "r"')
+    assert e is not None and (e.user_agent, e.route_name) == ("ab", "r")
+    # a value after a quote but not before one is not a quoted value
+    half = TextFormat('x="%ROUTE_NAME% y')
+    assert half.parse('x="a b y') is None
+    e = half.parse('x="a y')
+    assert e is not None and e.route_name == "a"
+    # the value before the last literal ends at that literal's first character
+    last = TextFormat("%ROUTE_NAME%;")
+    assert last.parse("a;b;") is None
+    e = last.parse("a;")
+    assert e is not None and e.route_name == "a"
+    # adjacent operators still read the line
+    adjacent = TextFormat("%REQ(USER-AGENT)%%ROUTE_NAME% %RESPONSE_CODE%")
+    e = adjacent.parse("curl r 200")
+    assert e is not None and e.response_code == 200
+    assert clean_value("upstream_cluster", "outbound|80||boX;") == "outbound|80||boX"

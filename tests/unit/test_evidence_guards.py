@@ -164,6 +164,11 @@ def test_gateway_forwarded_checks_status_port_subset_and_for_http_the_authority(
     assert not gateway_forwarded_http(HOST, 80)(gw._replace(response_code=404))
     assert not gateway_forwarded_http(HOST, 80, subset="v1")(gw)
     assert gateway_forwarded_http(HOST, 80, status=None)(gw._replace(response_code=503))
+    # the port is checked in the cluster and in the authority, each on its own
+    on_8080 = gw._replace(upstream_cluster=f"outbound|8080||{HOST}", authority=f"{HOST}:8080")
+    assert gateway_forwarded_http(HOST, 8080)(on_8080)
+    assert not gateway_forwarded_http(HOST, 8080)(on_8080._replace(upstream_cluster=f"outbound|80||{HOST}"))
+    assert not gateway_forwarded_http(HOST, 8080)(on_8080._replace(authority=f"{HOST}:9999"))
     assert not gateway_forwarded_http(HOST, 8080)(gw._replace(upstream_cluster=f"outbound|80||{HOST}"))
 
 

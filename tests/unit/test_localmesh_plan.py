@@ -288,3 +288,61 @@ def test_the_catalog_scenarios_the_local_tier_emulates() -> None:
         "DestinationRule": 1,
         "VirtualService": 1,
     }
+
+
+def test_objects_without_a_namespace_are_in_the_runs() -> None:
+    def no_namespaces(docs: list[Doc]) -> None:
+        for doc in docs:
+            del doc["metadata"]["namespace"]
+
+    assert plan("http-via-egress-gateway", no_namespaces) == VIA_GATEWAY
+
+    def qualified(docs: list[Doc]) -> None:
+        no_namespaces(docs)
+        rebind(f"{CTX.namespace}/egress-gateway")(docs)
+
+    assert plan("http-via-egress-gateway", qualified) == VIA_GATEWAY
+
+
+def test_the_subset_goes_with_the_gateway_only() -> None:
+    def direct_with_subset(docs: list[Doc]) -> None:
+        vs = the("VirtualService", docs)["spec"]
+        vs["http"][0]["route"][0]["destination"] = {"host": HOST, "subset": "v1"}
+
+    got = plan("http-via-egress-gateway", direct_with_subset)
+    assert got.sidecar_routes == (SidecarRoute(HOST, 80, via_gateway=False, subset=""),)
+
+    def gateway_without_subset(docs: list[Doc]) -> None:
+        vs = the("VirtualService", docs)["spec"]
+        del vs["http"][0]["route"][0]["destination"]["subset"]
+
+    got = plan("http-via-egress-gateway", gateway_without_subset)
+    assert got.sidecar_routes == (SidecarRoute(HOST, 80, via_gateway=True, subset=""),)
+
+
+def test_refusals_name_the_kind_and_api_exactly() -> None:
+    def no_api(docs: list[Doc]) -> None:
+        del the("ServiceEntry", docs)["apiVersion"]
+
+    with pytest.raises(NotEmulable, match=r"^ServiceEntry \(\) has no local image$"):
+        plan("sidecar-only-egress", no_api)
+
+    def tls(docs: list[Doc]) -> None:
+        the("VirtualService", docs)["spec"]["tls"] = [{"route": [{"destination": {"host": HOST}}]}]
+
+    with pytest.raises(NotEmulable, match=r"^VirtualService tls/tcp routes have no local image$"):
+        plan("http-via-egress-gateway", tls)
+
+
+def test_a_spec_that_is_not_a_mapping_is_no_routing() -> None:
+    def listed(docs: list[Doc]) -> None:
+        docs.append(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "ServiceEntry",
+                "metadata": {"name": "y"},
+                "spec": ["x"],
+            }
+        )
+
+    assert plan("sidecar-only-egress", listed) == plan("sidecar-only-egress")
