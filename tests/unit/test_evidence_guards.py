@@ -286,6 +286,30 @@ def test_assert_not_through_gateway_polls_the_sidecar_and_watches_the_gateway_fo
         )
 
 
+def test_assert_not_through_gateway_accepts_the_hosts_own_cluster_on_its_port() -> None:
+    # with a ServiceEntry and no gateway routing the sidecar goes to outbound|P||H, not passthrough
+    own = s.SIDECAR_PASSTHROUGH.replace("PassthroughCluster", f"outbound|80||{HOST}")
+    ref = RequestRef(request_id="rid-2")
+    proof = assert_not_through_gateway(
+        ref,
+        EgressTarget(HOST, 80),
+        sidecar=log_of("target sidecar", own),
+        gateway=log_of("gw"),
+        wait=NOW,
+        window=0,
+    )
+    assert proof.entry.upstream_cluster == f"outbound|80||{HOST}"
+    with pytest.raises(EvidenceError, match="hop 'target sidecar'"):
+        assert_not_through_gateway(
+            ref,
+            EgressTarget(HOST, 8080),
+            sidecar=log_of("target sidecar", own),
+            gateway=log_of("gw"),
+            wait=NOW,
+            window=0,
+        )
+
+
 def test_assert_not_through_gateway_takes_the_canary_and_its_wait() -> None:
     ref = RequestRef(request_id="rid-2")
     canary_ref = RequestRef(path_token=s.CANARY_TOKEN)
