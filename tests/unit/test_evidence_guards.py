@@ -8,6 +8,7 @@ clock is measured.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -742,3 +743,79 @@ def test_bytes_that_are_not_utf8_are_replaced_not_raised(tmp_path: Path) -> None
     lines = src.read_new()
     assert lines[0] == "caf\ufffd" and lines[1] == s.GATEWAY_TO_EXTERNAL
     assert src.name == str(path)
+
+
+class ScriptedSource(LinesLogSource):
+    """A log whose n-th read yields ``script[n]`` (the flushes of a proxy, one per read)."""
+
+    def __init__(self, name: str, script: dict[int, tuple[str, ...]]) -> None:
+        super().__init__(name)
+        self.script, self.reads = script, 0
+
+    def read_new(self) -> list[str]:
+        self.reads += 1
+        self.append(*self.script.get(self.reads, ()))
+        return super().read_new()
+
+
+def test_after_the_canary_the_log_is_read_once_more_not_watched_again() -> None:
+    # read 1: the window (none); read 2: the canary's entry; read 3: the check that nothing of the
+    # request came with it; the request's entry written after that is not the absence's business
+    ref = RequestRef(request_id="rid-1")
+    source = ScriptedSource("gw", {2: (s.CANARY_GATEWAY,), 4: (s.GATEWAY_TO_EXTERNAL,)})
+    seen = expect_absent(
+        EntryLog(source, hop="gw"),
+        ref,
+        window=0,
+        canary=lambda: RequestRef(path_token=s.CANARY_TOKEN),
+        wait=FEW,
+    )
+    assert seen is not None and source.reads == 3
+    # a missing canary fails for the request whose absence it was to prove
+    with pytest.raises(EvidenceError) as caught:
+        expect_absent(
+            log_of("gw"), ref, window=0, canary=lambda: RequestRef(path_token=s.CANARY_TOKEN), wait=NOW
+        )
+    assert caught.value.request is ref
+
+
+def test_an_evidence_errors_words_for_a_timestamp_are_utc_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert str(RequestRef(sni=HOST, since=T0, slack=0)).endswith("[2026-11-28T07:00:04.000Z, ...]")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_composite_descriptions_and_single_alternatives() -> None:
+    a, b, c = p.status(200), p.route("r"), p.flags("NR")
+    assert str(p.any_of(a, b)) == "response_code == 200 or route_name == 'r'"
+    assert (
+        str(p.all_of(c, p.any_of(a, b)))
+        == "response_flags has NR and (response_code == 200 or route_name == 'r')"
+    )
+    assert (
+        str(p.any_of(p.any_of(a, b), c))
+        == "response_code == 200 or route_name == 'r' or response_flags has NR"
+    )
+    assert str(a | b | c) == "response_code == 200 or route_name == 'r' or response_flags has NR"
+    gw = entry(s.GATEWAY_NO_ROUTE)
+    assert p.any_of(a).mismatches(gw) == ["response_code == 200 (got 404)"]
+    assert p.any_of(a) is a and p.all_of(a) is a
+
+
+def test_outbound_cluster_with_any_port_and_a_given_subset() -> None:
+    v1 = AccessLogEntry(upstream_cluster=f"outbound|443|v1|{HOST}")
+    assert p.outbound_cluster(HOST, None, "v1")(v1)
+    assert not p.outbound_cluster(HOST, None, "v2")(v1)
+    assert not p.outbound_cluster(HOST, None, None)(v1)
+    assert p.outbound_cluster(HOST, None, None)(v1._replace(upstream_cluster=f"outbound|443||{HOST}"))
+    assert p.outbound_cluster(HOST, 443, "v1")(v1) and not p.outbound_cluster(HOST, 80, "v1")(v1)
+    assert str(p.outbound_cluster(HOST, 443, "v1")) == f"upstream_cluster == 'outbound|443|v1|{HOST}'"
+    assert str(p.outbound_cluster(HOST, None)) == f"upstream_cluster == outbound|*|*|{HOST}"
+    assert str(p.outbound_cluster(HOST, None, "v1")) == f"upstream_cluster == outbound|*|v1|{HOST}"
+    assert str(p.outbound_cluster(HOST, 80)) == f"upstream_cluster == outbound|80|*|{HOST}"

@@ -14,6 +14,7 @@ from harness.evidence import EntryLog, EvidenceError, LinesLogSource, RequestRef
 from harness.scenarios.expect import field_checks, hop_checks, judge, needs_canary
 from harness.scenarios.model import Expectation, LogValue, ResolvedRequest
 from tests.unit import accesslog_samples as s
+from tests.unit.test_evidence_guards import ScriptedSource
 
 HOST = "external.egress-harness.test"
 GATEWAY = "istio-egressgateway.istio-system.svc.cluster.local"
@@ -219,7 +220,9 @@ def test_direct_is_the_sidecars_own_entry_and_none_at_a_live_gateway() -> None:
 
 def test_a_direct_request_is_not_judged_without_a_canary() -> None:
     with pytest.raises(
-        ValueError, match=r"^request r: its absence at 'egress gateway' needs a canary sent through that hop"
+        ValueError,
+        match=r"^request r: its absence at 'egress gateway' needs a canary sent through that hop "
+        r"\(judge\(\.\.\., canary=\.\.\.\)\): an empty or wrong log source shows no entry either$",
     ):
         hops(request(via_gateway=False), [s.SIDECAR_PASSTHROUGH], [])
     # the others need none
@@ -252,6 +255,18 @@ def test_judge_watches_the_gateway_for_the_absence_window_and_polls_with_its_wai
         return len(proof)
 
     few = Wait(timeout=5, interval=0.01, settle=0)
+    # the absence window is the judge's, not the wait's settle: a gateway entry at the third read
+    late = ScriptedSource("egress gateway", {1: (s.CANARY_GATEWAY,), 3: (rid(s.GATEWAY_TO_EXTERNAL),)})
+    with pytest.raises(EvidenceError, match="an entry that should not exist"):
+        judge(
+            req,
+            RequestRef(request_id="rid-x"),
+            sidecar=log_of("target sidecar", rid(s.SIDECAR_PASSTHROUGH)),
+            gateway=EntryLog(late, hop="egress gateway"),
+            canary=lambda: CANARY,
+            wait=few,
+            absence_window=1,
+        )
     assert run((s.CANARY_GATEWAY,), (s.SIDECAR_PASSTHROUGH,), wait=few, absence_window=0) == 1
     with pytest.raises(EvidenceError, match="hop 'target sidecar'"):
         run((s.CANARY_GATEWAY,), (s.SIDECAR_PASSTHROUGH,), wait=NOW, absence_window=0)
