@@ -819,3 +819,51 @@ def test_outbound_cluster_with_any_port_and_a_given_subset() -> None:
     assert str(p.outbound_cluster(HOST, None)) == f"upstream_cluster == outbound|*|*|{HOST}"
     assert str(p.outbound_cluster(HOST, None, "v1")) == f"upstream_cluster == outbound|*|v1|{HOST}"
     assert str(p.outbound_cluster(HOST, 80)) == f"upstream_cluster == outbound|80|*|{HOST}"
+
+
+def test_nearest_weighs_id_and_token_over_host_over_clusters() -> None:
+    base = AccessLogEntry()
+    ref = RequestRef(request_id="rid", path_token="tok", host=HOST, cluster="c")
+
+    def order(*entries: AccessLogEntry, by: RequestRef = ref) -> list[str | None]:
+        return [e.route_name for e in by.nearest(list(entries))]
+
+    all_but_id = base._replace(
+        route_name="host+sni+clusters 4+1+2+2",
+        authority=HOST,
+        requested_server_name=HOST,
+        upstream_cluster=f"outbound|80||{HOST}",
+    )
+    id_only = base._replace(route_name="id 8", request_id="rid")
+    own_cluster = RequestRef(request_id="rid", host=HOST, cluster=f"outbound|80||{HOST}")
+    assert order(all_but_id, id_only, by=own_cluster) == ["host+sni+clusters 4+1+2+2", "id 8"]
+    # each feature adds to the others
+    assert order(
+        base._replace(route_name="id+token", request_id="rid", path="/tok"),
+        base._replace(route_name="id+host", request_id="rid", authority=HOST),
+    ) == ["id+token", "id+host"]
+    for extra in (
+        {"authority": HOST},
+        {"requested_server_name": HOST},
+        {"upstream_cluster": f"outbound|80||{HOST}"},
+        {"upstream_cluster": "c"},
+    ):
+        more = base._replace(route_name="id+", request_id="rid", **extra)
+        assert order(more, id_only) == ["id+", "id 8"], extra
+    # over TCP the SNI weighs as much as the authority: a tie keeps the later entry first
+    tcp = RequestRef(sni=HOST)
+    by_sni = base._replace(route_name="sni", requested_server_name=HOST)
+    by_authority = base._replace(route_name="authority", authority=HOST)
+    assert order(by_sni, by_authority, by=tcp) == ["authority", "sni"]
+    assert order(by_authority, by_sni, by=tcp) == ["sni", "authority"]
+    # five at most by default
+    many = [base._replace(route_name=str(i), request_id="rid") for i in range(7)]
+    assert len(ref.nearest(many)) == 5
+
+
+def test_the_subset_in_a_description_of_any_port() -> None:
+    assert str(p.outbound_cluster(HOST, None, None)) == f"upstream_cluster == outbound|*||{HOST}"
+
+
+def test_a_short_line_shows_a_dash_for_no_flags() -> None:
+    assert " 200 - via_upstream " in entry(s.GATEWAY_TO_EXTERNAL).short()
