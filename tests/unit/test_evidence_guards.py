@@ -856,6 +856,16 @@ def test_nearest_weighs_id_and_token_over_host_over_clusters() -> None:
     by_authority = base._replace(route_name="authority", authority=HOST)
     assert order(by_sni, by_authority, by=tcp) == ["authority", "sni"]
     assert order(by_authority, by_sni, by=tcp) == ["sni", "authority"]
+    # the token weighs as much as the id
+    by_token = RequestRef(path_token="tok", host=HOST, cluster=f"outbound|80||{HOST}")
+    token_only = base._replace(route_name="token 8", path="/tok")
+    assert order(all_but_id, token_only, by=by_token) == ["host+sni+clusters 4+1+2+2", "token 8"]
+    # the host's cluster and the ref's cluster weigh the same: a tie keeps the later entry first
+    hosts = base._replace(route_name="host's cluster", upstream_cluster=f"outbound|80||{HOST}")
+    refs = base._replace(route_name="ref's cluster", upstream_cluster="c")
+    two = RequestRef(request_id="zzz", host=HOST, cluster="c")
+    assert order(hosts, refs, by=two) == ["ref's cluster", "host's cluster"]
+    assert order(refs, hosts, by=two) == ["host's cluster", "ref's cluster"]
     # five at most by default
     many = [base._replace(route_name=str(i), request_id="rid") for i in range(7)]
     assert len(ref.nearest(many)) == 5
@@ -867,3 +877,30 @@ def test_the_subset_in_a_description_of_any_port() -> None:
 
 def test_a_short_line_shows_a_dash_for_no_flags() -> None:
     assert " 200 - via_upstream " in entry(s.GATEWAY_TO_EXTERNAL).short()
+
+
+def test_a_wrong_entry_waits_for_the_settle_for_a_better_one_and_polls_at_the_interval() -> None:
+    ref = RequestRef(request_id="rid-4")
+    wrong = s.GATEWAY_NO_ROUTE
+    right = s.GATEWAY_NO_ROUTE.replace(" 404 NR route_not_found ", " 200 - via_upstream ")
+    source = ScriptedSource("gw", {1: (wrong,), 3: (right,)})
+    found = expect_entry(
+        EntryLog(source, hop="gw"), ref, p.status(200), wait=Wait(timeout=5, interval=0.01, settle=2)
+    )
+    assert found.response_code == 200 and source.reads == 3
+    # a log that never shows the entry is read at the interval, not in a busy loop
+    idle = ScriptedSource("gw", {})
+    with pytest.raises(EvidenceError):
+        expect_entry(EntryLog(idle, hop="gw"), ref, wait=Wait(timeout=0.3, interval=0.1, settle=0))
+    assert 2 <= idle.reads <= 10
+
+
+def test_an_error_shows_the_nearest_entries_under_their_heading() -> None:
+    with pytest.raises(EvidenceError) as caught:
+        expect_entry(
+            log_of("gw", s.GATEWAY_TO_EXTERNAL), RequestRef(request_id="rid-404", host=HOST), wait=NOW
+        )
+    assert str(caught.value).splitlines()[3:] == [
+        "  nearest entries:",
+        f"    {entry(s.GATEWAY_TO_EXTERNAL)._replace(source='gw').short()}",
+    ]

@@ -255,8 +255,9 @@ def test_judge_watches_the_gateway_for_the_absence_window_and_polls_with_its_wai
         return len(proof)
 
     few = Wait(timeout=5, interval=0.01, settle=0)
-    # the absence window is the judge's, not the wait's settle: a gateway entry at the third read
-    late = ScriptedSource("egress gateway", {1: (s.CANARY_GATEWAY,), 3: (rid(s.GATEWAY_TO_EXTERNAL),)})
+    # the absence window is the judge's, not the wait's settle: a gateway entry at the fourth read
+    # (after the window's first read, the canary's and the final one)
+    late = ScriptedSource("egress gateway", {1: (s.CANARY_GATEWAY,), 4: (rid(s.GATEWAY_TO_EXTERNAL),)})
     with pytest.raises(EvidenceError, match="an entry that should not exist"):
         judge(
             req,
