@@ -368,3 +368,24 @@ def test_compiler_edge_cases_of_formats() -> None:
     e = adjacent.parse("curl r 200")
     assert e is not None and e.response_code == 200
     assert clean_value("upstream_cluster", "outbound|80||boX;") == "outbound|80||boX"
+
+
+def test_empty_values_and_cluster_names_in_text() -> None:
+    fmt = TextFormat("%RESPONSE_CODE%|%BYTES_SENT%|%UPSTREAM_CLUSTER%|")
+    e = fmt.parse("|||")
+    assert e is not None and (e.response_code, e.bytes_sent, e.upstream_cluster) == (None, None, None)
+    named = TextFormat("%UPSTREAM_CLUSTER% %RESPONSE_CODE%")
+    e = named.parse("outbound|80||boX; 200")
+    assert e is not None and e.upstream_cluster == "outbound|80||boX"
+    e = named.parse("outbound|80||plain 200")
+    assert e is not None and e.upstream_cluster == "outbound|80||plain"
+
+
+def test_the_log_parser_keeps_a_formats_trailing_literal() -> None:
+    # only the line's end of line is taken off: a format's last literal, even a space or an 'X', stays
+    assert LogParser(text_format="%PROTOCOL% ").parse_line("HTTP/1.1 \n") == AccessLogEntry(
+        protocol="HTTP/1.1"
+    )
+    assert LogParser(text_format="%PROTOCOL%X").parse_line("HTTP/1.1X\r\n") == AccessLogEntry(
+        protocol="HTTP/1.1"
+    )

@@ -904,3 +904,39 @@ def test_an_error_shows_the_nearest_entries_under_their_heading() -> None:
         "  nearest entries:",
         f"    {entry(s.GATEWAY_TO_EXTERNAL)._replace(source='gw').short()}",
     ]
+
+
+def test_more_words_and_rules_of_the_engine() -> None:
+    with pytest.raises(ValueError, match="unknown access-log field") as caught:
+        p.field("colour", "red")
+    assert str(caught.value) == "unknown access-log field 'colour'; fields are: " + ", ".join(
+        AccessLogEntry._fields[:24]
+    )
+    with pytest.raises(
+        ValueError, match=r"^RequestRef needs a request_id, a path_token, an sni or a cluster$"
+    ):
+        RequestRef()
+    inbound = entry(s.SIDECAR_INBOUND)
+    assert str(p.inbound()) == "an inbound entry" and p.inbound()(inbound)
+    assert p.not_(p.inbound()).mismatches(inbound) == ["not (an inbound entry)"]
+    # an inbound entry with the request's SNI is not the request's, over TCP too
+    tls_inbound = entry(s.GATEWAY_TLS)._replace(upstream_cluster="inbound|443||")
+    assert not RequestRef(sni=HOST).predicate()(tls_inbound)
+    assert RequestRef(sni=HOST).predicate()(entry(s.GATEWAY_TLS))
+
+
+def test_entries_inside_the_window_keep_their_log_order() -> None:
+    at = [T0 + timedelta(milliseconds=ms) for ms in (0, 200, 100)]
+    entries = [AccessLogEntry(start_time=t.isoformat(), request_id=str(i)) for i, t in enumerate(at)]
+    ref = RequestRef(sni=HOST, since=T0, until=T0 + timedelta(milliseconds=200), slack=1)
+    assert [e.request_id for e in ref.closest_first(entries)] == ["0", "1", "2"]
+
+
+def test_an_entry_log_reads_with_the_format_it_is_given() -> None:
+    log = EntryLog(
+        LinesLogSource("gw", ["200 r", s.GATEWAY_TO_EXTERNAL]),
+        hop="gw",
+        text_format="%RESPONSE_CODE% %ROUTE_NAME%",
+    )
+    assert [(e.response_code, e.route_name) for e in log.poll()] == [(200, "r")]
+    assert log.skipped == 1
