@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     statuses: Counter[str] = Counter()
     survivors: list[Survivor] = []
     equivalent_seen: set[tuple[str, str]] = set()
+    equivalent = 0  # mutants (two mutants may read the same, e.g. one change in two identical lines)
     for file, codes in results.items():
         for name, code in codes.items():
             status = status_by_exit_code[code]
@@ -133,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             line, mutation = _describe(args.root, file, name)
             if (file, mutation) in equivalents:
                 equivalent_seen.add((file, mutation))
+                equivalent += 1
                 continue
             survivors.append(Survivor(file, line, mutation, status, name))
 
     total = sum(statuses.values())
     killed = sum(statuses[s] for s in KILLED)
-    real = total - len(equivalent_seen)
+    real = total - equivalent
     ratio = 100.0 * killed / real if real else 100.0
     print(", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
     if survivors:
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {file}:{equivalents[(file, mutation)][0]}  {mutation}")
     print(
         f"\nmutation score: {killed} of {real} non-equivalent mutants killed ({ratio:.1f}%); "
-        f"{len(equivalent_seen)} equivalent mutants listed in {args.equivalent}"
+        f"{equivalent} equivalent mutants, as listed in {args.equivalent}"
     )
     if ratio < args.min:
         print(f"below the required {args.min:g}%", file=sys.stderr)
