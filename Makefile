@@ -23,8 +23,10 @@ TIER ?= kind
 # The Envoy lines of current Istio releases: the local mesh's configs are validated with each.
 ENVOY_VERSIONS ?= 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
 ENVOY_CACHE ?= .cache/envoy
+# make mutate: mutmut's parallel workers (the machine has 2 cores)
+MUTATE_CHILDREN ?= 2
 
-.PHONY: help venv envoy-versions test lint bench e2e tools kube-bin istio-bin kubelet-bin netns-bins go-test go-vet clean
+.PHONY: help venv envoy-versions test lint bench mutate e2e tools kube-bin istio-bin kubelet-bin netns-bins go-test go-vet clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -65,6 +67,13 @@ go-vet: ## go vet of the harness kubelet
 
 bench: $(STAMP) ## benchmarks; results are ratios, printed and written to artifacts/bench.json
 	$(PY) -m bench
+
+# From scratch each time (mutmut keeps a survivor's verdict until its function changes, not when a test
+# is added). Slow: not in CI, not in `make test`.
+mutate: $(STAMP) ## mutation testing of the verdict code (mutmut, ~20 min): the killed ratio and each surviving mutant
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN)
+	$(PY) tools/mutation_report.py
 
 tools: $(STAMP) ## download the pinned kind and istioctl into .cache/bin (sha256-verified)
 	$(PY) -m harness.cli e2e tools $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
@@ -135,4 +144,4 @@ kubelet-bin: $(STAMP) ## netns provider: the harness kubelet (go/kubelet), cache
 	$(NETNS_BIN) kubelet
 
 clean: ## remove .venv, caches and artifacts
-	rm -rf $(VENV) .cache artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .cache artifacts mutants .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -122,8 +122,8 @@ def clean_value(key: str, value: object) -> str | int | float | bool | None:
 
     A value that should be an integer but is not one stays a string: the parser never raises.
     """
-    if value is None or value in {"-", ""}:
-        return None
+    if value is None or (isinstance(value, str) and value in {"-", ""}):
+        return None  # a list or object (any JSON value) is no set member: it would raise here
     if key in INT_FIELDS:
         if isinstance(value, bool):
             return None
@@ -139,7 +139,7 @@ def clean_value(key: str, value: object) -> str | int | float | bool | None:
         return None
     if key == "upstream_cluster" and isinstance(value, str) and value.endswith(";"):
         # %UPSTREAM_CLUSTER% on Istio 1.23+ clusters prints the alt stat name with a trailing ';'.
-        value = value.rstrip(";") or None
+        return value.rstrip(";") or None  # only ';' is no cluster (as TEXT's "-"), not the text "None"
     if isinstance(value, str | int | float | bool):
         return value
     return str(value)

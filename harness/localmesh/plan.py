@@ -58,14 +58,14 @@ def plan_for(scenario: Scenario, documents: Iterable[Mapping[str, Any]], ctx: Re
                 )
             registered += [(host, int(port["number"])) for host in _spec(doc).get("hosts") or []]
     egress_gateways = {
-        doc["metadata"]["name"]
+        (_namespace(doc, ctx), doc["metadata"]["name"])
         for doc in docs
         if doc["kind"] == "Gateway" and _spec(doc).get("selector") == {"istio": "egressgateway"}
     }
     sidecar: dict[tuple[str, int], SidecarRoute] = {}
     gateway: list[GatewayRoute] = []
     for doc in (d for d in docs if d["kind"] == "VirtualService"):
-        _virtual_service(_spec(doc), ctx, egress_gateways, sidecar, gateway)
+        _virtual_service(_spec(doc), ctx, egress_gateways, sidecar, gateway, namespace=_namespace(doc, ctx))
     for host, port in registered:
         sidecar.setdefault((host, port), SidecarRoute(host, port, via_gateway=False))
     policy = scenario.requires.outbound_traffic_policy or "ALLOW_ANY"
@@ -76,14 +76,29 @@ def plan_for(scenario: Scenario, documents: Iterable[Mapping[str, Any]], ctx: Re
     )
 
 
+def _namespace(doc: Mapping[str, Any], ctx: RenderContext) -> str:
+    """The namespace an object is applied in: its own, else the run's."""
+    return str((doc.get("metadata") or {}).get("namespace") or ctx.namespace)
+
+
+def _gateway_ref(ref: str, namespace: str) -> tuple[str, str]:
+    """A VirtualService's gateway reference as (namespace, name): ``<namespace>/<name>``, or a bare
+    ``name`` in the VirtualService's own namespace (Istio's VirtualService ``gateways`` field)."""
+    ns, _, name = ref.rpartition("/")
+    return (ns or namespace, name)
+
+
 def _virtual_service(
     spec: Mapping[str, Any],
     ctx: RenderContext,
-    egress_gateways: set[str],
+    egress_gateways: set[tuple[str, str]],
     sidecar: dict[tuple[str, int], SidecarRoute],
     gateway: list[GatewayRoute],
+    *,
+    namespace: str,
 ) -> None:
-    """Add what one VirtualService routes, at the sidecars (``mesh``) and at the egress gateway."""
+    """Add what one VirtualService (in ``namespace``) routes, at the sidecars (``mesh``) and at the
+    egress gateway (``egress_gateways``: the (namespace, name) of each Gateway that selects it)."""
     if spec.get("tls") or spec.get("tcp"):
         raise NotEmulable("VirtualService tls/tcp routes have no local image")
     hosts = list(spec.get("hosts") or [])
@@ -94,7 +109,7 @@ def _virtual_service(
         for match in route.get("match") or [{}]:
             bound = match.get("gateways") or spec.get("gateways") or ["mesh"]
             port = int(match.get("port") or 80)
-            at_gateway = any(g.split("/")[-1] in egress_gateways for g in bound)
+            at_gateway = any(_gateway_ref(g, namespace) in egress_gateways for g in bound)
             for dest in (r.get("destination") or {} for r in route.get("route") or []):
                 dest_host = dest.get("host")
                 dest_port = int((dest.get("port") or {}).get("number") or port)
