@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -353,18 +353,24 @@ class RunNamespace:
     ) -> Record:
         """The record of ``request_id`` at the external host (``recorder``, default the run's
         recorder), whose caller is an egress gateway address."""
-        recorder = recorder or self.recorder
-        if recorder is None:
-            raise E2EError("no recorder in this run (--external internet): the external host keeps no record")
         return expect_external_record(
-            (lambda: recorder.records(path_contains=path_token))
-            if path_token
-            else (lambda: recorder.records(request_id)),
+            self._records_of(recorder, request_id, path_token),
             request_id,
             from_ips=self.gateway_callers(gateway),
             timeout=timeout,
             path_token=path_token,
         )
+
+    def _records_of(
+        self, recorder: RecorderClient | None, request_id: str, path_token: str | None
+    ) -> Callable[[], list[dict[str, Any]]]:
+        """How to read the external host's records of a request (by its path token when it has one)."""
+        chosen = recorder or self.recorder
+        if chosen is None:
+            raise E2EError("no recorder in this run (--external internet): the external host keeps no record")
+        if path_token:
+            return lambda: chosen.records(path_contains=path_token)
+        return lambda: chosen.records(request_id)
 
     def expect_external_direct(
         self,
@@ -378,20 +384,10 @@ class RunNamespace:
         """The record of ``request_id`` at the external host (``recorder``, default the run's
         recorder), whose caller is not an egress gateway address: the workload went straight out.
         E2EError when the host cannot tell the gateway from the workload by address."""
-        recorder = recorder or self.recorder
-        if recorder is None:
-            raise E2EError("no recorder in this run (--external internet): the external host keeps no record")
-        gateway_ips = self.gateway_callers(gateway)
-        shared = gateway_ips & self.workload_callers()
-        if shared:
-            raise E2EError(
-                f"the external host sees the egress gateway and the workload from the same address "
-                f"({', '.join(sorted(shared))}): a direct call cannot be told from one through the gateway"
-            )
+        records = self._records_of(recorder, request_id, path_token)
+        gateway_ips = _apart(self.gateway_callers(gateway), self.workload_callers())
         return expect_external_record(
-            (lambda: recorder.records(path_contains=path_token))
-            if path_token
-            else (lambda: recorder.records(request_id)),
+            records,
             request_id,
             not_from_ips=gateway_ips,
             timeout=timeout,
@@ -412,22 +408,13 @@ class RunNamespace:
         recorder), whose caller is the calling workload's own address (``app``'s pods, or their
         nodes' under source NAT): it went straight out, past every proxy. E2EError when the host
         cannot tell the gateway from the workload by address."""
-        recorder = recorder or self.recorder
-        if recorder is None:
-            raise E2EError("no recorder in this run (--external internet): the external host keeps no record")
+        records = self._records_of(recorder, request_id, path_token)
         workload = self.workload_callers(app)
         if not workload:
             raise E2EError(f"no pod of {app!r} in {self.namespace} to tell the external host's caller by")
-        shared = self.gateway_callers(gateway) & workload
-        if shared:
-            raise E2EError(
-                f"the external host sees the egress gateway and the workload from the same address "
-                f"({', '.join(sorted(shared))}): a direct call cannot be told from one through the gateway"
-            )
+        _apart(self.gateway_callers(gateway), workload)
         return expect_external_record(
-            (lambda: recorder.records(path_contains=path_token))
-            if path_token
-            else (lambda: recorder.records(request_id)),
+            records,
             request_id,
             from_ips=workload,
             timeout=timeout,
@@ -848,3 +835,15 @@ class RunNamespace:
             gateway_selector=gw.selector,
             tls_recorders=tls_recorders,
         )
+
+
+def _apart(gateway_ips: set[str], workload_ips: set[str]) -> set[str]:
+    """``gateway_ips``, once it shares no address with ``workload_ips``: otherwise the external host
+    cannot tell a direct call from one through the gateway, and that is said (E2EError)."""
+    shared = gateway_ips & workload_ips
+    if shared:
+        raise E2EError(
+            f"the external host sees the egress gateway and the workload from the same address "
+            f"({', '.join(sorted(shared))}): a direct call cannot be told from one through the gateway"
+        )
+    return gateway_ips
