@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from harness.cluster.errors import ConvergenceError
 from harness.cluster.kube import RolloutCheck, WaitTimeoutError, wait_until
@@ -64,13 +65,9 @@ def parse_proxy_status(text: str) -> list[XdsSync]:
     """Every proxy's xDS types from ``istioctl proxy-status -o json`` (one JSON document per istiod,
     printed one after the other). Lines that are not part of a document (istioctl's own log lines,
     such as a timestamped warning) are skipped; output without any document raises ValueError."""
-    decoder = json.JSONDecoder()
     out: list[XdsSync] = []
-    docs = 0
-    at = _next_document(text, 0)
-    while at is not None:
-        doc, end = decoder.raw_decode(text, at)
-        docs += 1
+    docs = json_documents(text)
+    for doc in docs:
         for resource in doc.get("resources") or [] if isinstance(doc, dict) else []:
             node = str(((resource or {}).get("node") or {}).get("id") or "")
             if not node:
@@ -86,18 +83,31 @@ def parse_proxy_status(text: str) -> list[XdsSync]:
                         error=str(error) if error else None,
                     )
                 )
-        at = _next_document(text, end)
     if not docs:
         raise ValueError(f"istioctl proxy-status printed no sync status: {text.strip()[:200]!r}")
     return out
 
 
+def json_documents(text: str) -> list[Any]:
+    """The JSON documents of istioctl's ``-o json`` output, which prints one per istiod it asked, one
+    after the other; lines outside a document (istioctl's own log lines) are skipped. ValueError when
+    a document does not parse."""
+    decoder = json.JSONDecoder()
+    docs: list[Any] = []
+    at = _next_document(text, 0)
+    while at is not None:
+        doc, end = decoder.raw_decode(text, at)
+        docs.append(doc)
+        at = _next_document(text, end)
+    return docs
+
+
 def _next_document(text: str, start: int) -> int | None:
-    """Where the next JSON document starts at or after ``start``: a ``{`` opening a line."""
+    """Where the next JSON document starts at or after ``start``: a ``{`` (or ``[``) opening a line."""
     while start < len(text):
         line_end = text.find("\n", start)
         line = text[start : line_end if line_end >= 0 else len(text)]
-        if line.lstrip().startswith("{"):
+        if line.lstrip().startswith(("{", "[")):
             return start + (len(line) - len(line.lstrip()))
         if line_end < 0:
             return None

@@ -177,7 +177,7 @@ def run_upgrade(
     run_dir: Path | None = None,
 ) -> UpgradeOutcome:
     """The upgrade of ``plan`` on a netns cluster of its own (see the module docstring)."""
-    from harness.cluster.cli import options_for_up
+    from harness.cluster.catalog_cli import netns_options
     from harness.cluster.providers.netns.binaries import istio_binaries
     from harness.cluster.run import E2ERun, netns_overlay
     from harness.cluster.runner import MISSION, UpgradeCatalog, upgrade_problems
@@ -196,19 +196,13 @@ def run_upgrade(
 
     made_dir = run_dir is None
     run_dir = (run_dir or Path(tempfile.mkdtemp(prefix="egress-harness-upgrade-"))).resolve()
+    # what `scenarios run --tier istiod` brings up, A's images and B's, and no Istio
     up = argparse.Namespace(
-        provider="netns",
-        istio_version=plan.from_version,
-        access_log_encoding=plan.access_log_encoding.lower(),
-        outbound_traffic_policy=plan.outbound_traffic_policy,
-        gateway_api=True,
-        cluster_name="egress-harness",
-        reuse_cluster=False,
-        keep_on_failure=False,
-        artifacts_dir=str((REPO_ROOT / "artifacts").resolve()),
+        istio_version=plan.from_version, encoding=plan.access_log_encoding.lower(), keep=False
     )
     options = dataclasses.replace(
-        options_for_up(up, catalog.scenarios),
+        netns_options(up, catalog.scenarios),
+        outbound_traffic_policy=plan.outbound_traffic_policy,
         install_istio=False,
         more_istio_versions=(plan.to_version,),
         keep_cluster=keep,

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from harness.cluster.acks import json_documents
 from harness.cluster.convergence import PROXY_CONTAINER, image_tag
 from harness.cluster.istio import ISTIO_NAMESPACE
 
@@ -115,32 +116,18 @@ def _istiod_id(response: Mapping[str, Any]) -> str:
 _RESPONSE_KEYS = frozenset({"resources", "typeUrl", "versionInfo", "controlPlane"})
 
 
-def _documents(text: str) -> list[Any]:
-    """The JSON documents of ``text``: istioctl prints one per istiod it asked, one after another."""
-    decoder = json.JSONDecoder()
-    out: list[Any] = []
-    index = 0
-    while index < len(text):
-        while index < len(text) and text[index].isspace():
-            index += 1
-        if index >= len(text):
-            break
-        try:
-            value, index = decoder.raw_decode(text, index)
-        except ValueError as exc:
-            raise ProxyStatusError(f"proxy-status JSON does not parse: {exc}") from exc
-        out.append(value)
-    return out
-
-
 def _parse_proxy_status_json(text: str) -> list[ProxyStatus]:
     """``-o json``: istiod's sync DiscoveryResponse(s), each resource a ClientConfig with its node.
 
     Accepted shapes: one response, a list of them, or an object of istiod id -> response (or its
     JSON text). A proxy's version is its node metadata ``ISTIO_VERSION`` (what the proxy says it is).
     """
+    try:
+        documents = json_documents(text)
+    except ValueError as exc:
+        raise ProxyStatusError(f"proxy-status JSON does not parse: {exc}") from exc
     responses: list[Any] = []
-    for data in _documents(text):
+    for data in documents:
         if isinstance(data, Mapping) and _RESPONSE_KEYS & data.keys():
             # one istiod's response; one with no proxies has no "resources" at all (recorded: the
             # old revision's istiod once every proxy moved to the new one)

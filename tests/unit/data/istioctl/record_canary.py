@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness.cluster.cli import options_for_up
+from harness.cluster.catalog_cli import netns_options
 from harness.cluster.istio import kube_target_args
 from harness.cluster.providers.netns.binaries import istio_binaries
 from harness.cluster.run import E2ERun, netns_overlay
@@ -34,18 +34,8 @@ def main() -> None:
     plan = UpgradePlan(A, B, "canary")
     istioctl = {v: str(istio_binaries(v).path("istioctl")) for v in (A, B)}
     run_dir = Path(tempfile.mkdtemp(prefix="egh-record-canary-"))
-    up = argparse.Namespace(
-        provider="netns",
-        istio_version=A,
-        access_log_encoding="text",
-        outbound_traffic_policy="ALLOW_ANY",
-        gateway_api=False,
-        cluster_name="egress-harness",
-        reuse_cluster=False,
-        keep_on_failure=False,
-        artifacts_dir=str(run_dir / "artifacts"),
-    )
-    options = dataclasses.replace(options_for_up(up, []), install_istio=False, more_istio_versions=(B,))
+    up = argparse.Namespace(istio_version=A, encoding="text", keep=False)
+    options = dataclasses.replace(netns_options(up, []), install_istio=False, more_istio_versions=(B,))
     try:
         with E2ERun(options, run_dir) as e2e:
             upgrade = UpgradeRun(
