@@ -102,7 +102,7 @@ SDS_PREFIX = "kubernetes://"
 SDS_CA_SUFFIX = "-cacert"
 
 
-def credential_names(namespace: str, scenario: str) -> dict[str, str]:
+def credential_names(namespace: str, scenario: str) -> dict[str, Any]:
     """The credential Secret names of ``scenario`` in ``namespace`` (RenderContext's
     ``client_credential_name``, ``ca_credential_name`` and ``untrusted_ca_credential_name``): one set
     per scenario and namespace, so

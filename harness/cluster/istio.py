@@ -22,6 +22,7 @@ from harness.common import versions
 from harness.common.paths import REPO_ROOT
 from harness.common.proc import CommandError, interrupts_deferred, progress, run
 from harness.common.tools import parse_istioctl_version
+from harness.scenarios.model import EGRESS_GATEWAY_TCP_PORT
 
 OVERLAY_TEMPLATE = REPO_ROOT / "manifests" / "istio" / "egress.yaml"
 ISTIO_NAMESPACE = "istio-system"
@@ -122,6 +123,7 @@ def render_overlay(
             "outbound_traffic_policy": outbound_traffic_policy,
             "ingress_node_port": ingress_node_port,
             "default_config": f"{{fileFlushInterval: {FILE_FLUSH_INTERVAL}}}" if flush else "{}",
+            "egress_gateway_tcp_port": EGRESS_GATEWAY_TCP_PORT,
             "egress_gateway_node_selector": (
                 '{{{}: "{}"}}'.format(*EGRESS_GATEWAY_NODE_LABEL) if pin_egress_gateway else "{}"
             ),

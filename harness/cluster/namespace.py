@@ -726,7 +726,7 @@ class RunNamespace:
                 f"request {request.name}: only the full chain ingress -> proxy -> target runs here"
             )
         gw = gateway or DEFAULT_GATEWAY
-        result = self.send_chain(request.host, request.port, request.path, scheme=request.scheme)
+        result = self.send_chain(request.host, request.port, request.target_path, scheme=request.scheme)
         since = result.sent_at - timedelta(seconds=LOG_SLACK_S)
         ref = result.ref(request.host)
         evidence = judge(

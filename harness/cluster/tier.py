@@ -64,11 +64,12 @@ from harness.cluster.namespace import LOG_SLACK_S
 from harness.cluster.providers.kind import KindCluster
 from harness.cluster.requirements import external_requirement
 from harness.cluster.run import E2ERun
-from harness.cluster.witness import check_tls_record, expects_external_tls, handshake_hint
+from harness.cluster.witness import TcpConnections, check_tls_record, expects_external_tls, handshake_hint
 from harness.common.proc import progress
 from harness.evidence import RequestRef, Wait
 from harness.evidence.external import (
     ExternalEvidenceError,
+    check_tcp_record,
     expect_external_attempts,
     expect_no_external_record,
 )
@@ -239,6 +240,11 @@ class ClusterTier:
                     f"the {what} does not answer to {host}: the catalog changed after the run's recorders "
                     "started (`egress-harness e2e down`, then `up` again)"
                 )
+        if any(r.scheme == "tcp" for r in scenario.requests) and getattr(recorder, "tcp_port", None) is None:
+            return (
+                "sends plain TCP to the external host's echo port, and this run's recorder serves none (a run "
+                "brought up before it had one: `egress-harness e2e down`, then `up` again)"
+            )
         return None
 
     def stage(self, scenario: Scenario) -> ClusterStage:
@@ -358,7 +364,7 @@ class ClusterStage:
             raise E2EError(
                 f"request {request.name}: only the full chain ingress -> proxy -> target runs here"
             )
-        result = self.view.send_chain(request.host, request.port, request.path, scheme=request.scheme)
+        result = self.view.send_chain(request.host, request.port, request.target_path, scheme=request.scheme)
         answer = result.response
         return Sent(
             result.request_id,
@@ -406,6 +412,9 @@ class ClusterStage:
         if recorder is None:
             return None
         tls = expects_external_tls(request, self.context.external_tls_port)
+        tcp = request.scheme == "tcp"
+        if tcp:
+            recorder = TcpConnections(recorder)
         try:
             expect = (
                 view.expect_external_from_gateway
@@ -426,6 +435,8 @@ class ClusterStage:
             seen = (
                 f"external host (called from {record.get('client_ip')}: {TARGET_APP} itself, not the gateway)"
             )
+        if tcp:
+            seen += f" over TCP, {check_tcp_record(record, request.expect.tcp_bytes)}"
         if tls:
             mutual = external_requirement(self.scenario) == "mtls"
             subject = view.pki.client.subject if mutual and view.pki is not None else None
@@ -456,6 +467,8 @@ class ClusterStage:
         recorder = self.view.recorder_for(self.scenario)
         if recorder is None:
             return None
+        if request.scheme == "tcp":
+            recorder = TcpConnections(recorder)
         token = sent.path_token
         expect_no_external_record(
             (lambda: recorder.records(path_contains=token))

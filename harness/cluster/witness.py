@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cluster.diagnostics import Diagnostics
+from harness.cluster.external import RecorderClient
 from harness.cluster.hosts import EXTERNAL_TLS_PORT
 from harness.evidence.external import ExternalEvidenceError, Record
 
@@ -52,6 +53,38 @@ def expects_external_tls(request: Any, tls_port: int = EXTERNAL_TLS_PORT) -> boo
     last = request.expect.gateway if request.expect.via_gateway else request.expect.sidecar
     upstream = (last or {}).get("upstream_cluster")
     return isinstance(upstream, str) and upstream.startswith(f"outbound|{tls_port}|")
+
+
+class TcpConnections(RecorderClient):
+    """A recorder's TCP connection records (``connections``) read where its HTTP records are
+    (``records``), so that the witnesses that find a request by the token in its path find a TCP
+    request by the token in its payload's first line (the record's ``path``). Only by token: a TCP
+    connection carries no x-request-id."""
+
+    def __init__(self, recorder: RecorderClient) -> None:
+        self.recorder = recorder
+        self.name, self.alias, self.aliases = recorder.name, recorder.alias, recorder.aliases
+        self.port, self.tls_port = recorder.port, recorder.tls_port
+
+    @property
+    def url(self) -> str:
+        return self.recorder.url
+
+    @property
+    def address(self) -> str:
+        return self.recorder.address
+
+    def records(
+        self, request_id: str | None = None, *, path_contains: str | None = None, since: int | None = None
+    ) -> list[dict[str, Any]]:
+        if path_contains is None:
+            raise ValueError(
+                f"a TCP connection carries no x-request-id ({request_id}): find it by its path token"
+            )
+        return self.recorder.connections(path_contains=path_contains, since=since)
+
+    def handshake_failures(self) -> list[dict[str, Any]]:
+        return []
 
 
 def check_tls_record(

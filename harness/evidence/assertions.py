@@ -105,10 +105,15 @@ class RequestRef:
     until: datetime | None = None
     slack: float = 2.0
     host: str | None = None
+    #: a plain TCP connection (no SNI, no HTTP): an entry without a method and without an SNI, in
+    #: the window (which it needs)
+    tcp: bool = False
 
     def __post_init__(self) -> None:
-        if not (self.request_id or self.path_token or self.sni or self.cluster):
-            raise ValueError("RequestRef needs a request_id, a path_token, an sni or a cluster")
+        if not (self.request_id or self.path_token or self.sni or self.cluster or self.tcp):
+            raise ValueError("RequestRef needs a request_id, a path_token, an sni, a cluster or tcp")
+        if self.tcp and self.since is None:
+            raise ValueError("a plain TCP request is found only by when it was sent: give since")
 
     @classmethod
     def for_request(
@@ -129,8 +134,14 @@ class RequestRef:
         (``https``), the proxies pass its connection through and log TCP entries that carry neither
         (``%REQ(X-REQUEST-ID)%`` is ``-``, there is no path): the request is then its host as the
         SNI, in an entry whose connection started between ``sent_at`` and ``answered_at`` (``None``:
-        no upper bound), ``slack`` seconds either side.
+        no upper bound), ``slack`` seconds either side. Plain TCP (``tcp``: the workload sends bytes
+        to a TCP port) has no SNI either: an entry with neither a method nor an SNI, started in
+        that window.
         """
+        if scheme == "tcp":
+            if sent_at is None:
+                raise ValueError("a TCP request is found by when it was sent: give sent_at")
+            return cls(tcp=True, since=sent_at, until=answered_at, slack=slack, host=host)
         if scheme == "https":
             if not host or sent_at is None:
                 raise ValueError(
@@ -148,7 +159,11 @@ class RequestRef:
             return f"x-request-id={self.request_id}"
         if self.path_token:
             return f"path token {self.path_token!r}"
-        parts = [f"sni={self.sni}" if self.sni else "", f"cluster={self.cluster}" if self.cluster else ""]
+        parts = [
+            "plain" if self.tcp else "",
+            f"sni={self.sni}" if self.sni else "",
+            f"cluster={self.cluster}" if self.cluster else "",
+        ]
         if self.since or self.until:
             lo, hi = (_stamp(t) for t in self._bounds())
             parts.append(f"started within [{lo}, {hi}]")
@@ -166,6 +181,8 @@ class RequestRef:
             parts.append(p.sni(self.sni))
         if self.cluster:
             parts.append(p.cluster(self.cluster))
+        if self.tcp:
+            parts += [p.field("method", None), p.field("requested_server_name", None)]
         if self.since or self.until:
             parts.append(self._window())
         return p.all_of(*parts, outbound)

@@ -176,3 +176,28 @@ def expect_external_attempts(
             records=mine,
         )
     return mine
+
+
+def check_tcp_record(record: Record, count: int | None, *, hop: str = "external host") -> str:
+    """The external host's record of a TCP connection (apps/recorder's ``/__recorder/connections``)
+    shows ``count`` bytes received and as many echoed (None: any number, at least one each way);
+    what it showed, for the summary. Raises ``ExternalEvidenceError`` naming the hop."""
+    received, sent = record.get("bytes_received"), record.get("bytes_sent")
+    caller = f"{record.get('client_ip')}:{record.get('client_port')}"
+    if not isinstance(received, int) or not isinstance(sent, int):
+        raise ExternalEvidenceError(
+            f"hop {hop!r}: the record of the connection from {caller} is not a TCP connection's (no byte "
+            "counts): was the request sent to the external host's TCP port?",
+            hop=hop,
+            records=[record],
+        )
+    wanted = (count, count) if count is not None else None
+    if (wanted is not None and (received, sent) != wanted) or (wanted is None and min(received, sent) < 1):
+        expected = f"{count} each way" if count is not None else "at least one byte each way"
+        raise ExternalEvidenceError(
+            f"hop {hop!r}: the TCP connection from {caller} carried {received} byte(s) in and {sent} "
+            f"echoed, expected {expected}",
+            hop=hop,
+            records=[record],
+        )
+    return f"{received} bytes in, {sent} echoed"

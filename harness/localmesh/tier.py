@@ -98,6 +98,10 @@ class LocalTier:
         return plan_for(scenario, [d.document.value for d in rendered.documents], ctx)
 
     def skip_reason(self, scenario: Scenario) -> str | None:
+        if any(r.scheme == "tcp" for r in scenario.requests):
+            return (
+                "the local tier cannot emulate it: its relays and external host speak HTTP only (scheme: tcp)"
+            )
         try:
             self.routing(scenario)
         except NotEmulable as exc:

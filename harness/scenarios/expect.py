@@ -17,6 +17,9 @@ hops must show what:
   (the canary to the gateway passes the calling sidecar too); a workload without a sidecar has no
   log there (``sidecar=None``), and what shows where the request went is the external host's record.
 
+A TCP request (``scheme: tcp``) is judged by TCP entries only: no method, response code 0 (no
+HTTP on the way); with ``tcp_bytes: N`` each of them carried N bytes each way.
+
 The ``sidecar:`` and ``gateway:`` field maps add exact checks on those hops' entries. How a request
 is found at each hop (``RequestRef``: a TLS request by its SNI in its time window) is the caller's.
 """
@@ -50,6 +53,18 @@ def field_checks(fields: Mapping[str, LogValue]) -> list[p.Predicate]:
     return [p.field(name, value) for name, value in fields.items()]
 
 
+def tcp_checks(request: ResolvedRequest) -> list[p.Predicate]:
+    """What a TCP request's entries must show at every hop it passed: a TCP entry (no HTTP: response
+    code 0, no method) and, with ``tcp_bytes``, that many bytes each way; nothing for http(s)."""
+    if request.scheme != "tcp":
+        return []
+    checks = [p.field("response_code", 0), p.field("method", None)]
+    count = request.expect.tcp_bytes
+    if count is not None and request.expect.blocked is None:
+        checks += [p.field("bytes_received", count), p.field("bytes_sent", count)]
+    return checks
+
+
 def needs_canary(expect: Expectation) -> bool:
     """Whether judging ``expect`` watches the gateway for an entry that must not appear (``via_gateway:
     false``, not blocked: ``hop_checks``' absent gateway check), which a canary must prove live (with
@@ -78,8 +93,9 @@ def hop_checks(
             f"request {request.name}: the calling workload has no sidecar, so no sidecar entry can show "
             "where it sent the request; only an expectation with sidecar: absent fits such a caller"
         )
-    side_extra = field_checks(exp.sidecar)
-    gw_extra = field_checks(exp.gateway)
+    tcp = tcp_checks(request)
+    side_extra = [*tcp, *field_checks(exp.sidecar)]
+    gw_extra = [*tcp, *field_checks(exp.gateway)]
     # Any port of the gateway service: plain HTTP reaches it on 80, TLS origination on 443 (ISTIO_MUTUAL);
     # a scenario's own ``sidecar.upstream_cluster`` pins the exact one.
     to_gateway = sidecar_to_gateway(gateway_service=gateway_service, port=None)
@@ -91,7 +107,8 @@ def hop_checks(
             HopCheck(gateway, p.all_of(gateway_refused(), *gw_extra)),
         ]
     if exp.via_gateway:
-        status = None if request.scheme == "https" else exp.status
+        # the workload's own TLS, or plain TCP: the proxies log TCP entries (response code 0)
+        status = None if request.scheme in ("https", "tcp") else exp.status
         # A scenario that names the gateway's upstream cluster (a wildcard host forwarded to another
         # host) replaces the default: the cluster of the request's own host.
         if "upstream_cluster" in exp.gateway:

@@ -48,6 +48,7 @@ from harness.scenarios.model import (
     VersionRange,
 )
 from harness.scenarios.placeholders import PLACEHOLDER_RE, fill_placeholders, offline_context, template_issues
+from harness.scenarios.tcp import expected_tcp_bytes, tcp_payload
 
 __all__ = [
     "DEFAULT_SCENARIOS_DIR",
@@ -277,9 +278,9 @@ class _Reader:
 _TOP_REQUIRED = ("name", "description", "istio", "manifests", "requests")
 _TOP_OPTIONAL = ("requires", "caller", "tags")
 _REQUEST_REQUIRED = ("name", "host", "expect")
-_REQUEST_OPTIONAL = ("chain", "scheme", "method", "port", "path")
+_REQUEST_OPTIONAL = ("chain", "scheme", "method", "port", "path", "bytes")
 _EXPECT_REQUIRED = ("status", "via_gateway")
-_EXPECT_OPTIONAL = ("blocked", "external_caller", "external_attempts", *LOG_HOPS)
+_EXPECT_OPTIONAL = ("blocked", "external_caller", "external_attempts", "tcp_bytes", *LOG_HOPS)
 
 
 def load_scenario(directory: Path) -> Scenario:
@@ -650,6 +651,7 @@ def _request(r: _Reader, path: FieldPath, value: object) -> RequestSpec | None:
     if req_path is not None and not req_path.startswith("/"):
         r.issue((*path, "path"), f"must start with '/', got {req_path!r}")
     expect = _expectation(r, (*path, "expect"), data.get("expect", _MISSING))
+    size = tcp_payload(r, path, data, scheme=scheme, expect=expect)
     if (
         len(r.issues) > before
         or name is None
@@ -671,6 +673,7 @@ def _request(r: _Reader, path: FieldPath, value: object) -> RequestSpec | None:
         port=port,
         path=req_path,
         line=r.doc.line_of(path),
+        bytes=size,
     )
 
 
@@ -712,6 +715,7 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
                 (*path, "blocked"), f"expected one of {', '.join(BLOCKED_AT)} or false, got {blocked_raw!r}"
             )
     caller, attempts = _external_fields(r, path, data)
+    tcp_bytes = expected_tcp_bytes(r, path, data)
     logs, sidecar_absent = _log_matches(r, path, data)
     if len(r.issues) > before or status is _MISSING or via_gateway is _MISSING:
         return None
@@ -744,6 +748,7 @@ def _expectation(r: _Reader, path: FieldPath, value: object) -> Expectation | No
         external_caller=cast(Literal["not-gateway", "workload"] | None, caller),
         external_attempts=attempts,
         sidecar_absent=sidecar_absent,
+        tcp_bytes=tcp_bytes,
     )
 
 

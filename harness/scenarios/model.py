@@ -21,8 +21,9 @@ errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderC
     requests*:
       - name*: via-gateway                  # a DNS label, unique in the scenario
         chain: [ingress, proxy, target]     # the hops it passes (default: all three)
-        scheme: http                        # or https
-        method: GET
+        scheme: http                        # or https, or tcp (see below)
+        method: GET                         # not for tcp
+        bytes: 1024                         # tcp only: the payload's size (256 to 1 MiB)
         host*: "{{ external_host }}"        # templates allowed
         port: 80                            # or "{{ external_port }}"; default by scheme
         path: /get                          # starts with '/'
@@ -32,6 +33,7 @@ errors); ``harness.scenarios.render`` fills the templates from a :class:`RenderC
           blocked: false                    # or sidecar | gateway
           external_caller: not-gateway      # only with via_gateway: false: see below
           external_attempts: 3              # the external host got the request this many times
+          tcp_bytes: 1024                   # tcp only: bytes each way at every hop (see below)
           sidecar: {upstream_cluster: "outbound|80|external|{{ egress_gateway_service }}"}
           gateway: {upstream_cluster: "outbound|80||{{ external_host }}", response_flags: null}
     caller: {sidecar: injected}               # or none | excludes-external: see below
@@ -62,6 +64,16 @@ from every egress gateway address.
 ``external_attempts: N`` (a request the external host witnesses: via the gateway, or with
 ``external_caller``) says how many times the request reached the external host: every record of it
 (by its path token) counts, all from the same kind of caller; a retry policy's attempts show there.
+
+``scheme: tcp``: no HTTP on the last leg. The calling workload opens a TCP connection to the
+external host's TCP echo port (``external_tcp_port``, the default port) and sends ``bytes`` bytes:
+the path with its query as the first line (the harness adds its request token there), padded; the
+external host echoes every byte and records the connection (caller, bytes each way, first line).
+The proxies log TCP entries (no method, response code 0, written when the connection closes),
+found by the time the request was sent and answered. ``expect.tcp_bytes: N`` (tcp only, not for a
+blocked request; sets ``bytes`` when that is absent, must equal it otherwise) asks every TCP entry
+of it (the sidecar's; via the gateway, the gateway's) for ``bytes_received`` and ``bytes_sent`` N,
+and the external host's record of the connection for N received and N echoed.
 
 ``sidecar``/``gateway`` keys are Istio's JSON access-log keys (``harness.accesslog.FIELDS``); the
 sidecar is that of the last hop of the chain, the workload that calls the external host. ``null``
@@ -111,13 +123,19 @@ __all__ = [
     "CALLER_SIDECARS",
     "CREDENTIAL_VARIABLES",
     "DEFAULT_CHAIN",
+    "EGRESS_GATEWAY_TCP_PORT",
     "EXTERNAL_CALLERS",
     "EXTERNAL_KINDS",
+    "EXTERNAL_TCP_PORT",
     "HOPS",
     "LOG_HOPS",
     "OUTBOUND_TRAFFIC_POLICIES",
     "SCHEMES",
     "SIDECAR_ABSENT",
+    "TCP_BYTES_DEFAULT",
+    "TCP_BYTES_MAX",
+    "TCP_BYTES_MIN",
+    "TCP_BYTES_PARAM",
     "TEMPLATE_VARIABLES",
     "Caller",
     "Catalog",
@@ -135,7 +153,21 @@ __all__ = [
 #: The hops a request can pass through, in the order of the chain client -> ingress -> proxy -> target.
 HOPS: tuple[str, ...] = ("ingress", "proxy", "target")
 DEFAULT_CHAIN: tuple[str, ...] = HOPS
-SCHEMES: tuple[str, ...] = ("http", "https")
+#: ``tcp``: the calling workload opens a TCP connection to the external host's TCP echo port and
+#: sends ``bytes`` bytes (no HTTP on that leg: ``RequestSpec.bytes``)
+SCHEMES: tuple[str, ...] = ("http", "https", "tcp")
+#: The bounds of a TCP request's payload (``RequestSpec.bytes``): room for its first line (the path
+#: with the harness's query parameters), at most what the external host echoes (1 MiB).
+TCP_BYTES_MIN, TCP_BYTES_MAX = 256, 1 << 20
+#: A TCP request's payload size when the scenario does not say.
+TCP_BYTES_DEFAULT = 1024
+#: The query parameter that tells the relay how many bytes to send (apps/relay: ``egh-bytes``).
+TCP_BYTES_PARAM = "egh-bytes"
+#: Where the external host echoes plain TCP (the recorder's ``--tcp-port`` in a run).
+EXTERNAL_TCP_PORT = 9000
+#: The egress gateway Service's plain TCP port, which the harness's install adds
+#: (manifests/istio/egress.yaml) for the scenarios' Gateway TCP servers.
+EGRESS_GATEWAY_TCP_PORT = 7777
 #: Istio's meshConfig.accessLogEncoding values.
 ACCESS_LOG_ENCODINGS: tuple[str, ...] = ("TEXT", "JSON")
 #: Istio's meshConfig.outboundTrafficPolicy.mode values.
@@ -321,6 +353,9 @@ class Expectation:
     #: ``sidecar: absent``: the calling workload's sidecar has no entry of the request (it has no
     #: sidecar, or its sidecar did not capture the request: ``Caller``)
     sidecar_absent: bool = False
+    #: a TCP request (``scheme: tcp``): the bytes each way that every TCP entry of it (the sidecar's,
+    #: the gateway's) and the external host's record of its connection must show
+    tcp_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -356,10 +391,14 @@ class RequestSpec:
     chain: tuple[str, ...] = DEFAULT_CHAIN
     scheme: str = "http"
     method: str = "GET"
-    #: ``None``: the context's ``external_port`` (http) or ``external_tls_port`` (https).
+    #: ``None``: the context's ``external_port`` (http), ``external_tls_port`` (https) or
+    #: ``external_tcp_port`` (tcp).
     port: int | str | None = None
     path: str = "/"
     line: int = 0
+    #: ``scheme: tcp`` only: how many bytes the calling workload sends (the path's line, padded);
+    #: None: ``TCP_BYTES_DEFAULT`` for tcp
+    bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -374,10 +413,20 @@ class ResolvedRequest:
     port: int
     path: str
     expect: Expectation
+    #: ``tcp``: the payload's size in bytes (``RequestSpec.bytes``); None for http and https
+    bytes: int | None = None
+
+    @property
+    def target_path(self) -> str:
+        """The path the calling workload asks for; for tcp with the payload size in its query
+        (``egh-bytes``, which the relay reads and keeps in the payload's first line)."""
+        if self.scheme == "tcp" and self.bytes is not None:
+            return f"{self.path}{'&' if '?' in self.path else '?'}{TCP_BYTES_PARAM}={self.bytes}"
+        return self.path
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
+        return f"{self.scheme}://{self.host}:{self.port}{self.target_path}"
 
 
 @dataclass(frozen=True)
@@ -434,6 +483,10 @@ class RenderContext:
     external_host: str = "external.egress-harness.test"
     external_port: int = 80
     external_tls_port: int = 443
+    #: where the external host echoes plain TCP (``scheme: tcp`` requests)
+    external_tcp_port: int = EXTERNAL_TCP_PORT
+    #: the egress gateway Service's plain TCP port (the harness's install adds it: manifests/istio/egress.yaml)
+    egress_gateway_tcp_port: int = EGRESS_GATEWAY_TCP_PORT
     #: a name that resolves in the cluster but has no ServiceEntry (REGISTRY_ONLY must block it)
     unregistered_host: str = "unregistered.egress-harness.test"
     gateway_namespace: str = "istio-system"
@@ -481,7 +534,7 @@ class RenderContext:
             if not _DNS_NAME.match(getattr(self, name)):
                 raise ValueError(f"RenderContext.{name}: not a DNS name: {getattr(self, name)!r}")
         self._check_derived()
-        for name in ("external_port", "external_tls_port"):
+        for name in ("external_port", "external_tls_port", "external_tcp_port", "egress_gateway_tcp_port"):
             port = getattr(self, name)
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
                 raise ValueError(f"RenderContext.{name}: not a port number: {port!r}")

@@ -19,6 +19,7 @@ from typing import Any
 from harness.scenarios.issues import FieldPath, ScenarioError, ScenarioIssue
 from harness.scenarios.loader import YamlDocument, parse_yaml_documents
 from harness.scenarios.model import (
+    TCP_BYTES_DEFAULT,
     LogValue,
     RenderContext,
     RequestSpec,
@@ -165,6 +166,16 @@ def render_scenario(scenario: Scenario, context: RenderContext) -> RenderedScena
     return RenderedScenario(scenario, context, "---\n".join(parts), tuple(documents))
 
 
+def tcp_payload_size(request: RequestSpec) -> int | None:
+    """How many bytes a tcp request sends (its ``bytes``, else ``expect.tcp_bytes``, else the
+    default); None for http and https."""
+    if request.scheme != "tcp":
+        return None
+    if request.bytes is not None:
+        return request.bytes
+    return request.expect.tcp_bytes if request.expect.tcp_bytes is not None else TCP_BYTES_DEFAULT
+
+
 def render_request(request: RequestSpec, context: RenderContext, *, source: Path) -> ResolvedRequest:
     """``request`` with host, path, port and expected log values filled in.
 
@@ -176,7 +187,9 @@ def render_request(request: RequestSpec, context: RenderContext, *, source: Path
         return render_text(text, context, source=source, first_line=request.line, field=field)
 
     if request.port is None:
-        port = context.external_tls_port if request.scheme == "https" else context.external_port
+        port = {"https": context.external_tls_port, "tcp": context.external_tcp_port}.get(
+            request.scheme, context.external_port
+        )
     elif isinstance(request.port, int):
         port = request.port
     else:
@@ -199,6 +212,7 @@ def render_request(request: RequestSpec, context: RenderContext, *, source: Path
         host=fill(request.host, "host"),
         port=port,
         path=fill(request.path, "path"),
+        bytes=tcp_payload_size(request),
         # every other field of the expectation as written (replace: none is dropped on the way)
         expect=replace(
             expect, sidecar=logs(expect.sidecar, "sidecar"), gateway=logs(expect.gateway, "gateway")

@@ -913,7 +913,7 @@ def test_more_words_and_rules_of_the_engine() -> None:
         AccessLogEntry._fields[:24]
     )
     with pytest.raises(
-        ValueError, match=r"^RequestRef needs a request_id, a path_token, an sni or a cluster$"
+        ValueError, match=r"^RequestRef needs a request_id, a path_token, an sni, a cluster or tcp$"
     ):
         RequestRef()
     inbound = entry(s.SIDECAR_INBOUND)

@@ -538,6 +538,15 @@ def test_kind_config_renders_the_port_mapping_and_image(tmp_path: Path) -> None:
     assert worker["labels"] == {"egress-harness.io/egress-gateway": "true"}
 
 
+#: the egress gateway chart's own ports (charts/gateways/istio-egress/values.yaml of the Istio module
+#: built here), which a list in the overlay replaces, and the TCP port the harness adds
+EGRESS_GATEWAY_PORTS = [
+    {"name": "http2", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+    {"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"},
+    {"name": "tcp", "port": 7777, "targetPort": 7777, "protocol": "TCP"},
+]
+
+
 @pytest.mark.parametrize(("encoding", "policy"), [("TEXT", "ALLOW_ANY"), ("JSON", "REGISTRY_ONLY")])
 def test_istio_overlay_renders(tmp_path: Path, encoding: str, policy: str) -> None:
     out = render_overlay(tmp_path / "o.yaml", access_log_encoding=encoding, outbound_traffic_policy=policy)
@@ -549,7 +558,10 @@ def test_istio_overlay_renders(tmp_path: Path, encoding: str, policy: str) -> No
         {
             "name": "istio-egressgateway",
             "enabled": True,
-            "k8s": {"nodeSelector": {"egress-harness.io/egress-gateway": "true"}},
+            "k8s": {
+                "nodeSelector": {"egress-harness.io/egress-gateway": "true"},
+                "service": {"ports": EGRESS_GATEWAY_PORTS},
+            },
         }
     ]
     (ingress,) = spec["components"]["ingressGateways"]
@@ -566,7 +578,11 @@ def test_istio_overlay_pins_the_egress_gateway_only_to_the_harnesss_own_node(tmp
     and ``istioctl install`` times out. There the overlay selects no node."""
     out = render_overlay(tmp_path / "o.yaml", pin_egress_gateway=False)
     (egress,) = yaml.safe_load(out.read_text())["spec"]["components"]["egressGateways"]
-    assert egress == {"name": "istio-egressgateway", "enabled": True, "k8s": {"nodeSelector": {}}}
+    assert egress == {
+        "name": "istio-egressgateway",
+        "enabled": True,
+        "k8s": {"nodeSelector": {}, "service": {"ports": EGRESS_GATEWAY_PORTS}},
+    }
     pinned = render_overlay(tmp_path / "p.yaml", pin_egress_gateway=True)
     (egress,) = yaml.safe_load(pinned.read_text())["spec"]["components"]["egressGateways"]
     assert egress["k8s"]["nodeSelector"] == {"egress-harness.io/egress-gateway": "true"}

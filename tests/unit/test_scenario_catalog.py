@@ -70,6 +70,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "gateway-api-tls-passthrough-via-egress-gateway": ("1.30", {"gateway-api", "tls"}),
     "tls-origination-refused-untrusted-ca": ("1.23", {"negative-control", "tls-origination", "tls"}),
     "tls-origination-at-sidecar": ("1.23", {"sidecar", "tls-origination", "tls"}),
+    "tcp-via-egress-gateway": ("1.23", {"egress-gateway", "tcp"}),
     "timeouts-and-retries-at-egress-gateway": ("1.23", {"egress-gateway", "timeouts-retries", "http"}),
     "identity-authz-on-egress-gateway": ("1.23", {"egress-gateway", "authz", "http", "negative-control"}),
     "one-host-two-ports": ("1.23", {"egress-gateway", "sidecar", "http", "tls"}),

@@ -146,7 +146,7 @@ EXPECTED_BAD = [
     "tests/unit/data/scenarios_bad/catalog/name-mismatch/scenario.yaml:1: name: "
     "'another-name' must equal the scenario's folder name 'name-mismatch'",
     "tests/unit/data/scenarios_bad/catalog/unknown-key/scenario.yaml:9: requests[0].timeout: "
-    "unknown key; allowed: name, host, expect, chain, scheme, method, port, path",
+    "unknown key; allowed: name, host, expect, chain, scheme, method, port, path, bytes",
     "tests/unit/data/scenarios_bad/catalog/unknown-template-var/service-entry.yaml:7: "
     "unknown template variable 'external_hots' (did you mean 'external_host'?)",
     "tests/unit/data/scenarios_bad/catalog/wrong-type/scenario.yaml:10: requests[0].expect.status: "
@@ -400,7 +400,7 @@ def one_issue(tmp_path: Path, text: str, files: dict[str, str] | None = None) ->
             "    scheme: ftp\n    host:",
             8,
             "requests[0].scheme",
-            "expected one of http, https, got 'ftp'",
+            "expected one of http, https, tcp, got 'ftp'",
         ),
         (
             "    host:",

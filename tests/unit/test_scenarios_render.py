@@ -331,6 +331,7 @@ CLUSTER_TEMPLATE_VALUES: dict[str, list[dict[str, object]]] = {
             "ingress_node_port": port,
             "default_config": default_config,
             "egress_gateway_node_selector": selector,
+            "egress_gateway_tcp_port": 7777,
         }
         for encoding in ACCESS_LOG_ENCODINGS
         for policy in OUTBOUND_POLICIES
@@ -381,6 +382,7 @@ def test_the_istio_overlay_renders_as_before(encoding: str, policy: str, tmp_pat
         "ingress_node_port": INGRESS_NODE_PORT,
         "default_config": "{}",
         "egress_gateway_node_selector": '{egress-harness.io/egress-gateway: "true"}',
+        "egress_gateway_tcp_port": 7777,
     }
     # without an Istio version there is no ProxyConfig of the harness's: its line goes
     expected = old_cluster_render(OVERLAY_TEMPLATE.read_text(), values).replace("    defaultConfig: {}\n", "")
