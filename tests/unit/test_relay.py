@@ -533,6 +533,12 @@ class EchoServer:
         assert self.connections[0].closed.wait(max(0.0, deadline - time.monotonic())), "never closed"
         return self.connections[0]
 
+    def __enter__(self) -> EchoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._stop.set()
         self.sock.close()
@@ -544,9 +550,8 @@ class EchoServer:
 @pytest.fixture
 def echo_server(request: pytest.FixtureRequest) -> Iterator[EchoServer]:
     """An EchoServer; `@pytest.mark.parametrize("echo_server", ["short"], indirect=True)` picks its mode."""
-    server = EchoServer(getattr(request, "param", "echo"))
-    yield server
-    server.close()
+    with EchoServer(getattr(request, "param", "echo")) as server:
+        yield server
 
 
 def test_tcp_payload_is_the_line_padded_to_egh_bytes_and_comes_back_with_the_tcp_block(
@@ -578,14 +583,29 @@ def test_tcp_payload_without_egh_bytes_is_the_line_alone(
     assert (response.json["tcp"]["sent"], response.json["tcp"]["received"]) == (24, 24)
 
 
-def test_a_mebibyte_payload_is_sent_and_read_back_at_once(
+def test_the_largest_payload_comes_back_whole(
     chain: Chain, echo_server: EchoServer, traffic: Traffic
 ) -> None:
-    """The echo server writes back while the payload is still being sent: the relay must read then too."""
     response = traffic.send(chain_url([chain.target.proxy_url], echo_server.url("/big?egh-bytes=1048576")))
     assert response.status == 200, response.text
     assert response.json["tcp"]["received"] == 1048576
     assert len(echo_server.only_connection().data) == 1048576
+
+
+def test_the_echo_is_read_while_the_payload_is_still_being_sent(echo_server: EchoServer) -> None:
+    """With small socket buffers a relay that sent everything before reading would wait for ever: the
+    echo server writes back what it got and stops reading while that write waits for the relay."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # inherited by the connection it accepts
+        echo_server.sock.setsockopt(socket.SOL_SOCKET, option, 4096)
+    payload = relay.tcp_payload(echo_server.url("/both-ways?egh-bytes=1048576"))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.connect(("127.0.0.1", echo_server.port))
+        progress = relay._EchoProgress(payload)
+        relay._pump(sock, payload, time.monotonic() + ECHO_DEADLINE, progress)
+    assert (progress.sent, len(progress.received)) == (len(payload), len(payload))
+    assert bytes(progress.received) == payload
 
 
 @pytest.mark.parametrize(
