@@ -11,11 +11,29 @@ its body (first 4 KiB) is included as `body`. The answer's HTTP status is the up
 DNS failure, timeout, unusable URL) the answer is 502 with `error` and `failed_hop` naming this
 service; a relay that receives such a 502 from its upstream keeps the deeper `failed_hop`.
 
+`GET /proxy?url=tcp://HOST:PORT/PATH?QUERY` makes the last leg plain TCP, to an echo server (the
+recorder's TCP port): the relay connects, sends a payload whose first line is PATH plus `?QUERY` as in
+the URL, then `\n` (the harness's `egh-token=...` rides in the query), padded with `.` to exactly N
+bytes when the query has `egh-bytes=N` (1 to 1048576, not less than the line; else 400), reads until
+as many bytes came back, EOF or the upstream timeout, and closes. The port is required (400 without).
+The answer is 200 when exactly the payload came back, with a `tcp` block beside the hops:
+
+    {..., "hops": [{"service": "target", "url": U, "status": 200, "elapsed_ms": 3.1}],
+     "tcp": {"sent": 4096, "received": 4096, "local": "10.0.0.5:41234", "peer": "10.0.0.9:9000"}}
+
+`local` is the relay's own socket address (what the echo server sees as its caller), `peer` the
+address it connected to (`[v6]:port` for IPv6). A short or different echo, or a reset or timeout after
+connecting, is 502 with `error` ("the upstream echoed 12 of 4096 bytes"), `failed_hop` and the `tcp`
+block; failing to connect (refused, DNS, timeout) is 502 as for http, without it. A relay whose
+upstream is another relay passes that relay's `tcp` block up, so the client's answer carries the
+block of the hop that made the TCP leg. HTTP_PROXY/NO_PROXY do not apply to tcp:// URLs; the checks
+below and REQUIRED_TOKEN do.
+
 What it fetches is limited (the relay must not be an open proxy for whoever reaches it):
 
 - only the upstreams in ALLOWED_UPSTREAMS, comma-separated `host:port` entries (`[v6]:port` for an
   IPv6 address; `host:*` for any port of a host); the port of a URL without one is 80 (http) or 443
-  (https). Unset or empty, nothing is fetched. Any other upstream is answered **403** with
+  (https); a tcp:// URL names its port. Unset or empty, nothing is fetched. Any other upstream is answered **403** with
   `refused_host` naming it and `error`/`hint` saying how to allow it;
 - never an address that is loopback (127.0.0.0/8, ::1), link-local (169.254.0.0/16, fe80::/10, e.g.
   the cloud metadata address 169.254.169.254) or unspecified (0.0.0.0/8, ::), also when a name on the
@@ -37,7 +55,7 @@ Configuration (a command-line flag overrides its variable):
     --name   SERVICE_NAME      service name in hop records and logs (default "relay")
     --bind   BIND              address to listen on (default 0.0.0.0; `::` for IPv6)
     --port   PORT              port (default 8080; 0 picks a free one)
-    --upstream-timeout UPSTREAM_TIMEOUT   seconds for each upstream call (default 10)
+    --upstream-timeout UPSTREAM_TIMEOUT   seconds for each upstream call or tcp exchange (default 10)
     --allow  ALLOWED_UPSTREAMS host:port entries it may fetch (default: none)
     --allow-addresses ALLOWED_ADDRESSES   CIDR blocks of otherwise refused addresses it may reach
     (REQUIRED_TOKEN only as a variable: a command line is visible to every user of the machine)
@@ -50,6 +68,7 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import http.client
 import ipaddress
@@ -498,10 +517,8 @@ def _pump(sock: socket.socket, payload: bytes, deadline: float, progress: _EchoP
                 raise TimeoutError("deadline")
             for _, events in selector.select(remaining):
                 if events & selectors.EVENT_WRITE:
-                    try:
+                    with contextlib.suppress(BlockingIOError):  # writable, yet full after all
                         progress.sent += sock.send(view[progress.sent : progress.sent + 65536])
-                    except BlockingIOError:
-                        pass
                     if progress.sent == len(payload):
                         selector.modify(sock, selectors.EVENT_READ)
                 if events & selectors.EVENT_READ:
