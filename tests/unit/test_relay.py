@@ -452,11 +452,12 @@ class EchoServer:
     "The whole payload" is as long as the first line's egh-bytes says, else the first line itself.
     """
 
-    def __init__(self, mode: str = "echo") -> None:
+    def __init__(self, mode: str = "echo", host: str = "127.0.0.1") -> None:
         self.mode = mode
+        self.host = host
         self.connections: list[EchoConnection] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.port = int(self.sock.getsockname()[1])
@@ -466,7 +467,7 @@ class EchoServer:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def url(self, path: str) -> str:
         return f"tcp://{self.address}{path}"
@@ -479,7 +480,8 @@ class EchoServer:
                 continue
             except OSError:
                 return
-            record = EchoConnection(f"{peer[0]}:{peer[1]}", bytearray(), threading.Event())
+            shown = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
+            record = EchoConnection(f"{shown}:{peer[1]}", bytearray(), threading.Event())
             self.connections.append(record)
             thread = threading.Thread(target=self._serve, args=(conn, record), daemon=True)
             self._threads.append(thread)
@@ -709,3 +711,20 @@ def test_tcp_payload_pads_to_exactly_egh_bytes() -> None:
     assert relay.tcp_payload("tcp://h:1/a?egh-bytes=20") == b"/a?egh-bytes=20\n...."
     assert relay.tcp_payload("tcp://h:1/a?egh-bytes=16") == b"/a?egh-bytes=16\n"
     assert relay.tcp_payload("tcp://h:1/a") == b"/a\n"
+
+
+def test_an_ipv6_exchange_names_both_ends_in_brackets() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with EchoServer(host="::1") as echo:
+        upstream = relay.Upstream(ECHO_DEADLINE, relay.Policy(f"[::1]:{echo.port}", "::1/128"))
+        payload = relay.tcp_payload(echo.url("/v6?egh-bytes=100"))
+        result = upstream.echo(echo.url("/v6?egh-bytes=100"), payload)
+        assert result.problem() is None
+        assert result.block() == {
+            "sent": 100,
+            "received": 100,
+            "local": echo.only_connection().peer,
+            "peer": f"[::1]:{echo.port}",
+        }
+        assert result.block()["local"].startswith("[::1]:")
