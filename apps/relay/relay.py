@@ -11,11 +11,29 @@ its body (first 4 KiB) is included as `body`. The answer's HTTP status is the up
 DNS failure, timeout, unusable URL) the answer is 502 with `error` and `failed_hop` naming this
 service; a relay that receives such a 502 from its upstream keeps the deeper `failed_hop`.
 
+`GET /proxy?url=tcp://HOST:PORT/PATH?QUERY` makes the last leg plain TCP, to an echo server (the
+recorder's TCP port): the relay connects, sends a payload whose first line is PATH plus `?QUERY` as in
+the URL, then `\n` (the harness's `egh-token=...` rides in the query), padded with `.` to exactly N
+bytes when the query has `egh-bytes=N` (1 to 1048576, not less than the line; else 400), reads until
+as many bytes came back, EOF or the upstream timeout, and closes. The port is required (400 without).
+The answer is 200 when exactly the payload came back, with a `tcp` block beside the hops:
+
+    {..., "hops": [{"service": "target", "url": U, "status": 200, "elapsed_ms": 3.1}],
+     "tcp": {"sent": 4096, "received": 4096, "local": "10.0.0.5:41234", "peer": "10.0.0.9:9000"}}
+
+`local` is the relay's own socket address (what the echo server sees as its caller), `peer` the
+address it connected to (`[v6]:port` for IPv6). A short or different echo, or a reset or timeout after
+connecting, is 502 with `error` ("the upstream echoed 12 of 4096 bytes"), `failed_hop` and the `tcp`
+block; failing to connect (refused, DNS, timeout) is 502 as for http, without it. A relay whose
+upstream is another relay passes that relay's `tcp` block up, so the client's answer carries the
+block of the hop that made the TCP leg. HTTP_PROXY/NO_PROXY do not apply to tcp:// URLs; the checks
+below and REQUIRED_TOKEN do.
+
 What it fetches is limited (the relay must not be an open proxy for whoever reaches it):
 
 - only the upstreams in ALLOWED_UPSTREAMS, comma-separated `host:port` entries (`[v6]:port` for an
   IPv6 address; `host:*` for any port of a host); the port of a URL without one is 80 (http) or 443
-  (https). Unset or empty, nothing is fetched. Any other upstream is answered **403** with
+  (https); a tcp:// URL names its port. Unset or empty, nothing is fetched. Any other upstream is answered **403** with
   `refused_host` naming it and `error`/`hint` saying how to allow it;
 - never an address that is loopback (127.0.0.0/8, ::1), link-local (169.254.0.0/16, fe80::/10, e.g.
   the cloud metadata address 169.254.169.254) or unspecified (0.0.0.0/8, ::), also when a name on the
@@ -37,7 +55,7 @@ Configuration (a command-line flag overrides its variable):
     --name   SERVICE_NAME      service name in hop records and logs (default "relay")
     --bind   BIND              address to listen on (default 0.0.0.0; `::` for IPv6)
     --port   PORT              port (default 8080; 0 picks a free one)
-    --upstream-timeout UPSTREAM_TIMEOUT   seconds for each upstream call (default 10)
+    --upstream-timeout UPSTREAM_TIMEOUT   seconds for each upstream call or tcp exchange (default 10)
     --allow  ALLOWED_UPSTREAMS host:port entries it may fetch (default: none)
     --allow-addresses ALLOWED_ADDRESSES   CIDR blocks of otherwise refused addresses it may reach
     (REQUIRED_TOKEN only as a variable: a command line is visible to every user of the machine)
@@ -50,12 +68,14 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import http.client
 import ipaddress
 import json
 import os
 import re
+import selectors
 import signal
 import socket
 import sys
@@ -65,9 +85,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 PROPAGATED_HEADERS = (
     "x-request-id",
@@ -97,7 +118,13 @@ REFUSED_NETWORKS: tuple[tuple[str, str], ...] = (
     ("::/128", "unspecified"),
 )
 
+#: the query parameter of a tcp:// URL that pads its payload to that many bytes, and its bounds
+PAYLOAD_BYTES_PARAM = "egh-bytes"
+MAX_PAYLOAD_BYTES = 1 << 20
+PAYLOAD_PADDING = b"."
+
 Json = dict[str, Any]
+T = TypeVar("T")
 
 
 def proxy_bypassed(host: str, port: int | None, no_proxy: str) -> bool:
@@ -327,23 +354,21 @@ class Upstream:
         return self._proxied
 
     def check(self, url: str) -> None:
-        """UpstreamRefused unless the policy allows `url`'s host and port (before any network call)."""
+        """UpstreamRefused unless the policy allows `url`'s host and port (before any network call).
+        A tcp:// URL has its own port (check_url makes sure); http(s) ones default to 80 or 443."""
         parts = urllib.parse.urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         self.policy.check_upstream(parts.hostname or "", port)
 
-    def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, bool]:
-        """GET `url`: (status, first MAX_UPSTREAM_BYTES of the body, whether the body was cut).
-
-        The whole call, name resolution included (which socket timeouts do not cover), is bounded by
-        `timeout`: it runs on a worker thread and a call still running then raises TimeoutError. The
-        worker's own socket timeouts and body deadline make it end soon after.
-        """
-        outcome: list[tuple[int, bytes, bool] | BaseException] = []
+    def _bounded(self, call: Callable[[], T]) -> T:
+        """`call()`, the whole of it, name resolution included (which socket timeouts do not cover),
+        bounded by `timeout`: it runs on a worker thread and a call still running then raises
+        TimeoutError. The worker's own socket timeouts and deadlines make it end soon after."""
+        outcome: list[T | BaseException] = []
 
         def work() -> None:
             try:
-                outcome.append(self._fetch(url, headers))
+                outcome.append(call())
             except BaseException as exc:  # handed to the caller below
                 outcome.append(exc)
 
@@ -352,9 +377,51 @@ class Upstream:
         worker.join(self.timeout)
         if not outcome:
             raise TimeoutError(f"no answer within {self.timeout:g}s")
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        return outcome[0]
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, bool]:
+        """GET `url`: (status, first MAX_UPSTREAM_BYTES of the body, whether the body was cut), within
+        `timeout` (see _bounded)."""
+        return self._bounded(lambda: self._fetch(url, headers))
+
+    def echo(self, url: str, payload: bytes) -> Echo:
+        """Send `payload` over TCP to the host and port of the tcp:// `url` (the policy's checked
+        connection: HTTP_PROXY does not apply) and read until as many bytes came back, EOF, or
+        `timeout` (for the whole exchange, connecting included). Failing to connect (refused, DNS,
+        timeout) raises as for get; once connected, what came back is returned, with `error` saying
+        why the exchange ended early (a timeout, a reset)."""
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", int(parts.port or 0)
+        deadline = time.monotonic() + self.timeout
+        progress = _EchoProgress(payload)
+        try:
+            self._bounded(lambda: self._exchange((host, port), payload, deadline, progress))
+        except TimeoutError:
+            if progress.local is None:  # not connected yet: the upstream did not answer at all
+                raise
+            return progress.snapshot(f"timeout: no full echo within {self.timeout:g}s")
+        return progress.snapshot(progress.error)
+
+    def _exchange(
+        self, address: tuple[str, int], payload: bytes, deadline: float, progress: _EchoProgress
+    ) -> None:
+        """Connect (checked), send `payload` and read its echo at the same time (a large payload would
+        otherwise fill both directions' buffers), recording progress; close the socket at the end."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no answer within {self.timeout:g}s")
+        with self.policy.connect(address, remaining, None) as sock:
+            progress.local = _endpoint(sock.getsockname())
+            progress.peer = _endpoint(sock.getpeername())
+            try:
+                _pump(sock, payload, deadline, progress)
+            except TimeoutError:
+                progress.error = f"timeout: no full echo within {self.timeout:g}s"
+            except OSError as exc:  # reset, broken pipe
+                progress.error = describe_error(exc, self.timeout)
 
     def _fetch(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, bool]:
         deadline = time.monotonic() + self.timeout
@@ -383,6 +450,110 @@ class Upstream:
         return status, body[:MAX_UPSTREAM_BYTES], size > MAX_UPSTREAM_BYTES
 
 
+@dataclass(frozen=True)
+class Echo:
+    """What a tcp:// exchange did: bytes sent, bytes read back, the relay's own socket address and
+    the upstream's (`IP:PORT`, `[v6]:PORT`), and why it ended early (None: it did not)."""
+
+    payload: bytes
+    sent: int
+    received: bytes
+    local: str
+    peer: str
+    error: str | None = None
+
+    def problem(self) -> str | None:
+        """None when exactly the payload came back, else what went wrong (for the answer's `error`)."""
+        wanted, got = len(self.payload), len(self.received)
+        if self.received == self.payload:  # all came back (a timeout or reset after that changes nothing)
+            return None
+        if got < wanted:
+            differ = "" if self.payload.startswith(self.received) else ", and they differ from what was sent"
+            problem = f"the upstream echoed {got} of {wanted} bytes{differ}"
+        else:
+            first = next(
+                i for i, (a, b) in enumerate(zip(self.payload, self.received, strict=True)) if a != b
+            )
+            problem = (
+                f"the upstream echoed {got} bytes but they differ from what was sent (from byte {first})"
+            )
+        return f"{self.error}: {problem}" if self.error else problem
+
+    def block(self) -> Json:
+        """The answer's `tcp` block."""
+        return {"sent": self.sent, "received": len(self.received), "local": self.local, "peer": self.peer}
+
+
+@dataclass
+class _EchoProgress:
+    """An exchange in progress, written by its worker thread, read by the caller (also after a timeout)."""
+
+    payload: bytes = b""
+    sent: int = 0
+    received: bytearray = field(default_factory=bytearray)
+    local: str | None = None
+    peer: str | None = None
+    error: str | None = None
+
+    def snapshot(self, error: str | None) -> Echo:
+        return Echo(self.payload, self.sent, bytes(self.received), self.local or "", self.peer or "", error)
+
+
+def _endpoint(sockaddr: Any) -> str:
+    host, port = str(sockaddr[0]), int(sockaddr[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _pump(sock: socket.socket, payload: bytes, deadline: float, progress: _EchoProgress) -> None:
+    """Write `payload` and read up to as many bytes back, whichever the socket is ready for, until all
+    came back, EOF or `deadline` (TimeoutError)."""
+    sock.setblocking(False)
+    view = memoryview(payload)
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if payload else 0))
+        while len(progress.received) < len(payload):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("deadline")
+            for _, events in selector.select(remaining):
+                if events & selectors.EVENT_WRITE:
+                    with contextlib.suppress(BlockingIOError):  # writable, yet full after all
+                        progress.sent += sock.send(view[progress.sent : progress.sent + 65536])
+                    if progress.sent == len(payload):
+                        selector.modify(sock, selectors.EVENT_READ)
+                if events & selectors.EVENT_READ:
+                    try:
+                        chunk = sock.recv(min(65536, len(payload) - len(progress.received)))
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        return  # EOF: the upstream closed before echoing everything
+                    progress.received += chunk
+
+
+def tcp_payload(url: str) -> bytes:
+    """The payload for a tcp:// `url`: its path and `?query` as a line, padded with "." to exactly the
+    `egh-bytes` given in the query, if any. ValueError says what is wrong with `egh-bytes`."""
+    parts = urllib.parse.urlsplit(url)
+    line = (parts.path + (f"?{parts.query}" if parts.query else "")).encode() + b"\n"
+    values = urllib.parse.parse_qs(parts.query, keep_blank_values=True).get(PAYLOAD_BYTES_PARAM, [])
+    if not values:
+        return line
+    if len(values) > 1:
+        raise ValueError(f"{PAYLOAD_BYTES_PARAM} is given {len(values)} times")
+    value = values[0]
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_PAYLOAD_BYTES:
+        raise ValueError(
+            f"{PAYLOAD_BYTES_PARAM}={value!r} is not a number of bytes from 1 to {MAX_PAYLOAD_BYTES}"
+        )
+    size = int(value)
+    if size < len(line):
+        raise ValueError(
+            f"{PAYLOAD_BYTES_PARAM}={size} is smaller than the payload's first line ({len(line)} bytes)"
+        )
+    return line + PAYLOAD_PADDING * (size - len(line))
+
+
 def describe_error(exc: BaseException, timeout: float) -> str:
     """A short, greppable reason for a failed upstream call."""
     reason: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
@@ -405,16 +576,19 @@ def requote(url: str) -> str:
 
 
 def check_url(url: str) -> str | None:
-    """None when `url` is an absolute http(s) URL with a host, else what is wrong with it."""
+    """None when `url` is an absolute http(s) URL with a host, or a tcp:// one with a host and a port,
+    else what is wrong with it."""
     try:
         parts = urllib.parse.urlsplit(url)
-        _ = parts.port
+        port = parts.port
     except ValueError as err:
         return f"invalid url: {err}"
-    if parts.scheme not in ("http", "https"):
-        return "url must be an absolute http:// or https:// URL"
+    if parts.scheme not in ("http", "https", "tcp"):
+        return "url must be an absolute http://, https:// or tcp:// URL"
     if not parts.hostname:
         return "url has no host"
+    if parts.scheme == "tcp" and not port:
+        return f"a tcp url needs a port (tcp://HOST:PORT/...): {url}"
     return None
 
 
@@ -437,7 +611,8 @@ def relay_answer(service: str, url: str, status: int, body: bytes, *, cut: bool,
         if "failed_hop" in upstream:
             answer["failed_hop"] = upstream["failed_hop"]
             answer["error"] = upstream.get("error")
-        for key in ("refused_host", "hint"):  # a deeper relay refused its upstream: say which, and how
+        # a deeper relay refused its upstream (say which, and how), or made the tcp:// leg (its block)
+        for key in ("refused_host", "hint", "tcp"):
             if key in upstream:
                 answer[key] = upstream[key]
     else:
@@ -478,11 +653,21 @@ def make_handler(service: str, upstream: Upstream, token: str = "") -> type[Base
             problem = check_url(url)
             if problem is not None:
                 return self._json(400, {"service": service, "error": problem, "url": url})
+            payload: bytes | None = None  # for a tcp:// url
+            if urllib.parse.urlsplit(url).scheme == "tcp":
+                try:
+                    payload = tcp_payload(url)
+                except ValueError as err:
+                    return self._json(400, {"service": service, "error": str(err), "url": url})
             headers = {h: v for h in PROPAGATED_HEADERS if (v := self.headers.get(h)) is not None}
             started = time.monotonic()
+            echo: Echo | None = None
             try:
                 upstream.check(url)
-                status, body, cut = upstream.get(requote(url), headers)
+                if payload is not None:
+                    echo = upstream.echo(url, payload)
+                else:
+                    status, body, cut = upstream.get(requote(url), headers)
             except UpstreamRefused as refused:
                 ms = round((time.monotonic() - started) * 1000, 1)
                 error = str(refused)
@@ -498,18 +683,36 @@ def make_handler(service: str, upstream: Upstream, token: str = "") -> type[Base
                 answer |= {"refused_host": refused.host, "hint": refused.hint}
                 return self._json(403, answer)
             except Exception as exc:  # refused, DNS, timeout, bad URL, protocol error: this hop failed
-                ms = round((time.monotonic() - started) * 1000, 1)
-                error = describe_error(exc, upstream.timeout)
-                hop: Json = {"service": service, "url": url, "status": None, "elapsed_ms": ms, "error": error}
-                failed: Json = {"service": service, "url": url, "status": 502, "elapsed_ms": ms}
-                failed |= {"request_id": request_id, "error": error, "failed_hop": service, "hops": [hop]}
-                return self._json(502, failed)
+                return self._failed(url, describe_error(exc, upstream.timeout), started, request_id)
+            if echo is not None:
+                return self._echoed(url, echo, started, request_id)
             ms = round((time.monotonic() - started) * 1000, 1)
             answer = relay_answer(service, url, status, body, cut=cut, elapsed_ms=ms)
             answer["request_id"] = request_id
             if status in _BODYLESS:  # no body allowed: the hops cannot be reported
                 return self._send(status, b"", None)
             return self._json(status, answer)
+
+        def _failed(
+            self, url: str, error: str, started: float, request_id: str | None, extra: Json | None = None
+        ) -> int:
+            """502: this hop's upstream call failed (`error`); `extra` goes into the answer as well."""
+            ms = round((time.monotonic() - started) * 1000, 1)
+            hop: Json = {"service": service, "url": url, "status": None, "elapsed_ms": ms, "error": error}
+            failed: Json = {"service": service, "url": url, "status": 502, "elapsed_ms": ms}
+            failed |= {"request_id": request_id, "error": error, "failed_hop": service, "hops": [hop]}
+            return self._json(502, failed | (extra or {}))
+
+        def _echoed(self, url: str, echo: Echo, started: float, request_id: str | None) -> int:
+            """200 when the tcp:// upstream echoed the payload exactly, else 502; both with the `tcp` block."""
+            problem = echo.problem()
+            if problem is not None:
+                return self._failed(url, problem, started, request_id, {"tcp": echo.block()})
+            ms = round((time.monotonic() - started) * 1000, 1)
+            hop: Json = {"service": service, "url": url, "status": 200, "elapsed_ms": ms}
+            answer: Json = {"service": service, "url": url, "status": 200, "elapsed_ms": ms}
+            answer |= {"request_id": request_id, "hops": [hop], "tcp": echo.block()}
+            return self._json(200, answer)
 
         def _token_ok(self) -> bool:
             if not token:

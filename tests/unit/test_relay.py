@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -422,3 +423,308 @@ def test_describe_error_names_the_cause() -> None:
     )
     assert relay.describe_error(TimeoutError(), 2.5) == "timeout: no answer within 2.5s"
     assert relay.describe_error(ValueError("unknown url type"), 1) == "invalid url: unknown url type"
+
+
+# --- tcp:// upstreams: the relay's echo exchange, against an echo server in this process -------------
+
+ECHO_DEADLINE = 10.0
+
+
+@dataclass
+class EchoConnection:
+    """What the test echo server saw of one connection: the caller's address and every byte it sent."""
+
+    peer: str
+    data: bytearray
+    closed: threading.Event
+
+
+class EchoServer:
+    """A TCP echo server on 127.0.0.1 (port 0) that can misbehave. Modes:
+
+    - "echo": writes every chunk back as it arrives (what the recorder does);
+    - "close": reads the whole payload, then closes without writing;
+    - "short": reads the whole payload, writes it back without its last 5 bytes, closes;
+    - "alter": reads the whole payload, writes it back with byte 1 changed, waits for the caller's EOF;
+    - "silent": reads the whole payload, never writes, waits for the caller's EOF;
+    - "reset": reads the whole payload, then resets the connection (SO_LINGER 0).
+
+    "The whole payload" is as long as the first line's egh-bytes says, else the first line itself.
+    """
+
+    def __init__(self, mode: str = "echo", host: str = "127.0.0.1") -> None:
+        self.mode = mode
+        self.host = host
+        self.connections: list[EchoConnection] = []
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def url(self, path: str) -> str:
+        return f"tcp://{self.address}{path}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            shown = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
+            record = EchoConnection(f"{shown}:{peer[1]}", bytearray(), threading.Event())
+            self.connections.append(record)
+            thread = threading.Thread(target=self._serve, args=(conn, record), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    @staticmethod
+    def _expected(data: bytes) -> int | None:
+        line, newline, _ = bytes(data).partition(b"\n")
+        if not newline:
+            return None
+        query = line.partition(b"?")[2].decode()
+        sizes = [v for k, _, v in (f.partition("=") for f in query.split("&")) if k == "egh-bytes"]
+        return int(sizes[0]) if sizes else len(line) + 1
+
+    def _serve(self, conn: socket.socket, record: EchoConnection) -> None:
+        conn.settimeout(ECHO_DEADLINE)
+        try:
+            with conn:
+                expected: int | None = None
+                while expected is None or len(record.data) < expected:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    record.data += chunk
+                    if self.mode == "echo":
+                        conn.sendall(chunk)
+                    expected = self._expected(record.data)
+                if self.mode == "short":
+                    conn.sendall(bytes(record.data[:-5]))
+                elif self.mode == "alter":
+                    altered = bytearray(record.data)
+                    altered[1] ^= 0x20
+                    conn.sendall(bytes(altered))
+                elif self.mode == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                if self.mode in ("echo", "alter", "silent"):  # until the caller closes
+                    while chunk := conn.recv(65536):
+                        record.data += chunk
+        except OSError:
+            pass
+        finally:
+            record.closed.set()
+
+    def only_connection(self) -> EchoConnection:
+        """The one connection the server had, once the caller closed it (waited for with a deadline)."""
+        deadline = time.monotonic() + ECHO_DEADLINE
+        while not self.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.connections) == 1, [c.peer for c in self.connections]
+        assert self.connections[0].closed.wait(max(0.0, deadline - time.monotonic())), "never closed"
+        return self.connections[0]
+
+    def __enter__(self) -> EchoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        for thread in self._threads:
+            thread.join(ECHO_DEADLINE)
+        assert [t.name for t in self._threads if t.is_alive()] == []
+
+
+@pytest.fixture
+def echo_server(request: pytest.FixtureRequest) -> Iterator[EchoServer]:
+    """An EchoServer; `@pytest.mark.parametrize("echo_server", ["short"], indirect=True)` picks its mode."""
+    with EchoServer(getattr(request, "param", "echo")) as server:
+        yield server
+
+
+def test_tcp_payload_is_the_line_padded_to_egh_bytes_and_comes_back_with_the_tcp_block(
+    chain: Chain, echo_server: EchoServer, traffic: Traffic
+) -> None:
+    path = "/scenario/tcp?egh-token=t0k&egh-bytes=300"
+    url = chain_url([chain.target.proxy_url], echo_server.url(path))
+
+    response = traffic.send(url)
+
+    assert response.status == 200, response.text
+    seen = echo_server.only_connection()
+    line = f"{path}\n".encode()
+    assert bytes(seen.data) == line + b"." * (300 - len(line))
+    tcp = response.json["tcp"]
+    assert tcp == {"sent": 300, "received": 300, "local": seen.peer, "peer": echo_server.address}
+    assert response.services == ["target"]
+    assert response.hops[0].status == 200
+    assert response.hops[0].url == echo_server.url(path)
+    assert "failed_hop" not in response.json
+
+
+def test_tcp_payload_without_egh_bytes_is_the_line_alone(
+    chain: Chain, echo_server: EchoServer, traffic: Traffic
+) -> None:
+    response = traffic.send(chain_url([chain.target.proxy_url], echo_server.url("/p/a%20b?egh-token=x&k=")))
+    assert response.status == 200, response.text
+    assert bytes(echo_server.only_connection().data) == b"/p/a%20b?egh-token=x&k=\n"
+    assert (response.json["tcp"]["sent"], response.json["tcp"]["received"]) == (24, 24)
+
+
+def test_the_largest_payload_comes_back_whole(
+    chain: Chain, echo_server: EchoServer, traffic: Traffic
+) -> None:
+    response = traffic.send(chain_url([chain.target.proxy_url], echo_server.url("/big?egh-bytes=1048576")))
+    assert response.status == 200, response.text
+    assert response.json["tcp"]["received"] == 1048576
+    assert len(echo_server.only_connection().data) == 1048576
+
+
+def test_the_echo_is_read_while_the_payload_is_still_being_sent(echo_server: EchoServer) -> None:
+    """With small socket buffers a relay that sent everything before reading would wait for ever: the
+    echo server writes back what it got and stops reading while that write waits for the relay."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # inherited by the connection it accepts
+        echo_server.sock.setsockopt(socket.SOL_SOCKET, option, 4096)
+    payload = relay.tcp_payload(echo_server.url("/both-ways?egh-bytes=1048576"))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.connect(("127.0.0.1", echo_server.port))
+        progress = relay._EchoProgress(payload)
+        relay._pump(sock, payload, time.monotonic() + ECHO_DEADLINE, progress)
+    assert (progress.sent, len(progress.received)) == (len(payload), len(payload))
+    assert bytes(progress.received) == payload
+
+
+@pytest.mark.parametrize(
+    ("echo_server", "error"),
+    [
+        ("close", "the upstream echoed 0 of 19 bytes"),
+        ("short", "the upstream echoed 14 of 19 bytes"),
+        ("alter", "the upstream echoed 19 bytes but they differ from what was sent (from byte 1)"),
+        ("reset", "connection error: ConnectionResetError"),
+    ],
+    indirect=["echo_server"],
+)
+def test_a_short_or_different_echo_is_502_naming_the_hop_with_the_tcp_block(
+    chain: Chain, echo_server: EchoServer, traffic: Traffic, error: str
+) -> None:
+    response = traffic.send(chain_url([chain.target.proxy_url], echo_server.url("/short?egh-token=t")))
+    assert response.status == 502, response.text
+    assert response.failed_hop == "target"
+    assert error in (response.error or ""), response.json
+    assert response.hops[0].error == response.error
+    seen = echo_server.only_connection()
+    assert response.json["tcp"]["local"] == seen.peer
+    assert response.json["tcp"]["sent"] == 19
+
+
+@pytest.mark.parametrize("echo_server", ["silent"], indirect=True)
+def test_an_upstream_that_never_echoes_is_502_timeout_with_the_tcp_block(
+    relay_app: RelayPool, echo_server: EchoServer, traffic: Traffic
+) -> None:
+    target = relay_app("target", upstream_timeout=1.0)
+    response = traffic.send(chain_url([target.proxy_url], echo_server.url("/silent")))
+    assert response.status == 502, response.text
+    assert response.failed_hop == "target"
+    assert "timeout" in (response.error or "") and "echoed 0 of 8 bytes" in (response.error or "")
+    assert response.json["tcp"]["received"] == 0
+    assert response.json["tcp"]["local"] == echo_server.only_connection().peer
+
+
+def test_a_refused_tcp_connection_is_502_without_a_tcp_block(
+    chain: Chain, traffic: Traffic, refused_port: int
+) -> None:
+    response = traffic.send(chain_url([chain.target.proxy_url], f"tcp://127.0.0.1:{refused_port}/x"))
+    assert response.status == 502, response.text
+    assert (response.failed_hop, response.error) == ("target", "connection refused")
+    assert "tcp" not in response.json
+
+
+def test_a_tcp_echo_through_the_chain_keeps_the_deepest_hops_tcp_block(
+    chain: Chain, echo_server: EchoServer, traffic: Traffic
+) -> None:
+    url = chain_url([chain.proxy.proxy_url, chain.target.proxy_url], echo_server.url("/deep?egh-bytes=64"))
+    response = traffic.send(url)
+    assert response.status == 200, response.text
+    assert response.services == ["proxy", "target"]
+    assert response.json["service"] == "proxy"
+    tcp = response.json["tcp"]
+    assert tcp == {
+        "sent": 64,
+        "received": 64,
+        "local": echo_server.only_connection().peer,
+        "peer": echo_server.address,
+    }
+
+
+@pytest.mark.parametrize("echo_server", ["short"], indirect=True)
+def test_a_short_echo_deep_in_the_chain_names_the_target_and_keeps_its_tcp_block(
+    chain: Chain, echo_server: EchoServer, traffic: Traffic
+) -> None:
+    url = chain_url([chain.proxy.proxy_url, chain.target.proxy_url], echo_server.url("/deep"))
+    response = traffic.send(url)
+    assert response.status == 502, response.text
+    assert response.failed_hop == "target"
+    assert "echoed 1 of 6 bytes" in (response.error or "")
+    assert response.json["tcp"]["local"] == echo_server.only_connection().peer
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        ("tcp://127.0.0.1/x", "a tcp url needs a port"),
+        ("tcp://127.0.0.1:0/x", "a tcp url needs a port"),
+        ("tcp://127.0.0.1:9/x?egh-bytes=0", "egh-bytes='0' is not a number of bytes from 1 to 1048576"),
+        ("tcp://127.0.0.1:9/x?egh-bytes=1048577", "from 1 to 1048576"),
+        ("tcp://127.0.0.1:9/x?egh-bytes=12k", "egh-bytes='12k'"),
+        ("tcp://127.0.0.1:9/x?egh-bytes=-5", "egh-bytes='-5'"),
+        ("tcp://127.0.0.1:9/x?egh-bytes=4&egh-bytes=4", "egh-bytes is given 2 times"),
+        (
+            "tcp://127.0.0.1:9/abc?egh-bytes=16",
+            "egh-bytes=16 is smaller than the payload's first line (18 bytes)",
+        ),
+    ],
+)
+def test_a_bad_tcp_url_is_400_saying_why(chain: Chain, traffic: Traffic, target: str, error: str) -> None:
+    response = traffic.send(chain_url([chain.target.proxy_url], target))
+    assert response.status == 400, response.text
+    assert error in (response.error or "")
+    assert response.json["url"] == target
+
+
+def test_tcp_payload_pads_to_exactly_egh_bytes() -> None:
+    assert relay.tcp_payload("tcp://h:1/a?egh-bytes=20") == b"/a?egh-bytes=20\n...."
+    assert relay.tcp_payload("tcp://h:1/a?egh-bytes=16") == b"/a?egh-bytes=16\n"
+    assert relay.tcp_payload("tcp://h:1/a") == b"/a\n"
+
+
+def test_an_ipv6_exchange_names_both_ends_in_brackets() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with EchoServer(host="::1") as echo:
+        upstream = relay.Upstream(ECHO_DEADLINE, relay.Policy(f"[::1]:{echo.port}", "::1/128"))
+        payload = relay.tcp_payload(echo.url("/v6?egh-bytes=100"))
+        result = upstream.echo(echo.url("/v6?egh-bytes=100"), payload)
+        assert result.problem() is None
+        assert result.block() == {
+            "sent": 100,
+            "received": 100,
+            "local": echo.only_connection().peer,
+            "peer": f"[::1]:{echo.port}",
+        }
+        assert result.block()["local"].startswith("[::1]:")

@@ -17,7 +17,7 @@ import relay
 from recorder import Recorder
 
 from harness.common.traffic import Traffic, chain_url
-from tests.unit.test_relay import RELAY_PY, RelayPool, clean_env
+from tests.unit.test_relay import RELAY_PY, EchoServer, RelayPool, clean_env
 
 
 @pytest.fixture
@@ -25,6 +25,13 @@ def relays(tmp_path: Path) -> Iterator[RelayPool]:
     pool = RelayPool(tmp_path)
     yield pool
     pool.stop_all()
+
+
+@pytest.fixture
+def proxy_recorder() -> Iterator[Recorder]:
+    """A recorder playing a forward HTTP proxy: it must see nothing of tcp:// upstreams."""
+    with Recorder(bind="127.0.0.1", port=0) as rec:
+        yield rec
 
 
 @pytest.fixture
@@ -205,3 +212,45 @@ def test_the_connection_goes_to_the_checked_address(
     assert lookups == ["pinned.example"]
     [seen] = recorder_app.records()
     assert seen["host"] == f"pinned.example:{recorder_app.port}"
+
+
+def test_a_tcp_upstream_is_checked_as_an_http_one(relays: RelayPool, traffic: Traffic) -> None:
+    """The same list and address checks for tcp:// URLs: a port not on the list, loopback by address
+    and by a name resolving to it are 403 before any byte is sent; allowed, the echo comes back."""
+    with EchoServer() as echo:
+        listed = f"127.0.0.1:{echo.port},localhost:{echo.port}"
+        strict = relays("strict", env=only(listed))
+        allowing = relays("allowing", env=only(listed, "127.0.0.1/32"))
+
+        other_port = traffic.send(chain_url([allowing.proxy_url], f"tcp://127.0.0.1:{echo.port + 1}/x"))
+        by_address = traffic.send(chain_url([strict.proxy_url], echo.url("/a")))
+        by_name = traffic.send(chain_url([strict.proxy_url], f"tcp://localhost:{echo.port}/b"))
+        allowed = traffic.send(chain_url([allowing.proxy_url], f"tcp://localhost:{echo.port}/c"))
+
+        assert other_port.status == 403, other_port.text
+        assert other_port.json["refused_host"] == f"127.0.0.1:{echo.port + 1}"
+        assert "ALLOWED_UPSTREAMS" in other_port.json["hint"]
+        assert (by_address.status, by_name.status) == (403, 403), (by_address.text, by_name.text)
+        assert by_address.failed_hop == "strict"
+        assert "loopback" in (by_address.error or "")
+        assert "resolves to 127.0.0.1, a loopback address" in (by_name.error or "")
+        assert "tcp" not in by_name.json
+        assert allowed.status == 200, allowed.text
+        assert bytes(echo.only_connection().data) == b"/c\n"  # the refused ones never connected
+
+
+def test_a_tcp_upstream_needs_the_token_too_and_ignores_http_proxy(
+    relays: RelayPool, proxy_recorder: Recorder, traffic: Traffic
+) -> None:
+    with EchoServer() as echo:
+        env = {**only(f"127.0.0.1:{echo.port}", "127.0.0.1/32"), "REQUIRED_TOKEN": "t0k"}
+        proxy = relays("proxy", env={**env, "HTTP_PROXY": proxy_recorder.url, "NO_PROXY": ""})
+        url = chain_url([proxy.proxy_url], echo.url("/t"))
+
+        missing = traffic.send(url)
+        right = traffic.send(url, headers={relay.TOKEN_HEADER: "t0k"})
+
+        assert missing.status == 404
+        assert right.status == 200, right.text
+        assert bytes(echo.only_connection().data) == b"/t\n"
+        assert proxy_recorder.records() == []
