@@ -97,6 +97,7 @@ TAG_VOCABULARY = {
     "negative-control",
     "timeouts-retries",
     "bypass",
+    "tcp",
 }
 #: a context that differs from the offline one in every value
 OTHER_CONTEXT = RenderContext(
@@ -105,6 +106,8 @@ OTHER_CONTEXT = RenderContext(
     external_host="api.partner.example",
     external_port=8080,
     external_tls_port=8443,
+    external_tcp_port=9100,
+    egress_gateway_tcp_port=7878,
     unregistered_host="other.partner.example",
     gateway_namespace="gw-system",
     egress_gateway_service="egress.gw-system.svc.cluster.local",
@@ -205,9 +208,10 @@ def test_every_value_comes_from_the_context(name: str) -> None:
         assert namespace in (OTHER_CONTEXT.namespace, OTHER_CONTEXT.gateway_namespace), doc.describe()
     for request in scenario.requests:
         resolved = render_request(request, OTHER_CONTEXT, source=scenario.file)
-        expected_port = (
-            OTHER_CONTEXT.external_tls_port if request.scheme == "https" else OTHER_CONTEXT.external_port
-        )
+        expected_port = {
+            "https": OTHER_CONTEXT.external_tls_port,
+            "tcp": OTHER_CONTEXT.external_tcp_port,
+        }.get(request.scheme, OTHER_CONTEXT.external_port)
         assert resolved.port == expected_port
         assert resolved.host in (OTHER_CONTEXT.external_host, OTHER_CONTEXT.unregistered_host)
         for values in (resolved.expect.sidecar, resolved.expect.gateway):
