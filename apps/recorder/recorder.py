@@ -19,6 +19,11 @@ Reserved paths (origin-form targets only):
     GET    /__recorder/handshake-failures -> JSON list of failed TLS handshakes, oldest first:
            {time, client_ip, client_port, sni, error} (the last 1000)
 
+    GET    /__recorder/connections        -> JSON list of TCP echo connections, oldest first; filters:
+           ?path_contains=S                  S occurs in the connection's head (its first line)
+           ?since=SEQ                        seq greater than SEQ
+    DELETE /__recorder/connections        -> {"cleared": n}
+
 How it answers, asked in the query string of any recorded request (the record is written first):
 
     egh-delay=SECONDS   answer after SECONDS (0 to 30, fractions allowed): a slow external host
@@ -40,14 +45,31 @@ under /__recorder/handshake-failures instead). Every record has `tls`: null for 
 
 The control paths are served on the HTTP port only: on the TLS port every request is recorded.
 
+TCP echo: with a TCP port the recorder also echoes plain TCP there (no HTTP): every chunk a client
+sends is written back at once. The connection ends when the client closes (the recorder closes too),
+after 60 s without data, or once 1 MiB was received (that much is echoed, then it closes). Each
+connection is a record, made when it is accepted and updated as bytes flow:
+
+    {"seq", "time" (accepted, epoch seconds), "closed" (epoch seconds; null while open),
+     "client_ip", "client_port", "bytes_received", "bytes_sent",
+     "head": the first line without its "\n" (at most 1024 bytes, UTF-8 with replacement); "" until
+             a newline, 1024 bytes or the end of the connection came, then whatever came,
+     "path", "target": the same as head (a token in the first line is found like one in a path),
+     "tls": null}
+
+Connection records share the sequence numbers of the HTTP records (one order across both, so a
+`since` taken from either applies to both) and are bounded by `max_records` on their own.
+
 As a process (same conventions as the relay; flags override variables):
 
     --bind BIND (default 0.0.0.0)   --port PORT (default 8080; 0 picks one)
     --max-records RECORDER_MAX_RECORDS (default 10000)
     --tls-port TLS_PORT (0 picks one) --cert TLS_CERT --key TLS_KEY [--client-ca TLS_CLIENT_CA]
+    --tcp-port TCP_PORT (0 picks one; unset: no TCP echo)
 
 The first stdout line is `listening on HOST:PORT`, followed with a TLS port by `listening tls on
-HOST:PORT`; SIGTERM/SIGINT stop it cleanly. A certificate or key that cannot be loaded ends it
+HOST:PORT` and then with a TCP port by `listening tcp on HOST:PORT`; SIGTERM/SIGINT stop it cleanly
+(open TCP connections are cut and their threads joined). A certificate or key that cannot be loaded ends it
 with exit code 2 and a message naming the files, before any `listening` line. In a test:
 
     with Recorder(bind="127.0.0.1", port=0) as rec:
@@ -56,6 +78,9 @@ with exit code 2 and a message naming the files, before any `listening` line. In
 
     with Recorder(port=0, tls_port=0, cert=CRT, key=KEY, client_ca=CA) as rec:
         ...  # HTTPS to rec.tls_url; rec.handshake_failures()
+
+    with Recorder(port=0, tcp_port=0) as rec:
+        ...  # socket.create_connection(rec.tcp_address) (or rec.tcp_url for a relay); rec.connections()
 
 Standard library only.
 """
@@ -68,6 +93,7 @@ import json
 import os
 import signal
 import socket
+import socketserver
 import ssl
 import sys
 import threading
@@ -88,6 +114,12 @@ BODY_EXCERPT_BYTES = 4096
 MAX_BODY_BYTES = 1 << 20
 MAX_HANDSHAKE_FAILURES = 1000
 HANDSHAKE_TIMEOUT_S = 10.0
+#: the TCP echo: a connection ends after this long without data, or after this many bytes received
+TCP_IDLE_TIMEOUT_S = 60.0
+MAX_TCP_BYTES = 1 << 20
+#: a connection's `head` is its first line, at most this many bytes of it
+HEAD_BYTES = 1024
+TCP_CHUNK_BYTES = 65536
 _SNI_ATTRIBUTE = "_recorder_sni"
 #: short names of subject attributes, as in RFC 4514 (others keep the name Python's ssl gives them)
 _SUBJECT_KEYS = {
@@ -132,6 +164,22 @@ class Record(TypedDict):
     body_bytes: int
     body: str  # first BODY_EXCERPT_BYTES, decoded as UTF-8 with replacement
     tls: TlsInfo | None  # None for plain HTTP
+
+
+class ConnectionRecord(TypedDict):
+    """One connection to the TCP echo port; updated as bytes flow, ``closed`` set when it ends."""
+
+    seq: int  # shared with the HTTP records: one order across both
+    time: float  # when it was accepted, seconds since the epoch
+    closed: float | None  # when it ended (None while open)
+    client_ip: str
+    client_port: int
+    bytes_received: int
+    bytes_sent: int
+    head: str  # the first line without its "\n" (at most HEAD_BYTES); "" until it is complete
+    path: str  # the same as head: a token in the first line is found like one in an HTTP path
+    target: str  # the same as head
+    tls: None
 
 
 def request_path(target: str) -> str:
@@ -180,6 +228,7 @@ class Store:
         self._lock = threading.Lock()
         self._records: deque[Record] = deque(maxlen=max_records)
         self._failures: deque[HandshakeFailure] = deque(maxlen=MAX_HANDSHAKE_FAILURES)
+        self._connections: deque[ConnectionRecord] = deque(maxlen=max_records)
         self._seq = 0
 
     def next_seq(self) -> int:
@@ -204,6 +253,62 @@ class Store:
         with self._lock:
             count = len(self._records)
             self._records.clear()
+            return count
+
+    def open_connection(self, client_ip: str, client_port: int) -> ConnectionRecord:
+        """A new connection record (seq, accept time), kept; update it with :meth:`update_connection`."""
+        with self._lock:
+            self._seq += 1
+            record = ConnectionRecord(
+                seq=self._seq,
+                time=time.time(),
+                closed=None,
+                client_ip=client_ip,
+                client_port=client_port,
+                bytes_received=0,
+                bytes_sent=0,
+                head="",
+                path="",
+                target="",
+                tls=None,
+            )
+            self._connections.append(record)
+            return record
+
+    def update_connection(
+        self,
+        record: ConnectionRecord,
+        *,
+        received: int = 0,
+        sent: int = 0,
+        head: str | None = None,
+        closed: float | None = None,
+    ) -> None:
+        """Count bytes, set the head (once) or the close time, under the lock readers take."""
+        with self._lock:
+            record["bytes_received"] += received
+            record["bytes_sent"] += sent
+            if head is not None:
+                record["head"] = record["path"] = record["target"] = head
+            if closed is not None:
+                record["closed"] = closed
+
+    def select_connections(
+        self, *, path_contains: str | None = None, since: int | None = None
+    ) -> list[ConnectionRecord]:
+        """Copies of the connection records (``path_contains`` in the head, seq after ``since``)."""
+        with self._lock:
+            records = [ConnectionRecord(**r) for r in self._connections]
+        return [
+            r
+            for r in records
+            if (path_contains is None or path_contains in r["head"]) and (since is None or r["seq"] > since)
+        ]
+
+    def clear_connections(self) -> int:
+        with self._lock:
+            count = len(self._connections)
+            self._connections.clear()
             return count
 
     def add_failure(self, failure: HandshakeFailure) -> None:
@@ -313,6 +418,110 @@ class Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+class TcpEchoServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """The TCP echo port: every chunk a client sends is written back at once, and each connection is
+    a :class:`ConnectionRecord` in ``store``. A connection ends when the client closes (EOF), after
+    ``idle_timeout`` seconds without data, or once ``max_bytes`` were received (and echoed).
+
+    Each connection has its own (non-daemon) thread; :meth:`server_close` cuts the open connections
+    and joins those threads, so nothing outlives the server.
+    """
+
+    allow_reuse_address = True
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(
+        self,
+        store: Store,
+        bind: str,
+        port: int,
+        *,
+        log: bool = True,
+        idle_timeout: float = TCP_IDLE_TIMEOUT_S,
+        max_bytes: int = MAX_TCP_BYTES,
+    ) -> None:
+        self.address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        self.store = store
+        self.log = log
+        self.idle_timeout = idle_timeout
+        self.max_bytes = max_bytes
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        self.closing = False
+        super().__init__((bind, port), _TcpEchoHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # registered on the accepting thread: once serve_forever returned, every connection is known
+        sock, address = super().get_request()
+        with self.connections_lock:
+            self.connections.add(sock)
+        return sock, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            self.closing = True
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):  # already closed
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self) -> None:
+        """Close the listening socket, cut the open connections and wait for their threads."""
+        self.close_connections()
+        super().server_close()
+
+
+class _TcpEchoHandler(socketserver.BaseRequestHandler):
+    server: TcpEchoServer
+
+    def handle(self) -> None:
+        server, store, conn = self.server, self.server.store, self.request
+        record = store.open_connection(str(self.client_address[0]), int(self.client_address[1]))
+        first = b""  # the data up to the first newline (or HEAD_BYTES), until the head is known
+        head_known = False
+        received = 0
+        ending = "the client closed"
+        conn.settimeout(server.idle_timeout)
+        try:
+            while received < server.max_bytes:
+                chunk = conn.recv(min(TCP_CHUNK_BYTES, server.max_bytes - received))
+                if not chunk:
+                    ending = "the recorder stopped" if server.closing else ending
+                    break
+                received += len(chunk)
+                head: str | None = None
+                if not head_known:
+                    first += chunk[: HEAD_BYTES - len(first)]
+                    line, newline, _ = first.partition(b"\n")
+                    if newline or len(first) >= HEAD_BYTES:
+                        head_known = True
+                        head = line.decode("utf-8", errors="replace")
+                store.update_connection(record, received=len(chunk), head=head)
+                conn.sendall(chunk)
+                store.update_connection(record, sent=len(chunk))
+            else:
+                ending = f"{server.max_bytes} bytes received"
+        except TimeoutError:
+            ending = f"idle for {server.idle_timeout:g}s"
+        except OSError as exc:  # reset by the client, or cut by the server's close
+            ending = str(exc) or type(exc).__name__
+        finally:
+            if not head_known:
+                store.update_connection(record, head=first[:HEAD_BYTES].decode("utf-8", errors="replace"))
+            store.update_connection(record, closed=time.time())
+        if server.log:
+            sys.stderr.write(
+                f"recorder tcp {record['client_ip']}:{record['client_port']} closed ({ending}): "
+                f"received {record['bytes_received']}, sent {record['bytes_sent']}, head {record['head']!r}\n"
+            )
+
+
 def make_handler(store: Store, *, log: bool = True, control: bool = True) -> type[BaseHTTPRequestHandler]:
     """The request handler; ``control``: serve the /__recorder/ paths (else they are recorded too)."""
 
@@ -394,6 +603,18 @@ def make_handler(store: Store, *, log: bool = True, control: bool = True) -> typ
                 self._json(200, found)
             elif parts.path == CONTROL_PREFIX + "requests" and self.command == "DELETE":
                 self._json(200, {"cleared": store.clear()})
+            elif parts.path == CONTROL_PREFIX + "connections" and self.command == "GET":
+                query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+                try:
+                    since = int(query["since"]) if "since" in query else None
+                except ValueError:
+                    self._json(400, {"error": "since must be an integer"})
+                    return
+                self._json(
+                    200, store.select_connections(path_contains=query.get("path_contains"), since=since)
+                )
+            elif parts.path == CONTROL_PREFIX + "connections" and self.command == "DELETE":
+                self._json(200, {"cleared": store.clear_connections()})
             elif parts.path == CONTROL_PREFIX + "handshake-failures" and self.command == "GET":
                 self._json(200, store.failures())
             else:
@@ -477,9 +698,30 @@ def make_servers(
     return http_server, tls_server
 
 
-def _hostport(server: Server) -> str:
+def _hostport(server: socketserver.TCPServer) -> str:
     host, port = str(server.server_address[0]), int(server.server_address[1])
     return f"{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def make_tcp_server(
+    store: Store,
+    bind: str,
+    port: int | None,
+    *,
+    opened: Sequence[Server] = (),
+    log: bool = True,
+    idle_timeout: float = TCP_IDLE_TIMEOUT_S,
+) -> TcpEchoServer | None:
+    """The TCP echo server on ``port`` (None: no server); if it cannot bind, the ``opened`` servers
+    are closed before the error goes on."""
+    if port is None:
+        return None
+    try:
+        return TcpEchoServer(store, bind, port, log=log, idle_timeout=idle_timeout)
+    except BaseException:
+        for server in opened:
+            server.server_close()
+        raise
 
 
 class Recorder:
@@ -500,6 +742,8 @@ class Recorder:
         cert: str | os.PathLike[str] | None = None,
         key: str | os.PathLike[str] | None = None,
         client_ca: str | os.PathLike[str] | None = None,
+        tcp_port: int | None = None,
+        tcp_idle_timeout: float = TCP_IDLE_TIMEOUT_S,
     ) -> None:
         tls: ssl.SSLContext | None = None
         if tls_port is not None:
@@ -512,10 +756,14 @@ class Recorder:
         self._server, self._tls_server = make_servers(
             self.store, bind, port, tls=tls, tls_port=tls_port or 0, log=not quiet
         )
+        self._tcp_server = make_tcp_server(
+            self.store, bind, tcp_port, opened=self._servers(), log=not quiet, idle_timeout=tcp_idle_timeout
+        )
         self._threads: list[threading.Thread] = []
         self.host = str(self._server.server_address[0])
         self.port = int(self._server.server_address[1])
         self.tls_port = int(self._tls_server.server_address[1]) if self._tls_server is not None else None
+        self.tcp_port = int(self._tcp_server.server_address[1]) if self._tcp_server is not None else None
         self.mutual_tls = client_ca is not None
 
     @property
@@ -530,12 +778,28 @@ class Recorder:
             raise ValueError("this recorder has no TLS port")
         return f"https://{_hostport(self._tls_server)}"
 
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        """(host, port) of the TCP echo port, for ``socket.create_connection``; ValueError without one."""
+        if self._tcp_server is None:
+            raise ValueError("this recorder has no TCP port")
+        return str(self._tcp_server.server_address[0]), int(self._tcp_server.server_address[1])
+
+    @property
+    def tcp_url(self) -> str:
+        """``tcp://HOST:PORT`` of the TCP echo port (as a relay's ``/proxy?url=`` takes it)."""
+        host, port = self.tcp_address
+        return f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
+
     def _servers(self) -> list[Server]:
         return [s for s in (self._server, self._tls_server) if s is not None]
 
+    def _all_servers(self) -> list[socketserver.BaseServer]:
+        return [*self._servers(), *([self._tcp_server] if self._tcp_server is not None else [])]
+
     def start(self) -> Recorder:
         if not self._threads:
-            for server in self._servers():
+            for server in self._all_servers():
                 thread = threading.Thread(
                     target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
                 )
@@ -544,9 +808,10 @@ class Recorder:
         return self
 
     def stop(self) -> None:
-        """Stop accepting, cut open keep-alive connections and close the listening sockets."""
+        """Stop accepting, cut open keep-alive and TCP connections and close the listening sockets
+        (the TCP connections' threads are joined)."""
         if self._threads:
-            for server in self._servers():
+            for server in self._all_servers():
                 server.shutdown()
             for thread in self._threads:
                 thread.join()
@@ -554,6 +819,8 @@ class Recorder:
         for server in self._servers():
             server.server_close()
             server.close_connections()
+        if self._tcp_server is not None:
+            self._tcp_server.server_close()
 
     def handshake_failures(self) -> list[HandshakeFailure]:
         """The TLS handshakes that failed, oldest first."""
@@ -566,6 +833,15 @@ class Recorder:
 
     def clear(self) -> int:
         return self.store.clear()
+
+    def connections(
+        self, *, path_contains: str | None = None, since: int | None = None
+    ) -> list[ConnectionRecord]:
+        """The TCP echo port's connections, oldest first (copies: poll again to see them change)."""
+        return self.store.select_connections(path_contains=path_contains, since=since)
+
+    def clear_connections(self) -> int:
+        return self.store.clear_connections()
 
     def wait_for(
         self,
@@ -614,6 +890,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=env.get("TLS_CLIENT_CA"),
         help="env TLS_CLIENT_CA; PEM CA(s): require client certificates they signed (mutual TLS)",
     )
+    parser.add_argument(
+        "--tcp-port",
+        type=int,
+        default=env.get("TCP_PORT"),
+        help="env TCP_PORT; also serve a TCP echo here (0: any), see /__recorder/connections",
+    )
     args = parser.parse_args(argv)
     if args.tls_port is not None and (not args.cert or not args.key):
         parser.error("--tls-port needs --cert and --key")
@@ -637,33 +919,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = Store(args.max_records)
     server, tls_server = make_servers(store, args.bind, args.port, tls=tls, tls_port=args.tls_port or 0)
     servers = [s for s in (server, tls_server) if s is not None]
+    tcp_server = make_tcp_server(store, args.bind, args.tcp_port, opened=servers)
+    others: list[socketserver.BaseServer] = [s for s in (tls_server, tcp_server) if s is not None]
 
     def stop(signum: int, _frame: object) -> None:
         sys.stderr.write(f"recorder {signal.Signals(signum).name}: shutting down\n")
-        for s in servers:
+        for s in [server, *others]:
             threading.Thread(target=s.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"listening on {_hostport(server)}", flush=True)
-    tls_thread: threading.Thread | None = None
     if tls_server is not None:
         print(f"listening tls on {_hostport(tls_server)}", flush=True)
         if args.client_ca:
             sys.stderr.write(f"recorder: tls requires client certificates signed by {args.client_ca}\n")
-        tls_thread = threading.Thread(
-            target=tls_server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
-        )
-        tls_thread.start()
+    if tcp_server is not None:
+        print(f"listening tcp on {_hostport(tcp_server)}", flush=True)
+    threads = [
+        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True) for s in others
+    ]
+    for thread in threads:
+        thread.start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        if tls_server is not None and tls_thread is not None:
-            tls_server.shutdown()
-            tls_thread.join()
+        for s in others:
+            s.shutdown()
+        for thread in threads:
+            thread.join()
         for s in servers:
             s.server_close()
             s.close_connections()
+        if tcp_server is not None:
+            tcp_server.server_close()  # cuts its open connections and joins their threads
     return 0
 
 
