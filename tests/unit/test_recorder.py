@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import queue
 import selectors
 import socket
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -443,8 +446,8 @@ def test_relays_trust_the_run_ca_through_ssl_cert_file(pki: TestPKI, tmp_path: P
             pool.stop_all()
 
 
-def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
-    """The recorder as a process; its stdout lines up to the last `listening` line (or its exit)."""
+def _start(args: list[str], tmp_path: Path, count: int = 2) -> tuple[subprocess.Popen[str], list[str]]:
+    """The recorder as a process; its first ``count`` stdout lines (fewer if it exits first)."""
     script = Path(recorder.__file__).resolve()
     log = (tmp_path / "recorder.log").open("w")
     proc = subprocess.Popen(
@@ -470,7 +473,7 @@ def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], list
     threading.Thread(target=pump, daemon=True).start()
     lines: list[str] = []
     deadline = time.monotonic() + 10
-    while len(lines) < 2:
+    while len(lines) < count:
         try:
             line = queued.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
@@ -543,3 +546,232 @@ def test_unloadable_tls_files_end_the_process_before_it_listens(pki: TestPKI, tm
     assert lines == []
     log = (tmp_path / "recorder.log").read_text()
     assert f"recorder: cannot load the TLS files (--cert {missing} --key {pki.server.key_path})" in log
+
+
+# ------------------------------------------------------------------------------------ TCP echo
+
+
+@pytest.fixture
+def tcp_rec() -> Iterator[Recorder]:
+    with Recorder(bind="127.0.0.1", port=0, tcp_port=0) as rec:
+        yield rec
+
+
+def _wait_connections(
+    rec: Recorder, done: Callable[[list[recorder.ConnectionRecord]], bool], timeout: float = 5.0
+) -> list[recorder.ConnectionRecord]:
+    """Poll ``rec.connections()`` until ``done`` holds for them; AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rec.connections()
+        if done(found):
+            return found
+        assert time.monotonic() < deadline, f"connections after {timeout:g}s: {found}"
+        time.sleep(0.01)
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"EOF after {len(data)} of {count} bytes"
+        data += chunk
+    return data
+
+
+def _connections_over_http(rec: Recorder, query: str = "") -> list[dict[str, Any]]:
+    response = httpx.get(f"{rec.url}/__recorder/connections{query}", timeout=5)
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()
+    return found
+
+
+def test_tcp_echo_is_byte_identical_and_the_connection_is_recorded(tcp_rec: Recorder) -> None:
+    payload = b"/echo/x?egh-token=tok-1\n" + os.urandom(200_000)
+    before = time.time()
+    with socket.create_connection(tcp_rec.tcp_address, timeout=5) as sock:
+        client_ip, client_port = sock.getsockname()[:2]
+        sender = threading.Thread(target=sock.sendall, args=(payload,))  # the echo flows meanwhile
+        sender.start()
+        echoed = _read_exactly(sock, len(payload))
+        sender.join()
+        assert echoed == payload
+        [open_record] = _wait_connections(tcp_rec, lambda c: bool(c) and c[0]["bytes_sent"] == len(payload))
+        assert open_record["closed"] is None  # still open: the client has not closed
+    [record] = _wait_connections(tcp_rec, lambda c: bool(c) and c[0]["closed"] is not None)
+    assert (record["client_ip"], record["client_port"]) == (client_ip, client_port)
+    assert (record["bytes_received"], record["bytes_sent"]) == (len(payload), len(payload))
+    assert (record["head"], record["path"], record["target"]) == ("/echo/x?egh-token=tok-1",) * 3
+    assert record["tls"] is None
+    assert record["closed"] is not None and before <= record["time"] <= record["closed"] <= time.time()
+    assert _connections_over_http(tcp_rec) == [record]
+
+
+def test_tcp_head_is_empty_until_the_line_ends_then_whatever_came_at_eof(tcp_rec: Recorder) -> None:
+    with socket.create_connection(tcp_rec.tcp_address, timeout=5) as sock:
+        sock.sendall(b"no newline yet")
+        assert _read_exactly(sock, 14) == b"no newline yet"
+        [record] = tcp_rec.connections()
+        assert (record["head"], record["bytes_received"]) == ("", 14)
+        sock.shutdown(socket.SHUT_WR)  # EOF: the recorder closes too
+        assert sock.recv(10) == b""
+    [record] = _wait_connections(tcp_rec, lambda c: c[0]["closed"] is not None)
+    assert (record["head"], record["path"]) == ("no newline yet", "no newline yet")
+
+
+def test_tcp_head_is_at_most_1024_bytes_of_a_long_first_line(tcp_rec: Recorder) -> None:
+    line = ("é" * 600).encode()  # 1200 bytes; the 1024th byte ends the 512th character
+    with socket.create_connection(tcp_rec.tcp_address, timeout=5) as sock:
+        sock.sendall(line)
+        assert _read_exactly(sock, len(line)) == line
+        [record] = tcp_rec.connections()  # known before a newline or EOF: 1024 bytes came
+        assert record["head"] == "é" * 512
+        assert record["closed"] is None
+
+
+def test_tcp_connections_filters_and_delete(tcp_rec: Recorder) -> None:
+    for token in ("aaa", "bbb", "aaa-2"):
+        with socket.create_connection(tcp_rec.tcp_address, timeout=5) as sock:
+            sock.sendall(f"/p?egh-token={token}\n".encode())
+            _read_exactly(sock, len(f"/p?egh-token={token}\n"))
+    first, second, third = _wait_connections(
+        tcp_rec, lambda c: len(c) == 3 and all(r["closed"] is not None for r in c)
+    )
+    assert first["seq"] < second["seq"] < third["seq"]
+    assert [r["head"] for r in tcp_rec.connections(path_contains="aaa")] == [
+        "/p?egh-token=aaa",
+        "/p?egh-token=aaa-2",
+    ]
+    assert _connections_over_http(tcp_rec, "?path_contains=token%3Dbbb") == [second]
+    assert tcp_rec.connections(since=first["seq"]) == [second, third]
+    assert _connections_over_http(tcp_rec, f"?since={second['seq']}") == [third]
+    assert httpx.get(f"{tcp_rec.url}/__recorder/connections?since=x", timeout=5).status_code == 400
+    assert tcp_rec.records() == []  # TCP connections are no HTTP requests
+    response = httpx.delete(f"{tcp_rec.url}/__recorder/connections", timeout=5)
+    assert response.json() == {"cleared": 3}
+    assert tcp_rec.connections() == []
+    # the sequence numbers are shared with the HTTP records and keep counting
+    httpx.get(f"{tcp_rec.url}/after", timeout=5)
+    [after] = tcp_rec.records()
+    assert after["seq"] == third["seq"] + 1
+
+
+def test_tcp_connections_are_bounded_to_the_last_records() -> None:
+    with Recorder(max_records=2, tcp_port=0) as rec:
+        for i in range(4):
+            with socket.create_connection(rec.tcp_address, timeout=5) as sock:
+                sock.sendall(f"/n/{i}\n".encode())
+                _read_exactly(sock, len(f"/n/{i}\n"))
+            _wait_connections(rec, lambda c, i=i: c[-1]["head"] == f"/n/{i}" and c[-1]["closed"] is not None)
+        assert [c["head"] for c in rec.connections()] == ["/n/2", "/n/3"]
+
+
+def test_tcp_connection_is_closed_after_1_mib(tcp_rec: Recorder) -> None:
+    payload = b"/big\n" + b"." * (recorder.MAX_TCP_BYTES + 100_000)
+    echoed = bytearray()
+    with socket.create_connection(tcp_rec.tcp_address, timeout=10) as sock:
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the recorder closes before the last bytes
+                sock.sendall(payload)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        with contextlib.suppress(ConnectionResetError):  # it closes with our surplus unread
+            while chunk := sock.recv(65536):
+                echoed += chunk
+        with contextlib.suppress(OSError):  # after a reset: not connected any more
+            sock.shutdown(socket.SHUT_RDWR)  # ends a sender still blocked
+        sender.join(10)
+        assert not sender.is_alive()
+    [record] = _wait_connections(tcp_rec, lambda c: c[0]["closed"] is not None)
+    assert record["bytes_received"] == recorder.MAX_TCP_BYTES
+    assert record["bytes_sent"] == recorder.MAX_TCP_BYTES
+    assert len(echoed) <= recorder.MAX_TCP_BYTES and payload.startswith(echoed)
+
+
+def test_tcp_exactly_1_mib_is_echoed_in_full() -> None:
+    payload = b"/max\n" + b"." * (recorder.MAX_TCP_BYTES - 5)  # the most a relay sends (egh-bytes)
+    with Recorder(tcp_port=0) as rec, socket.create_connection(rec.tcp_address, timeout=10) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(payload,))
+        sender.start()
+        assert _read_exactly(sock, len(payload)) == payload
+        sender.join()
+
+
+def test_tcp_idle_connection_is_closed() -> None:
+    with Recorder(tcp_port=0, tcp_idle_timeout=0.2) as rec:
+        with socket.create_connection(rec.tcp_address, timeout=5) as sock:
+            sock.sendall(b"half a line")
+            assert _read_exactly(sock, 11) == b"half a line"
+            assert sock.recv(10) == b""  # the recorder closed it: idle
+        [record] = _wait_connections(rec, lambda c: c[0]["closed"] is not None)
+        assert record["head"] == "half a line"
+
+
+def test_tcp_stop_cuts_open_connections_and_waits_for_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    update = recorder.Store.update_connection
+
+    def slow_to_close(self: recorder.Store, record: recorder.ConnectionRecord, **changes: Any) -> None:
+        if changes.get("closed") is not None:
+            time.sleep(0.3)  # a connection thread slow to finish: stop() must still wait for it
+        update(self, record, **changes)
+
+    monkeypatch.setattr(recorder.Store, "update_connection", slow_to_close)
+    threads_before = set(threading.enumerate())
+    rec = Recorder(tcp_port=0).start()
+    with socket.create_connection(rec.tcp_address, timeout=5) as sock:
+        sock.sendall(b"/held\n")
+        assert _read_exactly(sock, 6) == b"/held\n"
+        rec.stop()
+        [record] = rec.connections()  # its thread finished before stop() returned
+        assert record["closed"] is not None and record["head"] == "/held"
+        assert set(threading.enumerate()) <= threads_before
+        assert sock.recv(10) == b""  # cut by the recorder, not left waiting for the idle timeout
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(rec.tcp_address, timeout=2).close()
+
+
+def test_no_tcp_port_unless_asked(recorder_app: Recorder) -> None:
+    assert recorder_app.tcp_port is None
+    with pytest.raises(ValueError, match="no TCP port"):
+        recorder_app.tcp_address  # noqa: B018
+    with Recorder(tcp_port=0) as rec:
+        assert rec.tcp_port is not None and rec.tcp_port not in (0, rec.port)
+        assert rec.tcp_url == f"tcp://127.0.0.1:{rec.tcp_port}"
+    assert recorder.parse_args([]).tcp_port is None
+    assert recorder.parse_args(["--tcp-port", "9000"]).tcp_port == 9000
+
+
+def test_tcp_port_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TCP_PORT", "9001")
+    assert recorder.parse_args([]).tcp_port == 9001
+    assert recorder.parse_args(["--tcp-port", "9002"]).tcp_port == 9002
+
+
+def test_runs_as_a_process_with_a_tcp_port(pki: TestPKI, tmp_path: Path) -> None:
+    args = ["--tls-port", "0", "--cert", str(pki.server.cert_path), "--key", str(pki.server.key_path)]
+    proc, lines = _start([*args, "--tcp-port", "0"], tmp_path, count=3)
+    try:
+        assert len(lines) == 3, lines
+        assert lines[0].startswith("listening on 127.0.0.1:"), lines
+        assert lines[1].startswith("listening tls on 127.0.0.1:"), lines
+        assert lines[2].startswith("listening tcp on 127.0.0.1:"), lines
+        http_port, _, tcp_port = (int(line.rsplit(":", 1)[1]) for line in lines)
+        held = socket.create_connection(("127.0.0.1", tcp_port), timeout=5)
+        with held:
+            held.sendall(b"/proc?egh-token=p1\n")
+            assert _read_exactly(held, 19) == b"/proc?egh-token=p1\n"
+            [record] = httpx.get(f"http://127.0.0.1:{http_port}/__recorder/connections", timeout=5).json()
+            assert (record["head"], record["bytes_sent"], record["closed"]) == (
+                "/proc?egh-token=p1",
+                19,
+                None,
+            )
+            assert _end(proc) == 0  # SIGTERM with a connection open: it is cut, the process ends
+            assert held.recv(10) == b""
+        log = (tmp_path / "recorder.log").read_text()
+        assert "SIGTERM" in log
+        assert "closed (the recorder stopped): received 19, sent 19, head '/proc?egh-token=p1'" in log
+    finally:
+        _end(proc)
