@@ -23,6 +23,10 @@ the one created later removes itself and fails.
 The recorder's control API is read from the host through a port published on 127.0.0.1 (a random
 host port), so it works wherever the engine publishes ports to the host.
 
+TCP echo: the recorder also echoes plain TCP on ``tcp_port`` (:data:`DEFAULT_TCP_PORT`, 9000; not
+published: its callers are on the network). :meth:`RecorderClient.connections` reads what it saw of
+each connection (caller, bytes each way, the first line, which carries a request's token).
+
 HTTPS and mutual TLS: with ``tls=RecorderTLS.from_pki(pki)`` (``harness.common.certs``) the recorder also
 serves HTTPS on ``tls_port`` (443) with the server certificate; ``from_pki(pki, mutual=True)`` makes
 it require client certificates signed by the run's CA. The files are copied into the container
@@ -73,6 +77,8 @@ TLS_CERT = f"{TLS_DIR}/server.crt"
 TLS_KEY = f"{TLS_DIR}/server.key"
 TLS_CLIENT_CA = f"{TLS_DIR}/client-ca.crt"
 DEFAULT_TLS_PORT = 443
+#: where the recorder echoes plain TCP (``--tcp-port``; its connections under /__recorder/connections)
+DEFAULT_TCP_PORT = 9000
 _ALIAS_RE = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 )
@@ -533,13 +539,15 @@ class RecorderTLS:
 
 class RecorderClient:
     """The recorder's control API (apps/recorder), whatever runs it: a container here, a process in
-    a network namespace on the netns provider. Subclasses set ``alias``, ``port``, ``tls_port`` and
-    ``name`` and provide ``url`` (the control API's base URL from the harness)."""
+    a network namespace on the netns provider. Subclasses set ``alias``, ``port``, ``tls_port``,
+    ``tcp_port`` (its TCP echo; None: none, or a run state written before it existed) and ``name``
+    and provide ``url`` (the control API's base URL from the harness)."""
 
     alias: str
     aliases: list[str]
     port: int
     tls_port: int | None
+    tcp_port: int | None
     name: str
 
     @property
@@ -584,6 +592,21 @@ class RecorderClient:
         response.raise_for_status()
         return cast(list[dict[str, Any]], response.json())
 
+    def connections(
+        self, *, path_contains: str | None = None, since: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The connections to the recorder's TCP echo port, oldest first: ``client_ip``/``client_port``,
+        ``bytes_received``/``bytes_sent``, ``head`` (the first line), ``time``, ``closed`` (None
+        while open); ``path_contains`` looks in the head, ``since`` takes seq after it."""
+        params: dict[str, str] = {}
+        if path_contains is not None:
+            params["path_contains"] = path_contains
+        if since is not None:
+            params["since"] = str(since)
+        response = httpx.get(f"{self.url}/__recorder/connections", params=params, timeout=10.0)
+        response.raise_for_status()
+        return cast(list[dict[str, Any]], response.json())
+
     def handshake_failures(self) -> list[dict[str, Any]]:
         """The TLS handshakes that failed at the recorder (client without certificate, unknown CA...)."""
         response = httpx.get(f"{self.url}/__recorder/handshake-failures", timeout=10.0)
@@ -625,6 +648,7 @@ class AttachedRecorder(RecorderClient):
         tls_port: int | None,
         log_file: Path | None = None,
         address: str | None = None,
+        tcp_port: int | None = None,
     ) -> None:
         self._url = url
         self._address = address
@@ -634,6 +658,7 @@ class AttachedRecorder(RecorderClient):
         self.aliases = list(aliases)
         self.port = port
         self.tls_port = tls_port
+        self.tcp_port = tcp_port
 
     @property
     def url(self) -> str:
@@ -661,8 +686,9 @@ class AttachedRecorder(RecorderClient):
 class RecorderContainer(RecorderClient, Container):
     """The recorder (apps/recorder) as the external host, on `network` under `alias` (and `aliases`).
 
-    With `tls` it also serves HTTPS (mutual TLS if `tls.mutual`) on `tls_port`; the control API
-    stays on the HTTP `port`, which is the one published to the host.
+    With `tls` it also serves HTTPS (mutual TLS if `tls.mutual`) on `tls_port`; it echoes plain TCP
+    on `tcp_port` (always, by the default command); the control API stays on the HTTP `port`, which
+    is the one published to the host.
     """
 
     def __init__(
@@ -675,6 +701,7 @@ class RecorderContainer(RecorderClient, Container):
         aliases: Sequence[str] = (),
         tls: RecorderTLS | None = None,
         tls_port: int = DEFAULT_TLS_PORT,
+        tcp_port: int = DEFAULT_TCP_PORT,
         command: Sequence[str] | None = None,
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
@@ -688,7 +715,14 @@ class RecorderContainer(RecorderClient, Container):
             raise ValueError(f"network aliases must be lower-case DNS names: {', '.join(map(repr, bad))}")
         if tls is not None and tls_port == port:
             raise ValueError(f"the TLS port {tls_port} is the HTTP port too")
-        default_command = ["python", "recorder.py", "--bind", "0.0.0.0", "--port", str(port)]
+        if tcp_port == port or (tls is not None and tcp_port == tls_port):
+            raise ValueError(
+                f"the TCP port {tcp_port} is the {'HTTP' if tcp_port == port else 'TLS'} port too"
+            )
+        default_command = [
+            *("python", "recorder.py", "--bind", "0.0.0.0", "--port", str(port)),
+            *("--tcp-port", str(tcp_port)),
+        ]
         if tls is not None:
             default_command += tls.flags(tls_port)
         super().__init__(
@@ -708,6 +742,7 @@ class RecorderContainer(RecorderClient, Container):
         self.port = port
         self.tls = tls
         self.tls_port: int | None = tls_port if tls is not None else None
+        self.tcp_port: int | None = tcp_port
         self._url: str | None = None
 
     @property

@@ -101,6 +101,8 @@ class RecorderState:
     processes: tuple[tuple[int, str], ...] = ()
     #: the address pods reach a recorder that is not a container at (a container's is asked of Docker)
     address: str | None = None
+    #: where it echoes plain TCP (None: it does not, or the state was written before it could)
+    tcp_port: int | None = None
 
     def handle(self, run_dir: Path | None = None) -> RecorderClient:
         """A handle on the running recorder (nothing is started; do not enter it). A netns run's
@@ -115,6 +117,7 @@ class RecorderState:
                 tls_port=self.tls_port,
                 log_file=run_dir / self.name / f"{self.name}.log" if run_dir is not None else None,
                 address=self.address,
+                tcp_port=self.tcp_port,
             )
         recorder = RecorderContainer(
             self.image, network=self.network, alias=self.aliases[0] if self.aliases else EXTERNAL_ALIAS,
@@ -122,6 +125,7 @@ class RecorderState:
         )  # fmt: skip
         recorder.aliases = list(self.aliases)
         recorder.tls_port = self.tls_port
+        recorder.tcp_port = self.tcp_port
         return recorder
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +140,7 @@ class RecorderState:
             "control_url": self.control_url,
             "processes": [list(p) for p in self.processes],
             "address": self.address,
+            "tcp_port": self.tcp_port,
         }
 
     @classmethod
@@ -152,6 +157,7 @@ class RecorderState:
             control_url=r.text("control_url", optional=True) or None,
             processes=tuple((int(p[0]), str(p[1])) for p in data.get("processes") or ()),
             address=r.text("address", optional=True) or None,
+            tcp_port=r.optional_integer("tcp_port"),
         )
 
 
@@ -175,6 +181,7 @@ def recorder_state(recorder: Any) -> RecorderState:
             control_url=recorder.url,
             processes=tuple((r.pid, r.binary) for r in recorder.records_of_processes),
             address=recorder.ip,
+            tcp_port=recorder.tcp_port,
         )
     return RecorderState(
         name=recorder.name,
@@ -184,6 +191,7 @@ def recorder_state(recorder: Any) -> RecorderState:
         aliases=tuple(recorder.aliases),
         serves=recorder_serves(recorder),
         tls_port=recorder.tls_port,
+        tcp_port=recorder.tcp_port,
     )
 
 

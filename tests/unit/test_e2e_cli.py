@@ -63,7 +63,11 @@ def test_up_writes_the_state_and_leaves_everything_running(tmp_path: Path) -> No
     )
     assert state.ingress_gateway == "egress-abc123/relay-gateway"
     assert state.recorder is not None and state.recorder.name == "egress-harness-recorder-1"
-    assert (state.recorder.serves, state.recorder.tls_port) == (("http", "tls"), 443)
+    assert (state.recorder.serves, state.recorder.tls_port, state.recorder.tcp_port) == (
+        ("http", "tls"),
+        443,
+        9000,
+    )
     assert state.mtls_recorder is not None and state.mtls_recorder.name == "egress-harness-mtls-recorder-1"
     assert state.mtls_recorder.serves == ("http", "mtls")
     assert state.pki_dir == (run_dir / "pki").resolve() and (run_dir / "pki" / "client.key").is_file()
@@ -266,6 +270,33 @@ def test_a_state_with_certificates_and_the_mtls_recorder_reads_back(tmp_path: Pa
     assert legacy.recorder is not None and legacy.recorder.tls_port is None
 
 
+def test_the_recorders_tcp_port_reads_back_and_an_older_state_has_none(tmp_path: Path) -> None:
+    base = state_of(tmp_path)
+    assert base.recorder is not None
+    netns = dataclasses.replace(
+        base.recorder, tcp_port=9000, control_url="http://127.0.0.1:4242", address="10.250.0.2"
+    )
+    state = dataclasses.replace(
+        base, recorder=netns, mtls_recorder=dataclasses.replace(base.recorder, tcp_port=9001)
+    )
+    loaded = RunState.load(state.save())
+    assert loaded == state
+    assert loaded.recorder is not None and loaded.mtls_recorder is not None
+    assert (loaded.recorder.tcp_port, loaded.mtls_recorder.tcp_port) == (9000, 9001)
+    attached, container = loaded.recorder.handle(tmp_path), loaded.mtls_recorder.handle()
+    assert (type(attached).__name__, attached.tcp_port) == ("AttachedRecorder", 9000)
+    assert (type(container).__name__, container.tcp_port) == ("RecorderContainer", 9001)
+    # a state written before the TCP echo existed reads as a recorder without one
+    old = state.to_dict()
+    del old["recorder"]["tcp_port"], old["mtls_recorder"]["tcp_port"]
+    legacy = RunState.from_dict(old)
+    assert legacy.recorder is not None and legacy.mtls_recorder is not None
+    assert (legacy.recorder.tcp_port, legacy.mtls_recorder.tcp_port) == (None, None)
+    assert (
+        legacy.recorder.handle(tmp_path).tcp_port is None and legacy.mtls_recorder.handle().tcp_port is None
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -285,6 +316,10 @@ def test_a_state_with_certificates_and_the_mtls_recorder_reads_back(tmp_path: Pa
         (
             {"mtls_recorder": {"name": "r", "image": "i", "network": "kind", "port": 80, "tls_port": "443"}},
             r"mtls_recorder: field 'tls_port': expected an integer",
+        ),
+        (
+            {"recorder": {"name": "r", "image": "i", "network": "kind", "port": 80, "tcp_port": "9000"}},
+            r"recorder: field 'tcp_port': expected an integer",
         ),
         ({"pki_dir": 7}, r"field 'pki_dir': expected a non-empty string"),
     ],

@@ -522,6 +522,7 @@ def parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fakebin: Any) -> list
             self.network_name = "kind"
             self.port = 80
             self.tls_port = 443
+            self.tcp_port = 9000
             self.tls = RecorderTLS(b"cert", b"key", b"ca" if mutual else None)
             self.aliases = [self.alias] if mutual else [self.alias, "unregistered.egress-harness.test"]
 

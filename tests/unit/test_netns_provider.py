@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -271,6 +273,7 @@ def test_netns_recorder_records_the_callers_own_address(tmp_path: Path) -> None:
     import subprocess
 
     from harness.cluster.providers.netns.external import NetnsRecorder
+    from harness.cluster.state import recorder_state
 
     ns = f"egh-t{os.getpid() % 100000}-rec"
     network.add_netns(ns)
@@ -287,6 +290,23 @@ def test_netns_recorder_records_the_callers_own_address(tmp_path: Path) -> None:
             (record,) = rec.wait_for_records("r-1")
             assert record["client_ip"] == "10.250.0.9"
             assert rec.network_url("a.egress-harness.test") == "http://a.egress-harness.test"
+            # its TCP echo (always on): a caller from another address, its first line in the record
+            echo = (
+                "import socket; s = socket.create_connection(('10.250.0.2', 9000), timeout=5, "
+                "source_address=('10.250.0.9', 0)); s.sendall(b'/tcp?egh-token=t-1\\n'); "
+                "print(s.recv(100).decode(), end=''); s.close()"
+            )
+            echoed = subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-c", echo],
+                check=True, capture_output=True, text=True, timeout=20,
+            )  # fmt: skip
+            assert echoed.stdout == "/tcp?egh-token=t-1\n"
+            deadline = time.monotonic() + 10
+            while not (found := rec.connections(path_contains="egh-token=t-1")) or found[0]["closed"] is None:
+                assert time.monotonic() < deadline, found
+                time.sleep(0.05)
+            assert (found[0]["client_ip"], found[0]["bytes_sent"]) == ("10.250.0.9", 19)
+            assert recorder_state(rec).tcp_port == rec.tcp_port == 9000
             daemon = rec.daemon
         assert daemon is not None and daemon.process is not None and daemon.process.poll() is not None
     finally:

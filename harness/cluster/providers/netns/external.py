@@ -4,7 +4,8 @@ It listens on its own address in ``egh-<run>-ext`` (routed from the node, no NAT
 calling pod's own address) and answers for every alias the kubelet's hosts file maps to that
 address. Its control API is reached from the harness through a loopback forwarder into that
 namespace, so the same :class:`~harness.cluster.external.RecorderClient` methods as the container's
-read its records.
+read its records. As in the container, it always echoes plain TCP on ``tcp_port`` (9000 unless
+given) on that same address.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from harness.cluster.external import DEFAULT_ALIAS, DEFAULT_TLS_PORT, RecorderClient, RecorderTLS
+from harness.cluster.external import (
+    DEFAULT_ALIAS,
+    DEFAULT_TCP_PORT,
+    DEFAULT_TLS_PORT,
+    RecorderClient,
+    RecorderTLS,
+)
 from harness.cluster.providers.netns.daemons import Daemon, DaemonRecord, stop_pid
 from harness.cluster.providers.netns.forward import Forwarder
 from harness.common.paths import REPO_ROOT
@@ -41,6 +48,7 @@ class NetnsRecorder(RecorderClient):
         port: int = CONTROL_PORT,
         tls: RecorderTLS | None = None,
         tls_port: int = DEFAULT_TLS_PORT,
+        tcp_port: int = DEFAULT_TCP_PORT,
     ) -> None:
         self.netns = netns
         self.ip = ip
@@ -50,6 +58,8 @@ class NetnsRecorder(RecorderClient):
         self.port = port
         self.tls = tls
         self.tls_port: int | None = tls_port if tls is not None else None
+        #: its TCP echo (always on, as in the container)
+        self.tcp_port: int | None = tcp_port
         self.dir = run_dir / name
         self.daemon: Daemon | None = None
         self.forwarder: Forwarder | None = None
@@ -88,6 +98,8 @@ class NetnsRecorder(RecorderClient):
             self.ip,
             "--port",
             str(self.port),
+            "--tcp-port",
+            str(self.tcp_port),
             *self._tls_flags(),
         ]
         self.daemon = Daemon(

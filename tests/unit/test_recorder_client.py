@@ -1,0 +1,87 @@
+"""The harness's side of the recorder's TCP echo: RecorderClient.connections against the real
+recorder (apps/recorder, in this process), and the TCP port the container and netns recorders get."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from recorder import Recorder
+
+from harness.cluster.external import (
+    DEFAULT_TCP_PORT,
+    DEFAULT_TLS_PORT,
+    AttachedRecorder,
+    RecorderContainer,
+    RecorderTLS,
+)
+
+
+def _echo(address: tuple[str, int], line: bytes) -> int:
+    """One connection: send ``line``, read the echo, close; the client's own port."""
+    with socket.create_connection(address, timeout=5) as sock:
+        port = int(sock.getsockname()[1])
+        sock.sendall(line)
+        echoed = b""
+        while len(echoed) < len(line):
+            chunk = sock.recv(65536)
+            assert chunk, echoed
+            echoed += chunk
+        assert echoed == line
+    return port
+
+
+def test_connections_reads_the_recorders_tcp_records_with_its_filters(tmp_path: Path) -> None:
+    with Recorder(port=0, tcp_port=0) as rec:
+        client = AttachedRecorder(
+            rec.url, name="r", alias="a", aliases=["a"], port=rec.port, tls_port=None, tcp_port=rec.tcp_port
+        )
+        assert client.tcp_port == rec.tcp_port and client.connections() == []
+        ports = [_echo(rec.tcp_address, f"/t?egh-token={t}\n".encode()) for t in ("one", "two")]
+        deadline = time.monotonic() + 5
+        found = client.connections()
+        while len(found) < 2 or not all(c["closed"] for c in found):  # closed once the recorder saw EOF
+            assert time.monotonic() < deadline, found
+            time.sleep(0.01)
+            found = client.connections()
+        assert [(c["client_port"], c["head"], c["bytes_sent"]) for c in found] == [
+            (ports[0], "/t?egh-token=one", 17),
+            (ports[1], "/t?egh-token=two", 17),
+        ]
+        [two] = client.connections(path_contains="egh-token=two")
+        assert two["client_port"] == ports[1]
+        assert client.connections(since=found[0]["seq"]) == [two]
+        assert client.connections(path_contains="nothing") == []
+        assert client.records() == []  # the HTTP records are apart
+
+
+def test_an_attached_recorder_without_a_tcp_port_has_none() -> None:
+    client = AttachedRecorder(
+        "http://127.0.0.1:1", name="r", alias="a", aliases=["a"], port=80, tls_port=None
+    )
+    assert client.tcp_port is None  # not given: a state written before the TCP echo existed
+
+
+def _container(**kwargs: Any) -> RecorderContainer:
+    return RecorderContainer("istio-egress-harness/recorder:dev", "kind", client=object(), **kwargs)
+
+
+def test_the_recorder_container_always_echoes_tcp_on_its_tcp_port() -> None:
+    plain = _container()
+    assert (plain.tcp_port, DEFAULT_TCP_PORT) == (9000, 9000)
+    assert plain.command is not None
+    assert plain.command[plain.command.index("--tcp-port") + 1] == "9000"
+    assert plain.publish == [80]  # the control API only: the TCP echo is for the network's callers
+    tls = RecorderTLS(b"cert", b"key")
+    other = _container(tls=tls, tcp_port=9100)
+    assert other.command is not None and other.tcp_port == 9100
+    assert other.command[other.command.index("--tcp-port") + 1] == "9100"
+    assert other.command[-6:] == tls.flags(DEFAULT_TLS_PORT)
+    with pytest.raises(ValueError, match="the TCP port 80 is the HTTP port too"):
+        _container(tcp_port=80)
+    with pytest.raises(ValueError, match="the TCP port 443 is the TLS port too"):
+        _container(tls=tls, tcp_port=443)
+    assert _container(tcp_port=443).tcp_port == 443  # no TLS: 443 is free
