@@ -85,3 +85,47 @@ def test_the_recorder_container_always_echoes_tcp_on_its_tcp_port() -> None:
     with pytest.raises(ValueError, match="the TCP port 443 is the TLS port too"):
         _container(tls=tls, tcp_port=443)
     assert _container(tcp_port=443).tcp_port == 443  # no TLS: 443 is free
+
+
+def test_a_relays_tcp_leg_to_the_real_recorder_is_found_by_its_token_and_passes_the_checks(
+    tmp_path: Path,
+) -> None:
+    """The contract between the two apps and the harness, without a cluster: the relay (a process)
+    sends its TCP payload to the recorder's echo port, the recorder echoes it and records the
+    connection, and the harness finds that record by the token in its first line and checks it."""
+    from harness.cluster.witness import TcpConnections
+    from harness.common.traffic import Traffic, chain_url
+    from harness.evidence.external import check_tcp_record
+    from tests.unit.test_relay import RelayPool
+
+    path = "/tcp-via-egress-gateway?egh-bytes=4096&egh-token=tok-relay"
+    pool = RelayPool(tmp_path)
+    try:
+        target = pool("target")
+        with Recorder(port=0, tcp_port=0) as rec, Traffic(timeout=10.0) as traffic:
+            response = traffic.send(chain_url([target.proxy_url], f"{rec.tcp_url}{path}"))
+            assert response.status == 200, response.text
+            tcp = response.json["tcp"]
+            assert (tcp["sent"], tcp["received"], tcp["peer"]) == (4096, 4096, f"127.0.0.1:{rec.tcp_port}")
+            client = AttachedRecorder(
+                rec.url,
+                name="r",
+                alias="a",
+                aliases=["a"],
+                port=rec.port,
+                tls_port=None,
+                tcp_port=rec.tcp_port,
+            )
+            deadline = time.monotonic() + 5
+            found = client.connections(path_contains="egh-token=tok-relay")
+            while not found or found[0]["closed"] is None:  # the relay closes after the echo
+                assert time.monotonic() < deadline, found
+                time.sleep(0.01)
+                found = client.connections(path_contains="egh-token=tok-relay")
+            [record] = found
+            assert f"{record['client_ip']}:{record['client_port']}" == tcp["local"]
+            assert record["head"] == path
+            assert check_tcp_record(record, 4096) == "4096 bytes in, 4096 echoed"
+            assert TcpConnections(client).records(path_contains="egh-token=tok-relay") == [record]
+    finally:
+        pool.stop_all()
