@@ -129,3 +129,11 @@ def test_a_relays_tcp_leg_to_the_real_recorder_is_found_by_its_token_and_passes_
             assert TcpConnections(client).records(path_contains="egh-token=tok-relay") == [record]
     finally:
         pool.stop_all()
+
+
+def test_the_recorders_echo_where_the_scenarios_tcp_requests_go() -> None:
+    """The container and netns recorders take DEFAULT_TCP_PORT unless told; a scenario's tcp request
+    goes to RenderContext.external_tcp_port: the two must agree."""
+    from harness.scenarios.model import EXTERNAL_TCP_PORT, RenderContext
+
+    assert DEFAULT_TCP_PORT == EXTERNAL_TCP_PORT == RenderContext(istio_version="1.31-dev").external_tcp_port
