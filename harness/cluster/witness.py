@@ -64,7 +64,7 @@ class TcpConnections(RecorderClient):
     def __init__(self, recorder: RecorderClient) -> None:
         self.recorder = recorder
         self.name, self.alias, self.aliases = recorder.name, recorder.alias, recorder.aliases
-        self.port, self.tls_port = recorder.port, recorder.tls_port
+        self.port, self.tls_port, self.tcp_port = recorder.port, recorder.tls_port, recorder.tcp_port
 
     @property
     def url(self) -> str:

@@ -234,6 +234,11 @@ def test_the_tcp_witness_reads_connections_by_token_and_never_by_request_id() ->
     view = TcpConnections(recorder)  # type: ignore[arg-type]
     assert view.records(path_contains="tok") == [connection()]
     assert recorder.asked == [{"path_contains": "tok", "since": None}]
-    assert (view.url, view.address, view.handshake_failures()) == ("http://x", "10.0.0.9", [])
+    assert (view.url, view.address, view.tcp_port, view.handshake_failures()) == (
+        "http://x",
+        "10.0.0.9",
+        9000,
+        [],
+    )
     with pytest.raises(ValueError, match="carries no x-request-id"):
         view.records("rid-1")
