@@ -209,15 +209,8 @@ def test_the_external_record_of_a_connection_must_carry_the_bytes_each_way() -> 
 class Recorder:
     """Stands for the recorder's control API client at its process boundary: what it was asked."""
 
-    name, alias, aliases, port, tls_port, url, address = (
-        "rec",
-        "a.test",
-        ["a.test"],
-        80,
-        None,
-        "http://x",
-        "10.0.0.9",
-    )
+    name, alias, aliases, port, tls_port, tcp_port = "rec", "a.test", ["a.test"], 80, None, 9000
+    url, address = "http://x", "10.0.0.9"
 
     def __init__(self) -> None:
         self.asked: list[dict[str, Any]] = []
