@@ -18,7 +18,9 @@ hops must show what:
   log there (``sidecar=None``), and what shows where the request went is the external host's record.
 
 A TCP request (``scheme: tcp``) is judged by TCP entries only: no method, response code 0 (no
-HTTP on the way); with ``tcp_bytes: N`` each of them carried N bytes each way.
+HTTP on the way); with ``tcp_bytes: N`` each of them carried N bytes each way. Via the gateway, the
+gateway's entry is the other end of the sidecar's connection: its downstream remote address is the
+sidecar entry's upstream local address (pod to pod, no address translation).
 
 The ``sidecar:`` and ``gateway:`` field maps add exact checks on those hops' entries. How a request
 is found at each hop (``RequestRef``: a TLS request by its SNI in its time window) is the caller's.
@@ -154,4 +156,22 @@ def judge(
             f"request {request.name}: its absence at {check.log.hop!r} needs a canary sent through that hop "
             "(judge(..., canary=...)): an empty or wrong log source shows no entry either"
         )
-    return assert_hops(ref, checks, wait=wait, absence_window=absence_window)
+    if not tcp_linked(request, checks):
+        return assert_hops(ref, checks, wait=wait, absence_window=absence_window)
+    # a TCP connection via the gateway: the gateway's entry is the one whose downstream is the
+    # sidecar's upstream connection (the window alone could take another connection's entry)
+    first = assert_hops(ref, checks[:1], wait=wait, absence_window=absence_window)
+    link = first[0].entry.upstream_local_address
+    linked = HopCheck(checks[1].log, p.all_of(checks[1].expect, p.field("downstream_remote_address", link)))
+    return first + assert_hops(ref, [linked], wait=wait, absence_window=absence_window)
+
+
+def tcp_linked(request: ResolvedRequest, checks: list[HopCheck]) -> bool:
+    """Whether the gateway's entry of ``request`` must be the sidecar's connection's other end: a
+    TCP request that went from the sidecar to the gateway (two entries to find, none absent)."""
+    return (
+        request.scheme == "tcp"
+        and request.expect.via_gateway
+        and len(checks) == 2
+        and not any(c.absent for c in checks)
+    )

@@ -141,6 +141,12 @@ def test_the_tcp_request_passes_on_what_the_istiod_tier_recorded() -> None:
             [GATEWAY[0].replace("10:41:14.313Z", "10:41:13.313Z")],
             "egress gateway",
         ),
+        (
+            "the gateway's entry is another connection's",
+            SIDECAR,
+            [GATEWAY[0].replace("10.244.0.7:41326 - -", "10.244.0.7:41327 - -")],
+            "egress gateway",
+        ),
         ("no gateway entry", SIDECAR, [], "egress gateway"),
         ("only the sidecar's inbound entry", SIDECAR[:1], GATEWAY, "target sidecar"),
     ],
