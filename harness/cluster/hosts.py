@@ -3,8 +3,8 @@ namespaces, the labels on what it creates; and the recorder containers that answ
 
 The external host of a run with ``external="container"`` is the recorder (apps/recorder) as a
 container on kind's Docker network ``kind``, under the alias ``external.egress-harness.test`` (and
-``unregistered.egress-harness.test`` for the REGISTRY_ONLY scenarios), serving HTTP on 80 and, with
-the run's PKI, HTTPS on 443; beside it a second recorder that requires client certificates of the
+``unregistered.egress-harness.test`` for the REGISTRY_ONLY scenarios), serving HTTP on 80, a TCP
+echo on 9000 and, with the run's PKI, HTTPS on 443; beside it a second recorder that requires client certificates of the
 run's CA (mutual TLS) under ``mtls.egress-harness.test`` and ``mtls-<scenario>.egress-harness.test``.
 
 Every scenario of the catalog has its own external host names (``<scenario>.egress-harness.test``,
