@@ -69,6 +69,39 @@ def test_client_reaches_recorder_by_alias_and_is_recorded(image: str, owner: str
     assert network not in _docker("network", "ls", "--format", "{{.Name}}").split()
 
 
+ECHO_CLIENT = """
+import socket
+payload = b"/tcp?egh-token=tcp-in-docker\\n" + b"." * 300
+with socket.create_connection(("%s", 9000), timeout=10) as conn:
+    conn.sendall(payload)
+    echo = b""
+    while len(echo) < len(payload):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        echo += chunk
+print(len(payload), echo == payload)
+"""
+
+
+def test_a_client_reaches_the_recorders_tcp_echo_by_alias_and_the_connection_is_recorded(
+    image: str, owner: str
+) -> None:
+    network = f"egress-harness-test-{secrets.token_hex(4)}"
+    with RecorderContainer(image, network=network, alias=DEFAULT_ALIAS, owner=owner) as recorder:
+        assert recorder.tcp_port == 9000
+        with Container(
+            image, network, command=["sleep", "300"], owner=owner, name=f"egress-harness-client-{owner}"
+        ) as client:
+            code, output = client.exec(["timeout", "20", "python", "-c", ECHO_CLIENT % DEFAULT_ALIAS])
+            assert (code, output.split()) == (0, ["329", "True"]), output
+            [record] = recorder.connections(path_contains="tcp-in-docker")
+            assert record["client_ip"] == client.container_ip
+            assert (record["bytes_received"], record["bytes_sent"]) == (329, 329)
+            assert record["head"] == "/tcp?egh-token=tcp-in-docker"
+    assert _leftovers(owner) == ([], [])
+
+
 def test_existing_network_is_left_in_place(image: str, owner: str) -> None:
     name = f"egress-harness-test-{secrets.token_hex(4)}"
     with Network(name, owner=owner) as net:
