@@ -588,15 +588,18 @@ def make_handler(store: Store, *, log: bool = True, control: bool = True) -> typ
         def _control(self) -> None:
             parts = urllib.parse.urlsplit(self.path)
             self._read_body()
-            if parts.path == CONTROL_PREFIX + "healthz" and self.command in ("GET", "HEAD"):
-                self._send(200, b"ok\n", "text/plain; charset=utf-8")
-            elif parts.path == CONTROL_PREFIX + "requests" and self.command == "GET":
-                query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+            query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+            listing = parts.path in (CONTROL_PREFIX + "requests", CONTROL_PREFIX + "connections")
+            since = None
+            if listing and self.command == "GET" and "since" in query:
                 try:
-                    since = int(query["since"]) if "since" in query else None
+                    since = int(query["since"])
                 except ValueError:
                     self._json(400, {"error": "since must be an integer"})
                     return
+            if parts.path == CONTROL_PREFIX + "healthz" and self.command in ("GET", "HEAD"):
+                self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            elif parts.path == CONTROL_PREFIX + "requests" and self.command == "GET":
                 found = store.select(
                     request_id=query.get("request_id"), path_contains=query.get("path_contains"), since=since
                 )
@@ -604,12 +607,6 @@ def make_handler(store: Store, *, log: bool = True, control: bool = True) -> typ
             elif parts.path == CONTROL_PREFIX + "requests" and self.command == "DELETE":
                 self._json(200, {"cleared": store.clear()})
             elif parts.path == CONTROL_PREFIX + "connections" and self.command == "GET":
-                query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-                try:
-                    since = int(query["since"]) if "since" in query else None
-                except ValueError:
-                    self._json(400, {"error": "since must be an integer"})
-                    return
                 self._json(
                     200, store.select_connections(path_contains=query.get("path_contains"), since=since)
                 )

@@ -581,16 +581,7 @@ class RecorderClient:
         self, request_id: str | None = None, *, path_contains: str | None = None, since: int | None = None
     ) -> list[dict[str, Any]]:
         """What the recorder saw, oldest first (filters as in apps/recorder)."""
-        params: dict[str, str] = {}
-        if request_id is not None:
-            params["request_id"] = request_id
-        if path_contains is not None:
-            params["path_contains"] = path_contains
-        if since is not None:
-            params["since"] = str(since)
-        response = httpx.get(f"{self.url}/__recorder/requests", params=params, timeout=10.0)
-        response.raise_for_status()
-        return cast(list[dict[str, Any]], response.json())
+        return self._listed("requests", request_id=request_id, path_contains=path_contains, since=since)
 
     def connections(
         self, *, path_contains: str | None = None, since: int | None = None
@@ -598,12 +589,12 @@ class RecorderClient:
         """The connections to the recorder's TCP echo port, oldest first: ``client_ip``/``client_port``,
         ``bytes_received``/``bytes_sent``, ``head`` (the first line), ``time``, ``closed`` (None
         while open); ``path_contains`` looks in the head, ``since`` takes seq after it."""
-        params: dict[str, str] = {}
-        if path_contains is not None:
-            params["path_contains"] = path_contains
-        if since is not None:
-            params["since"] = str(since)
-        response = httpx.get(f"{self.url}/__recorder/connections", params=params, timeout=10.0)
+        return self._listed("connections", path_contains=path_contains, since=since)
+
+    def _listed(self, what: str, **filters: str | int | None) -> list[dict[str, Any]]:
+        """``GET /__recorder/<what>`` with the filters that are set."""
+        params = {key: str(value) for key, value in filters.items() if value is not None}
+        response = httpx.get(f"{self.url}/__recorder/{what}", params=params, timeout=10.0)
         response.raise_for_status()
         return cast(list[dict[str, Any]], response.json())
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,18 +23,13 @@ from harness.evidence import (
     ExternalEvidenceError,
     LinesLogSource,
     RequestRef,
-    Wait,
     expect_external_record,
 )
 from harness.evidence.external import check_tcp_record
-from harness.scenarios import RenderContext, load_catalog, render_request
+from harness.scenarios import RenderContext, render_request
 from harness.scenarios.expect import judge
 from harness.scenarios.model import ResolvedRequest
-
-REPO = Path(__file__).resolve().parents[2]
-RECORDED = Path(__file__).parent / "data" / "recorded"
-CATALOG = load_catalog(REPO / "scenarios")
-QUICK = Wait(timeout=0.2, interval=0.02, settle=0.05)
+from tests.unit.test_scenario_negative_controls import CATALOG, QUICK, RECORDED, recorded
 
 SCENARIO = "tcp-via-egress-gateway"
 #: the run the lines were recorded in (run id 710181)
@@ -56,10 +50,6 @@ SENT = datetime(2026, 12, 7, 10, 41, 14, 300000, tzinfo=UTC)
 ANSWERED = datetime(2026, 12, 7, 10, 41, 14, 320000, tzinfo=UTC)
 UNROUTED_SENT = datetime(2026, 12, 7, 10, 41, 55, 460000, tzinfo=UTC)
 UNROUTED_ANSWERED = datetime(2026, 12, 7, 10, 41, 55, 480000, tzinfo=UTC)
-
-
-def recorded(name: str) -> list[str]:
-    return (RECORDED / name).read_text(encoding="utf-8").splitlines()
 
 
 def connections(name: str) -> list[dict[str, Any]]:
