@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from harness.cluster.convergence import (
     CONVERGE_INTERVAL_S,
@@ -102,17 +102,25 @@ SDS_PREFIX = "kubernetes://"
 SDS_CA_SUFFIX = "-cacert"
 
 
-def credential_names(namespace: str, scenario: str) -> dict[str, Any]:
+class CredentialNames(TypedDict, total=False):
+    """RenderContext's credential Secret names (all three, or none: the context's defaults)."""
+
+    client_credential_name: str
+    ca_credential_name: str
+    untrusted_ca_credential_name: str
+
+
+def credential_names(namespace: str, scenario: str) -> CredentialNames:
     """The credential Secret names of ``scenario`` in ``namespace`` (RenderContext's
     ``client_credential_name``, ``ca_credential_name`` and ``untrusted_ca_credential_name``): one set
     per scenario and namespace, so
     scenarios running at the same time never share a Secret. DNS labels, never starting with
     ``istio`` or ending in ``-cacert`` (Istio reserves those)."""
-    return {
-        "client_credential_name": dns_label(f"eh-client-{namespace}-{scenario}"),
-        "ca_credential_name": dns_label(f"eh-ca-{namespace}-{scenario}"),
-        "untrusted_ca_credential_name": dns_label(f"eh-untrusted-{namespace}-{scenario}"),
-    }
+    return CredentialNames(
+        client_credential_name=dns_label(f"eh-client-{namespace}-{scenario}"),
+        ca_credential_name=dns_label(f"eh-ca-{namespace}-{scenario}"),
+        untrusted_ca_credential_name=dns_label(f"eh-untrusted-{namespace}-{scenario}"),
+    )
 
 
 @dataclass(frozen=True)

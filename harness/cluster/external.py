@@ -61,6 +61,7 @@ import docker.errors  # type: ignore[import-untyped]
 import httpx
 
 from harness.common.proc import tail
+from harness.scenarios.model import EXTERNAL_TCP_PORT
 
 if TYPE_CHECKING:
     from harness.common.certs import TestPKI
@@ -77,8 +78,9 @@ TLS_CERT = f"{TLS_DIR}/server.crt"
 TLS_KEY = f"{TLS_DIR}/server.key"
 TLS_CLIENT_CA = f"{TLS_DIR}/client-ca.crt"
 DEFAULT_TLS_PORT = 443
-#: where the recorder echoes plain TCP (``--tcp-port``; its connections under /__recorder/connections)
-DEFAULT_TCP_PORT = 9000
+#: where the recorder echoes plain TCP (``--tcp-port``; its connections under /__recorder/connections):
+#: the scenarios' ``external_tcp_port``
+DEFAULT_TCP_PORT = EXTERNAL_TCP_PORT
 _ALIAS_RE = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 )

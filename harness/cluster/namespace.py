@@ -57,6 +57,7 @@ from harness.cluster.convergence import (
     wait_for_markers,
 )
 from harness.cluster.credentials import (
+    CredentialNames,
     CredentialSecret,
     create_credentials,
     credential_names,
@@ -438,7 +439,7 @@ class RunNamespace:
         from harness.scenarios import RenderContext
 
         mutual = scenario is not None and external_requirement(scenario) == "mtls"
-        names = credential_names(self.namespace, scenario.name) if scenario is not None else {}
+        names = credential_names(self.namespace, scenario.name) if scenario is not None else CredentialNames()
         return RenderContext(
             istio_version=self.options.istio_version,
             namespace=self.namespace,

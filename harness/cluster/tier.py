@@ -50,6 +50,7 @@ from harness.cluster.chain import (
 )
 from harness.cluster.convergence import CONVERGE_TIMEOUT_S, DEFAULT_GATEWAY, ScenarioGateway, scenario_gateway
 from harness.cluster.errors import ConvergenceError, E2EError
+from harness.cluster.external import RecorderClient
 from harness.cluster.hosts import (
     RUN_LABEL,
     SCENARIO_LABEL,
@@ -408,13 +409,11 @@ class ClusterStage:
         client certificate; with ``external_attempts``, that many records of it, all from such
         callers. None when the run has no recorder for the scenario."""
         view = self.view
-        recorder = view.recorder_for(self.scenario)
+        recorder = self._external_records(request)
         if recorder is None:
             return None
         tls = expects_external_tls(request, self.context.external_tls_port)
         tcp = request.scheme == "tcp"
-        if tcp:
-            recorder = TcpConnections(recorder)
         try:
             expect = (
                 view.expect_external_from_gateway
@@ -461,14 +460,20 @@ class ClusterStage:
             seen += f", {attempts} attempt(s)"
         return seen
 
+    def _external_records(self, request: ResolvedRequest) -> RecorderClient | None:
+        """The scenario's recorder, read where ``request`` leaves its record: its connections for a
+        tcp request (``TcpConnections``), else its requests; None when the run has none."""
+        recorder = self.view.recorder_for(self.scenario)
+        if recorder is not None and request.scheme == "tcp":
+            return TcpConnections(recorder)
+        return recorder
+
     def witness_absence(self, request: ResolvedRequest, sent: Sent) -> str | None:
         """The recorder has no record of the refused request (by its path token); None when the run
         has no recorder for the scenario."""
-        recorder = self.view.recorder_for(self.scenario)
+        recorder = self._external_records(request)
         if recorder is None:
             return None
-        if request.scheme == "tcp":
-            recorder = TcpConnections(recorder)
         token = sent.path_token
         expect_no_external_record(
             (lambda: recorder.records(path_contains=token))

@@ -30,6 +30,11 @@ def _is_the_request(record: Record, request_id: str, path_token: str | None) -> 
     return bool((record.get("headers") or {}).get("x-request-id") == request_id)
 
 
+def _callers(records: Sequence[Record]) -> str:
+    """``ip:port, ...`` of the callers of ``records``."""
+    return ", ".join(f"{r.get('client_ip')}:{r.get('client_port', '?')}" for r in records)
+
+
 def _named(request_id: str, path_token: str | None) -> str:
     return f"with path token {path_token!r}" if path_token else f"x-request-id={request_id}"
 
@@ -54,7 +59,7 @@ def expect_no_external_record(
     while True:
         mine = [r for r in fetch() if _is_the_request(r, request_id, path_token)]
         if mine:
-            callers = ", ".join(f"{r.get('client_ip')}:{r.get('client_port', '?')}" for r in mine)
+            callers = _callers(mine)
             raise ExternalEvidenceError(
                 f"hop {hop!r}: the refused request {_named(request_id, path_token)} reached the external "
                 f"host anyway (called from {callers})",
@@ -124,7 +129,7 @@ def expect_external_record(
             hop=hop,
             records=[],
         )
-    callers = ", ".join(f"{r.get('client_ip')}:{r.get('client_port')}" for r in mine)
+    callers = _callers(mine)
     raise ExternalEvidenceError(
         f"hop {hop!r}: the request {_named(request_id, path_token)} reached the external host from {callers}, "
         f"{wrong}",
@@ -159,7 +164,7 @@ def expect_external_attempts(
         strangers = [r for r in mine if r.get("client_ip") in (not_from_ips or ())]
         wanted = f"from anyone but {', '.join(sorted(not_from_ips or ()))}"
     if strangers:
-        who = ", ".join(f"{r.get('client_ip')}:{r.get('client_port')}" for r in strangers)
+        who = _callers(strangers)
         raise ExternalEvidenceError(
             f"hop {hop!r}: {len(strangers)} of the {len(mine)} records of the request "
             f"{_named(request_id, path_token)} came from {who}, expected them {wanted}",
@@ -183,7 +188,7 @@ def check_tcp_record(record: Record, count: int | None, *, hop: str = "external 
     shows ``count`` bytes received and as many echoed (None: any number, at least one each way);
     what it showed, for the summary. Raises ``ExternalEvidenceError`` naming the hop."""
     received, sent = record.get("bytes_received"), record.get("bytes_sent")
-    caller = f"{record.get('client_ip')}:{record.get('client_port')}"
+    caller = _callers([record])
     if not isinstance(received, int) or not isinstance(sent, int):
         raise ExternalEvidenceError(
             f"hop {hop!r}: the record of the connection from {caller} is not a TCP connection's (no byte "
@@ -191,8 +196,8 @@ def check_tcp_record(record: Record, count: int | None, *, hop: str = "external 
             hop=hop,
             records=[record],
         )
-    wanted = (count, count) if count is not None else None
-    if (wanted is not None and (received, sent) != wanted) or (wanted is None and min(received, sent) < 1):
+    wrong = (received, sent) != (count, count) if count is not None else min(received, sent) < 1
+    if wrong:
         expected = f"{count} each way" if count is not None else "at least one byte each way"
         raise ExternalEvidenceError(
             f"hop {hop!r}: the TCP connection from {caller} carried {received} byte(s) in and {sent} "

@@ -148,6 +148,7 @@ __all__ = [
     "ResolvedRequest",
     "Scenario",
     "VersionRange",
+    "tcp_payload_size",
 ]
 
 #: The hops a request can pass through, in the order of the chain client -> ingress -> proxy -> target.
@@ -163,6 +164,18 @@ TCP_BYTES_MIN, TCP_BYTES_MAX = 256, 1 << 20
 TCP_BYTES_DEFAULT = 1024
 #: The query parameter that tells the relay how many bytes to send (apps/relay: ``egh-bytes``).
 TCP_BYTES_PARAM = "egh-bytes"
+
+
+def tcp_payload_size(scheme: str, size: int | None, tcp_bytes: int | None) -> int | None:
+    """How many bytes a request sends: for tcp its ``bytes`` (``size``), else its expectation's
+    ``tcp_bytes``, else :data:`TCP_BYTES_DEFAULT`; None for http and https."""
+    if scheme != "tcp":
+        return None
+    if size is not None:
+        return size
+    return tcp_bytes if tcp_bytes is not None else TCP_BYTES_DEFAULT
+
+
 #: Where the external host echoes plain TCP (the recorder's ``--tcp-port`` in a run).
 EXTERNAL_TCP_PORT = 9000
 #: The egress gateway Service's plain TCP port, which the harness's install adds

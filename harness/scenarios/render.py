@@ -19,12 +19,12 @@ from typing import Any
 from harness.scenarios.issues import FieldPath, ScenarioError, ScenarioIssue
 from harness.scenarios.loader import YamlDocument, parse_yaml_documents
 from harness.scenarios.model import (
-    TCP_BYTES_DEFAULT,
     LogValue,
     RenderContext,
     RequestSpec,
     ResolvedRequest,
     Scenario,
+    tcp_payload_size,
 )
 from harness.scenarios.placeholders import (
     PLACEHOLDER_RE,
@@ -166,16 +166,6 @@ def render_scenario(scenario: Scenario, context: RenderContext) -> RenderedScena
     return RenderedScenario(scenario, context, "---\n".join(parts), tuple(documents))
 
 
-def tcp_payload_size(request: RequestSpec) -> int | None:
-    """How many bytes a tcp request sends (its ``bytes``, else ``expect.tcp_bytes``, else the
-    default); None for http and https."""
-    if request.scheme != "tcp":
-        return None
-    if request.bytes is not None:
-        return request.bytes
-    return request.expect.tcp_bytes if request.expect.tcp_bytes is not None else TCP_BYTES_DEFAULT
-
-
 def render_request(request: RequestSpec, context: RenderContext, *, source: Path) -> ResolvedRequest:
     """``request`` with host, path, port and expected log values filled in.
 
@@ -212,7 +202,7 @@ def render_request(request: RequestSpec, context: RenderContext, *, source: Path
         host=fill(request.host, "host"),
         port=port,
         path=fill(request.path, "path"),
-        bytes=tcp_payload_size(request),
+        bytes=tcp_payload_size(request.scheme, request.bytes, request.expect.tcp_bytes),
         # every other field of the expectation as written (replace: none is dropped on the way)
         expect=replace(
             expect, sidecar=logs(expect.sidecar, "sidecar"), gateway=logs(expect.gateway, "gateway")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Protocol, cast
 
 from harness.scenarios.issues import FieldPath
-from harness.scenarios.model import TCP_BYTES_DEFAULT, TCP_BYTES_MAX, TCP_BYTES_MIN, Expectation
+from harness.scenarios.model import TCP_BYTES_MAX, TCP_BYTES_MIN, Expectation, tcp_payload_size
 
 
 class _Reader(Protocol):
@@ -22,10 +22,14 @@ def expected_tcp_bytes(r: _Reader, path: FieldPath, data: Mapping[str, object]) 
     """``tcp_bytes`` of an ``expect:`` block at ``path``, checked alone (an integer in range)."""
     if "tcp_bytes" not in data or not r.expect((*path, "tcp_bytes"), data["tcp_bytes"], int):
         return None
-    count = cast(int, data["tcp_bytes"])
-    if not TCP_BYTES_MIN <= count <= TCP_BYTES_MAX:
-        r.issue((*path, "tcp_bytes"), f"{count}: a TCP payload is {TCP_BYTES_MIN} to {TCP_BYTES_MAX} bytes")
-    return count
+    return _in_range(r, (*path, "tcp_bytes"), cast(int, data["tcp_bytes"]))
+
+
+def _in_range(r: _Reader, path: FieldPath, size: int, why: str = "") -> int:
+    """``size``, with an issue at ``path`` unless a TCP payload can be that large."""
+    if not TCP_BYTES_MIN <= size <= TCP_BYTES_MAX:
+        r.issue(path, f"{size}: a TCP payload is {TCP_BYTES_MIN} to {TCP_BYTES_MAX} bytes{why}")
+    return size
 
 
 def tcp_payload(
@@ -37,13 +41,13 @@ def tcp_payload(
     ``expect.tcp_bytes``, else ``TCP_BYTES_DEFAULT``) of a tcp request, None otherwise."""
     size: int | None = None
     if "bytes" in data and r.expect((*path, "bytes"), data["bytes"], int):
-        size = cast(int, data["bytes"])
-        if not TCP_BYTES_MIN <= size <= TCP_BYTES_MAX:
-            r.issue(
-                (*path, "bytes"),
-                f"{size}: a TCP payload is {TCP_BYTES_MIN} to {TCP_BYTES_MAX} bytes (its first line, the "
-                "path with the harness's query, must fit; the external host echoes at most 1 MiB)",
-            )
+        size = _in_range(
+            r,
+            (*path, "bytes"),
+            cast(int, data["bytes"]),
+            " (its first line, the path with the harness's query, must fit; the external host echoes "
+            "at most 1 MiB)",
+        )
     if scheme != "tcp":
         if "bytes" in data:
             r.issue(
@@ -75,6 +79,4 @@ def tcp_payload(
             f"{expect.tcp_bytes}, but the request sends {size} bytes and the external host echoes every "
             "byte: they must be equal (or drop the request's bytes: tcp_bytes sets it)",
         )
-    if size is None:
-        size = expect.tcp_bytes if expect.tcp_bytes is not None else TCP_BYTES_DEFAULT
-    return size
+    return tcp_payload_size(scheme, size, expect.tcp_bytes)

@@ -12,6 +12,7 @@ import pytest
 
 from harness.cluster.providers.netns import binaries
 from harness.cluster.providers.netns.cluster import NetnsCluster, leftovers, unavailable_reason
+from harness.common import versions
 
 
 def _missing() -> str | None:
@@ -31,6 +32,18 @@ def netns_ready() -> None:
     reason = _missing()
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def istio_built(netns_ready: None) -> str:
+    """The default netns Istio label, once its binaries are built (else the test skips, naming
+    ``make istio-bin``)."""
+    label = versions.DEFAULT_NETNS_ISTIO_VERSION
+    try:
+        binaries.istio_binaries(label)
+    except binaries.BinariesError as exc:
+        pytest.skip(f"Istio {label} binaries: {exc} (make istio-bin)")
+    return label
 
 
 @pytest.fixture(scope="module")

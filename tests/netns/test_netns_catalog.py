@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cluster.providers.netns import binaries
 from harness.cluster.providers.netns.cluster import leftovers
-from harness.common import versions
 from harness.scenarios import load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,12 +22,7 @@ ISTIO_PROXY_ONLY = re.compile(r"istio-proxy|istio\.(stats|metadata_exchange|alpn
 
 
 @pytest.mark.timeout(1200)
-def test_every_scenario_of_the_catalog_passes_on_real_istiod(netns_ready: None, tmp_path: Path) -> None:
-    label = versions.DEFAULT_NETNS_ISTIO_VERSION
-    try:
-        binaries.istio_binaries(label)
-    except binaries.BinariesError as exc:
-        pytest.skip(f"Istio {label} binaries: {exc} (make istio-bin)")
+def test_every_scenario_of_the_catalog_passes_on_real_istiod(istio_built: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [

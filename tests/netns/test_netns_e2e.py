@@ -13,26 +13,14 @@ import pytest
 
 from harness.cluster.cli import bring_down, bring_up
 from harness.cluster.options import E2EOptions
-from harness.cluster.providers.netns import binaries
 from harness.cluster.providers.netns.cluster import leftovers
 from harness.cluster.run import E2ERun
-from harness.common import versions
 from harness.evidence import EgressTarget, Wait, assert_through_gateway
 from harness.scenarios import load_catalog, render_request
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_HOST = "www.baidu.com"
 WAIT = Wait(timeout=20.0, interval=0.25, settle=2.0)
-
-
-@pytest.fixture(scope="module")
-def istio_built(netns_ready: None) -> str:
-    label = versions.DEFAULT_NETNS_ISTIO_VERSION
-    try:
-        binaries.istio_binaries(label)
-    except binaries.BinariesError as exc:
-        pytest.skip(f"Istio {label} binaries: {exc} (make istio-bin)")
-    return label
 
 
 @pytest.mark.timeout(900)

@@ -18,21 +18,9 @@ import pytest
 from harness.cluster.chain import chain_for
 from harness.cluster.cli import bring_down, bring_up
 from harness.cluster.options import E2EOptions
-from harness.cluster.providers.netns import binaries
 from harness.cluster.providers.netns.cluster import leftovers
 from harness.cluster.run import E2ERun
-from harness.common import versions
 from harness.common.traffic import TOKEN_HEADER, Traffic
-
-
-@pytest.fixture(scope="module")
-def istio_built(netns_ready: None) -> str:
-    label = versions.DEFAULT_NETNS_ISTIO_VERSION
-    try:
-        binaries.istio_binaries(label)
-    except binaries.BinariesError as exc:
-        pytest.skip(f"Istio {label} binaries: {exc} (make istio-bin)")
-    return label
 
 
 @pytest.mark.timeout(900)
