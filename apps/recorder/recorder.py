@@ -413,9 +413,14 @@ class Server(ThreadingHTTPServer):
     def close_connections(self) -> None:
         with self.connections_lock:
             connections = list(self.connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):  # already closed by the peer
-                conn.shutdown(socket.SHUT_RDWR)
+        cut(connections)
+
+
+def cut(connections: Sequence[socket.socket]) -> None:
+    """Shut both directions of each connection (one the peer already closed is left as it is)."""
+    for conn in connections:
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
 
 
 class TcpEchoServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -467,9 +472,7 @@ class TcpEchoServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         with self.connections_lock:
             self.closing = True
             connections = list(self.connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):  # already closed
-                conn.shutdown(socket.SHUT_RDWR)
+        cut(connections)
 
     def server_close(self) -> None:
         """Close the listening socket, cut the open connections and wait for their threads."""
